@@ -15,3 +15,22 @@ class IndexOutOfRangeError(SharkExportError, IndexError):
 
 class LibraryNotFoundError(SharkExportError, FileNotFoundError):
     """The compiled custom-op library is missing (package not built/installed)."""
+
+
+class ExportError(SharkExportError, RuntimeError):
+    """torch could not export the model, or a lookup in it cannot be mapped to a table."""
+
+
+class UnsupportedModelError(SharkExportError, ValueError):
+    """The model has no embedding table, or uses an embedding feature the converter cannot serve."""
+
+
+class UnknownFieldError(SharkExportError, KeyError):
+    """A field name (a lookup) that the model does not have."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0]) if self.args else ""
+
+
+class ParityError(SharkExportError, AssertionError):
+    """The converted model's outputs differ from the reference beyond tolerance."""

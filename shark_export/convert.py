@@ -1,0 +1,312 @@
+"""The converter: a trained torch recommender in, a compact ONNX model with our lookup ops out."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import torch
+from torch.utils import _pytree as pytree
+
+from .errors import SharkExportError, UnsupportedModelError
+from .export import ExampleInputs, export_to_ir
+from .fields import field_means, find_fields, find_tables, replace_fields_with_constants
+from .format import QuantizedTable, Tier, quantize_table
+from .model_io import INPUTS_KEY, OUTPUTS_KEY, REPORT_KEY
+from .parity import ParityReport, check_parity
+from .passes import FinalizeVersionsPass, PruneFieldsPass, RemoveDeadPass, ReplaceLookupsPass, find_lookups
+from .progress import progress
+from .quant_config import QuantConfig, assign_tiers
+from .reference import dequantize
+from .row_priority import RowPriority, score_rows
+
+# Above this many initializer bytes the model is written with external data (protobuf's 2 GiB limit).
+_EXTERNAL_DATA_BYTES = 1_800_000_000
+_PARITY_BATCHES = 8
+
+
+@dataclass
+class TableReport:
+    table: str
+    rows: int
+    dim: int
+    tiers: dict[str, int]
+    fp32_bytes: int
+    payload_bytes: int
+    scale_bytes: int
+    metadata_bytes: int
+    pruned: bool = False
+
+    @property
+    def bytes_after(self) -> int:
+        return self.payload_bytes + self.scale_bytes + self.metadata_bytes
+
+    @property
+    def ratio(self) -> float:
+        return self.bytes_after / self.fp32_bytes
+
+
+@dataclass
+class ConvertReport:
+    output_path: str
+    tables: list[TableReport]
+    pruned_fields: list[str]
+    removed_inputs: list[str]
+    quant: str
+    faithfulness: ParityReport | None = None
+    impact: ParityReport | None = None
+    fields: list[str] = field(default_factory=list)
+
+    @property
+    def fp32_bytes(self) -> int:
+        return sum(t.fp32_bytes for t in self.tables)
+
+    @property
+    def bytes_after(self) -> int:
+        return sum(t.bytes_after for t in self.tables)
+
+    @property
+    def ratio(self) -> float:
+        return self.bytes_after / self.fp32_bytes if self.fp32_bytes else 0.0
+
+    def __str__(self) -> str:
+        header = f"{'table':<32} {'rows':>10} {'dim':>5} {'tiers':<34} {'fp32 B':>12} {'after B':>12} {'ratio':>7}"
+        lines = [f"shark-export: {self.output_path} (quant={self.quant})", header, "-" * len(header)]
+        for t in self.tables:
+            tiers = "pruned" if t.pruned else " ".join(f"{k}:{v}" for k, v in t.tiers.items() if v)
+            lines.append(
+                f"{t.table:<32} {t.rows:>10} {t.dim:>5} {tiers:<34} {t.fp32_bytes:>12} {t.bytes_after:>12} {t.ratio:>7.2%}"
+            )
+            if not t.pruned:
+                lines.append(f"{'':<32} {'payload':>10} {t.payload_bytes} B, scales {t.scale_bytes} B, metadata {t.metadata_bytes} B")
+        lines.append("-" * len(header))
+        lines.append(f"{'total':<32} {'':>10} {'':>5} {'':<34} {self.fp32_bytes:>12} {self.bytes_after:>12} {self.ratio:>7.2%}")
+        if self.pruned_fields:
+            lines.append(f"pruned fields: {', '.join(self.pruned_fields)}; removed inputs: {', '.join(self.removed_inputs) or 'none'}")
+        if self.faithfulness is not None:
+            lines.append("faithfulness (ONNX vs torch with the same pruning and dequantized weights):")
+            lines.extend("  " + line for line in str(self.faithfulness).splitlines())
+        if self.impact is not None:
+            lines.append("impact (ONNX vs the original float model):")
+            lines.extend("  " + line for line in str(self.impact).splitlines())
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        data = {
+            "output_path": self.output_path,
+            "quant": self.quant,
+            "fields": self.fields,
+            "pruned_fields": self.pruned_fields,
+            "removed_inputs": self.removed_inputs,
+            "tables": [{**asdict(t), "bytes_after": t.bytes_after, "ratio": t.ratio} for t in self.tables],
+            "fp32_bytes": self.fp32_bytes,
+            "bytes_after": self.bytes_after,
+            "ratio": self.ratio,
+        }
+        for name in ("faithfulness", "impact"):
+            report = getattr(self, name)
+            data[name] = None if report is None else json.loads(report.to_json())
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def _prune_plan(prune: Any) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Field names to prune, and their mean embeddings when the plan already carries them."""
+    if prune is None:
+        return [], {}
+    if isinstance(prune, str):
+        return [prune], {}
+    if hasattr(prune, "drop"):  # a PrunePlan from scoring
+        return list(prune.drop), dict(getattr(prune, "means", None) or {})
+    return list(prune), {}
+
+
+def _output_names(output: Any) -> list[str]:
+    leaves, _ = pytree.tree_flatten_with_path(output)
+    tensors = [path for path, leaf in leaves if isinstance(leaf, torch.Tensor)]
+    if len(tensors) == 1 and not tensors[0]:
+        return ["output"]
+    names = []
+    for path in tensors:
+        parts = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
+        name = re.sub(r"[^0-9A-Za-z_.]+", "_", "_".join(parts)) or "output"
+        names.append(name if not name[0].isdigit() else f"output_{name}")
+    return names
+
+
+def _rename_outputs(model: ir.Model, names: list[str]) -> None:
+    graph = model.graph
+    if len(graph.outputs) != len(names):
+        raise SharkExportError(f"exported graph has {len(graph.outputs)} outputs, torch returned {len(names)} tensors")
+    taken = {v.name for v in graph.inputs} | set(graph.initializers)
+    for k, (value, name) in enumerate(zip(list(graph.outputs), names)):
+        if value.is_graph_input() or value.is_initializer() or name in taken:
+            identity = ir.node("Identity", [value], name=f"output/{name}")
+            graph.append(identity)
+            graph.outputs[k] = value = identity.outputs[0]
+            value.type, value.shape = value.type or identity.inputs[0].type, identity.inputs[0].shape
+        value.name = name
+
+
+def _record_inputs(model: ir.Model, example: ExampleInputs) -> list[tuple[str, str]]:
+    named = example.named_tensors()
+    graph_inputs = list(model.graph.inputs)
+    if len(named) != len(graph_inputs):
+        raise SharkExportError(
+            f"the exported graph has {len(graph_inputs)} inputs but forward got {len(named)} tensors; "
+            "non-tensor arguments must not vary between calls"
+        )
+    return [(path, value.name) for (path, _), value in zip(named, graph_inputs)]
+
+
+def _save_atomically(model: ir.Model, output_path: Path) -> None:
+    """Write next to the destination and rename, so a failure never leaves a half-written model."""
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    size = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+    with tempfile.TemporaryDirectory(dir=output_path.parent, prefix=f".{output_path.name}.") as tmp:
+        staged = Path(tmp) / output_path.name
+        data_name = f"{output_path.name}.data" if size > _EXTERNAL_DATA_BYTES else None
+        ir.save(model, staged, external_data=data_name)
+        onnx.checker.check_model(str(staged), full_check=True)
+        if data_name:
+            os.replace(Path(tmp) / data_name, output_path.parent / data_name)
+        os.replace(staged, output_path)
+
+
+def _weights(model: torch.nn.Module, tables) -> dict[str, np.ndarray]:
+    params = dict(model.named_parameters())
+    return {name: params[name].detach().cpu().numpy() for name in tables}
+
+
+def _default_row(weight: np.ndarray, tiers) -> np.ndarray | None:
+    """Dropped rows read as the mean of the dropped rows (the value closest to all of them in L2)."""
+    if isinstance(tiers, np.ndarray) and (tiers == Tier.DROPPED).any():
+        return weight[tiers == Tier.DROPPED].mean(axis=0, dtype=np.float64).astype(np.float32)
+    return None
+
+
+def _faithful_model(model, tables: dict[str, QuantizedTable]) -> torch.nn.Module:
+    """A copy of the model carrying the dequantized weights (pruning is applied by hooks on top)."""
+    faithful = copy.deepcopy(model)
+    params = dict(faithful.named_parameters())
+    with torch.no_grad():
+        for name, table in tables.items():
+            params[name].copy_(torch.from_numpy(dequantize(table)))
+    return faithful
+
+
+def convert(
+    model: torch.nn.Module,
+    example_inputs: Any,
+    output_path,
+    *,
+    quant: str | QuantConfig = "int8",
+    prune: Any = None,
+    calibration: Iterable | None = None,
+    labels: Iterable | None = None,
+    example_kwargs: dict | None = None,
+    impact_atol: float = 1e-2,
+    impact_rtol: float = 1e-2,
+    show_progress: bool = False,
+) -> ConvertReport:
+    """Convert `model` to an ONNX model at `output_path` whose embedding lookups run our ops.
+
+    See the README for the arguments. The model is not modified. Nothing is written unless every step
+    succeeds (the file is checked with onnx's full checker before it is moved into place).
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise UnsupportedModelError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if model.training:
+        raise UnsupportedModelError(f"{type(model).__name__} is in training mode: call model.eval() before converting")
+    config = QuantConfig.of(quant)
+    example = ExampleInputs.of(example_inputs, example_kwargs)
+    calibration = list(calibration) if calibration is not None else None
+    label_list = list(labels) if labels is not None else None
+    output_path = Path(output_path)
+    steps = progress(total=6, desc="convert", enabled=show_progress)
+
+    tables = find_tables(model)
+    fields = find_fields(model, example)
+    prune_names, means = _prune_plan(prune)
+    for name in prune_names:
+        if name not in fields:
+            from .errors import UnknownFieldError
+
+            raise UnknownFieldError(f"cannot prune unknown field {name!r}; the model's fields are: {', '.join(fields)}")
+    missing_means = [n for n in prune_names if n not in means]
+    if missing_means:
+        if calibration is None:
+            raise SharkExportError(f"pruning {missing_means} needs calibration data for their mean embeddings")
+        means.update(field_means(model, fields, missing_means, calibration))
+    with torch.no_grad():
+        output_names = _output_names(model(*example.args, **example.kwargs))
+    steps.update()
+
+    priorities: RowPriority | None = None
+    if config.needs_priorities and calibration is not None:
+        priorities = score_rows(model, calibration, label_list)
+    steps.update()
+
+    ir_model = export_to_ir(model, example)
+    input_map = _record_inputs(ir_model, example)
+    weights = _weights(model, tables)
+    lookups = find_lookups(ir_model, fields, weights)
+    steps.update()
+
+    PruneFieldsPass(lookups, {n: means[n] for n in prune_names})(ir_model)
+    live_tables = {lookup.table for lookup in lookups if lookup.field not in prune_names}
+    tiers = assign_tiers(config, {n: tables[n] for n in live_tables}, priorities.scores if priorities else None)
+    quantized = {}
+    for name in progress(sorted(live_tables), desc="quantize", enabled=show_progress):
+        quantized[name] = quantize_table(
+            weights[name], tiers[name], name=name, default_row=_default_row(weights[name], tiers[name]), clip=config.clip
+        )
+    steps.update()
+
+    ReplaceLookupsPass(lookups, quantized, config.output_onnx_dtype)(ir_model)
+    cleanup = RemoveDeadPass()
+    cleanup(ir_model)
+    FinalizeVersionsPass()(ir_model)
+    _rename_outputs(ir_model, output_names)
+    removed = set(cleanup.removed_inputs)
+    ir_model.metadata_props[INPUTS_KEY] = json.dumps([(path, None if name in removed else name) for path, name in input_map])
+    ir_model.metadata_props[OUTPUTS_KEY] = json.dumps(output_names)
+
+    table_reports = []
+    for name, table in tables.items():
+        if name in quantized:
+            q = quantized[name]
+            b = q.byte_report()
+            counts = {str(Tier(t)): int(c) for t, c in q.tier_counts.items()}
+            table_reports.append(TableReport(name, q.num_rows, q.dim, counts, b.fp32, b.payload, b.scales, b.metadata))
+        else:
+            table_reports.append(TableReport(name, table.num_rows, table.dim, {}, table.num_rows * table.dim * 4, 0, 0, 0, pruned=True))
+    report = ConvertReport(str(output_path), table_reports, list(prune_names), sorted(removed), str(config.preset if config.target_ratio is None else f"budget {config.target_ratio}"), fields=list(fields))
+    ir_model.metadata_props[REPORT_KEY] = json.dumps(report.to_dict())
+    _save_atomically(ir_model, output_path)
+    steps.update()
+
+    if calibration is not None:
+        batches = calibration[:_PARITY_BATCHES]
+        faithful = _faithful_model(model, quantized)
+        pruned_means = {n: means[n] for n in prune_names}
+        with replace_fields_with_constants(faithful, fields, pruned_means):
+            report.faithfulness = check_parity(faithful, output_path, batches, atol=1e-5, rtol=1e-4)
+        flat_labels = None
+        if label_list is not None:
+            flat_labels = np.concatenate([np.asarray(torch.as_tensor(y).reshape(len(y), -1)[:, 0]) for y in label_list[: len(batches)]])
+        report.impact = check_parity(model, output_path, batches, labels=flat_labels, atol=impact_atol, rtol=impact_rtol)
+    steps.update()
+    steps.close()
+    return report

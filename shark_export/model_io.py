@@ -1,0 +1,63 @@
+"""Run a converted model from the same inputs the torch model takes.
+
+The converter records, in the model's metadata, which pytree path of forward's inputs feeds which graph
+input (inputs of pruned fields are gone from the graph) and the output names; the runner uses them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from .errors import SharkExportError
+from .export import ExampleInputs
+
+INPUTS_KEY = "shark_export.inputs"
+OUTPUTS_KEY = "shark_export.outputs"
+REPORT_KEY = "shark_export.report"
+
+
+def read_metadata(path) -> dict[str, str]:
+    model = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props}
+
+
+class OnnxModelRunner:
+    def __init__(self, path, providers: list[str] | None = None, threads: int | None = None):
+        from .ops import session
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise SharkExportError(f"ONNX model {str(self.path)!r} does not exist")
+        self.session = session(str(self.path), providers=providers, threads=threads)
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        graph_inputs = [i.name for i in self.session.get_inputs()]
+        if INPUTS_KEY in metadata:
+            self.input_map: list[tuple[str, str | None]] = [tuple(pair) for pair in json.loads(metadata[INPUTS_KEY])]
+        else:  # not written by us: feed tensors in order
+            self.input_map = [(None, name) for name in graph_inputs]
+        self.input_types = {i.name: i.type for i in self.session.get_inputs()}
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def feeds(self, example: ExampleInputs) -> dict[str, np.ndarray]:
+        tensors = example.named_tensors()
+        if len(tensors) != len(self.input_map):
+            raise SharkExportError(
+                f"{self.path.name} takes {len(self.input_map)} input tensors "
+                f"({', '.join(str(p) for p, _ in self.input_map)}), the batch has {len(tensors)}"
+            )
+        feeds = {}
+        for (path, tensor), (expected_path, name) in zip(tensors, self.input_map):
+            if expected_path is not None and path != expected_path:
+                raise SharkExportError(f"input {path} given where {self.path.name} expects {expected_path}")
+            if name is not None:
+                feeds[name] = tensor.detach().cpu().numpy()
+        return feeds
+
+    def run(self, inputs: Any) -> list[np.ndarray]:
+        example = ExampleInputs.of(inputs)
+        return [np.asarray(out, dtype=np.float32) for out in self.session.run(self.output_names, self.feeds(example))]

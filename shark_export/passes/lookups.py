@@ -1,0 +1,71 @@
+"""Find the staging lookup nodes of an exported model and name them as fields."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from ..errors import ExportError
+from ..export import FLOAT_BAG, FLOAT_GATHER, STAGING_DOMAIN
+from ..fields import Field
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """A staging lookup node and the field it serves."""
+
+    field: str
+    table: str
+    node: ir.Node
+
+    @property
+    def is_bag(self) -> bool:
+        return self.node.op_type == FLOAT_BAG
+
+
+def is_staging_lookup(node: ir.Node) -> bool:
+    return node.domain == STAGING_DOMAIN and node.op_type in (FLOAT_GATHER, FLOAT_BAG)
+
+
+def _staging_nodes_in_subgraphs(graph: ir.Graph) -> list[ir.Node]:
+    return [node for node in ir.traversal.RecursiveGraphIterator(graph) if is_staging_lookup(node) and node.graph is not graph]
+
+
+def find_lookups(model: ir.Model, fields: dict[str, Field], weights: dict[str, np.ndarray]) -> list[Lookup]:
+    """Match staging nodes to fields: per table, graph order equals torch's call order.
+
+    `weights` maps table name → the module's weight; each initializer is verified against it by value, so a
+    lookup is never served from the wrong table.
+    """
+    nested = _staging_nodes_in_subgraphs(model.graph)
+    if nested:
+        raise ExportError(f"lookup {nested[0].name!r} sits inside a control-flow subgraph, which is not supported")
+    nodes_by_table: dict[str, list[ir.Node]] = defaultdict(list)
+    for node in model.graph:
+        if not is_staging_lookup(node):
+            continue
+        weight = node.inputs[0]
+        if weight is None or not weight.is_initializer() or weight.name not in weights:
+            raise ExportError(
+                f"lookup node {node.name!r} ({node.op_type}) reads {getattr(weight, 'name', None)!r}, which is not the "
+                "weight of an nn.Embedding/nn.EmbeddingBag module; only module tables can be converted"
+            )
+        nodes_by_table[weight.name].append(node)
+    fields_by_table: dict[str, list[Field]] = defaultdict(list)
+    for f in fields.values():
+        fields_by_table[f.table].append(f)
+    lookups = []
+    for table, nodes in nodes_by_table.items():
+        initializer = model.graph.initializers[table].const_value
+        if initializer is None or not np.array_equal(initializer.numpy(), weights[table]):
+            raise ExportError(f"initializer {table!r} does not hold the weight of the module it is named after")
+        expected = fields_by_table.get(table, [])
+        if len(expected) != len(nodes):
+            raise ExportError(
+                f"table {table!r}: torch called it {len(expected)} times but the exported graph has {len(nodes)} lookups"
+            )
+        lookups.extend(Lookup(field=f.name, table=table, node=node) for f, node in zip(expected, nodes))
+    return lookups

@@ -1,0 +1,166 @@
+"""Which tier each embedding row gets: presets, per-table overrides, and a byte budget over row priorities."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import SharkExportError
+from .format import Tier, row_stride
+
+PRESETS = ("fp32", "fp16", "int8", "int4", "mixed")
+_SINGLE = {"fp32": Tier.FP32, "fp16": Tier.FP16, "int8": Tier.INT8, "int4": Tier.INT4}
+# Bytes of row metadata of a mixed table (row_meta: 32 bytes per 64 rows), used by the budget.
+_MIXED_META_BYTES_PER_ROW = 0.5
+
+
+class QuantConfigError(SharkExportError, ValueError):
+    """An invalid quantization configuration (unknown preset, table, impossible budget)."""
+
+
+@dataclass
+class QuantConfig:
+    """How to store each table.
+
+    - `preset`: tier of every table without an override: "fp32", "fp16", "int8", "int4", or "mixed"
+      (by row priority: the top `mixed_fractions[0]` of rows fp16, the next `mixed_fractions[1]` int8, the
+      rest int4; without calibration data every row gets int8).
+    - `overrides`: table name (parameter name, e.g. "emb.user.weight") or module path → preset.
+    - `target_ratio`: byte budget as a fraction of the fp32 bytes of the tables without an override. Rows
+      start at `ladder[0]`; then, in priority order, rows are promoted one rung at a time (all the rows that
+      fit to the second rung, then to the third, …) while the budget lasts. Needs calibration data.
+    - `drop_unseen`: rows never seen in the calibration data are dropped: they read as one shared default
+      vector (the mean of the dropped rows) and cost no bytes.
+    - `clip`: "none" (min/max) or "l2" (per-row clipping search minimizing the L2 error).
+    - `output_dtype`: "float32" or "float16" lookup outputs.
+    """
+
+    preset: str = "int8"
+    overrides: dict[str, str] = field(default_factory=dict)
+    target_ratio: float | None = None
+    ladder: tuple[str, ...] = ("int4", "int8", "fp16", "fp32")
+    mixed_fractions: tuple[float, float] = (0.02, 0.20)
+    drop_unseen: bool = False
+    clip: str = "none"
+    output_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        for name, preset in [("preset", self.preset), *((f"override {k!r}", v) for k, v in self.overrides.items())]:
+            if preset not in PRESETS:
+                raise QuantConfigError(f"{name}: unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        if self.target_ratio is not None and not 0.0 < self.target_ratio <= 1.0:
+            raise QuantConfigError(f"target_ratio must be in (0, 1], got {self.target_ratio}")
+        for rung in self.ladder:
+            if rung not in _SINGLE:
+                raise QuantConfigError(f"ladder rung {rung!r} must be one of {', '.join(_SINGLE)}")
+        hot, warm = self.mixed_fractions
+        if not (0 <= hot and 0 <= warm and hot + warm <= 1):
+            raise QuantConfigError(f"mixed_fractions {self.mixed_fractions} must be ≥ 0 and sum to ≤ 1")
+        if self.clip not in ("none", "l2"):
+            raise QuantConfigError(f"clip must be 'none' or 'l2', got {self.clip!r}")
+        if self.output_dtype not in ("float32", "float16"):
+            raise QuantConfigError(f"output_dtype must be 'float32' or 'float16', got {self.output_dtype!r}")
+
+    @staticmethod
+    def of(quant: "str | QuantConfig") -> "QuantConfig":
+        if isinstance(quant, QuantConfig):
+            return quant
+        if isinstance(quant, str):
+            return QuantConfig(preset=quant)
+        raise QuantConfigError(f"quant must be a preset name or a QuantConfig, got {type(quant).__name__}")
+
+    @property
+    def output_onnx_dtype(self) -> int:
+        return 1 if self.output_dtype == "float32" else 10
+
+    @property
+    def needs_priorities(self) -> bool:
+        presets = {self.preset, *self.overrides.values()}
+        return "mixed" in presets or self.target_ratio is not None or self.drop_unseen
+
+    def preset_of(self, table: str, module_paths: tuple[str, ...] = ()) -> str | None:
+        """The override for the table, or None when it follows the preset (or the budget)."""
+        for key in (table, *module_paths):
+            if key in self.overrides:
+                return self.overrides[key]
+        return None
+
+    def check_tables(self, tables: dict) -> None:
+        known = set(tables) | {p for t in tables.values() for p in t.module_paths}
+        unknown = sorted(set(self.overrides) - known)
+        if unknown:
+            raise QuantConfigError(f"overrides name unknown table(s) {unknown}; the tables are: {sorted(tables)}")
+
+
+def _mixed_tiers(priority: np.ndarray, fractions: tuple[float, float]) -> np.ndarray:
+    rows = priority.shape[0]
+    order = np.argsort(-priority, kind="stable")
+    n_hot = int(round(fractions[0] * rows))
+    n_warm = int(round(fractions[1] * rows))
+    tiers = np.full(rows, Tier.INT4, dtype=np.uint8)
+    tiers[order[:n_hot]] = Tier.FP16
+    tiers[order[n_hot : n_hot + n_warm]] = Tier.INT8
+    return tiers
+
+
+def _budget_tiers(config: QuantConfig, shapes: dict[str, tuple[int, int]], priorities: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Promote rows rung by rung in global priority order while the byte budget lasts."""
+    names = list(shapes)
+    fp32_bytes = sum(rows * dim * 4 for rows, dim in shapes.values())
+    metadata = sum(rows * _MIXED_META_BYTES_PER_ROW + dim * 4 for rows, dim in shapes.values())
+    budget = config.target_ratio * fp32_bytes - metadata
+    priority = np.concatenate([priorities[n].astype(np.float64) for n in names])
+    dims = np.concatenate([np.full(shapes[n][0], shapes[n][1], dtype=np.int64) for n in names])
+    unique_dims, dim_index = np.unique(dims, return_inverse=True)
+
+    def cost(tier: Tier) -> np.ndarray:
+        return np.array([row_stride(tier, int(d)) for d in unique_dims], dtype=np.int64)[dim_index]
+
+    ladder = [_SINGLE[r] for r in config.ladder]
+    tiers = np.full(priority.shape[0], ladder[0], dtype=np.uint8)
+    if config.drop_unseen:
+        tiers[priority <= 0] = Tier.DROPPED
+    spent = float(np.where(tiers == Tier.DROPPED, 0, cost(ladder[0])).sum())
+    if spent > budget:
+        raise QuantConfigError(
+            f"target_ratio {config.target_ratio} is too small: the lowest rung {config.ladder[0]} alone needs "
+            f"{(spent + metadata) / fp32_bytes:.4f} of the fp32 bytes"
+        )
+    order = np.argsort(-priority, kind="stable")
+    for low, high in zip(ladder, ladder[1:]):
+        candidates = order[tiers[order] == low]
+        delta = (cost(high) - cost(low))[candidates]
+        fits = int(np.searchsorted(np.cumsum(delta), budget - spent, side="right"))
+        tiers[candidates[:fits]] = high
+        spent += float(delta[:fits].sum())
+        if fits < candidates.shape[0]:
+            break
+    bounds = np.cumsum([0] + [shapes[n][0] for n in names])
+    return {n: tiers[bounds[i] : bounds[i + 1]] for i, n in enumerate(names)}
+
+
+def assign_tiers(config: QuantConfig, tables: dict, priorities: dict[str, np.ndarray] | None) -> dict[str, np.ndarray | Tier]:
+    """Tier per row (uint8 [R]) or one Tier per table, for the given tables (name → fields.Table)."""
+    config.check_tables(tables)
+    if priorities is None and (config.target_ratio is not None or config.drop_unseen):
+        raise QuantConfigError("target_ratio and drop_unseen assign tiers by row priority: give calibration data")
+    result: dict[str, np.ndarray | Tier] = {}
+    budgeted = {}
+    for name, table in tables.items():
+        preset = config.preset_of(name, table.module_paths)
+        if preset is None and config.target_ratio is not None:
+            budgeted[name] = (table.num_rows, table.dim)
+            continue
+        preset = preset or config.preset
+        if preset == "mixed":
+            tiers = _mixed_tiers(priorities[name], config.mixed_fractions) if priorities is not None else Tier.INT8
+        else:
+            tiers = _SINGLE[preset]
+        if config.drop_unseen:
+            tiers = np.full(table.num_rows, tiers, dtype=np.uint8) if isinstance(tiers, Tier) else tiers
+            tiers[priorities[name] <= 0] = Tier.DROPPED
+        result[name] = tiers
+    if budgeted:
+        result.update(_budget_tiers(config, budgeted, priorities))
+    return result

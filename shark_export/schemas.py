@@ -1,0 +1,154 @@
+"""ONNX schemas of our custom ops, registered with the onnx Python package.
+
+ORT learns the ops from the compiled library; onnx (checker, shape inference) learns them from here, so
+that `onnx.checker.check_model(model, full_check=True)` and `onnx.shape_inference` understand converted
+models. Registration is idempotent and happens on import of `shark_export`.
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import TensorProto
+from onnx.defs import OpSchema
+
+DOMAIN = "shark_export"
+OPSET_VERSION = 1
+GATHER_OP = "RowwiseDequantGather"
+BAG_OP = "RowwiseDequantEmbeddingBag"
+
+_INDEX_TYPES = ["tensor(int32)", "tensor(int64)"]
+_OUTPUT_TYPES = ["tensor(float)", "tensor(float16)"]
+_OUTPUT_DTYPES = (TensorProto.FLOAT, TensorProto.FLOAT16)
+
+_TABLE_INPUTS = [
+    OpSchema.FormalParameter("payload", "tensor(uint8)", "all rows in row order at their tier strides"),
+    OpSchema.FormalParameter("row_meta", "tensor(uint64)", "[ceil(R/64), 4] block index, or [0, 4] (uniform)"),
+    OpSchema.FormalParameter("default_row", "tensor(float)", "[D] value of dropped rows"),
+]
+
+
+def _table_attributes() -> list[OpSchema.Attribute]:
+    attr = OpSchema.Attribute
+    return [
+        attr("format_version", OpSchema.AttrType.INT, "storage format version (1)"),
+        attr("num_rows", OpSchema.AttrType.INT, "rows R of the table"),
+        attr("dim", OpSchema.AttrType.INT, "embedding dimension D"),
+        attr("uniform_tier", OpSchema.AttrType.INT, "tier code of a uniform table, -1 when mixed"),
+        attr("output_dtype", onnx.helper.make_attribute("output_dtype", TensorProto.FLOAT), "1 float32, 10 float16"),
+    ]
+
+
+def _int_attribute(ctx, name: str, default: int | None = None) -> int:
+    attribute = ctx.get_attribute(name)
+    if attribute is None:
+        if default is None:
+            raise onnx.shape_inference.InferenceError(f"{ctx.get_display_name()}: missing attribute {name!r}")
+        return default
+    return attribute.i
+
+
+def _output_elem_type(ctx) -> int:
+    dtype = _int_attribute(ctx, "output_dtype", TensorProto.FLOAT)
+    if dtype not in _OUTPUT_DTYPES:
+        raise onnx.shape_inference.InferenceError(
+            f"{ctx.get_display_name()}: output_dtype must be 1 (float) or 10 (float16), got {dtype}"
+        )
+    return dtype
+
+
+def _check_version(ctx) -> None:
+    version = _int_attribute(ctx, "format_version")
+    if version != 1:
+        raise onnx.shape_inference.InferenceError(
+            f"{ctx.get_display_name()}: format_version {version} is not supported (this build reads version 1)"
+        )
+
+
+def _infer_gather(ctx) -> None:
+    _check_version(ctx)
+    dim = _int_attribute(ctx, "dim")
+    out = onnx.TypeProto()
+    out.tensor_type.elem_type = _output_elem_type(ctx)
+    indices = ctx.get_input_type(3)
+    if indices is not None and indices.tensor_type.HasField("shape"):
+        shape = out.tensor_type.shape
+        shape.CopyFrom(indices.tensor_type.shape)
+        shape.dim.add().dim_value = dim
+    ctx.set_output_type(0, out)
+
+
+def _infer_bag(ctx) -> None:
+    _check_version(ctx)
+    dim = _int_attribute(ctx, "dim")
+    out = onnx.TypeProto()
+    out.tensor_type.elem_type = _output_elem_type(ctx)
+    shape = out.tensor_type.shape
+    batch = shape.dim.add()
+    shape.dim.add().dim_value = dim
+    indices = ctx.get_input_type(3)
+    has_offsets = ctx.get_num_inputs() > 4 and ctx.has_input(4)
+    if has_offsets:
+        offsets = ctx.get_input_type(4)
+        if offsets is not None and offsets.tensor_type.HasField("shape"):
+            (n_offsets,) = offsets.tensor_type.shape.dim
+            if n_offsets.HasField("dim_value"):
+                batch.dim_value = n_offsets.dim_value - _int_attribute(ctx, "include_last_offset", 0)
+    elif indices is not None and indices.tensor_type.HasField("shape"):
+        dims = indices.tensor_type.shape.dim
+        if len(dims) != 2:
+            raise onnx.shape_inference.InferenceError(
+                f"{ctx.get_display_name()}: indices without offsets must be 2-D [B, L], got rank {len(dims)}"
+            )
+        batch.CopyFrom(dims[0])
+    ctx.set_output_type(0, out)
+
+
+def _gather_schema() -> OpSchema:
+    schema = OpSchema(
+        GATHER_OP,
+        DOMAIN,
+        OPSET_VERSION,
+        "Row lookup from a row-wise mixed-precision table (docs/FORMAT.md); output [*indices.shape, D].",
+        inputs=[*_TABLE_INPUTS, OpSchema.FormalParameter("indices", "T_index", "row ids, any rank")],
+        outputs=[OpSchema.FormalParameter("output", "T_out", "dequantized rows")],
+        type_constraints=[("T_index", _INDEX_TYPES, "index type"), ("T_out", _OUTPUT_TYPES, "output type")],
+        attributes=_table_attributes(),
+    )
+    schema.set_type_and_shape_inference_function(_infer_gather)
+    return schema
+
+
+def _bag_schema() -> OpSchema:
+    optional = OpSchema.FormalParameterOption.Optional
+    attr = OpSchema.Attribute
+    schema = OpSchema(
+        BAG_OP,
+        DOMAIN,
+        OPSET_VERSION,
+        "Pooled lookup with torch.nn.EmbeddingBag semantics (sum/mean) over a row-wise mixed-precision table.",
+        inputs=[
+            *_TABLE_INPUTS,
+            OpSchema.FormalParameter("indices", "T_index", "1-D with offsets, or 2-D [B, L]"),
+            OpSchema.FormalParameter("offsets", "T_index", "bag starts (1-D indices only)", param_option=optional),
+            OpSchema.FormalParameter(
+                "per_sample_weights", "tensor(float)", "weights, same shape as indices", param_option=optional
+            ),
+        ],
+        outputs=[OpSchema.FormalParameter("output", "T_out", "[B, D] pooled rows")],
+        type_constraints=[("T_index", _INDEX_TYPES, "index type"), ("T_out", _OUTPUT_TYPES, "output type")],
+        attributes=[
+            *_table_attributes(),
+            attr("mode", onnx.helper.make_attribute("mode", 0), "0 sum, 1 mean"),
+            attr("include_last_offset", onnx.helper.make_attribute("include_last_offset", 0), "torch semantics"),
+            attr("padding_idx", onnx.helper.make_attribute("padding_idx", -1), "row id that is skipped, -1 none"),
+        ],
+    )
+    schema.set_type_and_shape_inference_function(_infer_bag)
+    return schema
+
+
+def register_schemas() -> None:
+    """Make onnx's checker and shape inference know our ops (safe to call more than once)."""
+    for schema in (_gather_schema(), _bag_schema()):
+        if not onnx.defs.has(schema.name, schema.domain):
+            onnx.defs.register_schema(schema)
