@@ -103,8 +103,8 @@ def _flatten_outputs(output: Any) -> list[np.ndarray]:
 
 
 def _per_output_tolerance(tolerance: float | dict[str, float], name: str, default: float) -> float:
-    if isinstance(tolerance, dict):
-        return float(tolerance.get(name, default))
+    if isinstance(tolerance, dict):  # per output; "*" is the default of the others
+        return float(tolerance.get(name, tolerance.get("*", default)))
     return float(tolerance)
 
 
@@ -173,7 +173,7 @@ def check_parity(
     `inputs`: one batch (tensor, dict, or tuple of forward's positional args) or a list of batches.
     `labels`: for AUC and log loss — an array over all samples of the first output (batches concatenated),
     or a dict output name → array. Outputs that are not probabilities are passed through a sigmoid.
-    `atol`/`rtol`: a number, or a dict output name → number.
+    `atol`/`rtol`: a number, or a dict output name → number (key "*" for the other outputs).
     """
     runner = OnnxModelRunner(onnx_path, providers=providers)
     batches = _batches(inputs)
