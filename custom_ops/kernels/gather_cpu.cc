@@ -1,0 +1,82 @@
+#include "gather_cpu.h"
+
+#include <atomic>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "cpu_features.h"
+#include "half.h"
+#include "isa_region.h"
+
+namespace shark {
+namespace {
+
+struct GatherJob {
+  const TableView* t;
+  const void* indices;
+  uint64_t count;
+  void* out;
+  const void* dflt_out;  // default_row in the output type
+  uint64_t chunk;
+  std::atomic<uint64_t>* first_error;
+};
+
+using TaskFn = void (*)(void*, size_t);
+
+inline void record_error(std::atomic<uint64_t>* first, uint64_t pos) {
+  uint64_t cur = first->load(std::memory_order_relaxed);
+  while (pos < cur && !first->compare_exchange_weak(cur, pos, std::memory_order_relaxed)) {
+  }
+}
+
+namespace generic {
+#define SHARK_ISA_AVX2 0
+#include "rows.inc"
+#include "gather_loops.inc"
+#undef SHARK_ISA_AVX2
+}  // namespace generic
+
+#if SHARK_X86_AVX2_PATH
+SHARK_AVX2_REGION_BEGIN
+namespace avx2 {
+#define SHARK_ISA_AVX2 1
+#include "rows.inc"
+#include "gather_loops.inc"
+#undef SHARK_ISA_AVX2
+}  // namespace avx2
+SHARK_AVX2_REGION_END
+#endif
+
+}  // namespace
+
+LookupError gather_cpu(const TableView& t, const GatherArgs& a, ParallelFor& pf) {
+  LookupError err;
+  if (a.count == 0) return err;
+  TaskFn fn = nullptr;
+#if SHARK_X86_AVX2_PATH
+  if (cpu_isa() == CpuIsa::kAvx2) fn = avx2::select(t.uniform_tier, a.index_type, a.out_type);
+#endif
+  if (!fn) fn = generic::select(t.uniform_tier, a.index_type, a.out_type);
+
+  std::vector<uint16_t> dflt16;
+  const void* dflt_out = t.default_row;
+  if (a.out_type == OutType::kFloat16) {
+    dflt16.resize(t.dim);
+    for (uint32_t j = 0; j < t.dim; ++j) dflt16[j] = float_to_half(t.default_row[j]);
+    dflt_out = dflt16.data();
+  }
+  std::atomic<uint64_t> first_error{kNoError};
+  GatherJob job{&t, a.indices, a.count, a.out, dflt_out, kGatherChunk, &first_error};
+  const uint64_t n_tasks = (a.count + kGatherChunk - 1) / kGatherChunk;
+  if (n_tasks == 1) {
+    fn(&job, 0);
+  } else {
+    pf.run(static_cast<size_t>(n_tasks), fn, &job);
+  }
+  err.position = first_error.load();
+  if (!err.ok()) err.value = read_index(a.indices, a.index_type, err.position);
+  return err;
+}
+
+}  // namespace shark

@@ -1,0 +1,27 @@
+// RowwiseDequantGather on the CPU: out[i, :] = row(indices[i]). No ORT header.
+#pragma once
+
+#include <cstdint>
+
+#include "lookup.h"
+#include "parallel.h"
+#include "table.h"
+
+namespace shark {
+
+struct GatherArgs {
+  const void* indices = nullptr;
+  IndexType index_type = IndexType::kInt64;
+  uint64_t count = 0;  // number of indices (product of the indices shape)
+  void* out = nullptr;  // [count, dim] of float or fp16 (uint16 bits)
+  OutType out_type = OutType::kFloat32;
+};
+
+// `t` must have passed validate_table(). Every index is range-checked while the rows are copied;
+// on error the output content is unspecified and the lowest bad position is returned.
+LookupError gather_cpu(const TableView& t, const GatherArgs& a, ParallelFor& pf);
+
+// Lookups per parallel task (exposed for tests/benchmarks).
+constexpr uint64_t kGatherChunk = 1024;
+
+}  // namespace shark

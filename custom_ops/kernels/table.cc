@@ -1,0 +1,125 @@
+#include "table.h"
+
+#include <sstream>
+
+namespace shark {
+
+const char* tier_name(int tier) {
+  switch (tier) {
+    case kFp32: return "fp32";
+    case kFp16: return "fp16";
+    case kInt8: return "int8";
+    case kInt4: return "int4";
+    case kInt2: return "int2";
+    case kDropped: return "dropped";
+    default: return "invalid";
+  }
+}
+
+static std::string shape_str(const std::vector<int64_t>& s) {
+  std::ostringstream o;
+  o << '[';
+  for (size_t i = 0; i < s.size(); ++i) o << (i ? ", " : "") << s[i];
+  o << ']';
+  return o.str();
+}
+
+std::string validate_attrs(const TableAttrs& a) {
+  std::ostringstream e;
+  if (a.format_version != kFormatVersion) {
+    e << "format_version " << a.format_version << " is not supported (this library reads format_version "
+      << kFormatVersion << ")";
+  } else if (a.num_rows < 1 || static_cast<uint64_t>(a.num_rows) > kMaxRows) {
+    e << "num_rows " << a.num_rows << " is out of range (1 .. 2^40)";
+  } else if (a.dim < 1 || a.dim > kMaxDim) {
+    e << "dim " << a.dim << " is out of range (1 .. " << kMaxDim << ")";
+  } else if (a.uniform_tier < kMixed || a.uniform_tier >= kNumTiers) {
+    e << "uniform_tier " << a.uniform_tier << " is not a tier code (-1 for a mixed table, or 0..5)";
+  } else if (a.output_dtype != static_cast<int64_t>(OutType::kFloat32) &&
+             a.output_dtype != static_cast<int64_t>(OutType::kFloat16)) {
+    e << "output_dtype " << a.output_dtype << " is not supported (1 = float32 or 10 = float16)";
+  }
+  return e.str();
+}
+
+TableView make_table_view(const TableAttrs& a) {
+  TableView t;
+  t.num_rows = static_cast<uint64_t>(a.num_rows);
+  t.dim = static_cast<uint32_t>(a.dim);
+  t.uniform_tier = static_cast<int>(a.uniform_tier);
+  for (int k = 0; k < kNumTiers; ++k) t.stride[k] = static_cast<uint32_t>(tier_stride(k, t.dim));
+  return t;
+}
+
+std::string validate_table(const TableView& t, const TableShapes& s) {
+  std::ostringstream e;
+  const uint64_t R = t.num_rows;
+  const uint64_t blocks = (R + kRowsPerBlock - 1) / kRowsPerBlock;
+  if (s.payload.size() != 1) {
+    e << "payload must be 1-D uint8, got shape " << shape_str(s.payload);
+    return e.str();
+  }
+  if (s.default_row.size() != 1 || s.default_row[0] != static_cast<int64_t>(t.dim)) {
+    e << "default_row must have shape [" << t.dim << "] (dim), got " << shape_str(s.default_row);
+    return e.str();
+  }
+  if (s.row_meta.size() != 2 || s.row_meta[1] != kMetaWords) {
+    e << "row_meta must have shape [blocks, 4], got " << shape_str(s.row_meta);
+    return e.str();
+  }
+  if (t.uniform()) {
+    if (s.row_meta[0] != 0) {
+      e << "row_meta must be empty ([0, 4]) for a uniform " << tier_name(t.uniform_tier) << " table, got "
+        << shape_str(s.row_meta);
+      return e.str();
+    }
+    const uint64_t need = R * t.stride[t.uniform_tier];
+    if (t.payload_bytes != need) {
+      e << "payload has " << t.payload_bytes << " bytes but a uniform " << tier_name(t.uniform_tier)
+        << " table of " << R << " rows x " << t.dim << " dims needs " << need << " bytes";
+      return e.str();
+    }
+    return std::string();
+  }
+  if (static_cast<uint64_t>(s.row_meta[0]) != blocks) {
+    e << "row_meta must have shape [" << blocks << ", 4] for a mixed table of " << R << " rows, got "
+      << shape_str(s.row_meta);
+    return e.str();
+  }
+  uint64_t expect = 0;  // offset the next block must start at
+  for (uint64_t b = 0; b < blocks; ++b) {
+    const uint64_t* m = t.meta + b * kMetaWords;
+    const uint64_t p0 = m[1], p1 = m[2], p2 = m[3];
+    if (m[0] != expect) {
+      e << "row_meta block " << b << " (rows " << b * kRowsPerBlock << "..) has byte offset " << m[0]
+        << " but the rows before it end at byte " << expect;
+      return e.str();
+    }
+    const uint64_t rows_here = (b + 1 == blocks) ? R - b * kRowsPerBlock : kRowsPerBlock;
+    const uint64_t valid = rows_here == 64 ? ~uint64_t{0} : ((uint64_t{1} << rows_here) - 1);
+    if ((p0 | p1 | p2) & ~valid) {
+      e << "row_meta block " << b << " has tier bits set for rows past num_rows " << R;
+      return e.str();
+    }
+    const uint64_t bad = p1 & p2;  // codes 6 and 7
+    if (bad) {
+      unsigned j = 0;
+      while (!((bad >> j) & 1u)) ++j;
+      const unsigned code = static_cast<unsigned>(((p0 >> j) & 1u) | (((p1 >> j) & 1u) << 1) | (((p2 >> j) & 1u) << 2));
+      e << "row " << b * kRowsPerBlock + j << " has invalid tier code " << code << " in row_meta";
+      return e.str();
+    }
+    // Bytes of the block's rows (rows past R have code bits 0 and are masked out by `valid`).
+    const uint64_t n0 = ~p0 & valid, n1 = ~p1, n2 = ~p2, q0 = p0 & valid;
+    expect += t.stride[kFp32] * popcount64(n0 & n1 & n2) + t.stride[kFp16] * popcount64(q0 & n1 & n2) +
+              t.stride[kInt8] * popcount64(n0 & p1 & n2) + t.stride[kInt4] * popcount64(q0 & p1 & n2) +
+              t.stride[kInt2] * popcount64(n0 & n1 & p2);
+  }
+  if (t.payload_bytes != expect) {
+    e << "payload has " << t.payload_bytes << " bytes but row_meta describes " << expect << " bytes of rows";
+    return e.str();
+  }
+  return std::string();
+}
+
+}  // namespace shark

@@ -1,0 +1,86 @@
+// RowwiseDequantGather(payload, row_meta, default_row, indices) -> output  (CPU)
+#include <memory>
+#include <vector>
+
+#include "../kernels/gather_cpu.h"
+#include "custom_op.h"
+#include "ops.h"
+#include "table_kernel.h"
+
+namespace shark_ort {
+namespace {
+
+shark::OutType out_type_of(ONNXTensorElementDataType t) {
+  return t == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 ? shark::OutType::kFloat16 : shark::OutType::kFloat32;
+}
+
+class GatherKernel : public TableKernel {
+ public:
+  static OrtStatus* Create(const OpSpec& spec, const OrtKernelInfo* info, std::unique_ptr<GatherKernel>* out) {
+    auto k = std::make_unique<GatherKernel>();
+    SHARK_RETURN_IF_STATUS(k->init(spec.name, info, out_type_of(spec.output)));
+    SHARK_RETURN_IF_STATUS(k->check_index_type(info, kInIndices, "indices"));
+    *out = std::move(k);
+    return nullptr;
+  }
+
+  OrtStatus* Compute(OrtKernelContext* ctx) {
+    shark::TableView t;
+    SHARK_RETURN_IF_STATUS(table(ctx, &t));
+    Input idx;
+    shark::IndexType it = shark::IndexType::kInt64;
+    SHARK_RETURN_IF_STATUS(index_input(ctx, kInIndices, "indices", true, &idx, &it));
+    std::vector<int64_t> shape = idx.shape;
+    shape.push_back(attrs_.dim);
+    void* out = nullptr;
+    SHARK_RETURN_IF_STATUS(get_output(ctx, 0, shape, &out));
+    shark::GatherArgs a;
+    a.indices = idx.data;
+    a.index_type = it;
+    a.count = idx.count;
+    a.out = out;
+    a.out_type = out_type_;
+    OrtParallelFor pf(ctx);
+    const shark::LookupError e = shark::gather_cpu(t, a, pf);
+    if (!e.ok()) return index_error(e);
+    return nullptr;
+  }
+
+  // output: [*indices.shape, dim], element type from output_dtype. ORT takes the element type from
+  // here (without it the output would default to the first overload's float32), so it is always set
+  // except in one case: ORT reports an indices input of unknown rank as rank 0, indistinguishable
+  // from a scalar; for float32 output we then say nothing (ORT's default type is right), for float16
+  // we must set the type and claim the scalar shape [dim].
+  static OrtStatus* InferShape(const OpSpec&, OrtShapeInferContext* ctx) {
+    int64_t dim = 0;
+    if (!infer_int_attr(ctx, "dim", &dim) || dim < 1) return nullptr;
+    InferredInput in = infer_input(ctx, kInIndices);
+    if (!in.known) return nullptr;
+    const ONNXTensorElementDataType out_type = infer_output_type(ctx);
+    if (in.dims.empty() && out_type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) return nullptr;
+    in.dims.push_back(dim);
+    in.symbols.emplace_back();
+    return infer_set_output(ctx, out_type, in.dims, in.symbols);
+  }
+};
+
+OpSpec gather_spec(ONNXTensorElementDataType out, const char* provider) {
+  OpSpec s;
+  s.name = kGatherOp;
+  s.provider = provider;
+  s.inputs = {ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT64,
+              ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED};
+  s.input_kinds.assign(4, INPUT_OUTPUT_REQUIRED);
+  s.output = out;
+  return s;
+}
+
+}  // namespace
+
+void add_gather_cpu_ops(OpList* ops, uint32_t api_version) {
+  for (auto out : {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16}) {
+    ops->push_back(std::make_shared<CustomOp<GatherKernel>>(gather_spec(out, nullptr), api_version));
+  }
+}
+
+}  // namespace shark_ort

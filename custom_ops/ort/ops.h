@@ -1,0 +1,27 @@
+// The kernel variants this library registers in the `shark_export` domain.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "ort_api.h"
+
+namespace shark_ort {
+
+constexpr const char* kDomain = "shark_export";
+constexpr const char* kGatherOp = "RowwiseDequantGather";
+constexpr const char* kBagOp = "RowwiseDequantEmbeddingBag";
+
+using OpList = std::vector<std::shared_ptr<OrtCustomOp>>;
+
+// CPU variants: each op once per output element type (float32, float16).
+void add_gather_cpu_ops(OpList* ops, uint32_t api_version);
+void add_embedding_bag_cpu_ops(OpList* ops, uint32_t api_version);
+
+#ifdef SHARK_WITH_CUDA
+// CUDA variants (CUDAExecutionProvider), added next to the CPU ones in the same domain.
+void add_gather_cuda_ops(OpList* ops, uint32_t api_version);
+void add_embedding_bag_cuda_ops(OpList* ops, uint32_t api_version);
+#endif
+
+}  // namespace shark_ort

@@ -1,0 +1,235 @@
+#include "table_kernel.h"
+
+#include <atomic>
+#include <sstream>
+
+namespace shark_ort {
+
+std::string TableKernel::where() const { return op_name_ + " node '" + node_name_ + "': "; }
+
+OrtStatus* TableKernel::error(const std::string& msg, OrtErrorCode code) const {
+  return make_status(code, where() + msg);
+}
+
+OrtStatus* TableKernel::index_error(const shark::LookupError& e) const {
+  std::ostringstream o;
+  o << "index " << e.value << " at position " << e.position << " is out of range for table with "
+    << attrs_.num_rows << " rows";
+  return error(o.str());
+}
+
+OrtStatus* TableKernel::int_attr(const OrtKernelInfo* info, const char* name, bool required, int64_t dflt,
+                                 int64_t* out) const {
+  if (read_int_attr(info, name, out)) return nullptr;
+  if (required) return error(std::string("required int attribute '") + name + "' is missing or not an int");
+  *out = dflt;
+  return nullptr;
+}
+
+OrtStatus* TableKernel::init(const char* op_name, const OrtKernelInfo* info, shark::OutType out_type) {
+  op_name_ = op_name;
+  node_name_ = node_name(info);
+  out_type_ = out_type;
+  SHARK_RETURN_IF_STATUS(int_attr(info, "format_version", true, 0, &attrs_.format_version));
+  SHARK_RETURN_IF_STATUS(int_attr(info, "num_rows", true, 0, &attrs_.num_rows));
+  SHARK_RETURN_IF_STATUS(int_attr(info, "dim", true, 0, &attrs_.dim));
+  SHARK_RETURN_IF_STATUS(int_attr(info, "uniform_tier", true, 0, &attrs_.uniform_tier));
+  SHARK_RETURN_IF_STATUS(int_attr(info, "output_dtype", false, 1, &attrs_.output_dtype));
+  const std::string bad = shark::validate_attrs(attrs_);
+  if (!bad.empty()) return error(bad);
+  if (attrs_.output_dtype != static_cast<int64_t>(out_type)) {
+    return error("output_dtype " + std::to_string(attrs_.output_dtype) + " disagrees with the node's output type " +
+                 (out_type == shark::OutType::kFloat16 ? "float16" : "float32"));
+  }
+  proto_ = shark::make_table_view(attrs_);
+
+  // Table tensors stored as constant initializers cannot change between runs: validate them once
+  // per data pointer. Anything else (graph inputs) is validated on every run.
+  constant_inputs_ = true;
+  for (size_t i = kInPayload; i <= kInDefaultRow; ++i) {
+    int is_constant = 0;
+    const OrtValue* v = nullptr;
+    OrtStatus* s = api().KernelInfoGetConstantInput_tensor(info, i, &is_constant, &v);
+    if (s) {
+      api().ReleaseStatus(s);
+      is_constant = 0;
+    }
+    if (!is_constant) constant_inputs_ = false;
+  }
+  return nullptr;
+}
+
+static OrtStatus* typed_input(const TableKernel& k, OrtKernelContext* ctx, size_t index, const char* name,
+                              ONNXTensorElementDataType want, Input* in) {
+  SHARK_RETURN_IF_STATUS(get_input(ctx, index, in));
+  if (!in->present) return k.error(std::string("input '") + name + "' is missing");
+  if (in->type != want) {
+    return k.error(std::string("input '") + name + "' must be " + element_type_name(want) + ", got " +
+                   element_type_name(in->type));
+  }
+  return nullptr;
+}
+
+OrtStatus* TableKernel::table(OrtKernelContext* ctx, shark::TableView* t) {
+  Input payload, meta, dflt;
+  SHARK_RETURN_IF_STATUS(typed_input(*this, ctx, kInPayload, "payload", ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, &payload));
+  SHARK_RETURN_IF_STATUS(typed_input(*this, ctx, kInRowMeta, "row_meta", ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT64, &meta));
+  SHARK_RETURN_IF_STATUS(
+      typed_input(*this, ctx, kInDefaultRow, "default_row", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, &dflt));
+  *t = proto_;
+  t->payload = static_cast<const uint8_t*>(payload.data);
+  t->payload_bytes = payload.count;
+  t->meta = meta.count ? static_cast<const uint64_t*>(meta.data) : nullptr;
+  t->meta_blocks = meta.shape.size() == 2 ? static_cast<uint64_t>(meta.shape[0]) : 0;
+  t->default_row = static_cast<const float*>(dflt.data);
+
+  Key key;
+  key.payload = payload.data;
+  key.payload_bytes = payload.count;
+  key.meta = meta.data;
+  key.meta_count = meta.count;
+  key.dflt = dflt.data;
+  key.dflt_count = dflt.count;
+  if (constant_inputs_) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (validated_ && validated_key_ == key) return nullptr;
+  }
+  shark::TableShapes shapes{payload.shape, meta.shape, dflt.shape};
+  const std::string bad = shark::validate_table(*t, shapes);
+  if (!bad.empty()) return error("invalid table: " + bad);
+  if (constant_inputs_) {
+    std::lock_guard<std::mutex> lock(mu_);
+    validated_ = true;
+    validated_key_ = key;
+  }
+  return nullptr;
+}
+
+OrtStatus* TableKernel::index_input(OrtKernelContext* ctx, size_t index, const char* name, bool required, Input* in,
+                                    shark::IndexType* type) const {
+  SHARK_RETURN_IF_STATUS(get_input(ctx, index, in));
+  if (!in->present) return required ? error(std::string("input '") + name + "' is missing") : nullptr;
+  if (in->type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32) {
+    *type = shark::IndexType::kInt32;
+  } else if (in->type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64) {
+    *type = shark::IndexType::kInt64;
+  } else {
+    return error(std::string("input '") + name + "' must be int32 or int64, got " + element_type_name(in->type));
+  }
+  return nullptr;
+}
+
+OrtStatus* TableKernel::check_index_type(const OrtKernelInfo* info, size_t index, const char* name) const {
+  size_t n = 0;
+  OrtStatus* s = api().KernelInfo_GetInputCount(info, &n);
+  if (s) {
+    api().ReleaseStatus(s);
+    return nullptr;
+  }
+  if (index >= n) return nullptr;
+  OrtTypeInfo* type_info = nullptr;
+  s = api().KernelInfo_GetInputTypeInfo(info, index, &type_info);
+  if (s || !type_info) {
+    if (s) api().ReleaseStatus(s);
+    return nullptr;  // absent optional input, or not known yet: checked when the kernel runs
+  }
+  const OrtTensorTypeAndShapeInfo* tensor_info = nullptr;
+  ONNXTensorElementDataType t = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  s = api().CastTypeInfoToTensorInfo(type_info, &tensor_info);
+  if (!s && tensor_info) s = api().GetTensorElementType(tensor_info, &t);
+  if (s) api().ReleaseStatus(s);
+  api().ReleaseTypeInfo(type_info);
+  if (t == ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED || t == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 ||
+      t == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64) {
+    return nullptr;
+  }
+  return error(std::string("input '") + name + "' must be int32 or int64, got " + element_type_name(t));
+}
+
+void OrtParallelFor::run(size_t n_tasks, void (*fn)(void*, size_t), void* ctx) {
+  OrtStatus* s = api().KernelContext_ParallelFor(ctx_, fn, n_tasks, 0, ctx);
+  if (s) {  // no pool available: run serially (tasks are idempotent)
+    api().ReleaseStatus(s);
+    for (size_t i = 0; i < n_tasks; ++i) fn(ctx, i);
+  }
+}
+
+bool infer_int_attr(const OrtShapeInferContext* ctx, const char* name, int64_t* out) {
+  const OrtOpAttr* attr = nullptr;
+  OrtStatus* s = api().ShapeInferContext_GetAttribute(ctx, name, &attr);
+  if (s || !attr) {
+    if (s) api().ReleaseStatus(s);
+    return false;
+  }
+  int64_t v = 0;
+  size_t got = 0;
+  s = api().ReadOpAttr(attr, ORT_OP_ATTR_INT, &v, sizeof(v), &got);
+  if (s) {
+    api().ReleaseStatus(s);
+    return false;
+  }
+  *out = v;
+  return true;
+}
+
+ONNXTensorElementDataType infer_output_type(const OrtShapeInferContext* ctx) {
+  int64_t v = 1;
+  infer_int_attr(ctx, "output_dtype", &v);
+  return v == static_cast<int64_t>(shark::OutType::kFloat16) ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16
+                                                             : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+}
+
+InferredInput infer_input(const OrtShapeInferContext* ctx, size_t index) {
+  InferredInput r;
+  size_t n = 0;
+  OrtStatus* s = api().ShapeInferContext_GetInputCount(ctx, &n);
+  if (s) {
+    api().ReleaseStatus(s);
+    return r;
+  }
+  if (index >= n) return r;
+  OrtTensorTypeAndShapeInfo* info = nullptr;  // owned by the context
+  s = api().ShapeInferContext_GetInputTypeShape(ctx, index, &info);
+  if (s || !info) {
+    if (s) api().ReleaseStatus(s);
+    return r;
+  }
+  size_t rank = 0;
+  s = api().GetTensorElementType(info, &r.type);
+  if (!s) s = api().GetDimensionsCount(info, &rank);
+  if (!s) {
+    r.dims.resize(rank);
+    s = api().GetDimensions(info, r.dims.data(), rank);
+  }
+  std::vector<const char*> sym(rank, nullptr);
+  if (!s) s = api().GetSymbolicDimensions(info, sym.data(), rank);
+  if (s) {
+    api().ReleaseStatus(s);
+    return r;
+  }
+  r.symbols.resize(rank);
+  for (size_t i = 0; i < rank; ++i) r.symbols[i] = sym[i] ? sym[i] : "";
+  r.known = true;
+  return r;
+}
+
+OrtStatus* infer_set_output(const OrtShapeInferContext* ctx, ONNXTensorElementDataType elem_type,
+                            const std::vector<int64_t>& dims, std::vector<std::string> symbols) {
+  static std::atomic<uint64_t> counter{0};
+  for (size_t i = 0; i < dims.size(); ++i) {
+    if (dims[i] < 0 && symbols[i].empty()) symbols[i] = "shark_export_dim_" + std::to_string(counter++);
+    if (dims[i] >= 0) symbols[i].clear();
+  }
+  std::vector<const char*> sym(symbols.size());
+  for (size_t i = 0; i < symbols.size(); ++i) sym[i] = symbols[i].c_str();
+  OrtTensorTypeAndShapeInfo* info = nullptr;
+  SHARK_RETURN_IF_STATUS(api().CreateTensorTypeAndShapeInfo(&info));
+  OrtStatus* s = api().SetTensorElementType(info, elem_type);
+  if (!s) s = api().SetDimensions(info, dims.data(), dims.size());
+  if (!s) s = api().SetSymbolicDimensions(info, sym.data(), sym.size());
+  if (!s) s = api().ShapeInferContext_SetOutputTypeShape(ctx, 0, info);
+  api().ReleaseTensorTypeAndShapeInfo(info);
+  return s;
+}
+
+}  // namespace shark_ort

@@ -1,0 +1,101 @@
+// What both table-reading ops share: attributes read at kernel creation, the three table inputs,
+// and the validation (with a cache keyed by the tensors' data pointers and sizes).
+#pragma once
+
+#include <cstdint>
+#include <mutex>
+#include <string>
+
+#include "../kernels/lookup.h"
+#include "../kernels/parallel.h"
+#include "../kernels/table.h"
+#include "ort_utils.h"
+
+namespace shark_ort {
+
+constexpr size_t kInPayload = 0, kInRowMeta = 1, kInDefaultRow = 2, kInIndices = 3;
+
+class TableKernel {
+ public:
+  // Reads and checks the table attributes; `out_type` is the output element type of the kernel
+  // variant ORT chose (it must agree with the output_dtype attribute).
+  OrtStatus* init(const char* op_name, const OrtKernelInfo* info, shark::OutType out_type);
+
+  // The validated table of this run.
+  OrtStatus* table(OrtKernelContext* ctx, shark::TableView* t);
+
+  // "OpName node 'name': " + msg, as an ORT error.
+  OrtStatus* error(const std::string& msg, OrtErrorCode code = ORT_INVALID_ARGUMENT) const;
+  std::string where() const;
+
+  // Error for an out-of-range index.
+  OrtStatus* index_error(const shark::LookupError& e) const;
+
+  // Reads an input that must be an int32 or int64 tensor.
+  OrtStatus* index_input(OrtKernelContext* ctx, size_t index, const char* name, bool required, Input* in,
+                         shark::IndexType* type) const;
+
+  // At kernel creation: fails when input `index` has a known element type other than int32/int64.
+  OrtStatus* check_index_type(const OrtKernelInfo* info, size_t index, const char* name) const;
+
+  const shark::TableAttrs& attrs() const { return attrs_; }
+
+ protected:
+  OrtStatus* int_attr(const OrtKernelInfo* info, const char* name, bool required, int64_t dflt, int64_t* out) const;
+
+  std::string op_name_, node_name_;
+  shark::TableAttrs attrs_;
+  shark::TableView proto_;
+  shark::OutType out_type_ = shark::OutType::kFloat32;
+
+ private:
+  struct Key {
+    const void* payload = nullptr;
+    uint64_t payload_bytes = 0;
+    const void* meta = nullptr;
+    uint64_t meta_count = 0;
+    const void* dflt = nullptr;
+    uint64_t dflt_count = 0;
+    bool operator==(const Key& o) const {
+      return payload == o.payload && payload_bytes == o.payload_bytes && meta == o.meta &&
+             meta_count == o.meta_count && dflt == o.dflt && dflt_count == o.dflt_count;
+    }
+  };
+  bool constant_inputs_ = false;  // all three table tensors are constant initializers
+  std::mutex mu_;
+  bool validated_ = false;
+  Key validated_key_;
+};
+
+// shark::ParallelFor over ORT's intra-op thread pool.
+class OrtParallelFor final : public shark::ParallelFor {
+ public:
+  explicit OrtParallelFor(const OrtKernelContext* ctx) : ctx_(ctx) {}
+  void run(size_t n_tasks, void (*fn)(void*, size_t), void* ctx) override;
+
+ private:
+  const OrtKernelContext* ctx_;
+};
+
+// Reads an int attribute from a shape-inference context; false when absent.
+bool infer_int_attr(const OrtShapeInferContext* ctx, const char* name, int64_t* out);
+
+// Output element type named by the node's output_dtype attribute (float32 when absent or invalid;
+// an invalid value fails later, at kernel creation, with a message naming the node).
+ONNXTensorElementDataType infer_output_type(const OrtShapeInferContext* ctx);
+
+// Sets output 0 of a shape-inference context to `elem_type` with `dims` (-1 = unknown dim) and
+// `symbols` (symbolic names, "" where dims has a value).
+OrtStatus* infer_set_output(const OrtShapeInferContext* ctx, ONNXTensorElementDataType elem_type,
+                            const std::vector<int64_t>& dims, std::vector<std::string> symbols);
+
+// Input `index` of a shape-inference context (rank, dims with -1 for unknown, symbolic names).
+struct InferredInput {
+  bool known = false;
+  ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  std::vector<int64_t> dims;
+  std::vector<std::string> symbols;
+};
+InferredInput infer_input(const OrtShapeInferContext* ctx, size_t index);
+
+}  // namespace shark_ort
