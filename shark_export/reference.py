@@ -1,0 +1,293 @@
+"""Pure numpy reference reader of storage format v1 -- what the C++ kernels are tested against.
+
+Independent of the quantizer: rows are located by walking the bit-planes of ``row_meta`` (decode all 64
+codes of a block, exclusive prefix sum of their strides) rather than the popcount formula used by
+``QuantizedTable.row_offsets``, and decoded straight from the payload bytes per docs/FORMAT.md. Only the
+tier codes and the stride formula are shared with ``shark_export.format``.
+
+Numerics:
+- fp32 rows are copied bit-exactly, fp16 rows widened exactly;
+- quantized rows: ``float32(float64(q) * float64(scale) + float64(bias))`` -- one rounding, equal to the
+  kernels' float32 ``fma``;
+- dropped rows read as ``default_row``;
+- :func:`embedding_bag` accumulates in float64 and rounds once to float32 at the end (mean divides the
+  float64 sum by the count first); a float32-accumulating kernel differs from it by float32 summation
+  error only. A float16 ``output_dtype`` is the float32 result rounded to nearest.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .errors import FormatError, IndexOutOfRangeError
+from .format import QuantizedTable, Tier, row_stride
+
+__all__ = ["dequantize_rows", "dequantize", "gather", "embedding_bag"]
+
+_CHUNK_BYTES = 1 << 22  # rows per dequantize() chunk ~ 4 MiB of float32 output
+
+
+def _label(table: QuantizedTable) -> str:
+    return f"table {table.name!r}"
+
+
+def _strides(dim: int) -> np.ndarray:
+    lut = np.zeros(8, dtype=np.int64)  # codes 6/7: invalid, stride 0 here, rejected below
+    for code in range(6):
+        lut[code] = row_stride(code, dim)
+    return lut
+
+
+def _value_bytes(code: int, dim: int) -> int:
+    """Bytes a row of ``code`` really uses (header + values, no padding), from the FORMAT.md table."""
+    return {0: 4 * dim, 1: 2 * dim, 2: 4 + dim, 3: 4 + (dim + 1) // 2, 4: 4 + (dim + 3) // 4, 5: 0}[code]
+
+
+def _check_rows(table: QuantizedTable, flat: np.ndarray) -> None:
+    R = int(table.num_rows)
+    bad = (flat < 0) | (flat >= R)
+    if bad.any():
+        pos = int(np.argmax(bad))
+        raise IndexOutOfRangeError(
+            f"{_label(table)}: index {int(flat[pos])} at flat position {pos} is out of range "
+            f"(the table has {R} rows; valid indices are 0..{R - 1})"
+        )
+
+
+def _locate(table: QuantizedTable, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(tier codes uint8[n], byte offsets int64[n]) of in-range ``rows`` (int64[n])."""
+    R, D = int(table.num_rows), int(table.dim)
+    lut = _strides(D)
+    n_payload = int(table.payload.shape[0])
+    if table.uniform_tier >= 0:
+        code = int(table.uniform_tier)
+        if not 0 <= code <= 5:
+            raise FormatError(f"{_label(table)}: uniform_tier {code} is not a tier code")
+        codes = np.full(rows.shape, code, dtype=np.uint8)
+        offsets = rows * lut[code]
+    else:
+        nb = -(-R // 64)
+        if table.row_meta.shape != (nb, 4):
+            raise FormatError(f"{_label(table)}: row_meta has shape {table.row_meta.shape}, expected ({nb}, 4)")
+        blocks, within = rows // 64, rows % 64
+        ublocks, inverse = np.unique(blocks, return_inverse=True)
+        meta = np.asarray(table.row_meta[ublocks], dtype=np.uint64)
+        shifts = np.arange(64, dtype=np.uint64)
+        block_codes = np.zeros((ublocks.shape[0], 64), dtype=np.int64)
+        for k in range(3):
+            block_codes |= ((meta[:, 1 + k, None] >> shifts) & np.uint64(1)).astype(np.int64) << k
+        row_ids = ublocks[:, None] * 64 + np.arange(64)
+        in_table = row_ids < R
+        invalid = (block_codes >= 6) & in_table
+        if invalid.any():
+            b, j = np.argwhere(invalid)[0]
+            raise FormatError(
+                f"{_label(table)}: row {int(row_ids[b, j])} has invalid tier code {int(block_codes[b, j])}"
+            )
+        sizes = np.where(in_table, lut[block_codes], 0)
+        before = np.cumsum(sizes, axis=1) - sizes  # exclusive prefix sum inside the block
+        offsets = meta[inverse, 0].astype(np.int64) + before[inverse, within]
+        codes = block_codes[inverse, within].astype(np.uint8)
+    ends = offsets + np.array([_value_bytes(c, D) for c in range(6)], dtype=np.int64)[codes]
+    overrun = ends > n_payload
+    if overrun.any():
+        i = int(np.argmax(overrun))
+        raise FormatError(
+            f"{_label(table)}: row {int(rows[i])} (tier {Tier(int(codes[i]))}) at offset {int(offsets[i])} "
+            f"ends past the payload ({n_payload} bytes)"
+        )
+    return codes, offsets
+
+
+def _decode(table: QuantizedTable, code: int, offsets: np.ndarray) -> np.ndarray:
+    """float32 [n, D] values of rows of one tier ``code`` at byte ``offsets``."""
+    D = int(table.dim)
+    n = offsets.shape[0]
+    if code == 5:
+        return np.broadcast_to(np.asarray(table.default_row, dtype=np.float32), (n, D))
+    nbytes = _value_bytes(code, D)
+    raw = np.asarray(table.payload)[offsets[:, None] + np.arange(nbytes)]  # [n, nbytes] uint8, contiguous
+    if code == 0:
+        return raw.view("<f4").astype(np.float32)
+    if code == 1:
+        return raw.view("<f2").astype(np.float32)
+    scale = raw[:, 0:2].copy().view("<f2")[:, 0].astype(np.float64)
+    bias = raw[:, 2:4].copy().view("<f2")[:, 0].astype(np.float64)
+    body = raw[:, 4:]
+    if code == 2:
+        q = body
+    else:
+        bits = 4 if code == 3 else 2
+        per = 8 // bits
+        mask = (1 << bits) - 1
+        q = np.empty((n, body.shape[1] * per), dtype=np.uint8)
+        for i in range(per):  # element per*k + i sits in bits bits*i .. bits*i + bits-1 of byte k
+            q[:, i::per] = (body >> (bits * i)) & mask
+        q = q[:, :D]
+    return (q.astype(np.float64) * scale[:, None] + bias[:, None]).astype(np.float32)
+
+
+def _as_rows(table: QuantizedTable, rows: Any) -> np.ndarray:
+    arr = np.asarray(rows)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{_label(table)}: row indices must be integers, got dtype {arr.dtype}")
+    return arr
+
+
+def dequantize_rows(table: QuantizedTable, rows: Any) -> np.ndarray:
+    """float32 ``[len(rows), D]``: the stored value of each of ``rows`` (1-D integer array)."""
+    arr = _as_rows(table, rows)
+    if arr.ndim != 1:
+        raise ValueError(f"{_label(table)}: rows must be 1-D, got shape {arr.shape}")
+    _check_rows(table, arr)
+    r = arr.astype(np.int64)
+    out = np.empty((r.shape[0], int(table.dim)), dtype=np.float32)
+    if r.shape[0] == 0:
+        return out
+    codes, offsets = _locate(table, r)
+    for code in np.unique(codes):
+        sel = np.flatnonzero(codes == code)
+        out[sel] = _decode(table, int(code), offsets[sel])
+    return out
+
+
+def dequantize(table: QuantizedTable) -> np.ndarray:
+    """float32 ``[R, D]``: the whole table, decoded in row chunks."""
+    R, D = int(table.num_rows), int(table.dim)
+    out = np.empty((R, D), dtype=np.float32)
+    step = max(64, _CHUNK_BYTES // (4 * D))
+    for r0 in range(0, R, step):
+        r1 = min(R, r0 + step)
+        out[r0:r1] = dequantize_rows(table, np.arange(r0, r1, dtype=np.int64))
+    return out
+
+
+def _output_dtype(output_dtype: Any) -> np.dtype:
+    dt = np.dtype(output_dtype)
+    if dt not in (np.float32, np.float16):
+        raise ValueError(f"output_dtype must be float32 or float16, got {dt}")
+    return dt
+
+
+def gather(table: QuantizedTable, indices: Any, output_dtype: Any = np.float32) -> np.ndarray:
+    """``[*indices.shape, D]`` rows of the table (``RowwiseDequantGather``). ``indices``: integers of any
+    rank (0-d and empty included). A negative or ``>= R`` index raises :class:`IndexOutOfRangeError`
+    naming the table, the value, its flat position and R."""
+    dt = _output_dtype(output_dtype)
+    idx = _as_rows(table, indices)
+    flat = idx.reshape(-1)
+    _check_rows(table, flat)
+    uniq, inverse = np.unique(flat.astype(np.int64), return_inverse=True)
+    rows = dequantize_rows(table, uniq)
+    return rows[inverse.reshape(-1)].reshape(*idx.shape, int(table.dim)).astype(dt, copy=False)
+
+
+def embedding_bag(
+    table: QuantizedTable,
+    indices: Any,
+    offsets: Any = None,
+    per_sample_weights: Any = None,
+    mode: str | int = "sum",
+    include_last_offset: bool = False,
+    padding_idx: int = -1,
+    output_dtype: Any = np.float32,
+) -> np.ndarray:
+    """``[B, D]`` bag reductions with ``torch.nn.EmbeddingBag`` semantics (``RowwiseDequantEmbeddingBag``).
+
+    ``indices`` 1-D with ``offsets`` (B starts, or B+1 with ``include_last_offset``; ``offsets[0] == 0``,
+    non-decreasing, ``<= len(indices)``), or 2-D ``[B, L]`` without offsets. ``mode`` "sum"/"mean" (or
+    0/1). ``per_sample_weights`` (same shape as ``indices``) in sum mode only. Entries equal to
+    ``padding_idx`` (``-1``: none) neither add nor count; empty bags (and all-padding bags) give zeros.
+    Sums are accumulated in float64 and rounded once to float32 (mean: float64 sum / count, then
+    float32); float16 output rounds that float32 result. Errors: :class:`FormatError` (a ValueError) for
+    bad arguments/offsets, :class:`IndexOutOfRangeError` for an index outside [0, R) anywhere in
+    ``indices``.
+    """
+    dt = _output_dtype(output_dtype)
+    name = _label(table)
+    R, D = int(table.num_rows), int(table.dim)
+    modes = {"sum": 0, "mean": 1, 0: 0, 1: 1}
+    if isinstance(mode, bool) or mode not in modes:
+        raise FormatError(f"{name}: embedding_bag mode must be 'sum' (0) or 'mean' (1), got {mode!r}")
+    mean = modes[mode] == 1
+    idx = _as_rows(table, indices)
+    if isinstance(padding_idx, bool) or not isinstance(padding_idx, (int, np.integer)):
+        raise FormatError(f"{name}: padding_idx must be an integer, got {padding_idx!r}")
+    padding_idx = int(padding_idx)
+    if padding_idx != -1 and not 0 <= padding_idx < R:
+        raise FormatError(f"{name}: padding_idx {padding_idx} must be -1 (none) or in 0..{R - 1}")
+
+    if idx.ndim == 2:
+        if offsets is not None:
+            raise FormatError(f"{name}: offsets must be None when indices is 2-D (got shape {idx.shape})")
+        B, L = idx.shape
+        starts = np.arange(B, dtype=np.int64) * L
+        ends = starts + L
+    elif idx.ndim == 1:
+        if offsets is None:
+            raise FormatError(f"{name}: 1-D indices need offsets")
+        off = np.asarray(offsets)
+        if off.ndim != 1 or off.dtype.kind not in "iu":
+            raise FormatError(f"{name}: offsets must be a 1-D integer array, got {off.dtype} with shape {off.shape}")
+        off = off.astype(np.int64)
+        n = idx.shape[0]
+        if include_last_offset and off.shape[0] == 0:
+            raise FormatError(f"{name}: include_last_offset needs at least one offset (B + 1 entries)")
+        if off.shape[0] and off[0] != 0:
+            raise FormatError(f"{name}: offsets[0] must be 0, got {int(off[0])}")
+        dec = np.flatnonzero(np.diff(off) < 0)
+        if dec.shape[0]:
+            i = int(dec[0]) + 1
+            raise FormatError(
+                f"{name}: offsets must be non-decreasing, but offsets[{i}] = {int(off[i])} < "
+                f"offsets[{i - 1}] = {int(off[i - 1])}"
+            )
+        if off.shape[0] and off[-1] > n:
+            raise FormatError(f"{name}: offsets[{off.shape[0] - 1}] = {int(off[-1])} exceeds len(indices) = {n}")
+        if include_last_offset:
+            starts, ends = off[:-1], off[1:]
+        else:
+            starts, ends = off, np.append(off[1:], n)
+        B = starts.shape[0]
+    else:
+        raise FormatError(f"{name}: indices must be 1-D (with offsets) or 2-D [B, L], got shape {idx.shape}")
+
+    flat = idx.reshape(-1)
+    _check_rows(table, flat)
+    if per_sample_weights is not None:
+        if mean:
+            raise FormatError(f"{name}: per_sample_weights is only supported in mode 'sum', got mode {mode!r}")
+        psw = np.asarray(per_sample_weights)
+        if psw.shape != idx.shape:
+            raise FormatError(
+                f"{name}: per_sample_weights has shape {psw.shape}, expected the shape of indices {idx.shape}"
+            )
+        if psw.dtype.kind != "f":
+            raise FormatError(f"{name}: per_sample_weights must be floating point, got {psw.dtype}")
+        weights = psw.reshape(-1).astype(np.float64)
+    else:
+        weights = None
+
+    lengths = ends - starts
+    bag = np.repeat(np.arange(B, dtype=np.int64), lengths)
+    bag_first = np.cumsum(lengths) - lengths  # where each bag starts among the selected entries
+    pos = np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(starts - bag_first, lengths)
+    rows = flat[pos].astype(np.int64)
+    keep = rows != padding_idx if padding_idx >= 0 else np.ones(rows.shape, dtype=bool)
+    bag, pos, rows = bag[keep], pos[keep], rows[keep]
+
+    out = np.zeros((B, D), dtype=np.float64)
+    counts = np.bincount(bag, minlength=B)
+    if rows.shape[0]:
+        uniq, inverse = np.unique(rows, return_inverse=True)
+        values = dequantize_rows(table, uniq).astype(np.float64)[inverse.reshape(-1)]
+        if weights is not None:
+            values *= weights[pos][:, None]
+        nonempty = np.flatnonzero(counts)
+        first = np.concatenate([[0], np.cumsum(counts)[:-1]])[nonempty]
+        out[nonempty] = np.add.reduceat(values, first, axis=0)  # entries are grouped by bag, in order
+        if mean:
+            out[nonempty] /= counts[nonempty, None]
+    return out.astype(np.float32).astype(dt, copy=False)
