@@ -261,7 +261,7 @@ def convert(
     ir_model = export_to_ir(model, example)
     input_map = _record_inputs(ir_model, example)
     weights = _weights(model, tables)
-    lookups = find_lookups(ir_model, fields, weights)
+    lookups = find_lookups(ir_model, fields, tables, weights)
     steps.update()
 
     PruneFieldsPass(lookups, {n: means[n] for n in prune_names})(ir_model)
@@ -288,7 +288,7 @@ def convert(
         if name in quantized:
             q = quantized[name]
             b = q.byte_report()
-            counts = {str(Tier(t)): int(c) for t, c in q.tier_counts.items()}
+            counts = {str(Tier(t)): int(c) for t, c in q.tier_counts.items() if c}
             table_reports.append(TableReport(name, q.num_rows, q.dim, counts, b.fp32, b.payload, b.scales, b.metadata))
         else:
             table_reports.append(TableReport(name, table.num_rows, table.dim, {}, table.num_rows * table.dim * 4, 0, 0, 0, pruned=True))

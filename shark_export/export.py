@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import io
+import logging
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -178,6 +179,9 @@ def export_program(model: torch.nn.Module, example: ExampleInputs) -> torch.expo
 def export_to_ir(model: torch.nn.Module, example: ExampleInputs) -> ir.Model:
     """Export to an onnx-ir model whose lookups are staging nodes; initializers keep parameter names."""
     program = export_program(model, example)
+    registration_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration_log.level
+    registration_log.setLevel(logging.ERROR)  # "torchvision is not installed" notes are noise here
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         onnx_program = torch.onnx.export(
@@ -188,4 +192,5 @@ def export_to_ir(model: torch.nn.Module, example: ExampleInputs) -> ir.Model:
             optimize=True,
             verbose=False,
         )
+    registration_log.setLevel(level)
     return onnx_program.model

@@ -30,6 +30,7 @@ class Table:
     module_paths: tuple[str, ...]
     num_rows: int
     dim: int
+    aliases: tuple[str, ...] = ()  # every parameter name of the weight (tied modules have several)
 
     @property
     def module_path(self) -> str:
@@ -39,6 +40,9 @@ class Table:
 def find_tables(model: nn.Module) -> dict[str, Table]:
     """Tables by parameter name, found by module type. Raises when the model has none or one we cannot serve."""
     parameter_names = {id(p): name for name, p in model.named_parameters()}
+    aliases: dict[int, list[str]] = defaultdict(list)
+    for name, p in model.named_parameters(remove_duplicate=False):
+        aliases[id(p)].append(name)
     modules_by_weight: dict[int, list[str]] = defaultdict(list)
     for path, module in model.named_modules():
         if not isinstance(module, EMBEDDING_TYPES):
@@ -66,7 +70,7 @@ def find_tables(model: nn.Module) -> dict[str, Table]:
         if name is None:
             raise UnsupportedModelError(f"the weight of embedding {paths[0]!r} is not a registered parameter of the model")
         rows, dim = modules[paths[0]].weight.shape
-        tables[name] = Table(name=name, module_paths=tuple(paths), num_rows=int(rows), dim=int(dim))
+        tables[name] = Table(name, tuple(paths), int(rows), int(dim), tuple(aliases[weight_id]))
     return tables
 
 

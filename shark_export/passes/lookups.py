@@ -10,7 +10,7 @@ import onnx_ir as ir
 
 from ..errors import ExportError
 from ..export import FLOAT_BAG, FLOAT_GATHER, STAGING_DOMAIN
-from ..fields import Field
+from ..fields import Field, Table
 
 
 @dataclass(frozen=True)
@@ -34,34 +34,39 @@ def _staging_nodes_in_subgraphs(graph: ir.Graph) -> list[ir.Node]:
     return [node for node in ir.traversal.RecursiveGraphIterator(graph) if is_staging_lookup(node) and node.graph is not graph]
 
 
-def find_lookups(model: ir.Model, fields: dict[str, Field], weights: dict[str, np.ndarray]) -> list[Lookup]:
+def find_lookups(model: ir.Model, fields: dict[str, Field], tables: dict[str, Table], weights: dict[str, np.ndarray]) -> list[Lookup]:
     """Match staging nodes to fields: per table, graph order equals torch's call order.
 
-    `weights` maps table name → the module's weight; each initializer is verified against it by value, so a
+    The exporter names a table's initializer by one of its parameter names (any alias of a tied weight);
+    each initializer is verified against the module's weight (`weights`, by table name) by value, so a
     lookup is never served from the wrong table.
     """
     nested = _staging_nodes_in_subgraphs(model.graph)
     if nested:
         raise ExportError(f"lookup {nested[0].name!r} sits inside a control-flow subgraph, which is not supported")
+    table_of_alias = {alias: t.name for t in tables.values() for alias in (t.name, *t.aliases)}
     nodes_by_table: dict[str, list[ir.Node]] = defaultdict(list)
+    verified: set[str] = set()
     for node in model.graph:
         if not is_staging_lookup(node):
             continue
         weight = node.inputs[0]
-        if weight is None or not weight.is_initializer() or weight.name not in weights:
+        table = table_of_alias.get(getattr(weight, "name", None))
+        if table is None or not weight.is_initializer():
             raise ExportError(
                 f"lookup node {node.name!r} ({node.op_type}) reads {getattr(weight, 'name', None)!r}, which is not the "
                 "weight of an nn.Embedding/nn.EmbeddingBag module; only module tables can be converted"
             )
-        nodes_by_table[weight.name].append(node)
+        if weight.name not in verified:
+            if weight.const_value is None or not np.array_equal(weight.const_value.numpy(), weights[table]):
+                raise ExportError(f"initializer {weight.name!r} does not hold the weight of the module it is named after")
+            verified.add(weight.name)
+        nodes_by_table[table].append(node)
     fields_by_table: dict[str, list[Field]] = defaultdict(list)
     for f in fields.values():
         fields_by_table[f.table].append(f)
     lookups = []
     for table, nodes in nodes_by_table.items():
-        initializer = model.graph.initializers[table].const_value
-        if initializer is None or not np.array_equal(initializer.numpy(), weights[table]):
-            raise ExportError(f"initializer {table!r} does not hold the weight of the module it is named after")
         expected = fields_by_table.get(table, [])
         if len(expected) != len(nodes):
             raise ExportError(

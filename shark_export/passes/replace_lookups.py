@@ -57,11 +57,18 @@ class ReplaceLookupsPass(ir.passes.InPlacePass):
                 op_type = GATHER_OP
                 inputs = [*storage, node.inputs[1]]
             replacement = ir.node(op_type, inputs, attributes=attributes, domain=DOMAIN, name=f"lookup/{lookup.field}")
-            graph.insert_before(node, replacement)
+            new_nodes = [replacement]
             out = replacement.outputs[0]
+            out.type = ir.TensorType(ir.DataType(self.output_dtype))
             old = node.outputs[0]
             out.shape = old.shape
-            out.type = ir.TensorType(ir.DataType(self.output_dtype))
+            if old.dtype is not None and out.dtype != old.dtype:
+                # The rest of the graph reads the lookup at its exported dtype.
+                cast = ir.node("Cast", [out], attributes={"to": old.dtype}, name=f"lookup/{lookup.field}/cast")
+                new_nodes.append(cast)
+                out = cast.outputs[0]
+                out.shape, out.type = old.shape, old.type
+            graph.insert_before(node, new_nodes)
             old.replace_all_uses_with(out, replace_graph_outputs=True)
             out.name = old.name
         return ir.passes.PassResult(model, modified=True)

@@ -1,0 +1,218 @@
+"""End-to-end conversion: every model shape, every preset, pruning, errors. Numbers come from ORT runs."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from models import BagModes, DenseMatrixInput, DictInput, MultiTask, NoEmbedding, SharedTable, TupleInputs, built
+
+import shark_export
+from shark_export import QuantConfig, check_parity, convert
+from shark_export.errors import ExportError, SharkExportError, UnknownFieldError, UnsupportedModelError
+from shark_export.format import Tier, row_stride
+from shark_export.inspect_model import read_tables
+from shark_export.model_io import OnnxModelRunner
+
+MODELS = [TupleInputs, DictInput, DenseMatrixInput, SharedTable, BagModes, MultiTask]
+
+
+def _torch_outputs(model, batch):
+    example = shark_export.export.ExampleInputs.of(batch)
+    with torch.no_grad():
+        out = model(*example.args, **example.kwargs)
+    return [t.numpy() for t in torch.utils._pytree.tree_leaves(out)]
+
+
+@pytest.mark.parametrize("cls", MODELS, ids=lambda c: c.__name__)
+def test_fp32_preset_matches_torch_at_any_batch_size(tmp_path, cls):
+    model = built(cls)
+    path = tmp_path / "model.onnx"
+    report = convert(model, cls.batch(4), path, quant="fp32")
+    onnx.checker.check_model(str(path), full_check=True)
+    graph = onnx.load(str(path)).graph
+    ops = {n.op_type for n in graph.node}
+    assert "Loop" not in ops and "SequenceInsert" not in ops  # EmbeddingBag no longer a Loop
+    assert not [n for n in graph.node if n.op_type == "Gather" and n.input[0].endswith(".weight")]
+    assert all(t.tiers == {"fp32": t.rows} for t in report.tables)
+    runner = OnnxModelRunner(path)
+    for n in (1, 7, 33):  # dynamic batch: none of these is the export batch
+        batch = cls.batch(n, seed=n)
+        for got, want in zip(runner.run(batch), _torch_outputs(model, batch)):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("quant", ["fp16", "int8", "int4"])
+@pytest.mark.parametrize("cls", [DictInput, BagModes, SharedTable], ids=lambda c: c.__name__)
+def test_quantized_presets_are_faithful_to_dequantized_weights(tmp_path, cls, quant):
+    model = built(cls)
+    calibration = [cls.batch(16, seed=s) for s in range(3)]
+    report = convert(model, cls.batch(4), tmp_path / "m.onnx", quant=quant, calibration=calibration)
+    assert report.faithfulness, str(report.faithfulness)
+    assert report.faithfulness.outputs[0].max_abs <= 1e-5
+    assert report.impact is not None and report.impact.outputs[0].max_abs > 0  # quantization is visible
+    tier = {"fp16": Tier.FP16, "int8": Tier.INT8, "int4": Tier.INT4}[quant]
+    for table in report.tables:
+        assert table.tiers == {str(tier): table.rows}
+        expected = table.rows * row_stride(tier, table.dim)
+        assert table.payload_bytes + table.scale_bytes == expected
+
+
+def test_model_is_not_modified(tmp_path):
+    model = built(DictInput)
+    before = copy.deepcopy(model.state_dict())
+    convert(model, DictInput.batch(4), tmp_path / "m.onnx", quant="int4", calibration=[DictInput.batch(8)])
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not model.training
+
+
+def test_shared_table_is_stored_once_and_named_per_lookup(tmp_path):
+    model = built(SharedTable)
+    path = tmp_path / "m.onnx"
+    report = convert(model, SharedTable.batch(4), path, quant="int8")
+    assert report.fields == ["ids#0", "ids#1", "tied", "other"]
+    tables, lookups = read_tables(path)
+    assert sorted(tables) == ["ids.weight", "other.weight"]
+    assert sorted(name for name, _, _ in lookups) == ["lookup/ids#0", "lookup/ids#1", "lookup/other", "lookup/tied"]
+    payloads = [i for i in onnx.load(str(path)).graph.initializer if i.name.endswith(".payload")]
+    assert len(payloads) == 2
+
+
+def test_multi_output_names_and_values(tmp_path):
+    model = built(MultiTask)
+    path = tmp_path / "m.onnx"
+    convert(model, MultiTask.batch(4), path, quant="fp32")
+    runner = OnnxModelRunner(path)
+    assert runner.output_names == ["ctr", "cvr"]
+    batch = MultiTask.batch(9, seed=3)
+    want = _torch_outputs(model, batch)
+    for got, ref in zip(runner.run(batch), want):
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_pruning_removes_table_node_and_input_and_matches_mean_embedding(tmp_path):
+    model = built(TupleInputs)
+    calibration = [TupleInputs.batch(32, seed=s) for s in range(4)]
+    path = tmp_path / "m.onnx"
+    report = convert(model, TupleInputs.batch(4), path, quant="int8", prune=["item"], calibration=calibration)
+    graph = onnx.load(str(path)).graph
+    assert [i.name for i in graph.input] == ["user_ids", "dense"]
+    assert not [i.name for i in graph.initializer if i.name.startswith("item.")]
+    assert [n.name for n in graph.node if n.domain == "shark_export"] == ["lookup/user"]
+    assert report.pruned_fields == ["item"] and report.removed_inputs == ["item_ids"]
+    assert report.faithfulness and report.faithfulness.outputs[0].max_abs <= 1e-5
+    # independent check: the mean of the item embeddings over the calibration ids, fed through torch
+    ids = torch.cat([b[1] for b in calibration])
+    mean = model.item.weight[ids].mean(0).detach()
+    batch = TupleInputs.batch(5, seed=11)
+    with torch.no_grad():
+        user = torch.from_numpy(shark_export.reference.dequantize(read_tables(path)[0]["user.weight"]))[batch[0]]
+        want = model.head(torch.cat([user, mean.expand(5, -1), batch[2]], dim=1)).squeeze(1).numpy()
+    got = OnnxModelRunner(path).run(batch)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_pruning_a_bag_field_and_a_2d_bag(tmp_path):
+    model = built(DictInput)
+    calibration = [DictInput.batch(32, seed=s) for s in range(3)]
+    path = tmp_path / "m.onnx"
+    report = convert(model, DictInput.batch(4), path, quant="int8", prune=["tags", "genres"], calibration=calibration)
+    inputs = [i.name for i in onnx.load(str(path)).graph.input]
+    assert not any("tags" in name or "genres" in name for name in inputs), inputs
+    assert report.faithfulness, str(report.faithfulness)
+    assert {t.table for t in report.tables if t.pruned} == {"tags.weight", "genres.weight"}
+    assert OnnxModelRunner(path).run(DictInput.batch(6, seed=9))[0].shape == (6,)
+
+
+def test_mixed_preset_uses_priorities_and_is_smaller_than_int8(tmp_path):
+    model = built(TupleInputs)
+    g = torch.Generator().manual_seed(0)
+    # skewed ids: a few hot users
+    calibration = [(torch.randint(0, 20, (64,), generator=g), torch.randint(0, 120, (64,), generator=g), torch.randn(64, 3)) for _ in range(4)]
+    labels = [torch.randint(0, 2, (64,), generator=g).float() for _ in range(4)]
+    mixed = convert(model, TupleInputs.batch(4), tmp_path / "mixed.onnx", quant="mixed", calibration=calibration, labels=labels)
+    int8 = convert(model, TupleInputs.batch(4), tmp_path / "int8.onnx", quant="int8")
+    assert mixed.faithfulness
+    assert mixed.bytes_after < int8.bytes_after
+    user = next(t for t in mixed.tables if t.table == "user.weight")
+    assert user.tiers == {"fp16": 6, "int8": 60, "int4": 234}
+    tables, _ = read_tables(tmp_path / "mixed.onnx")
+    tiers = tables["user.weight"].tiers()
+    assert set(np.flatnonzero(tiers == Tier.FP16)) <= set(range(20))  # hot rows are among the seen ones
+    assert mixed.impact.metrics and np.isfinite(mixed.impact.metrics[0].auc_onnx)
+
+
+def test_budget_config_hits_target_and_overrides(tmp_path):
+    model = built(DictInput)
+    calibration = [DictInput.batch(64, seed=s) for s in range(4)]
+    config = QuantConfig(target_ratio=0.4, overrides={"emb.site": "fp32"})  # D=6: int4 rows cost 1/3 of fp32
+    report = convert(model, DictInput.batch(4), tmp_path / "m.onnx", quant=config, calibration=calibration)
+    assert report.faithfulness
+    site = next(t for t in report.tables if t.table == "emb.site.weight")
+    assert site.tiers == {"fp32": 50}
+    others = [t for t in report.tables if t.table != "emb.site.weight"]
+    ratio = sum(t.bytes_after for t in others) / sum(t.fp32_bytes for t in others)
+    assert 0.36 <= ratio <= 0.4
+
+
+def test_float16_outputs(tmp_path):
+    model = built(TupleInputs)
+    path = tmp_path / "m.onnx"
+    convert(model, TupleInputs.batch(4), path, quant=QuantConfig("fp16", output_dtype="float16"))
+    graph = onnx.load(str(path)).graph
+    assert {a.i for n in graph.node if n.domain == "shark_export" for a in n.attribute if a.name == "output_dtype"} == {10}
+    report = check_parity(model, path, TupleInputs.batch(8), atol=5e-3, rtol=5e-3)
+    assert report, str(report)
+
+
+def test_parity_report_fails_and_raises_on_a_different_model(tmp_path):
+    model = built(TupleInputs)
+    path = tmp_path / "m.onnx"
+    convert(model, TupleInputs.batch(4), path, quant="fp32")
+    other = built(TupleInputs, seed=1)
+    report = check_parity(other, path, [TupleInputs.batch(8), TupleInputs.batch(3, seed=2)])
+    assert not report and "FAILED" in str(report) and report.samples == 2
+    with pytest.raises(shark_export.errors.ParityError, match="FAILED"):
+        check_parity(other, path, TupleInputs.batch(8), raise_on_failure=True)
+    assert check_parity(model, path, TupleInputs.batch(8), raise_on_failure=True)
+
+
+def test_errors_name_the_problem_and_write_nothing(tmp_path):
+    path = tmp_path / "m.onnx"
+    with pytest.raises(UnsupportedModelError, match="NoEmbedding has no nn.Embedding"):
+        convert(NoEmbedding().eval(), torch.randn(2, 3), path)
+    training = built(TupleInputs).train()
+    with pytest.raises(UnsupportedModelError, match="training mode"):
+        convert(training, TupleInputs.batch(4), path)
+    model = built(TupleInputs)
+    with pytest.raises(UnknownFieldError, match="unknown field 'nope'.*user, item"):
+        convert(model, TupleInputs.batch(4), path, prune=["nope"], calibration=[TupleInputs.batch(4)])
+    with pytest.raises(SharkExportError, match=r"pruning \['item'\] needs calibration"):
+        convert(model, TupleInputs.batch(4), path, prune=["item"])
+    with pytest.raises(shark_export.quant_config.QuantConfigError, match="unknown preset 'int3'"):
+        convert(model, TupleInputs.batch(4), path, quant="int3")
+    max_norm = built(TupleInputs)
+    max_norm.user.max_norm = 1.0
+    with pytest.raises(UnsupportedModelError, match="'user' has max_norm"):
+        convert(max_norm, TupleInputs.batch(4), path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unmappable_lookup_is_reported(tmp_path):
+    class RawParameter(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.known = torch.nn.Embedding(10, 4)
+            self.raw = torch.nn.Parameter(torch.randn(10, 4))
+
+        def forward(self, ids):
+            return self.known(ids) + torch.nn.functional.embedding(ids, self.raw)
+
+    with pytest.raises(ExportError, match="reads 'raw'.*not the weight of an nn.Embedding"):
+        convert(RawParameter().eval(), torch.tensor([1, 2, 3]), tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
