@@ -1,0 +1,81 @@
+"""Tier assignment: presets, mixed split by priority, byte budgets, overrides, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shark_export.fields import Table
+from shark_export.format import Tier, row_stride
+from shark_export.quant_config import QuantConfig, QuantConfigError, assign_tiers
+
+TABLES = {"a.weight": Table("a.weight", ("a",), 1000, 64), "b.weight": Table("b.weight", ("b",), 500, 16)}
+
+
+def _priorities(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {name: rng.zipf(1.5, t.num_rows).astype(np.float64) * (rng.random(t.num_rows) < 0.8) for name, t in TABLES.items()}
+
+
+def _bytes(tiers: np.ndarray, dim: int) -> int:
+    return sum(row_stride(Tier(t), dim) for t in tiers)
+
+
+def test_single_presets_are_uniform():
+    for preset, tier in [("fp32", Tier.FP32), ("fp16", Tier.FP16), ("int8", Tier.INT8), ("int4", Tier.INT4)]:
+        assert assign_tiers(QuantConfig(preset), TABLES, None) == {"a.weight": tier, "b.weight": tier}
+
+
+def test_mixed_splits_rows_by_priority():
+    priorities = _priorities()
+    tiers = assign_tiers(QuantConfig("mixed", mixed_fractions=(0.1, 0.3)), TABLES, priorities)["a.weight"]
+    counts = np.bincount(tiers, minlength=6)
+    assert (counts[Tier.FP16], counts[Tier.INT8], counts[Tier.INT4]) == (100, 300, 600)
+    p = priorities["a.weight"]
+    assert p[tiers == Tier.FP16].min() >= p[tiers == Tier.INT8].max()
+    assert p[tiers == Tier.INT8].min() >= p[tiers == Tier.INT4].max()
+    assert assign_tiers(QuantConfig("mixed"), TABLES, None)["a.weight"] == Tier.INT8  # no calibration data
+
+
+@pytest.mark.parametrize("ratio", [0.15, 0.2, 0.3, 0.6])
+def test_budget_is_met_and_spent_on_the_highest_priorities(ratio):
+    priorities = _priorities(1)
+    tiers = assign_tiers(QuantConfig(target_ratio=ratio), TABLES, priorities)
+    fp32 = sum(t.num_rows * t.dim * 4 for t in TABLES.values())
+    metadata = sum(t.num_rows * 0.5 + t.dim * 4 for t in TABLES.values())
+    spent = sum(_bytes(tiers[n], TABLES[n].dim) for n in TABLES) + metadata
+    assert spent <= ratio * fp32
+    # the next row that was not promoted would not have fit: the budget is nearly used up
+    assert spent >= ratio * fp32 - max(row_stride(Tier.FP32, 64), 2 * row_stride(Tier.FP16, 64))
+    all_tiers = np.concatenate([tiers[n] for n in TABLES])
+    all_p = np.concatenate([priorities[n] for n in TABLES])
+    rank = {Tier.INT4: 0, Tier.INT8: 1, Tier.FP16: 2, Tier.FP32: 3}
+    level = np.vectorize(lambda t: rank[Tier(t)])(all_tiers)
+    for low in range(3):  # every row on a higher rung has priority ≥ every row below it
+        if (level > low).any() and (level <= low).any():
+            assert all_p[level > low].min() >= all_p[level <= low].max()
+
+
+def test_budget_with_dropped_unseen_rows_and_overrides():
+    priorities = _priorities(2)
+    config = QuantConfig(target_ratio=0.2, drop_unseen=True, overrides={"b": "fp16"})
+    tiers = assign_tiers(config, TABLES, priorities)
+    b = tiers["b.weight"]
+    np.testing.assert_array_equal(b, np.where(priorities["b.weight"] > 0, Tier.FP16, Tier.DROPPED))
+    a = tiers["a.weight"]
+    np.testing.assert_array_equal(a == Tier.DROPPED, priorities["a.weight"] <= 0)
+
+
+def test_errors():
+    with pytest.raises(QuantConfigError, match="unknown preset 'int3'"):
+        QuantConfig("int3")
+    with pytest.raises(QuantConfigError, match="override 'a': unknown preset 'bf16'"):
+        QuantConfig(overrides={"a": "bf16"})
+    with pytest.raises(QuantConfigError, match="target_ratio must be in"):
+        QuantConfig(target_ratio=1.5)
+    with pytest.raises(QuantConfigError, match="too small: the lowest rung int4"):
+        assign_tiers(QuantConfig(target_ratio=0.05), TABLES, _priorities())
+    with pytest.raises(QuantConfigError, match="give calibration data"):
+        assign_tiers(QuantConfig(target_ratio=0.3), TABLES, None)
+    with pytest.raises(QuantConfigError, match=r"unknown table\(s\) \['c'\]"):
+        assign_tiers(QuantConfig(overrides={"c": "fp16"}), TABLES, None)
