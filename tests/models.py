@@ -172,3 +172,12 @@ def built(cls, seed: int = 0) -> nn.Module:
             if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
                 module.weight.normal_(0.0, 0.5)
     return model.eval()
+
+
+def tuple_inputs_model(seed: int = 0) -> nn.Module:
+    """Factory for CLI tests (`--model models:tuple_inputs_model`)."""
+    return built(TupleInputs, seed)
+
+
+def dict_input_model(seed: int = 0) -> nn.Module:
+    return built(DictInput, seed)

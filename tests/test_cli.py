@@ -1,0 +1,76 @@
+"""The shark-export command line: convert, check (exit codes), inspect, and its error reporting."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from models import DictInput, TupleInputs, tuple_inputs_model
+
+from shark_export.cli import main
+
+
+@pytest.fixture()
+def files(tmp_path):
+    model = tuple_inputs_model()
+    torch.save(model.state_dict(), tmp_path / "state.pt")
+    torch.save(tuple_inputs_model(seed=1).state_dict(), tmp_path / "other_state.pt")
+    torch.save(TupleInputs.batch(4), tmp_path / "example.pt")
+    torch.save([TupleInputs.batch(16, seed=s) for s in range(3)], tmp_path / "cal.pt")
+    torch.save([torch.randint(0, 2, (16,)).float() for _ in range(3)], tmp_path / "cal_labels.pt")
+    return tmp_path
+
+
+def _convert(files, *extra):
+    return main([
+        "convert", "--model", "models:tuple_inputs_model", "--state-dict", str(files / "state.pt"),
+        "--inputs", str(files / "example.pt"), "--out", str(files / "m.onnx"), "--quiet", *extra,
+    ])
+
+
+def test_convert_check_inspect(files, capsys):
+    assert _convert(files, "--quant", "mixed", "--calibration", str(files / "cal.pt"), "--labels", str(files / "cal_labels.pt"),
+                    "--report", str(files / "report.json")) == 0
+    report = json.loads((files / "report.json").read_text())
+    assert {t["table"] for t in report["tables"]} == {"user.weight", "item.weight"}
+    assert report["faithfulness"]["passed"] is True
+    out = capsys.readouterr().out
+    assert "user.weight" in out and "PASSED" in out
+
+    args = ["check", str(files / "m.onnx"), "--model", "models:tuple_inputs_model", "--inputs", str(files / "cal.pt")]
+    assert main([*args, "--state-dict", str(files / "state.pt"), "--atol", "0.1", "--rtol", "0.1"]) == 0
+    assert "PASSED output" in capsys.readouterr().out
+    assert main([*args, "--state-dict", str(files / "state.pt"), "--atol", "0", "--atol", "output:0.1", "--rtol", "0.1",
+                 "--report", str(files / "parity.json")]) == 0
+    assert json.loads((files / "parity.json").read_text())["outputs"][0]["atol"] == 0.1
+    assert main([*args, "--state-dict", str(files / "other_state.pt")]) == 1
+    assert "FAILED output" in capsys.readouterr().out
+
+    assert main(["inspect", str(files / "m.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "user.weight" in out and "int4:" in out and "lookup/user" in out
+
+
+def test_npz_inputs_make_a_dict_argument(tmp_path, capsys):
+    batch = DictInput.batch(6)
+    np.savez(tmp_path / "example.npz", **{k: v.numpy() for k, v in batch.items()})
+    code = main(["convert", "--model", "models:dict_input_model", "--inputs", str(tmp_path / "example.npz"),
+                 "--out", str(tmp_path / "m.onnx"), "--quant", "int8", "--quiet"])
+    assert code == 0
+    assert main(["check", str(tmp_path / "m.onnx"), "--model", "models:dict_input_model", "--inputs", str(tmp_path / "example.npz"),
+                 "--atol", "0.05", "--rtol", "0.05"]) == 0
+
+
+def test_errors_exit_2_and_name_the_problem(files, capsys):
+    assert main(["convert", "--model", "models:tuple_inputs_model", "--inputs", str(files / "missing.pt"), "--out", str(files / "x.onnx")]) == 2
+    assert "input file" in capsys.readouterr().err
+    assert main(["convert", "--model", "models:no_such_factory", "--inputs", str(files / "example.pt"), "--out", str(files / "x.onnx")]) == 2
+    assert "no attribute 'no_such_factory'" in capsys.readouterr().err
+    (files / "corrupt.onnx").write_bytes(b"not a model")
+    assert main(["inspect", str(files / "corrupt.onnx")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    assert _convert(files, "--prune", "nope", "--calibration", str(files / "cal.pt")) == 2
+    assert "unknown field 'nope'" in capsys.readouterr().err
+    assert not (files / "x.onnx").exists() and not (files / "m.onnx").exists()
