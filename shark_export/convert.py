@@ -17,7 +17,7 @@ import onnx_ir as ir
 import torch
 from torch.utils import _pytree as pytree
 
-from .errors import SharkExportError, UnsupportedModelError
+from .errors import SharkExportError, UnknownFieldError, UnsupportedModelError
 from .export import ExampleInputs, export_to_ir
 from .fields import field_means, find_fields, find_tables, replace_fields_with_constants
 from .format import QuantizedTable, Tier, quantize_table
@@ -25,6 +25,7 @@ from .model_io import INPUTS_KEY, OUTPUTS_KEY, REPORT_KEY
 from .parity import ParityReport, check_parity
 from .passes import FinalizeVersionsPass, PruneFieldsPass, RemoveDeadPass, ReplaceLookupsPass, find_lookups
 from .progress import progress
+from .pruning import prune_plan_of
 from .quant_config import QuantConfig, assign_tiers
 from .reference import dequantize
 from .row_priority import RowPriority, score_rows
@@ -119,17 +120,6 @@ class ConvertReport:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
-
-
-def _prune_plan(prune: Any) -> tuple[list[str], dict[str, np.ndarray]]:
-    """Field names to prune, and their mean embeddings when the plan already carries them."""
-    if prune is None:
-        return [], {}
-    if isinstance(prune, str):
-        return [prune], {}
-    if hasattr(prune, "drop"):  # a PrunePlan from scoring
-        return list(prune.drop), dict(getattr(prune, "means", None) or {})
-    return list(prune), {}
 
 
 def _output_names(output: Any) -> list[str]:
@@ -238,12 +228,12 @@ def convert(
 
     tables = find_tables(model)
     fields = find_fields(model, example)
-    prune_names, means = _prune_plan(prune)
+    prune_names, means = prune_plan_of(prune)
     for name in prune_names:
         if name not in fields:
-            from .errors import UnknownFieldError
-
             raise UnknownFieldError(f"cannot prune unknown field {name!r}; the model's fields are: {', '.join(fields)}")
+        if fields[name].pruned:
+            raise SharkExportError(f"field {name!r} is already pruned in the model (prune_fields); do not prune it again")
     missing_means = [n for n in prune_names if n not in means]
     if missing_means:
         if calibration is None:
@@ -292,7 +282,11 @@ def convert(
             table_reports.append(TableReport(name, q.num_rows, q.dim, counts, b.fp32, b.payload, b.scales, b.metadata))
         else:
             table_reports.append(TableReport(name, table.num_rows, table.dim, {}, table.num_rows * table.dim * 4, 0, 0, 0, pruned=True))
-    report = ConvertReport(str(output_path), table_reports, list(prune_names), sorted(removed), str(config.preset if config.target_ratio is None else f"budget {config.target_ratio}"), fields=list(fields))
+    pruned_in_model = [f.name for f in fields.values() if f.pruned]
+    quant_name = config.preset if config.target_ratio is None else f"budget {config.target_ratio}"
+    report = ConvertReport(
+        str(output_path), table_reports, pruned_in_model + list(prune_names), sorted(removed), quant_name, fields=list(fields)
+    )
     ir_model.metadata_props[REPORT_KEY] = json.dumps(report.to_dict())
     _save_atomically(ir_model, output_path)
     steps.update()

@@ -20,6 +20,8 @@ from torch import nn
 from .errors import UnknownFieldError, UnsupportedModelError
 
 EMBEDDING_TYPES = (nn.Embedding, nn.EmbeddingBag)
+# Set by pruning.prune_fields on an embedding module: the call indices whose output is the field's mean.
+PRUNED_CALLS_ATTRIBUTE = "_shark_pruned_calls"
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class Field:
     module_path: str
     call_index: int
     table: str
+    pruned: bool = False  # pruned in the model itself (pruning.prune_fields): its lookup output is a constant
 
 
 @dataclass
@@ -141,9 +144,11 @@ def find_fields(model: nn.Module, example_inputs) -> dict[str, Field]:
     for path, _ in calls:
         counts[path] += 1
     fields = {}
+    modules = dict(model.named_modules())
     for path, index in calls:
         name = path if counts[path] == 1 else f"{path}#{index}"
-        fields[name] = Field(name=name, module_path=path, call_index=index, table=table_of_module[path])
+        pruned = index in getattr(modules[path], PRUNED_CALLS_ATTRIBUTE, ())
+        fields[name] = Field(name=name, module_path=path, call_index=index, table=table_of_module[path], pruned=pruned)
     return fields
 
 

@@ -50,6 +50,8 @@ def find_lookups(model: ir.Model, fields: dict[str, Field], tables: dict[str, Ta
     for node in model.graph:
         if not is_staging_lookup(node):
             continue
+        if not node.outputs[0].uses() and not node.outputs[0].is_graph_output():
+            continue  # a field pruned inside the model: its output is replaced by a constant, the lookup is dead
         weight = node.inputs[0]
         table = table_of_alias.get(getattr(weight, "name", None))
         if table is None or not weight.is_initializer():
@@ -64,7 +66,8 @@ def find_lookups(model: ir.Model, fields: dict[str, Field], tables: dict[str, Ta
         nodes_by_table[table].append(node)
     fields_by_table: dict[str, list[Field]] = defaultdict(list)
     for f in fields.values():
-        fields_by_table[f.table].append(f)
+        if not f.pruned:
+            fields_by_table[f.table].append(f)
     lookups = []
     for table, nodes in nodes_by_table.items():
         expected = fields_by_table.get(table, [])

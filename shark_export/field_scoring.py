@@ -1,0 +1,344 @@
+"""F-Permutation: how much each field (one lookup of a table) matters to the loss.
+
+Methods:
+- ``taylor`` (SHARK): score_f = mean over samples of |g_f · (E[v_f] − v_f)|, the first-order Taylor estimate
+  of the loss change when the sample's looked-up embedding v_f is replaced by the field's mean E[v_f].
+  g_f = dLoss_sample/dv_f comes from one backward of the summed per-sample loss (a sample's loss depends
+  only on its own lookups), so one forward+backward per batch scores every field. E[v_f] needs a first
+  pass over the data (exact mean, not a streaming estimate): 2 forwards + 1 backward per batch in all.
+- ``permutation`` (exact baseline): the mean loss increase when field f's looked-up embeddings are
+  shuffled across the batch, averaged over ``repeats`` shuffles: fields × repeats extra forwards.
+- ``norm``: the mean L2 norm of the field's looked-up embeddings (a cheap baseline).
+
+All statistics are sums and counts (`FieldStats`), so shards can be scored separately and merged; when
+`torch.distributed` is initialized, `score_fields` all-reduces them across processes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import SharkExportError, UnknownFieldError
+from .export import ExampleInputs
+from .fields import Field, _hooks, find_fields
+
+METHODS = ("taylor", "permutation", "norm")
+
+
+# --- losses -------------------------------------------------------------------------------------------
+
+
+def _first_output(output) -> torch.Tensor:
+    leaves = [t for t in torch.utils._pytree.tree_leaves(output) if isinstance(t, torch.Tensor)]
+    if not leaves:
+        raise SharkExportError("the model returned no tensor")
+    return leaves[0]
+
+
+def per_sample_loss(loss: str | Callable, output, labels: torch.Tensor) -> torch.Tensor:
+    """Loss of each sample, [B]. "bce" reads the first output as logits, or as probabilities when it is in [0, 1]
+    ("bce_logits"/"bce_probs" to be explicit). A callable gets (output, labels) and returns [B] losses."""
+    if callable(loss):
+        result = loss(output, labels)
+        if result.dim() != 1:
+            raise SharkExportError(f"the loss callable must return one loss per sample ([B]), got shape {tuple(result.shape)}")
+        return result
+    first = _first_output(output)
+    if first.dim() == 0 or first.shape[0] != labels.shape[0]:
+        raise SharkExportError(
+            f"labels have {labels.shape[0]} rows but the model's output has shape {tuple(first.shape)}: give one label per sample"
+        )
+    prediction = first.reshape(labels.shape[0], -1)[:, 0]
+    target = labels.reshape(labels.shape[0], -1)[:, 0].to(prediction.dtype)
+    if loss == "bce":
+        detached = prediction.detach()
+        loss = "bce_probs" if bool(((detached >= 0) & (detached <= 1)).all()) else "bce_logits"
+    if loss == "bce_logits":
+        return nn.functional.binary_cross_entropy_with_logits(prediction, target, reduction="none")
+    if loss == "bce_probs":
+        return nn.functional.binary_cross_entropy(prediction.clamp(1e-7, 1 - 1e-7), target, reduction="none")
+    raise SharkExportError(f"unknown loss {loss!r}: use 'bce', 'bce_logits', 'bce_probs' or a callable")
+
+
+# --- mergeable statistics -----------------------------------------------------------------------------
+
+
+@dataclass
+class FieldStats:
+    """Per-field sums (scalars or vectors, float64) and sample counts; merge() adds shards."""
+
+    sums: dict[str, np.ndarray] = field(default_factory=dict)
+    counts: dict[str, float] = field(default_factory=dict)
+
+    def add(self, name: str, total: np.ndarray, count: float) -> None:
+        self.sums[name] = self.sums.get(name, 0.0) + np.asarray(total, dtype=np.float64)
+        self.counts[name] = self.counts.get(name, 0.0) + float(count)
+
+    def merge(self, other: "FieldStats") -> "FieldStats":
+        merged = FieldStats(dict(self.sums), dict(self.counts))
+        for name, total in other.sums.items():
+            merged.add(name, total, other.counts[name])
+        return merged
+
+    def means(self) -> dict[str, np.ndarray]:
+        return {name: self.sums[name] / self.counts[name] for name in self.sums if self.counts[name] > 0}
+
+    def all_reduce(self, names: list[str]) -> "FieldStats":
+        """Sum across torch.distributed processes (no-op when not initialized). Every process must pass the same names."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return self
+        reduced = FieldStats()
+        for name in names:
+            total = torch.as_tensor(np.atleast_1d(self.sums.get(name, 0.0)), dtype=torch.float64).clone()
+            count = torch.tensor([self.counts.get(name, 0.0)], dtype=torch.float64)
+            packed = torch.cat([total, count])
+            torch.distributed.all_reduce(packed)
+            value = packed[:-1].numpy()
+            reduced.add(name, value if np.ndim(self.sums.get(name, 0.0)) else value[0], float(packed[-1]))
+        return reduced
+
+
+# --- passes over the data ------------------------------------------------------------------------------
+
+
+def _key(f: Field) -> tuple[str, int]:
+    return (f.module_path, f.call_index)
+
+
+def _per_sample(output: torch.Tensor) -> torch.Tensor:
+    """[B, ...] lookup output → [B, rest] (a sample's whole looked-up embedding as one vector)."""
+    return output.reshape(output.shape[0], -1) if output.dim() >= 2 else output.reshape(1, -1)
+
+
+def mean_stats(model: nn.Module, fields: dict[str, Field], batches: Iterable) -> FieldStats:
+    """Sums and counts of each field's looked-up embedding vectors ([D], over every lookup)."""
+    by_key = {_key(f): f.name for f in fields.values()}
+    stats = FieldStats()
+
+    def record(path, index, module, args, kwargs, output):
+        name = by_key.get((path, index))
+        if name is not None:
+            flat = output.detach().reshape(-1, output.shape[-1]).double()
+            stats.add(name, flat.sum(0).numpy(), flat.shape[0])
+
+    with torch.no_grad(), _hooks(model, record):
+        for batch in batches:
+            example = ExampleInputs.of(batch)
+            model(*example.args, **example.kwargs)
+    return stats
+
+
+def taylor_stats(
+    model: nn.Module, fields: dict[str, Field], batches: Iterable, labels: Iterable, means: dict[str, np.ndarray], loss="bce"
+) -> FieldStats:
+    """Sums over samples of |g_f · (E[v_f] − v_f)| and sample counts, one forward+backward per batch."""
+    by_key = {_key(f): f.name for f in fields.values()}
+    stats = FieldStats()
+    captured: dict[str, torch.Tensor] = {}
+
+    def capture(path, index, module, args, kwargs, output):
+        name = by_key.get((path, index))
+        if name is None:
+            return None
+        leaf = output.detach().requires_grad_(True)
+        captured[name] = leaf
+        return leaf
+
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    for p in parameters:  # gradients w.r.t. lookups only; the weights' gradients are not needed
+        p.requires_grad_(False)
+    try:
+        with _hooks(model, capture):
+            for batch, y in _zip_labels(batches, labels):
+                captured.clear()
+                example = ExampleInputs.of(batch)
+                losses = per_sample_loss(loss, model(*example.args, **example.kwargs), _as_tensor(y))
+                names = list(captured)
+                grads = torch.autograd.grad(losses.sum(), [captured[n] for n in names], allow_unused=True)
+                for name, grad in zip(names, grads):
+                    v = captured[name].detach()
+                    g = torch.zeros_like(v) if grad is None else grad
+                    delta = torch.as_tensor(means[name], dtype=torch.float64) - v.double()  # broadcast over [B, ..., D]
+                    per_sample = (_per_sample(g.double()) * _per_sample(delta)).sum(1).abs()
+                    stats.add(name, per_sample.sum().item(), per_sample.shape[0])
+    finally:
+        for p in parameters:
+            p.requires_grad_(True)
+    return stats
+
+
+def permutation_stats(
+    model: nn.Module, fields: dict[str, Field], batches: Iterable, labels: Iterable, loss="bce", repeats: int = 3, seed: int = 0
+) -> FieldStats:
+    """Sums over samples of (loss with field f shuffled across the batch − loss), `repeats` shuffles per field."""
+    generator = torch.Generator().manual_seed(seed)
+    stats = FieldStats()
+    state: dict = {"target": None, "perm": None}
+
+    def shuffle(path, index, module, args, kwargs, output):
+        if state["target"] == (path, index):
+            return output[state["perm"]]
+        return None
+
+    with torch.no_grad(), _hooks(model, shuffle):
+        for batch, y in _zip_labels(batches, labels):
+            example = ExampleInputs.of(batch)
+            y = _as_tensor(y)
+            state["target"] = None
+            base = per_sample_loss(loss, model(*example.args, **example.kwargs), y)
+            for f in fields.values():
+                state["target"] = _key(f)
+                for _ in range(repeats):
+                    state["perm"] = torch.randperm(base.shape[0], generator=generator)
+                    shuffled = per_sample_loss(loss, model(*example.args, **example.kwargs), y)
+                    stats.add(f.name, (shuffled - base).double().sum().item(), base.shape[0])
+    return stats
+
+
+def norm_stats(model: nn.Module, fields: dict[str, Field], batches: Iterable) -> FieldStats:
+    by_key = {_key(f): f.name for f in fields.values()}
+    stats = FieldStats()
+
+    def record(path, index, module, args, kwargs, output):
+        name = by_key.get((path, index))
+        if name is not None:
+            norms = output.detach().reshape(-1, output.shape[-1]).double().norm(dim=1)
+            stats.add(name, norms.sum().item(), norms.shape[0])
+
+    with torch.no_grad(), _hooks(model, record):
+        for batch in batches:
+            example = ExampleInputs.of(batch)
+            model(*example.args, **example.kwargs)
+    return stats
+
+
+def _as_tensor(y) -> torch.Tensor:
+    return y if isinstance(y, torch.Tensor) else torch.as_tensor(np.asarray(y))
+
+
+def _zip_labels(batches: Iterable, labels: Iterable):
+    batches, labels = list(batches), list(labels)
+    if len(batches) != len(labels):
+        raise SharkExportError(f"got {len(batches)} batches but {len(labels)} label arrays: give one per batch")
+    return zip(batches, labels)
+
+
+# --- results --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PrunePlan:
+    """Fields to prune and, when known, their mean embeddings (used by `convert(prune=plan)`)."""
+
+    drop: list[str]
+    means: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __iter__(self):
+        return iter(self.drop)
+
+
+@dataclass
+class FieldScores:
+    scores: dict[str, float]
+    method: str
+    means: dict[str, np.ndarray] = field(default_factory=dict)
+    samples: float = 0.0
+
+    def sorted(self) -> list[tuple[str, float]]:
+        return sorted(self.scores.items(), key=lambda item: item[1], reverse=True)
+
+    def __str__(self) -> str:
+        rows = self.sorted()
+        width = max([len(n) for n, _ in rows] + [5])
+        lines = [f"field scores ({self.method}, {int(self.samples)} samples)", f"{'rank':>4}  {'field':<{width}}  score"]
+        lines += [f"{k + 1:>4}  {name:<{width}}  {score:.6g}" for k, (name, score) in enumerate(rows)]
+        return "\n".join(lines)
+
+    def to_json(self) -> str:
+        return json.dumps({"method": self.method, "samples": self.samples, "scores": dict(self.sorted())}, indent=2)
+
+    def plot(self, path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rows = self.sorted()
+        fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * len(rows) + 2), 3.5))
+        ax.bar([n for n, _ in rows], [s for _, s in rows], color="#3b6ea5")
+        ax.set_ylabel(f"{self.method} score")
+        ax.set_title(f"Field importance ({self.method})")
+        ax.tick_params(axis="x", rotation=45)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+
+    def plan(self, *, drop: list[str] | None = None, keep: int | None = None, drop_fraction: float | None = None) -> PrunePlan:
+        """Exactly one of: `drop` (names), `keep` (the k best fields stay), `drop_fraction` (the lowest share goes)."""
+        given = [x is not None for x in (drop, keep, drop_fraction)]
+        if sum(given) != 1:
+            raise SharkExportError("plan() takes exactly one of drop=, keep=, drop_fraction=")
+        ranked = [name for name, _ in self.sorted()]
+        if drop is not None:
+            unknown = [n for n in drop if n not in self.scores]
+            if unknown:
+                raise UnknownFieldError(f"unknown field(s) {unknown}; the scored fields are: {', '.join(ranked)}")
+            names = list(drop)
+        elif keep is not None:
+            if not 0 <= keep <= len(ranked):
+                raise SharkExportError(f"keep={keep} must be between 0 and the {len(ranked)} fields")
+            names = ranked[keep:]
+        else:
+            if not 0.0 <= drop_fraction <= 1.0:
+                raise SharkExportError(f"drop_fraction={drop_fraction} must be in [0, 1]")
+            names = ranked[len(ranked) - int(round(drop_fraction * len(ranked))) :]
+        return PrunePlan(names, {n: self.means[n] for n in names if n in self.means})
+
+
+def score_fields(
+    model: nn.Module,
+    batches: Iterable,
+    labels: Iterable,
+    *,
+    loss: str | Callable = "bce",
+    method: str = "taylor",
+    repeats: int = 3,
+    seed: int = 0,
+) -> FieldScores:
+    """Score every field of `model` on `batches` (with one label array per batch). See the module doc."""
+    if method not in METHODS:
+        raise SharkExportError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    batches = list(batches)
+    labels = list(labels)
+    if not batches:
+        raise SharkExportError("score_fields needs at least one batch")
+    if len(labels) != len(batches):
+        raise SharkExportError(f"got {len(batches)} batches but {len(labels)} label arrays: give one per batch")
+    fields = find_fields(model, batches[0])
+    names = list(fields)
+    was_training = model.training
+    model.eval()
+    try:
+        means = mean_stats(model, fields, batches).all_reduce(names).means()
+        if method == "taylor":
+            stats = taylor_stats(model, fields, batches, labels, means, loss)
+        elif method == "permutation":
+            stats = permutation_stats(model, fields, batches, labels, loss, repeats, seed)
+        else:
+            stats = norm_stats(model, fields, batches)
+        stats = stats.all_reduce(names)
+    finally:
+        model.train(was_training)
+    scores = {n: float(stats.sums[n] / stats.counts[n]) for n in names}
+    samples = max(stats.counts.values()) if stats.counts else 0.0
+    if method == "permutation":
+        samples /= repeats
+    return FieldScores(scores, method, means, samples)
