@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .errors import SharkExportError
+from .field_scoring import per_sample_loss
 from .fields import _call, _hooks, find_tables
 
 # Decay is applied lazily: a batch's weights are scaled by decay^-t and the total by decay^(T-1) at the
@@ -38,28 +39,49 @@ class RowPriority:
         return self.scores[table] > 0
 
 
-def _sample_ids(module: nn.Module, args: tuple, kwargs: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(row ids, sample index of each id) of one embedding call, padding entries removed."""
+def _occurrences(module: nn.Module, args: tuple, kwargs: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(row ids, sample index of each id, coefficient of each id in its bag or None) of one embedding call.
+
+    Padding entries are removed. The coefficient is how the row enters the pooled output: its
+    per_sample_weight (sum), 1 / bag size (mean) or 1; None for nn.Embedding (the output is the row).
+    """
     indices = args[0] if args else kwargs["input"]
     ids = indices.detach().cpu().numpy()
-    if isinstance(module, nn.EmbeddingBag):
-        offsets = args[1] if len(args) > 1 else kwargs.get("offsets")
-        if ids.ndim == 2:
-            samples = np.repeat(np.arange(ids.shape[0]), ids.shape[1])
-            ids = ids.reshape(-1)
-        else:
-            starts = offsets.detach().cpu().numpy()
-            if module.include_last_offset:
-                starts = starts[:-1]
-            samples = np.searchsorted(starts, np.arange(ids.shape[0]), side="right") - 1
-        if module.padding_idx is not None:
-            keep = ids != module.padding_idx
-            ids, samples = ids[keep], samples[keep]
-        return ids.astype(np.int64), samples
-    if ids.ndim == 0:
-        return ids.reshape(1).astype(np.int64), np.zeros(1, dtype=np.int64)
-    samples = np.repeat(np.arange(ids.shape[0]), int(np.prod(ids.shape[1:], dtype=np.int64)))
-    return ids.reshape(-1).astype(np.int64), samples
+    if not isinstance(module, nn.EmbeddingBag):
+        if ids.ndim == 0:
+            return ids.reshape(1).astype(np.int64), np.zeros(1, dtype=np.int64), None
+        samples = np.repeat(np.arange(ids.shape[0]), int(np.prod(ids.shape[1:], dtype=np.int64)))
+        return ids.reshape(-1).astype(np.int64), samples, None
+    offsets = args[1] if len(args) > 1 else kwargs.get("offsets")
+    weights = args[2] if len(args) > 2 else kwargs.get("per_sample_weights")
+    if ids.ndim == 2:
+        samples = np.repeat(np.arange(ids.shape[0]), ids.shape[1])
+        ids = ids.reshape(-1)
+    else:
+        starts = offsets.detach().cpu().numpy()
+        if module.include_last_offset:
+            starts = starts[:-1]
+        samples = np.searchsorted(starts, np.arange(ids.shape[0]), side="right") - 1
+    coef = np.ones(ids.shape[0]) if weights is None else weights.detach().cpu().numpy().reshape(-1).astype(np.float64)
+    if module.padding_idx is not None:
+        keep = ids != module.padding_idx
+        ids, samples, coef = ids[keep], samples[keep], coef[keep]
+    if module.mode == "mean" and samples.size:
+        coef = coef / np.bincount(samples)[samples]
+    return ids.astype(np.int64), samples, coef
+
+
+def _taylor_factors(module: nn.Module, leaf: torch.Tensor, grad: torch.Tensor | None, ids, samples, coef) -> np.ndarray:
+    """|g_row · v_row| of every occurrence: the gradient reaching the row times the row itself."""
+    if grad is None:
+        return np.zeros(ids.shape[0])
+    if coef is None:  # nn.Embedding: each output vector is one occurrence of a row
+        g = grad.detach().reshape(-1, grad.shape[-1]).double()
+        v = leaf.detach().reshape(-1, leaf.shape[-1]).double()
+        return (g * v).sum(1).abs().numpy()
+    g_bag = grad.detach().double().numpy()[samples]  # [n, D]
+    rows = module.weight.detach().double().numpy()[ids]
+    return np.abs(coef * (g_bag * rows).sum(1))
 
 
 def _label_weights(labels, batch_index: int, head: int, pos_weight: float, neg_weight: float) -> np.ndarray | None:
@@ -83,54 +105,79 @@ def score_rows(
     neg_weight: float = 1.0,
     decay: float = 1.0,
     head: int = 0,
+    method: str = "count",
+    loss="bce",
 ) -> RowPriority:
-    """Row priorities of every table of `model` over `batches` (one forward per batch, no backward).
+    """Row priorities of every table of `model` over `batches`.
 
     `labels`: one label array per batch ([B], or [B, heads] with `head` choosing the task), or None to
-    count every occurrence with weight 1.
+    count every occurrence with weight 1. `method="count"` (SHARK's F-Quantization priority: one forward
+    per batch) or `"taylor"`: each occurrence adds |g_row · v_row| (the gradient of the loss reaching the
+    row, dotted with the row) instead of 1, still scaled by the label weight and the decay (needs labels;
+    one forward+backward per batch).
     """
     if not 0.0 < decay <= 1.0:
         raise SharkExportError(f"decay must be in (0, 1], got {decay}")
+    if method not in ("count", "taylor"):
+        raise SharkExportError(f"unknown method {method!r}; choose 'count' or 'taylor'")
+    if method == "taylor" and labels is None:
+        raise SharkExportError("method='taylor' needs labels (it differentiates the loss)")
     tables = find_tables(model)
     table_of_module = {path: t.name for t in tables.values() for path in t.module_paths}
     totals = {name: np.zeros(t.num_rows, dtype=np.float64) for name, t in tables.items()}
-    state = {"scale": 1.0, "weights": None, "batch": 0}
+    scale = 1.0
     label_iter = iter(labels) if labels is not None else None
+    pending: list = []
 
     def record(path, index, module, args, kwargs, output):
-        ids, samples = _sample_ids(module, args, kwargs)
-        if ids.size == 0:
-            return None
-        weights = state["weights"]
-        if weights is None:
-            w = np.full(ids.shape[0], state["scale"])
-        elif samples.max() >= weights.shape[0]:
-            raise SharkExportError(
-                f"batch {state['batch']}: labels have {weights.shape[0]} rows but field {path!r} has "
-                f"{samples.max() + 1} samples"
-            )
-        else:
-            w = weights[samples] * state["scale"]
-        unique, inverse = np.unique(ids, return_inverse=True)
-        totals[table_of_module[path]][unique] += np.bincount(inverse, weights=w)
-        return None
+        ids, samples, coef = _occurrences(module, args, kwargs)
+        leaf = output.detach().requires_grad_(True) if method == "taylor" else None
+        pending.append((path, module, ids, samples, coef, leaf))
+        return leaf
 
-    with torch.no_grad(), _hooks(model, record):
-        for t, batch in enumerate(batches):
-            state["batch"] = t
-            if label_iter is not None:
-                try:
-                    batch_labels = next(label_iter)
-                except StopIteration:
-                    raise SharkExportError(f"labels ran out at batch {t}: give one label array per batch") from None
-                state["weights"] = _label_weights(batch_labels, t, head, pos_weight, neg_weight)
-            if t > 0:
-                state["scale"] /= decay
-            if state["scale"] > _RESCALE_AT:
-                for total in totals.values():
-                    total /= state["scale"]
-                state["scale"] = 1.0
-            _call(model, batch)
-    final = 1.0 / state["scale"]
-    scores = {name: (total * final).astype(np.float32) for name, total in totals.items()}
-    return RowPriority(scores, "count", dict(pos_weight=pos_weight, neg_weight=neg_weight, decay=decay, head=head))
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:  # only the lookups' gradients are needed
+        p.requires_grad_(False)
+    try:
+        with torch.set_grad_enabled(method == "taylor"), _hooks(model, record):
+            for t, batch in enumerate(batches):
+                weights = None
+                batch_labels = None
+                if label_iter is not None:
+                    try:
+                        batch_labels = next(label_iter)
+                    except StopIteration:
+                        raise SharkExportError(f"labels ran out at batch {t}: give one label array per batch") from None
+                    weights = _label_weights(batch_labels, t, head, pos_weight, neg_weight)
+                if t > 0:
+                    scale /= decay
+                if scale > _RESCALE_AT:
+                    for total in totals.values():
+                        total /= scale
+                    scale = 1.0
+                pending.clear()
+                output = _call(model, batch)
+                grads = [None] * len(pending)
+                if method == "taylor":
+                    y = batch_labels if isinstance(batch_labels, torch.Tensor) else torch.as_tensor(np.asarray(batch_labels))
+                    y = y[:, head] if y.dim() == 2 else y
+                    losses = per_sample_loss(loss, output, y)
+                    grads = torch.autograd.grad(losses.sum(), [entry[5] for entry in pending], allow_unused=True)
+                for (path, module, ids, samples, coef, leaf), grad in zip(pending, grads):
+                    if ids.size == 0:
+                        continue
+                    if weights is not None and samples.max() >= weights.shape[0]:
+                        raise SharkExportError(
+                            f"batch {t}: labels have {weights.shape[0]} rows but field {path!r} has {samples.max() + 1} samples"
+                        )
+                    w = np.full(ids.shape[0], scale) if weights is None else weights[samples] * scale
+                    if method == "taylor":
+                        w = w * _taylor_factors(module, leaf, grad, ids, samples, coef)
+                    unique, inverse = np.unique(ids, return_inverse=True)
+                    totals[table_of_module[path]][unique] += np.bincount(inverse, weights=w)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    scores = {name: (total / scale).astype(np.float32) for name, total in totals.items()}
+    params = dict(pos_weight=pos_weight, neg_weight=neg_weight, decay=decay, head=head)
+    return RowPriority(scores, method, params)

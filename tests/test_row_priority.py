@@ -88,3 +88,28 @@ def test_errors():
         score_rows(model, BATCHES, decay=0.0)
     with pytest.raises(UnsupportedModelError, match="no nn.Embedding"):
         score_rows(nn.Linear(2, 2), [torch.zeros(1, 2)])
+
+
+def test_taylor_priority_equals_gradient_times_row():
+    torch.manual_seed(0)
+    model = TwoFields().eval()
+    priority = score_rows(model, BATCHES, LABELS, method="taylor")
+    user = np.zeros(6)
+    tags = np.zeros(5)
+    for (u, t, o), y in zip(BATCHES, LABELS):
+        for i in range(u.shape[0]):  # one sample at a time, by hand
+            stop = int(o[i + 1]) if i + 1 < u.shape[0] else t.shape[0]
+            bag = t[int(o[i]) : stop]
+            v_user = model.user.weight[u[i]].detach().requires_grad_(True)
+            rows = [model.tags.weight[r].detach().requires_grad_(True) for r in bag.tolist() if r != 0]
+            pooled = sum(rows) if rows else torch.zeros(2)
+            logit = (v_user + pooled).sum()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, y[i])
+            grads = torch.autograd.grad(loss, [v_user, *rows])
+            user[u[i]] += abs(float(grads[0] @ v_user.detach()))
+            for r, g, v in zip([r for r in bag.tolist() if r != 0], grads[1:], rows):
+                tags[r] += abs(float(g @ v.detach()))
+    np.testing.assert_allclose(priority["user.weight"], user, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(priority["tags.weight"], tags, rtol=1e-5, atol=1e-7)
+    with pytest.raises(SharkExportError, match="needs labels"):
+        score_rows(model, BATCHES, method="taylor")
