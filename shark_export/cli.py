@@ -1,4 +1,4 @@
-"""`shark-export` command line: convert, check, inspect, demo.
+"""`shark-export` command line: convert, check, score, inspect, demo.
 
 Models are given as a Python factory `pkg.module:function` (called with `--factory-kwargs` JSON) plus an
 optional `--state-dict` file, or as a whole saved module (`--module file.pt`, loaded with torch.load; only
@@ -93,19 +93,39 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--module", help="a whole saved nn.Module (torch.save(model)); trusted files only")
 
 
+def _prune_from_scores(args, model, calibration, labels):
+    """--prune names, or a plan from F-Permutation scores on the calibration data (--prune-keep/--prune-drop-fraction)."""
+    by_score = [x is not None for x in (args.prune_keep, args.prune_drop_fraction)]
+    if sum(by_score) + bool(args.prune) > 1:
+        raise SharkExportError("give only one of --prune, --prune-keep, --prune-drop-fraction")
+    if not any(by_score):
+        return args.prune or None
+    if calibration is None or labels is None:
+        raise SharkExportError("--prune-keep/--prune-drop-fraction score fields on --calibration with --labels: give both")
+    from .field_scoring import score_fields
+
+    scores = score_fields(model, calibration, labels, method=args.prune_method)
+    print(scores)
+    if args.prune_keep is not None:
+        return scores.plan(keep=args.prune_keep)
+    return scores.plan(drop_fraction=args.prune_drop_fraction)
+
+
 def _cmd_convert(args) -> int:
     from .convert import convert
+    from .quant_config import QuantConfig
 
     model = _load_model(args)
     example = load_batch_file(args.inputs)
     calibration = _batches(args.calibration)
     labels = _batches(args.labels)
+    quant = QuantConfig(preset=args.quant, target_ratio=args.budget) if args.budget is not None else args.quant
     report = convert(
         model,
         example,
         args.out,
-        quant=args.quant,
-        prune=args.prune or None,
+        quant=quant,
+        prune=_prune_from_scores(args, model, calibration, labels),
         calibration=calibration,
         labels=labels,
         show_progress=not args.quiet,
@@ -134,6 +154,38 @@ def _cmd_check(args) -> int:
     return 0 if report else 1
 
 
+def _cmd_score(args) -> int:
+    from .field_scoring import score_fields
+    from .row_priority import score_rows
+
+    model = _load_model(args)
+    batches = _batches(args.calibration)
+    labels = _batches(args.labels)
+    result: dict = {}
+    if not args.rows_only:
+        scores = score_fields(model, batches, labels, method=args.method, repeats=args.repeats)
+        print(scores)
+        result["fields"] = json.loads(scores.to_json())
+        if args.plot:
+            scores.plot(args.plot)
+    if args.rows or args.rows_only:
+        priority = score_rows(
+            model, batches, labels, pos_weight=args.pos_weight, neg_weight=args.neg_weight, decay=args.decay,
+            method=args.row_method,
+        )
+        result["rows"] = {}
+        print(f"row priorities ({priority.method}):")
+        for table, values in priority.scores.items():
+            seen = int((values > 0).sum())
+            order = np.argsort(-values)[:5]
+            print(f"  {table}: {values.shape[0]} rows, {seen} seen ({seen / values.shape[0]:.1%}), top rows {order.tolist()}")
+            result["rows"][table] = {"rows": int(values.shape[0]), "seen": seen, "top": order.tolist(),
+                                     "priority": values.tolist() if args.json_rows else None}
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
 def _cmd_inspect(args) -> int:
     from .inspect_model import inspect_model
 
@@ -151,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .onnx path")
     p.add_argument("--quant", default="int8", help="fp32, fp16, int8, int4 or mixed")
     p.add_argument("--prune", nargs="*", help="field names to prune (need --calibration)")
+    p.add_argument("--prune-keep", type=int, help="score fields on the calibration data and keep the K best")
+    p.add_argument("--prune-drop-fraction", type=float, help="score fields and prune the lowest-scored fraction")
+    p.add_argument("--prune-method", default="taylor", choices=["taylor", "permutation", "norm"])
+    p.add_argument("--budget", type=float, help="byte budget as a fraction of fp32 (tiers by row priority)")
     p.add_argument("--calibration", help=".pt file with a list of batches")
     p.add_argument("--labels", help=".pt file with a list of label tensors, one per calibration batch")
     p.add_argument("--report", help="write the report as JSON here")
@@ -166,6 +222,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rtol", action="append", help="relative tolerance, or NAME:VALUE for one output (repeatable)")
     p.add_argument("--report", help="write the report as JSON here")
     p.set_defaults(run=_cmd_check)
+
+    p = commands.add_parser("score", help="F-Permutation field scores and F-Quantization row priorities")
+    _model_arguments(p)
+    p.add_argument("--calibration", required=True, help=".pt file with a list of batches")
+    p.add_argument("--labels", required=True, help=".pt file with a list of label tensors, one per batch")
+    p.add_argument("--method", default="taylor", choices=["taylor", "permutation", "norm"])
+    p.add_argument("--repeats", type=int, default=3, help="shuffles per field (permutation)")
+    p.add_argument("--rows", action="store_true", help="also compute row priorities")
+    p.add_argument("--rows-only", action="store_true", help="only row priorities")
+    p.add_argument("--row-method", default="count", choices=["count", "taylor"])
+    p.add_argument("--pos-weight", type=float, default=1.0)
+    p.add_argument("--neg-weight", type=float, default=1.0)
+    p.add_argument("--decay", type=float, default=1.0)
+    p.add_argument("--plot", help="write a PNG bar chart of the field scores here")
+    p.add_argument("--json", help="write the scores (and row summaries) as JSON here")
+    p.add_argument("--json-rows", action="store_true", help="include every row's priority in --json")
+    p.set_defaults(run=_cmd_score)
 
     p = commands.add_parser("inspect", help="print the tables, tiers and bytes of a converted model")
     p.add_argument("onnx")

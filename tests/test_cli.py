@@ -74,3 +74,21 @@ def test_errors_exit_2_and_name_the_problem(files, capsys):
     assert _convert(files, "--prune", "nope", "--calibration", str(files / "cal.pt")) == 2
     assert "unknown field 'nope'" in capsys.readouterr().err
     assert not (files / "x.onnx").exists() and not (files / "m.onnx").exists()
+
+
+def test_score_and_convert_with_scored_pruning_and_budget(files, capsys):
+    args = ["--model", "models:tuple_inputs_model", "--state-dict", str(files / "state.pt")]
+    assert main(["score", *args, "--calibration", str(files / "cal.pt"), "--labels", str(files / "cal_labels.pt"), "--rows",
+                 "--plot", str(files / "scores.png"), "--json", str(files / "scores.json")]) == 0
+    result = json.loads((files / "scores.json").read_text())
+    assert set(result["fields"]["scores"]) == {"user", "item"}
+    assert result["rows"]["user.weight"]["rows"] == 300
+    assert (files / "scores.png").read_bytes()[:4] == b"\x89PNG"
+    assert "row priorities (count)" in capsys.readouterr().out
+    assert _convert(files, "--calibration", str(files / "cal.pt"), "--labels", str(files / "cal_labels.pt"), "--prune-keep", "1",
+                    "--budget", "0.5", "--report", str(files / "report.json")) == 0
+    report = json.loads((files / "report.json").read_text())
+    assert len(report["pruned_fields"]) == 1 and report["quant"] == "budget 0.5"
+    assert report["ratio"] <= 0.5
+    assert _convert(files, "--prune-keep", "1") == 2
+    assert "--prune-keep/--prune-drop-fraction score fields" in capsys.readouterr().err
