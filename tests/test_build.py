@@ -355,34 +355,40 @@ def test_bad_offsets_rejected(tables):
 
 
 # ----------------------------------------------------------------------------------------------
-# The portable (non-AVX2) code path, in a subprocess (the CPU path is chosen once per process)
+# Other CPU code paths, in a subprocess each (the path is chosen once per process): the portable
+# (non-AVX2) code, and non-temporal output stores forced on for every output size.
 # ----------------------------------------------------------------------------------------------
-def test_generic_cpu_path_matches(tables):
+@pytest.mark.parametrize("env", [{"SHARK_EXPORT_CPU_ISA": "generic"}, {"SHARK_EXPORT_STREAM_BYTES": "0"}],
+                         ids=["generic", "stream"])
+def test_other_cpu_paths_match(env):
     pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(shark_export.__file__)))  # same package as here
-    env = dict(os.environ, SHARK_EXPORT_CPU_ISA="generic",
-               PYTHONPATH=os.pathsep.join([pkg_root, os.environ.get("PYTHONPATH", "")]))
-    res = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=300)
+    env = dict(os.environ, **env, PYTHONPATH=os.pathsep.join([pkg_root, os.environ.get("PYTHONPATH", "")]))
+    res = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "generic path OK" in res.stdout
+    assert "subprocess checks OK" in res.stdout
 
 
-def _generic_main() -> None:
+def _subprocess_checks() -> None:
     rng = np.random.default_rng(3)
-    t = make_table(rng.integers(0, 6, size=R_MIXED), D, seed=9)
-    idx = rng.integers(0, R_MIXED, size=3000).astype(np.int64)
-    for out_dtype in (1, 10):
-        (got,) = ops.session(_model("RowwiseDequantGather", t, n_rows=R_MIXED, dim=D, out_dtype=out_dtype),
-                             threads=2).run(None, {"indices": idx})
-        want = t[3][idx] if out_dtype == 1 else t[3][idx].astype(np.float16)
-        np.testing.assert_array_equal(got, want)
-        offsets = np.arange(0, 3000, 6, dtype=np.int64)
-        (got,) = ops.session(_model("RowwiseDequantEmbeddingBag", t, n_rows=R_MIXED, dim=D, out_dtype=out_dtype,
-                                    offsets=True), threads=2).run(None, {"indices": idx, "offsets": offsets})
-        want = _bag_reference(t[3], idx, list(offsets) + [3000])
-        np.testing.assert_array_equal(got, want if out_dtype == 1 else want.astype(np.float16))
+    for d in (20, 32):  # 32: whole 8-lane rows, so the streaming path applies
+        tiers = rng.integers(0, 6, size=R_MIXED)
+        for t in (make_table(tiers, d, seed=9), make_table([INT8] * R_MIXED, d, seed=10),
+                  make_table([FP16] * R_MIXED, d, seed=11)):
+            idx = rng.integers(0, R_MIXED, size=3000).astype(np.int64)
+            for out_dtype in (1, 10):
+                (got,) = ops.session(_model("RowwiseDequantGather", t, n_rows=R_MIXED, dim=d, out_dtype=out_dtype),
+                                     threads=2).run(None, {"indices": idx})
+                want = t[3][idx] if out_dtype == 1 else t[3][idx].astype(np.float16)
+                np.testing.assert_array_equal(got, want)
+                offsets = np.arange(0, 3000, 6, dtype=np.int64)
+                (got,) = ops.session(_model("RowwiseDequantEmbeddingBag", t, n_rows=R_MIXED, dim=d,
+                                            out_dtype=out_dtype, offsets=True),
+                                     threads=2).run(None, {"indices": idx, "offsets": offsets})
+                want = _bag_reference(t[3], idx, list(offsets) + [3000])
+                np.testing.assert_array_equal(got, want if out_dtype == 1 else want.astype(np.float16))
     test_fp16_output_rounds_to_nearest_even()
-    print("generic path OK")
+    print("subprocess checks OK")
 
 
 if __name__ == "__main__":
-    _generic_main()
+    _subprocess_checks()

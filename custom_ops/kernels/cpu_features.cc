@@ -26,6 +26,15 @@ CpuIsa cpu_isa() {
   return isa;
 }
 
+unsigned long long stream_threshold_bytes() {
+  static const unsigned long long v = [] {
+    const char* env = std::getenv("SHARK_EXPORT_STREAM_BYTES");
+    if (env && *env) return std::strtoull(env, nullptr, 10);
+    return 8ull << 20;
+  }();
+  return v;
+}
+
 const char* cpu_isa_name(CpuIsa isa) { return isa == CpuIsa::kAvx2 ? "avx2" : "generic"; }
 
 }  // namespace shark

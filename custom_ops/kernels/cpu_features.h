@@ -11,4 +11,9 @@ enum class CpuIsa { kGeneric = 0, kAvx2 = 1 };
 CpuIsa cpu_isa();
 const char* cpu_isa_name(CpuIsa isa);
 
+// Gather outputs of at least this many bytes are written with non-temporal stores (AVX2 path).
+// Default 8 MiB; environment variable SHARK_EXPORT_STREAM_BYTES overrides it (0 = always,
+// a huge value = never). Read once per process.
+unsigned long long stream_threshold_bytes();
+
 }  // namespace shark

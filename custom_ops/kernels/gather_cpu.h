@@ -15,6 +15,7 @@ struct GatherArgs {
   uint64_t count = 0;  // number of indices (product of the indices shape)
   void* out = nullptr;  // [count, dim] of float or fp16 (uint16 bits)
   OutType out_type = OutType::kFloat32;
+  int stream = -1;  // non-temporal output stores: -1 auto (large outputs), 0 never, 1 when possible
 };
 
 // `t` must have passed validate_table(). Every index is range-checked while the rows are copied;
