@@ -331,6 +331,17 @@ def test_gather_index_shapes_and_dtypes(shape, index_dtype, out_dtype):
     assert got.shape == (*shape, 13)
 
 
+@pytest.mark.parametrize("tiers,D,out_dtype", [("all6", 64, np.float32), ("fp16", 64, np.float32),
+                                               ("fp32", 128, np.float16), ("int4", 128, np.float16)], ids=str)
+def test_gather_large_output(tiers, D, out_dtype):
+    """Outputs of >= 8 MiB with whole 8-lane rows: the kernels may write them with non-temporal stores."""
+    table, _ = make_table(1000, D, tiers, seed=D)
+    n = (8 << 20) // (D * np.dtype(out_dtype).itemsize) + 77  # not a multiple of the 1024-lookup task size
+    idx = np.random.default_rng(D).integers(0, 1000, size=n).astype(np.int32)
+    check_gather(table, idx, out_dtype, threads=2)
+    check_gather(table, idx[: n - 5].reshape(-1, 1), out_dtype, threads=1)
+
+
 def test_gather_fp16_output_is_rounded_reference():
     """fp16 output == float32 reference rounded to nearest even, for every tier, including values that
     round to fp16 subnormals and rows whose float32 values are not representable in fp16."""
