@@ -4,8 +4,9 @@ torch quantized byte-rowwise embedding bag with bag size 1, and ORT's fp32 Gathe
     python benchmarks/_quick_gather.py [--rows 2000000] [--dim 64] [--lookups 106496] [--threads 1 2]
 
 Table R x D int8 (random codes, fp16 scale/bias), Zipf(1.1) lookups over randomly permuted row ids.
-Times are medians over --repeats runs after warm-up; ORT runs use IO binding with a preallocated
-output, so they time the kernel plus ORT's per-run overhead, not an output copy."""
+All cases run round-robin (--repeats rounds, after warm-up) so that machine noise hits them alike;
+min and median per case. ORT runs use IO binding with a preallocated output, so they time the kernel
+plus ORT's per-run overhead, not an output copy."""
 
 from __future__ import annotations
 
@@ -44,19 +45,31 @@ def model(nodes, inputs, outputs, inits):
                                                               helper.make_opsetid(ops.DOMAIN, 1)])
 
 
-def time_ort(sess, idx: np.ndarray, out_shape, out_dtype, repeats: int) -> float:
+def ort_runner(sess, idx: np.ndarray, out_shape, out_dtype):
     binding = sess.io_binding()
     binding.bind_cpu_input("indices", idx)
     out = np.empty(out_shape, out_dtype)
     binding.bind_output("out", "cpu", 0, out_dtype, out.shape, out.ctypes.data)
-    for _ in range(3):
+
+    def run():
         sess.run_with_iobinding(binding)
-    ts = []
+
+    run._keep = (binding, out, sess)  # keep alive
+    return run
+
+
+def time_interleaved(cases: dict, repeats: int) -> dict:
+    """Runs the cases round-robin (so machine noise hits all alike); returns {name: (min, median) ms}."""
+    for f in cases.values():
+        for _ in range(3):
+            f()
+    ts = {k: [] for k in cases}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        sess.run_with_iobinding(binding)
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts) * 1e3
+        for k, f in cases.items():
+            t0 = time.perf_counter()
+            f()
+            ts[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: (min(v), statistics.median(v)) for k, v in ts.items()}
 
 
 def main() -> None:
@@ -78,7 +91,7 @@ def main() -> None:
 
     inits = [numpy_helper.from_array(payload, "payload"), numpy_helper.from_array(np.zeros((0, 4), np.uint64), "row_meta"),
              numpy_helper.from_array(np.zeros(D, np.float32), "default_row")]
-    results = {}
+    cases = {}
     for out_dtype, np_out in ((1, np.float32), (10, np.float16)):
         node = helper.make_node("RowwiseDequantGather", ["payload", "row_meta", "default_row", "indices"], ["out"],
                                 domain=ops.DOMAIN, format_version=1, num_rows=R, dim=D, uniform_tier=2,
@@ -88,15 +101,13 @@ def main() -> None:
                                                  ["n", D])], inits)
         blob = m.SerializeToString()
         for th in args.threads:
-            sess = ops.session(blob, threads=th)
-            results[f"shark int8 gather -> {np.dtype(np_out).name}, {th} thread(s)"] = time_ort(
-                sess, idx, (len(idx), D), np_out, args.repeats)
-            del sess
+            cases[f"shark int8 gather -> {np.dtype(np_out).name}, {th} thread(s)"] = ort_runner(
+                ops.session(blob, threads=th), idx, (len(idx), D), np_out)
         if out_dtype == 1:  # exactness spot check
             got = ops.session(blob, threads=1).run(None, {"indices": idx[:1000]})[0]
             want = (codes[idx[:1000]].astype(np.float64) * scale[idx[:1000], None] + bias[idx[:1000], None]).astype(np.float32)
             assert np.array_equal(got, want), "result mismatch"
-    del inits, blob
+    del inits, blob, m
 
     if not args.no_baselines:
         import torch
@@ -105,18 +116,15 @@ def main() -> None:
         w[:, :D] = codes
         w[:, D:] = np.stack([scale, bias], axis=1).astype(np.float32).view(np.uint8).reshape(R, 8)
         tw, ti, to = torch.from_numpy(w), torch.from_numpy(idx), torch.arange(len(idx), dtype=torch.int64)
+
+        def torch_runner(th):
+            def run():
+                torch.set_num_threads(th)
+                torch.ops.quantized.embedding_bag_byte_rowwise_offsets(tw, ti, to, False, 0, False, None, None, False)
+            return run
+
         for th in args.threads:
-            torch.set_num_threads(th)
-            f = lambda: torch.ops.quantized.embedding_bag_byte_rowwise_offsets(tw, ti, to, False, 0, False, None, None, False)
-            for _ in range(3):
-                f()
-            ts = []
-            for _ in range(args.repeats):
-                t0 = time.perf_counter()
-                f()
-                ts.append(time.perf_counter() - t0)
-            results[f"torch byte-rowwise bag size 1, {th} thread(s)"] = statistics.median(ts) * 1e3
-        del tw, w
+            cases[f"torch byte-rowwise bag size 1, {th} thread(s)"] = torch_runner(th)
 
         table = (codes.astype(np.float32) * scale[:, None] + bias[:, None]).astype(np.float32)
         node = helper.make_node("Gather", ["table", "indices"], ["out"], axis=0)
@@ -130,12 +138,19 @@ def main() -> None:
             so = ort.SessionOptions()
             so.intra_op_num_threads, so.inter_op_num_threads = th, 1
             sess = ort.InferenceSession(blob, so, providers=["CPUExecutionProvider"])
-            results[f"ORT fp32 Gather, {th} thread(s)"] = time_ort(sess, idx, (len(idx), D), np.float32, args.repeats)
-            del sess
+            cases[f"ORT fp32 Gather, {th} thread(s)"] = ort_runner(sess, idx, (len(idx), D), np.float32)
+        del blob
 
+    results = time_interleaved(cases, args.repeats)
     width = max(len(k) for k in results)
-    for k, v in results.items():
-        print(f"{k:<{width}}  {v:8.3f} ms")
+    print(f"{'':<{width}}  {'min':>8}  {'median':>8}")
+    for k, (mn, med) in results.items():
+        print(f"{k:<{width}}  {mn:8.3f}  {med:8.3f} ms")
+    ours = results.get("shark int8 gather -> float32, 1 thread(s)")
+    for k in ("torch byte-rowwise bag size 1, 1 thread(s)", "ORT fp32 Gather, 1 thread(s)"):
+        if ours and k in results:
+            print(f"ratio shark int8 f32 (1 thread) / {k}: min {ours[0] / results[k][0]:.2f}, "
+                  f"median {ours[1] / results[k][1]:.2f}")
 
 
 if __name__ == "__main__":

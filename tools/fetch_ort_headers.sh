@@ -42,6 +42,9 @@ opts=(-o "Dir::Etc::SourceList=$state/etc/sources.list" -o "Dir::Etc::SourcePart
       -o "Dir::State=$state" -o "Dir::State::Lists=$state/lists" -o "Dir::State::status=$state/status"
       -o "Dir::Cache=$state" -o "Dir::Cache::Archives=$state/archives" -o "APT::Architecture=$(dpkg --print-architecture)"
       -o "Debug::NoLocking=1")
+# As root, apt would drop to the _apt user, which cannot write into the user's cache dir (and warns
+# "Download is performed unsandboxed"): stay root, nothing here is installed.
+if [ "$(id -u)" = 0 ]; then opts+=(-o "APT::Sandbox::User=root"); fi
 apt-get "${opts[@]}" -qq update >&2
 (cd "$cache" && apt-get "${opts[@]}" -qq download "$pkg" >&2)
 deb=$(ls "$cache"/${pkg}_*.deb | head -n1)
