@@ -81,6 +81,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--no-baselines", action="store_true")
+    ap.add_argument("--bag-size", type=int, default=0,
+                    help="also time pooled bags: --lookups bags of this many Zipf lookups (sum), vs torch")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     R, D = args.rows, args.dim
@@ -107,6 +109,18 @@ def main() -> None:
             got = ops.session(blob, threads=1).run(None, {"indices": idx[:1000]})[0]
             want = (codes[idx[:1000]].astype(np.float64) * scale[idx[:1000], None] + bias[idx[:1000], None]).astype(np.float32)
             assert np.array_equal(got, want), "result mismatch"
+    if args.bag_size:
+        L = args.bag_size
+        bag_idx = zipf_indices(R, args.lookups * L, args.zipf, rng).reshape(args.lookups, L)
+        node = helper.make_node("RowwiseDequantEmbeddingBag", ["payload", "row_meta", "default_row", "indices"],
+                                ["out"], domain=ops.DOMAIN, format_version=1, num_rows=R, dim=D, uniform_tier=2,
+                                output_dtype=1, mode=0)
+        m = model([node], [helper.make_tensor_value_info("indices", TensorProto.INT64, ["b", L])],
+                  [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["b", D])], inits)
+        blob = m.SerializeToString()
+        for th in args.threads:
+            cases[f"shark int8 bags of {L} -> float32, {th} thread(s)"] = ort_runner(
+                ops.session(blob, threads=th), bag_idx, (args.lookups, D), np.float32)
     del inits, blob, m
 
     if not args.no_baselines:
@@ -125,6 +139,19 @@ def main() -> None:
 
         for th in args.threads:
             cases[f"torch byte-rowwise bag size 1, {th} thread(s)"] = torch_runner(th)
+        if args.bag_size:
+            tbi = torch.from_numpy(bag_idx.reshape(-1).copy())
+            tbo = torch.arange(0, bag_idx.size, args.bag_size, dtype=torch.int64)
+
+            def torch_bag_runner(th):
+                def run():
+                    torch.set_num_threads(th)
+                    torch.ops.quantized.embedding_bag_byte_rowwise_offsets(tw, tbi, tbo, False, 0, False, None, None,
+                                                                           False)
+                return run
+
+            for th in args.threads:
+                cases[f"torch byte-rowwise bags of {args.bag_size}, {th} thread(s)"] = torch_bag_runner(th)
 
         table = (codes.astype(np.float32) * scale[:, None] + bias[:, None]).astype(np.float32)
         node = helper.make_node("Gather", ["table", "indices"], ["out"], axis=0)

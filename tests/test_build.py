@@ -153,6 +153,11 @@ def tables():
         "int8": make_table([INT8] * 300, D, seed=2),
         "fp32": make_table([FP32] * 300, D, seed=3),
         "mixed": make_table(mixed_tiers, D, seed=4),
+        # dims 16/32/64 take the AVX2 register-accumulator bag kernels
+        "int4_d16": make_table([INT4] * 100, 16, seed=5),
+        "mixed_d32": make_table(mixed_tiers, 32, seed=6),
+        "fp16_d64": make_table([FP16] * 100, 64, seed=7),
+        "int2_d64": make_table([INT2] * 100, 64, seed=8),
     }
 
 
@@ -214,20 +219,20 @@ N_LOOKUPS = 2500  # > one parallel task of the gather kernel
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("out_dtype", [1, 10])
 @pytest.mark.parametrize("idx_type", [TensorProto.INT32, TensorProto.INT64])
-@pytest.mark.parametrize("kind", ["int8", "fp32", "mixed"])
+@pytest.mark.parametrize("kind", ["int8", "fp32", "mixed", "mixed_d32"])
 def test_gather_matches_numpy(tables, kind, idx_type, out_dtype, threads):
     t = tables[kind]
-    r = t[3].shape[0]
+    r, d = t[3].shape
     rng = np.random.default_rng(7)
     idx = rng.integers(0, r, size=(N_LOOKUPS // 5, 5))
     idx = idx.astype(np.int32 if idx_type == TensorProto.INT32 else np.int64)
-    sess = ops.session(_model("RowwiseDequantGather", t, n_rows=r, dim=D, out_dtype=out_dtype, idx_type=idx_type,
+    sess = ops.session(_model("RowwiseDequantGather", t, n_rows=r, dim=d, out_dtype=out_dtype, idx_type=idx_type,
                               idx_rank=2), threads=threads)
     (got,) = sess.run(None, {"indices": idx})
     want = t[3][idx]
     if out_dtype == 10:
         want = want.astype(np.float16)
-    assert got.dtype == want.dtype and got.shape == (*idx.shape, D)
+    assert got.dtype == want.dtype and got.shape == (*idx.shape, d)
     np.testing.assert_array_equal(got, want)
 
 
@@ -247,10 +252,10 @@ def test_fp16_output_rounds_to_nearest_even():
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("out_dtype", [1, 10])
 @pytest.mark.parametrize("idx_type", [TensorProto.INT32, TensorProto.INT64])
-@pytest.mark.parametrize("kind", ["int8", "mixed"])
+@pytest.mark.parametrize("kind", ["int8", "mixed", "int4_d16", "mixed_d32", "fp16_d64", "int2_d64"])
 def test_embedding_bag_offsets_matches_numpy(tables, kind, idx_type, out_dtype, threads):
     t = tables[kind]
-    r = t[3].shape[0]
+    r, d = t[3].shape
     rng = np.random.default_rng(11)
     sizes = rng.integers(0, 12, size=700)
     sizes[[0, 5, 6]] = 0  # empty bags, including the first
@@ -260,7 +265,7 @@ def test_embedding_bag_offsets_matches_numpy(tables, kind, idx_type, out_dtype, 
     bounds = list(offsets) + [len(idx)]
     for mode, weighted, pad in [(0, False, -1), (1, False, 3), (0, True, 5)]:
         w = rng.standard_normal(len(idx)).astype(np.float32) if weighted else None
-        model = _model("RowwiseDequantEmbeddingBag", t, n_rows=r, dim=D, out_dtype=out_dtype, idx_type=idx_type,
+        model = _model("RowwiseDequantEmbeddingBag", t, n_rows=r, dim=d, out_dtype=out_dtype, idx_type=idx_type,
                        offsets=True, weights=weighted, mode=mode, padding_idx=pad)
         feeds = {"indices": idx, "offsets": offsets}
         if weighted:
@@ -269,12 +274,14 @@ def test_embedding_bag_offsets_matches_numpy(tables, kind, idx_type, out_dtype, 
         want = _bag_reference(t[3], idx, bounds, weights=w, mean=mode == 1, padding_idx=pad)
         if out_dtype == 10:
             want = want.astype(np.float16)
-        assert got.dtype == want.dtype and got.shape == (len(sizes), D)
+        assert got.dtype == want.dtype and got.shape == (len(sizes), d)
         np.testing.assert_array_equal(got, want, err_msg=f"mode={mode} weighted={weighted} padding_idx={pad}")
 
 
-def test_embedding_bag_2d_and_include_last_offset(tables):
-    t = tables["mixed"]
+@pytest.mark.parametrize("kind", ["mixed", "mixed_d32"])
+def test_embedding_bag_2d_and_include_last_offset(tables, kind):
+    t = tables[kind]
+    D = t[3].shape[1]
     rng = np.random.default_rng(12)
     idx2 = rng.integers(0, R_MIXED, size=(300, 7)).astype(np.int64)
     model = _model("RowwiseDequantEmbeddingBag", t, n_rows=R_MIXED, dim=D, idx_rank=2, mode=1)

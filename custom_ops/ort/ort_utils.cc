@@ -68,6 +68,11 @@ OrtStatus* get_input(OrtKernelContext* ctx, size_t index, Input* in) {
   const OrtValue* v = nullptr;
   SHARK_RETURN_IF_STATUS(api().KernelContext_GetInput(ctx, index, &v));
   if (!v) return nullptr;
+  return describe_value(v, index, in);
+}
+
+OrtStatus* describe_value(const OrtValue* v, size_t index, Input* in) {
+  *in = Input();
   int is_tensor = 0;
   SHARK_RETURN_IF_STATUS(api().IsTensor(v, &is_tensor));
   if (!is_tensor) return make_status(ORT_INVALID_ARGUMENT, "input " + std::to_string(index) + " is not a tensor");

@@ -37,6 +37,9 @@ struct Input {
 };
 OrtStatus* get_input(OrtKernelContext* ctx, size_t index, Input* in);
 
+// Describes a tensor OrtValue (for constant initializers seen at kernel creation).
+OrtStatus* describe_value(const OrtValue* v, size_t index, Input* in);
+
 // Allocates output `index` with `shape`; *data receives its buffer.
 OrtStatus* get_output(OrtKernelContext* ctx, size_t index, const std::vector<int64_t>& shape, void** data);
 

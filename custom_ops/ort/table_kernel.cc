@@ -1,5 +1,7 @@
 #include "table_kernel.h"
 
+#include "../kernels/memory_hints.h"
+
 #include <atomic>
 #include <sstream>
 
@@ -43,9 +45,11 @@ OrtStatus* TableKernel::init(const char* op_name, const OrtKernelInfo* info, sha
   }
   proto_ = shark::make_table_view(attrs_);
 
-  // Table tensors stored as constant initializers cannot change between runs: validate them once
-  // per data pointer. Anything else (graph inputs) is validated on every run.
+  // Table tensors stored as constant initializers cannot change between runs: validate them now
+  // (errors at session creation) and then once per data pointer. Anything else (graph inputs) is
+  // validated on every run.
   constant_inputs_ = true;
+  Input constant[3];
   for (size_t i = kInPayload; i <= kInDefaultRow; ++i) {
     int is_constant = 0;
     const OrtValue* v = nullptr;
@@ -54,28 +58,34 @@ OrtStatus* TableKernel::init(const char* op_name, const OrtKernelInfo* info, sha
       api().ReleaseStatus(s);
       is_constant = 0;
     }
-    if (!is_constant) constant_inputs_ = false;
+    if (!is_constant || !v) {
+      constant_inputs_ = false;
+      continue;
+    }
+    SHARK_RETURN_IF_STATUS(describe_value(v, i, &constant[i]));
+  }
+  if (constant_inputs_) {
+    shark::TableView t;
+    SHARK_RETURN_IF_STATUS(check_table(constant[0], constant[1], constant[2], &t, true));
+    shark::advise_huge_pages(t.payload, t.payload_bytes);
   }
   return nullptr;
 }
 
-static OrtStatus* typed_input(const TableKernel& k, OrtKernelContext* ctx, size_t index, const char* name,
-                              ONNXTensorElementDataType want, Input* in) {
-  SHARK_RETURN_IF_STATUS(get_input(ctx, index, in));
-  if (!in->present) return k.error(std::string("input '") + name + "' is missing");
-  if (in->type != want) {
-    return k.error(std::string("input '") + name + "' must be " + element_type_name(want) + ", got " +
-                   element_type_name(in->type));
-  }
-  return nullptr;
-}
+static const char* const kTableInputNames[3] = {"payload", "row_meta", "default_row"};
+static const ONNXTensorElementDataType kTableInputTypes[3] = {
+    ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT64, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT};
 
-OrtStatus* TableKernel::table(OrtKernelContext* ctx, shark::TableView* t) {
-  Input payload, meta, dflt;
-  SHARK_RETURN_IF_STATUS(typed_input(*this, ctx, kInPayload, "payload", ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, &payload));
-  SHARK_RETURN_IF_STATUS(typed_input(*this, ctx, kInRowMeta, "row_meta", ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT64, &meta));
-  SHARK_RETURN_IF_STATUS(
-      typed_input(*this, ctx, kInDefaultRow, "default_row", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, &dflt));
+OrtStatus* TableKernel::check_table(const Input& payload, const Input& meta, const Input& dflt, shark::TableView* t,
+                                    bool cache) {
+  const Input* in[3] = {&payload, &meta, &dflt};
+  for (int i = 0; i < 3; ++i) {
+    if (!in[i]->present) return error(std::string("input '") + kTableInputNames[i] + "' is missing");
+    if (in[i]->type != kTableInputTypes[i]) {
+      return error(std::string("input '") + kTableInputNames[i] + "' must be " + element_type_name(kTableInputTypes[i]) +
+                   ", got " + element_type_name(in[i]->type));
+    }
+  }
   *t = proto_;
   t->payload = static_cast<const uint8_t*>(payload.data);
   t->payload_bytes = payload.count;
@@ -90,19 +100,27 @@ OrtStatus* TableKernel::table(OrtKernelContext* ctx, shark::TableView* t) {
   key.meta_count = meta.count;
   key.dflt = dflt.data;
   key.dflt_count = dflt.count;
-  if (constant_inputs_) {
+  if (cache) {
     std::lock_guard<std::mutex> lock(mu_);
     if (validated_ && validated_key_ == key) return nullptr;
   }
   shark::TableShapes shapes{payload.shape, meta.shape, dflt.shape};
   const std::string bad = shark::validate_table(*t, shapes);
   if (!bad.empty()) return error("invalid table: " + bad);
-  if (constant_inputs_) {
+  if (cache) {
     std::lock_guard<std::mutex> lock(mu_);
     validated_ = true;
     validated_key_ = key;
   }
   return nullptr;
+}
+
+OrtStatus* TableKernel::table(OrtKernelContext* ctx, shark::TableView* t) {
+  Input payload, meta, dflt;
+  SHARK_RETURN_IF_STATUS(get_input(ctx, kInPayload, &payload));
+  SHARK_RETURN_IF_STATUS(get_input(ctx, kInRowMeta, &meta));
+  SHARK_RETURN_IF_STATUS(get_input(ctx, kInDefaultRow, &dflt));
+  return check_table(payload, meta, dflt, t, constant_inputs_);
 }
 
 OrtStatus* TableKernel::index_input(OrtKernelContext* ctx, size_t index, const char* name, bool required, Input* in,

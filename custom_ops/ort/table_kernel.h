@@ -49,6 +49,9 @@ class TableKernel {
   shark::OutType out_type_ = shark::OutType::kFloat32;
 
  private:
+  // Checks dtypes and the table; with `cache`, remembers a valid table's pointers and sizes.
+  OrtStatus* check_table(const Input& payload, const Input& meta, const Input& dflt, shark::TableView* t, bool cache);
+
   struct Key {
     const void* payload = nullptr;
     uint64_t payload_bytes = 0;
