@@ -17,6 +17,7 @@
 #include "kernels/embedding_bag_cpu.h"
 #include "kernels/gather_cpu.h"
 #include "kernels/half.h"
+#include "kernels/memory_hints.h"
 #include "kernels/table.h"
 
 using namespace shark;
@@ -89,6 +90,7 @@ int main(int argc, char** argv) {
   std::vector<float> dflt(D, 0.f);
   t.payload = payload.data();
   t.payload_bytes = payload.size();
+  if (!std::getenv("BENCH_NO_HUGE")) advise_huge_pages(payload.data(), payload.size());
   t.default_row = dflt.data();
   TableShapes shapes{{static_cast<int64_t>(payload.size())}, {static_cast<int64_t>(meta.size() / 4), 4}, {D}};
   const std::string bad = validate_table(t, shapes);
