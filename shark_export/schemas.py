@@ -11,8 +11,9 @@ import onnx
 from onnx import TensorProto
 from onnx.defs import OpSchema
 
-DOMAIN = "shark_export"
-OPSET_VERSION = 1
+from .ops import DOMAIN
+from .ops import DOMAIN_VERSION as OPSET_VERSION
+
 GATHER_OP = "RowwiseDequantGather"
 BAG_OP = "RowwiseDequantEmbeddingBag"
 
