@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import json
 import os
 import re
@@ -17,9 +17,10 @@ import onnx_ir as ir
 import torch
 from torch.utils import _pytree as pytree
 
+from . import reference
 from .errors import SharkExportError, UnknownFieldError, UnsupportedModelError
 from .export import ExampleInputs, export_to_ir
-from .fields import field_means, find_fields, find_tables, replace_fields_with_constants
+from .fields import _hooks, field_means, find_fields, find_tables
 from .format import QuantizedTable, Tier, quantize_table
 from .model_io import INPUTS_KEY, OUTPUTS_KEY, REPORT_KEY
 from .parity import ParityReport, check_parity
@@ -27,7 +28,6 @@ from .passes import FinalizeVersionsPass, PruneFieldsPass, RemoveDeadPass, Repla
 from .progress import progress
 from .pruning import prune_plan_of
 from .quant_config import QuantConfig, assign_tiers
-from .reference import dequantize
 from .row_priority import RowPriority, score_rows
 
 # Above this many initializer bytes the model is written with external data (protobuf's 2 GiB limit).
@@ -186,14 +186,35 @@ def _default_row(weight: np.ndarray, tiers) -> np.ndarray | None:
     return None
 
 
-def _faithful_model(model, tables: dict[str, QuantizedTable]) -> torch.nn.Module:
-    """A copy of the model carrying the dequantized weights (pruning is applied by hooks on top)."""
-    faithful = copy.deepcopy(model)
-    params = dict(faithful.named_parameters())
-    with torch.no_grad():
-        for name, table in tables.items():
-            params[name].copy_(torch.from_numpy(dequantize(table)))
-    return faithful
+@contextlib.contextmanager
+def _serving_lookups(model: torch.nn.Module, fields: dict, tables: dict[str, QuantizedTable], means: dict[str, np.ndarray]):
+    """While active, the model's lookups return what the converted graph computes: rows read from the stored
+    tables by the numpy reference, and pruned fields' means. No copy of the model or its tables is made."""
+    by_call = {(f.module_path, f.call_index): f for f in fields.values()}
+
+    def serve(path, index, module, args, kwargs, output):
+        f = by_call[(path, index)]
+        if f.name in means:
+            return torch.as_tensor(np.asarray(means[f.name]), dtype=output.dtype).expand_as(output).clone()
+        if f.pruned:
+            return None  # the model's own pruning hook already returned the mean
+        table = tables[f.table]
+        ids = (args[0] if args else kwargs["input"]).detach().cpu().numpy()
+        if isinstance(module, torch.nn.Embedding):
+            return torch.from_numpy(reference.gather(table, ids))
+        offsets = args[1] if len(args) > 1 else kwargs.get("offsets")
+        weights = args[2] if len(args) > 2 else kwargs.get("per_sample_weights")
+        pooled = reference.embedding_bag(
+            table, ids,
+            offsets=None if offsets is None else offsets.detach().cpu().numpy(),
+            per_sample_weights=None if weights is None else weights.detach().cpu().numpy(),
+            mode=module.mode, include_last_offset=module.include_last_offset,
+            padding_idx=-1 if module.padding_idx is None else module.padding_idx,
+        )
+        return torch.from_numpy(pooled)
+
+    with _hooks(model, serve):
+        yield
 
 
 def convert(
@@ -293,10 +314,8 @@ def convert(
 
     if calibration is not None:
         batches = calibration[:_PARITY_BATCHES]
-        faithful = _faithful_model(model, quantized)
-        pruned_means = {n: means[n] for n in prune_names}
-        with replace_fields_with_constants(faithful, fields, pruned_means):
-            report.faithfulness = check_parity(faithful, output_path, batches, atol=1e-5, rtol=1e-4)
+        with _serving_lookups(model, fields, quantized, {n: means[n] for n in prune_names}):
+            report.faithfulness = check_parity(model, output_path, batches, atol=1e-5, rtol=1e-4)
         flat_labels = None
         if label_list is not None:
             flat_labels = np.concatenate([np.asarray(torch.as_tensor(y).reshape(len(y), -1)[:, 0]) for y in label_list[: len(batches)]])

@@ -175,19 +175,3 @@ def field_means(model: nn.Module, fields: dict[str, Field], names, batches) -> d
     if missing:
         raise UnsupportedModelError(f"fields {missing} were never looked up in the calibration data: no mean embedding")
     return {n: sums[n] / counts[n] for n in names}
-
-
-def replace_fields_with_constants(model: nn.Module, fields: dict[str, Field], constants: dict[str, np.ndarray]):
-    """Context manager: while active, each named field's lookup returns its constant [D] broadcast to the output."""
-    wanted = {}
-    for name, value in constants.items():
-        _module_of_field(model, fields, name)
-        wanted[(fields[name].module_path, fields[name].call_index)] = torch.as_tensor(np.asarray(value), dtype=torch.float32)
-
-    def replace(path, index, module, args, kwargs, output):
-        value = wanted.get((path, index))
-        if value is not None:
-            return value.to(output.dtype).expand_as(output).clone()
-        return None
-
-    return _hooks(model, replace)
