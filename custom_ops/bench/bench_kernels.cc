@@ -47,7 +47,8 @@ int main(int argc, char** argv) {
   std::vector<int> tiers(R, tier);
   if (tier == kMixed) {
     std::discrete_distribution<int> pick({0.05, 0.15, 0.4, 0.25, 0.1, 0.05});
-    for (auto& x : tiers) x = pick(rng);
+    const char* only = std::getenv("BENCH_MIXED_ONLY_TIER");  // a "mixed" table whose rows share one tier
+    for (auto& x : tiers) x = only ? std::atoi(only) : pick(rng);
   }
   std::vector<uint64_t> offs(R + 1, 0);
   for (uint64_t r = 0; r < R; ++r) offs[r + 1] = offs[r] + t.stride[tiers[r]];

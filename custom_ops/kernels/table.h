@@ -78,9 +78,14 @@ struct TableShapes {
 // Must be called (and pass) before any kernel reads the view.
 std::string validate_table(const TableView& t, const TableShapes& shapes);
 
-// Position of row r in a mixed table: tier code and byte offset, from its 32-byte block record.
-// Valid only for a validated table and r < num_rows.
-static inline uint64_t popcount64(uint64_t x) {
+#if defined(__GNUC__) || defined(__clang__)
+#define SHARK_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define SHARK_ALWAYS_INLINE inline
+#endif
+
+// Always inlined, so that inside the AVX2 kernels (target popcnt) it compiles to POPCNT.
+static SHARK_ALWAYS_INLINE uint64_t popcount64(uint64_t x) {
 #if defined(__GNUC__) || defined(__clang__)
   return static_cast<uint64_t>(__builtin_popcountll(x));
 #else
@@ -96,7 +101,9 @@ struct RowLoc {
   int tier;
 };
 
-static inline RowLoc locate_mixed_row(const uint64_t* block, unsigned j, const uint32_t* stride) {
+// Position of row r = 64 b + j in a mixed table: tier code and byte offset, from block b's 32-byte
+// record. Valid only for a validated table and r < num_rows.
+static SHARK_ALWAYS_INLINE RowLoc locate_mixed_row(const uint64_t* block, unsigned j, const uint32_t* stride) {
   const uint64_t p0 = block[1], p1 = block[2], p2 = block[3];
   const int tier = static_cast<int>(((p0 >> j) & 1u) | (((p1 >> j) & 1u) << 1) | (((p2 >> j) & 1u) << 2));
   const uint64_t below = (uint64_t{1} << j) - 1;
