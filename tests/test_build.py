@@ -295,6 +295,41 @@ def test_embedding_bag_2d_and_include_last_offset(tables, kind):
     np.testing.assert_array_equal(got, _bag_reference(t[3], idx, list(offsets)))
 
 
+def test_empty_inputs(tables):
+    t = tables["mixed"]
+    (got,) = ops.session(_model("RowwiseDequantGather", t, n_rows=R_MIXED, dim=D)).run(
+        None, {"indices": np.zeros((0,), np.int64)})
+    assert got.shape == (0, D)
+    bag = _model("RowwiseDequantEmbeddingBag", t, n_rows=R_MIXED, dim=D, offsets=True)
+    (got,) = ops.session(bag).run(None, {"indices": np.zeros(0, np.int64), "offsets": np.zeros(0, np.int64)})
+    assert got.shape == (0, D)
+    (got,) = ops.session(bag).run(None, {"indices": np.zeros(0, np.int64), "offsets": np.zeros(3, np.int64)})
+    np.testing.assert_array_equal(got, np.zeros((3, D), np.float32))
+
+
+def test_table_as_graph_inputs_is_checked_every_run(tables):
+    """Table tensors fed at run time (not constant initializers) are validated on every run."""
+    payload, meta, dflt, rows, ut = tables["mixed"]
+    node = helper.make_node("RowwiseDequantGather", ["payload", "row_meta", "default_row", "indices"], ["out"],
+                            domain=ops.DOMAIN, name="dyn", format_version=1, num_rows=R_MIXED, dim=D, uniform_tier=ut)
+    graph = helper.make_graph(
+        [node], "g",
+        [helper.make_tensor_value_info("payload", TensorProto.UINT8, ["n"]),
+         helper.make_tensor_value_info("row_meta", TensorProto.UINT64, ["b", 4]),
+         helper.make_tensor_value_info("default_row", TensorProto.FLOAT, [D]),
+         helper.make_tensor_value_info("indices", TensorProto.INT64, ["k"])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, ir_version=10,
+                              opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(ops.DOMAIN, 1)])
+    sess = ops.session(model)
+    idx = np.arange(R_MIXED, dtype=np.int64)
+    feeds = {"payload": payload, "row_meta": meta, "default_row": dflt, "indices": idx}
+    np.testing.assert_array_equal(sess.run(None, feeds)[0], rows[idx])
+    with pytest.raises(Exception, match="node 'dyn'.*payload has"):
+        sess.run(None, dict(feeds, payload=payload[:-4].copy()))
+    np.testing.assert_array_equal(sess.run(None, feeds)[0], rows[idx])
+
+
 # ----------------------------------------------------------------------------------------------
 # Errors
 # ----------------------------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 // build needs no -march flag. Code in the region runs only after cpu_isa() chose kAvx2.
 #pragma once
 
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+// -DSHARK_NO_AVX2_PATH builds the portable path only (what non-x86 targets such as aarch64 get).
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__)) && \
+    !defined(SHARK_NO_AVX2_PATH)
 #define SHARK_X86_AVX2_PATH 1
 #include <immintrin.h>
 #if defined(__clang__)
