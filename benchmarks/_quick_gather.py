@@ -4,7 +4,7 @@ torch quantized byte-rowwise embedding bag with bag size 1, and ORT's fp32 Gathe
     python benchmarks/_quick_gather.py [--rows 2000000] [--dim 64] [--lookups 106496] [--threads 1 2]
 
 Table R x D int8 (random codes, fp16 scale/bias), Zipf(1.1) lookups over randomly permuted row ids.
-All cases run round-robin (--repeats rounds, after warm-up) so that machine noise hits them alike;
+ORT sessions run without thread spinning. All cases run round-robin (--repeats rounds, after warm-up) so that machine noise hits them alike;
 min and median per case. ORT runs use IO binding with a preallocated output, so they time the kernel
 plus ORT's per-run overhead, not an output copy."""
 
@@ -43,6 +43,13 @@ def model(nodes, inputs, outputs, inits):
     g = helper.make_graph(nodes, "bench", inputs, outputs, inits)
     return helper.make_model(g, ir_version=10, opset_imports=[helper.make_opsetid("", 21),
                                                               helper.make_opsetid(ops.DOMAIN, 1)])
+
+
+def shark_session(blob: bytes, threads: int) -> ort.InferenceSession:
+    so = ops.session_options(threads)
+    # No spinning: idle pool threads of the other (interleaved) sessions would otherwise steal the CPU.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(blob, so, providers=["CPUExecutionProvider"])
 
 
 def ort_runner(sess, idx: np.ndarray, out_shape, out_dtype):
@@ -104,7 +111,7 @@ def main() -> None:
         blob = m.SerializeToString()
         for th in args.threads:
             cases[f"shark int8 gather -> {np.dtype(np_out).name}, {th} thread(s)"] = ort_runner(
-                ops.session(blob, threads=th), idx, (len(idx), D), np_out)
+                shark_session(blob, th), idx, (len(idx), D), np_out)
         if out_dtype == 1:  # exactness spot check
             got = ops.session(blob, threads=1).run(None, {"indices": idx[:1000]})[0]
             want = (codes[idx[:1000]].astype(np.float64) * scale[idx[:1000], None] + bias[idx[:1000], None]).astype(np.float32)
@@ -120,7 +127,7 @@ def main() -> None:
         blob = m.SerializeToString()
         for th in args.threads:
             cases[f"shark int8 bags of {L} -> float32, {th} thread(s)"] = ort_runner(
-                ops.session(blob, threads=th), bag_idx, (args.lookups, D), np.float32)
+                shark_session(blob, th), bag_idx, (args.lookups, D), np.float32)
     del inits, blob, m
 
     if not args.no_baselines:
@@ -164,6 +171,7 @@ def main() -> None:
         for th in args.threads:
             so = ort.SessionOptions()
             so.intra_op_num_threads, so.inter_op_num_threads = th, 1
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
             sess = ort.InferenceSession(blob, so, providers=["CPUExecutionProvider"])
             cases[f"ORT fp32 Gather, {th} thread(s)"] = ort_runner(sess, idx, (len(idx), D), np.float32)
         del blob
