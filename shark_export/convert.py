@@ -24,7 +24,13 @@ from .fields import _hooks, field_means, find_fields, find_tables
 from .format import QuantizedTable, Tier, quantize_table
 from .model_io import INPUTS_KEY, OUTPUTS_KEY, REPORT_KEY
 from .parity import ParityReport, check_parity
-from .passes import FinalizeVersionsPass, PruneFieldsPass, RemoveDeadPass, ReplaceLookupsPass, find_lookups
+from .passes import (
+    FinalizeVersionsPass,
+    PruneFieldsPass,
+    RemoveDeadPass,
+    ReplaceLookupsPass,
+    find_lookups,
+)
 from .progress import progress
 from .pruning import prune_plan_of
 from .quant_config import QuantConfig, assign_tiers

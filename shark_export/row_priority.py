@@ -7,7 +7,6 @@ label of the sample the occurrence belongs to. Later batches count more when dec
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable
 

@@ -8,11 +8,25 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from models import BagModes, DenseMatrixInput, DictInput, MultiTask, NoEmbedding, SharedTable, TupleInputs, built
+from models import (
+    BagModes,
+    DenseMatrixInput,
+    DictInput,
+    MultiTask,
+    NoEmbedding,
+    SharedTable,
+    TupleInputs,
+    built,
+)
 
 import shark_export
 from shark_export import QuantConfig, check_parity, convert
-from shark_export.errors import ExportError, SharkExportError, UnknownFieldError, UnsupportedModelError
+from shark_export.errors import (
+    ExportError,
+    SharkExportError,
+    UnknownFieldError,
+    UnsupportedModelError,
+)
 from shark_export.format import Tier, row_stride
 from shark_export.inspect_model import read_tables
 from shark_export.model_io import OnnxModelRunner

@@ -4,56 +4,25 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import socket
 
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from scoring_models import Planted, distributed_worker, planted_data
 from torch import nn
 
 import shark_export
-from shark_export.errors import SharkExportError, UnknownFieldError, UnsupportedModelError
-from shark_export.field_scoring import FieldStats, mean_stats, score_fields, taylor_stats
+from shark_export.errors import (
+    SharkExportError,
+    UnknownFieldError,
+    UnsupportedModelError,
+)
+from shark_export.field_scoring import mean_stats, score_fields, taylor_stats
 from shark_export.fields import find_fields
 from shark_export.model_io import OnnxModelRunner
 from shark_export.pruning import prune_fields
-
-
-class Planted(nn.Module):
-    """signal carries the label, noise does not; tags is a bag; shared is one table looked up twice."""
-
-    def __init__(self):
-        super().__init__()
-        self.signal = nn.Embedding(20, 4)
-        self.noise = nn.Embedding(20, 4)
-        self.tags = nn.EmbeddingBag(15, 4, mode="mean")
-        self.shared = nn.Embedding(10, 4)
-        self.head = nn.Linear(20, 1)
-
-    def forward(self, batch):
-        parts = [self.signal(batch["s"]), self.noise(batch["n"]), self.tags(batch["t"], batch["o"]),
-                 self.shared(batch["a"]), self.shared(batch["b"])]
-        return self.head(torch.cat(parts, 1)).squeeze(1)
-
-
-def planted_data(n_batches: int = 8, size: int = 64, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    effect = torch.randn(20, generator=g) * 2
-    batches, labels = [], []
-    for _ in range(n_batches):
-        s = torch.randint(0, 20, (size,), generator=g)
-        lengths = torch.randint(1, 4, (size,), generator=g)
-        batch = {
-            "s": s, "n": torch.randint(0, 20, (size,), generator=g),
-            "t": torch.randint(0, 15, (int(lengths.sum()),), generator=g),
-            "o": torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)[:-1]]),
-            "a": torch.randint(0, 10, (size,), generator=g), "b": torch.randint(0, 10, (size,), generator=g),
-        }
-        batches.append(batch)
-        labels.append((torch.rand(size, generator=g) < torch.sigmoid(effect[s])).float())
-    return batches, labels
 
 
 @pytest.fixture(scope="module")
@@ -122,27 +91,12 @@ def test_sharded_statistics_merge_to_the_single_pass(trained):
         assert merged.counts[name] == full.counts[name]
 
 
-def _distributed_worker(rank: int, world: int, port: int, state: dict, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        torch.set_num_threads(1)
-        model = Planted()
-        model.load_state_dict(state)
-        batches, labels = planted_data()
-        scores = score_fields(model.eval(), batches[rank::world], labels[rank::world], method="taylor")
-        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-            f.write(scores.to_json())
-    finally:
-        torch.distributed.destroy_process_group()
-
-
 def test_two_process_gloo_run_equals_single_process(trained, tmp_path):
     model, batches, labels = trained
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_distributed_worker, args=(2, port, model.state_dict(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(distributed_worker, args=(2, port, model.state_dict(), str(tmp_path)), nprocs=2, join=True)
     single = score_fields(model, batches, labels, method="taylor")
     for rank in range(2):
         result = json.loads((tmp_path / f"rank{rank}.json").read_text())

@@ -21,12 +21,17 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from op_models import bag_model, gather_model, table_feeds
 
 import shark_export
 from shark_export import reference as ref
-from shark_export.format import BLOCK_ROWS, QuantizedTable, Tier, quantize_table, row_stride
-
-from op_models import bag_model, gather_model, table_feeds
+from shark_export.format import (
+    BLOCK_ROWS,
+    QuantizedTable,
+    Tier,
+    quantize_table,
+    row_stride,
+)
 
 TIERS = list(Tier)
 DIMS = [1, 3, 7, 8, 13, 64, 100]

@@ -11,13 +11,12 @@ import threading
 import numpy as np
 import pytest
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+from op_models import BAG, GATHER, bag_model, gather_model, table_feeds
 
 import shark_export
 from shark_export import reference as ref
 from shark_export.errors import IndexOutOfRangeError
 from shark_export.format import BLOCK_ROWS, QuantizedTable, Tier, quantize_table
-
-from op_models import BAG, GATHER, bag_model, gather_model, table_feeds
 
 ORT_ERRORS = (ort_state.Fail, ort_state.InvalidArgument, ort_state.RuntimeException, ort_state.InvalidGraph)
 

@@ -19,7 +19,13 @@ from shark_export.errors import ExportError, UnknownFieldError
 from shark_export.export import STAGING_DOMAIN, ExampleInputs, export_to_ir
 from shark_export.fields import find_fields, find_tables
 from shark_export.format import quantize_table
-from shark_export.passes import FinalizeVersionsPass, PruneFieldsPass, RemoveDeadPass, ReplaceLookupsPass, find_lookups
+from shark_export.passes import (
+    FinalizeVersionsPass,
+    PruneFieldsPass,
+    RemoveDeadPass,
+    ReplaceLookupsPass,
+    find_lookups,
+)
 from shark_export.reference import dequantize
 
 
