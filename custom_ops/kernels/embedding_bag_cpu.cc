@@ -96,9 +96,29 @@ void bag_bounds_fixed(uint64_t n_bags, uint64_t bag_len, std::vector<uint64_t>* 
   for (uint64_t b = 0; b <= n_bags; ++b) (*bounds)[b] = b * bag_len;
 }
 
+namespace {
+
+// Indices after the last bag (include_last_offset with offsets[-1] < len(indices)) belong to no bag and
+// are never read as rows, but an out-of-range one is still an error, as everywhere else.
+LookupError check_trailing_indices(const TableView& t, const BagArgs& a) {
+  LookupError err;
+  const uint64_t first = a.n_bags == 0 ? 0 : a.bounds[a.n_bags];
+  for (uint64_t k = first; k < a.n_indices; ++k) {
+    const int64_t v = read_index(a.indices, a.index_type, k);
+    if (v < 0 || static_cast<uint64_t>(v) >= t.num_rows) {
+      err.position = k;
+      err.value = v;
+      return err;
+    }
+  }
+  return err;
+}
+
+}  // namespace
+
 LookupError embedding_bag_cpu(const TableView& t, const BagArgs& a, ParallelFor& pf) {
   LookupError err;
-  if (a.n_bags == 0) return err;
+  if (a.n_bags == 0) return check_trailing_indices(t, a);
 
   // Partition the bags into tasks of about kBagTaskLookups lookups.
   std::vector<uint64_t> task_bags;
@@ -133,8 +153,11 @@ LookupError embedding_bag_cpu(const TableView& t, const BagArgs& a, ParallelFor&
     pf.run(static_cast<size_t>(n_tasks), fn, &job);
   }
   err.position = first_error.load();
-  if (!err.ok()) err.value = read_index(a.indices, a.index_type, err.position);
-  return err;
+  if (!err.ok()) {
+    err.value = read_index(a.indices, a.index_type, err.position);
+    return err;
+  }
+  return check_trailing_indices(t, a);
 }
 
 }  // namespace shark

@@ -38,7 +38,8 @@ void bag_bounds_fixed(uint64_t n_bags, uint64_t bag_len, std::vector<uint64_t>* 
 
 // Sums (or averages) each bag's rows in float32, in index order (acc += row, or acc += w * row with a
 // separate multiply and add); mean divides the sum by the number of non-padding entries; empty bags
-// give zeros. `t` must have passed validate_table(). Every index is range-checked in the loop.
+// give zeros. `t` must have passed validate_table(). Every index is range-checked, including indices
+// after the last bag (include_last_offset), which belong to no bag.
 LookupError embedding_bag_cpu(const TableView& t, const BagArgs& a, ParallelFor& pf);
 
 }  // namespace shark
