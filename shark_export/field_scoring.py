@@ -264,7 +264,10 @@ class FieldScores:
         return json.dumps({"method": self.method, "samples": self.samples, "scores": dict(self.sorted())}, indent=2)
 
     def plot(self, path) -> None:
-        import matplotlib
+        try:
+            import matplotlib
+        except ImportError as exc:
+            raise SharkExportError("plot() needs matplotlib: pip install 'shark-export[plot]'") from exc
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
