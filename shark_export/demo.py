@@ -20,6 +20,10 @@ from .example_models import DeepFM, split_batches, train
 from .parity import check_parity
 from .synthetic import generate
 
+# The quantized model's logits may move this much from the float model's (the impact budget of the demo);
+# faithfulness to the stored weights is always checked at 1e-5.
+_IMPACT_ATOL = 0.1
+
 
 def _subset(columns: dict, start: int, stop: int) -> dict:
     return {k: v[start:stop] for k, v in columns.items()}
@@ -49,6 +53,8 @@ def run(out_dir: Path, samples: int = 120_000, quant: str = "mixed", dim: int = 
         quant=quant,
         calibration=[(b,) for b, _ in cal_set],
         labels=[y for _, y in cal_set],
+        impact_atol=_IMPACT_ATOL,
+        impact_rtol=0.0,
     )
     print(report)
     held_out = check_parity(
@@ -56,10 +62,10 @@ def run(out_dir: Path, samples: int = 120_000, quant: str = "mixed", dim: int = 
         path,
         [(b,) for b, _ in test_set],
         labels=np.concatenate([y.numpy() for _, y in test_set]),
-        atol=0.05,
-        rtol=0.05,
+        atol=_IMPACT_ATOL,
+        rtol=0.0,
     )
-    print("held-out impact (ONNX vs the original float model, tolerance 0.05):")
+    print(f"held-out impact (ONNX vs the original float model, logits within {_IMPACT_ATOL}):")
     print("\n".join("  " + line for line in str(held_out).splitlines()))
     print(f"model file: {path} ({path.stat().st_size / 1e6:.2f} MB); total {time.perf_counter() - started:.1f} s")
     return 0 if report.faithfulness else 1
