@@ -20,7 +20,8 @@ from torch.utils import _pytree as pytree
 from . import reference
 from .errors import SharkExportError, UnknownFieldError, UnsupportedModelError
 from .export import ExampleInputs, export_to_ir
-from .fields import _hooks, field_means, find_fields, find_tables
+from .field_scoring import field_means
+from .fields import _hooks, find_fields, find_tables
 from .format import QuantizedTable, Tier, quantize_table
 from .model_io import INPUTS_KEY, OUTPUTS_KEY, REPORT_KEY
 from .parity import ParityReport, check_parity

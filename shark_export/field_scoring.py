@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import SharkExportError, UnknownFieldError
+from .errors import SharkExportError, UnknownFieldError, UnsupportedModelError
 from .export import ExampleInputs
 from .fields import Field, _hooks, find_fields
 
@@ -116,22 +116,39 @@ def _per_sample(output: torch.Tensor) -> torch.Tensor:
     return output.reshape(output.shape[0], -1) if output.dim() >= 2 else output.reshape(1, -1)
 
 
-def mean_stats(model: nn.Module, fields: dict[str, Field], batches: Iterable) -> FieldStats:
-    """Sums and counts of each field's looked-up embedding vectors ([D], over every lookup)."""
+def _lookup_stats(model: nn.Module, fields: dict[str, Field], batches: Iterable, measure) -> FieldStats:
+    """One no-grad forward per batch; `measure(output)` → (total, count) is added per looked-up field."""
     by_key = {_key(f): f.name for f in fields.values()}
     stats = FieldStats()
 
     def record(path, index, module, args, kwargs, output):
         name = by_key.get((path, index))
         if name is not None:
-            flat = output.detach().reshape(-1, output.shape[-1]).double()
-            stats.add(name, flat.sum(0).numpy(), flat.shape[0])
+            stats.add(name, *measure(output.detach().reshape(-1, output.shape[-1]).double()))
 
     with torch.no_grad(), _hooks(model, record):
         for batch in batches:
             example = ExampleInputs.of(batch)
             model(*example.args, **example.kwargs)
     return stats
+
+
+def mean_stats(model: nn.Module, fields: dict[str, Field], batches: Iterable) -> FieldStats:
+    """Sums and counts of each field's looked-up embedding vectors ([D], over every lookup)."""
+    return _lookup_stats(model, fields, batches, lambda rows: (rows.sum(0).numpy(), rows.shape[0]))
+
+
+def field_means(model: nn.Module, fields: dict[str, Field], names, batches) -> dict[str, np.ndarray]:
+    """E[v_f] of the named fields: the mean of their looked-up (pooled, for bags) embeddings, float64 [D]."""
+    names = list(names)
+    unknown = [n for n in names if n not in fields]
+    if unknown:
+        raise UnknownFieldError(f"unknown field(s) {unknown}; the model's fields are: {', '.join(fields)}")
+    means = mean_stats(model, {n: fields[n] for n in names}, batches).means()
+    missing = [n for n in names if n not in means]
+    if missing:
+        raise UnsupportedModelError(f"fields {missing} were never looked up in the calibration data: no mean embedding")
+    return means
 
 
 def taylor_stats(
@@ -202,20 +219,8 @@ def permutation_stats(
 
 
 def norm_stats(model: nn.Module, fields: dict[str, Field], batches: Iterable) -> FieldStats:
-    by_key = {_key(f): f.name for f in fields.values()}
-    stats = FieldStats()
-
-    def record(path, index, module, args, kwargs, output):
-        name = by_key.get((path, index))
-        if name is not None:
-            norms = output.detach().reshape(-1, output.shape[-1]).double().norm(dim=1)
-            stats.add(name, norms.sum().item(), norms.shape[0])
-
-    with torch.no_grad(), _hooks(model, record):
-        for batch in batches:
-            example = ExampleInputs.of(batch)
-            model(*example.args, **example.kwargs)
-    return stats
+    """Sums and counts of the L2 norms of each field's looked-up embedding vectors."""
+    return _lookup_stats(model, fields, batches, lambda rows: (rows.norm(dim=1).sum().item(), rows.shape[0]))
 
 
 def _as_tensor(y) -> torch.Tensor:

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
-import numpy as np
 import torch
 from torch import nn
 
-from .errors import UnknownFieldError, UnsupportedModelError
+from .errors import UnsupportedModelError
 
 EMBEDDING_TYPES = (nn.Embedding, nn.EmbeddingBag)
 # Set by pruning.prune_fields on an embedding module: the call indices whose output is the field's mean.
@@ -87,17 +86,6 @@ class Field:
     pruned: bool = False  # pruned in the model itself (pruning.prune_fields): its lookup output is a constant
 
 
-@dataclass
-class _Recording:
-    calls: list[tuple[str, int]] = field(default_factory=list)
-
-
-def _module_of_field(model: nn.Module, fields: dict[str, Field], name: str) -> nn.Module:
-    if name not in fields:
-        raise UnknownFieldError(f"unknown field {name!r}; the model's fields are: {', '.join(fields)}")
-    return model.get_submodule(fields[name].module_path)
-
-
 @contextlib.contextmanager
 def _hooks(model: nn.Module, on_lookup: Callable[[str, int, nn.Module, tuple, dict, torch.Tensor], torch.Tensor | None]) -> Iterator[None]:
     """Call on_lookup(module_path, call_index, module, args, kwargs, output) for every embedding call.
@@ -150,28 +138,3 @@ def find_fields(model: nn.Module, example_inputs) -> dict[str, Field]:
         pruned = index in getattr(modules[path], PRUNED_CALLS_ATTRIBUTE, ())
         fields[name] = Field(name=name, module_path=path, call_index=index, table=table_of_module[path], pruned=pruned)
     return fields
-
-
-def field_means(model: nn.Module, fields: dict[str, Field], names, batches) -> dict[str, np.ndarray]:
-    """E[v_f]: the mean over samples of each named field's looked-up (pooled, for bags) embedding, float64 [D]."""
-    names = list(names)
-    for name in names:
-        _module_of_field(model, fields, name)
-    wanted = {(fields[n].module_path, fields[n].call_index): n for n in names}
-    sums: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = defaultdict(int)
-
-    def record(path, index, module, args, kwargs, output):
-        name = wanted.get((path, index))
-        if name is not None:
-            flat = output.detach().reshape(-1, output.shape[-1]).double()
-            sums[name] = sums.get(name, 0) + flat.sum(0).numpy()
-            counts[name] += flat.shape[0]
-
-    with torch.no_grad(), _hooks(model, record):
-        for batch in batches:
-            _call(model, batch)
-    missing = [n for n in names if counts[n] == 0]
-    if missing:
-        raise UnsupportedModelError(f"fields {missing} were never looked up in the calibration data: no mean embedding")
-    return {n: sums[n] / counts[n] for n in names}

@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from .errors import SharkExportError, UnknownFieldError
+from .field_scoring import field_means
 from .fields import PRUNED_CALLS_ATTRIBUTE as _CALLS
-from .fields import field_means, find_fields
+from .fields import find_fields
 
 _COUNT = "_shark_call_count"
 _MEAN = "_shark_pruned_mean_{}"
