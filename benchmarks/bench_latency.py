@@ -1,0 +1,393 @@
+"""Whole-model ONNX Runtime latency: converted models (int8, mixed) against the plain fp32 ONNX export.
+
+    python benchmarks/bench_latency.py                          # both models, batch 512 and 4096, 1 and 2 threads
+    python benchmarks/bench_latency.py --models embedding --batches 4096 --threads 1
+
+Models (DeepFM-style, shark_export.example_models.DeepFM, D = 64, hidden (64, 32), random weights, one
+dict batch as input):
+- `embedding` (the headline): only nn.Embedding fields, tables of 2M, 1M, 500k, 100k, 10k, 1k and 24 rows
+  (3.61M rows, 0.92 GB fp32).
+- `bags`: the same plus two nn.EmbeddingBag(sum) fields (200k rows with 0-8 ids per bag, 10k rows with
+  0-4). torch.onnx lowers an EmbeddingBag to an ONNX Loop over the bags, which makes that fp32 baseline
+  (`fp32`) ~30x slower than anything else; so this model also gets `fp32-2d`, the same weights with each
+  bag fed as padded 2-D ids [B, max_bag] plus a 0/1 mask and computed as Gather · mask → ReduceSum, which
+  is what one would deploy without a bag op.
+
+Contenders: `fp32` = `torch.export.export` → `torch.onnx.export(..., dynamo=True)`, no custom ops
+(Gather per Embedding, Loop per EmbeddingBag); `int8` and `mixed` = `shark_export.convert` (mixed with
+row priorities from synthetic calibration batches). Ids are Zipf(1.1) per table with the hot ids spread by
+a random permutation (shark_export.synthetic); 8 distinct batches per batch size, cycled.
+
+Timing: ORT CPU sessions, intra_op_num_threads 1 or 2, inter_op 1, sequential execution, all graph
+optimizations. Contenders are interleaved: each round runs every contender `--iters` times, the first
+contender rotating from round to round; reported: median per-call latency over all rounds and its
+interquartile range. Before timing, every contender's output is compared with torch (fp32 exports: max abs
+error ≤ 1e-4; converted models: ≤ 0.05, their quantization error).
+
+`--profile` (default on) also splits ORT's node time at the largest batch into the lookup nodes (our ops;
+in the fp32 exports the Gathers reading a table and the bag Loops) and all other nodes, from ORT's
+profiler (the Loop contender is left out of the profile: its per-iteration events overflow the profiler).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+import torch.nn.functional as F
+
+import shark_export
+from shark_export.example_models import DeepFM, FieldSpec, split_batches
+from shark_export.export import ExampleInputs
+from shark_export.model_io import OnnxModelRunner
+from shark_export.synthetic import SyntheticField, generate
+
+EMBEDDING_FIELDS = (
+    SyntheticField(FieldSpec("user", 2_000_000), 0.5),
+    SyntheticField(FieldSpec("item", 1_000_000), 0.5),
+    SyntheticField(FieldSpec("ad", 500_000), 0.4),
+    SyntheticField(FieldSpec("query", 100_000), 0.3),
+    SyntheticField(FieldSpec("site", 10_000), 0.3),
+    SyntheticField(FieldSpec("device", 1_000), 0.1),
+    SyntheticField(FieldSpec("hour", 24), 0.1),
+)
+BAG_FIELDS = EMBEDDING_FIELDS + (
+    SyntheticField(FieldSpec("history", 200_000, multi_hot=True), 0.3, max_bag=8),
+    SyntheticField(FieldSpec("tags", 10_000, multi_hot=True), 0.2, max_bag=4),
+)
+MODELS = {"embedding": EMBEDDING_FIELDS, "bags": BAG_FIELDS}
+
+
+def source_state() -> str:
+    """The commit, and whether the converter or the kernels differ from it (numbers depend on both)."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "shark_export", "custom_ops"], cwd=repo, capture_output=True, text=True).stdout
+        return f"commit {head}" + (" + uncommitted changes in shark_export/ or custom_ops/" if dirty.strip() else "")
+    except OSError:
+        return "commit unknown"
+
+
+def machine() -> str:
+    cpu = "?"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{platform.node()}: {cpu}, {os.cpu_count()} logical cores, load avg {os.getloadavg()[0]:.1f}; {source_state()}; "
+            f"torch {torch.__version__}, onnxruntime {ort.__version__}")
+
+
+# --------------------------------------------------------------------------------------------------
+# models and contenders
+# --------------------------------------------------------------------------------------------------
+
+
+class PaddedBags(torch.nn.Module):
+    """The same DeepFM (shared weights) with each bag field fed as padded ids [B, L] and a mask [B, L]:
+    sum-pooling as Gather · mask → sum, so the plain export has no Loop. Same outputs as the DeepFM."""
+
+    def __init__(self, model: DeepFM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        m = self.model
+        vectors = []
+        for f in m.fields:
+            table = m.embeddings[f.name]
+            if f.multi_hot:
+                rows = F.embedding(batch[f"{f.name}_ids2d"], table.weight)
+                vectors.append((rows * batch[f"{f.name}_mask"].unsqueeze(-1)).sum(1))
+            else:
+                vectors.append(table(batch[f.name]))
+        stacked = torch.stack(vectors, dim=1)
+        fm = 0.5 * (stacked.sum(1).pow(2) - stacked.pow(2).sum(1)).sum(1)
+        flat = stacked.flatten(1)
+        return fm + m.mlp(flat).squeeze(1) + m.linear(flat).squeeze(1)
+
+
+def padded_batch(batch: dict, specs: list[FieldSpec], max_bag: dict[str, int]) -> dict:
+    out = {}
+    for f in specs:
+        if not f.multi_hot:
+            out[f.name] = batch[f.name]
+            continue
+        ids, offsets = batch[f.name].numpy(), batch[f"{f.name}_offsets"].numpy()
+        lengths = np.diff(np.r_[offsets, ids.shape[0]])
+        width = max_bag[f.name]
+        rows = np.repeat(np.arange(lengths.shape[0]), lengths)
+        cols = np.arange(ids.shape[0]) - np.repeat(offsets, lengths)
+        ids2d = np.zeros((lengths.shape[0], width), dtype=np.int64)
+        mask = np.zeros((lengths.shape[0], width), dtype=np.float32)
+        ids2d[rows, cols] = ids
+        mask[rows, cols] = 1.0
+        out[f"{f.name}_ids2d"], out[f"{f.name}_mask"] = torch.from_numpy(ids2d), torch.from_numpy(mask)
+    return out
+
+
+def plain_export(model: torch.nn.Module, batch: dict, path: Path) -> None:
+    """fp32 baseline: torch.export (dict input, first dimension of every input dynamic), then the dynamo
+    ONNX exporter with its default optimization; no custom ops."""
+    dynamic = {key: {0: torch.export.Dim.DYNAMIC} for key in batch}
+    program = torch.export.export(model, (batch,), dynamic_shapes=(dynamic,), strict=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        onnx_program = torch.onnx.export(program, dynamo=True, optimize=True, verbose=False)
+    onnx_program.save(str(path))
+
+
+@dataclass
+class Contender:
+    name: str
+    path: Path
+    custom: bool  # needs our op library
+    adapt: Callable[[dict], dict]  # the DeepFM batch → this contender's batch
+    input_map: list | None = None  # converter's recorded pytree path → graph input
+
+    def feeds(self, sess: ort.InferenceSession, batch: dict) -> dict:
+        batch = self.adapt(batch)
+        if self.input_map is not None:
+            named = dict(ExampleInputs.of((batch,)).named_tensors())
+            return {name: named[p].numpy() for p, name in self.input_map if name is not None}
+        names = [i.name for i in sess.get_inputs()]  # plain export: inputs in the dict's order
+        arrays = [v.numpy() for v in batch.values()]
+        if len(names) != len(arrays):
+            raise RuntimeError(f"{self.name}: graph has {len(names)} inputs, the batch {len(arrays)} tensors")
+        return dict(zip(names, arrays))
+
+
+def build(model_name: str, dim: int, batches: list[int], workdir: Path, seed: int = 0):
+    fields = MODELS[model_name]
+    n = max(batches) * 8
+    columns, labels, specs = generate(n + 8 * 4096, fields, n_dense=0, seed=seed)
+    torch.manual_seed(seed)
+    model = DeepFM(specs, dim=dim).eval()
+    rows = sum(f.spec.cardinality for f in fields)
+    cal_cols = {k: v[n:] for k, v in columns.items()}
+    cal = list(split_batches(cal_cols, labels[n:], specs, 4096))
+    bench_cols = {k: v[:n] for k, v in columns.items()}
+    inputs = {b: [x for x, _ in split_batches(bench_cols, labels[:n], specs, b)][:8] for b in batches}
+    example = cal[0][0]
+    same = lambda batch: batch  # noqa: E731
+    timings = {}
+
+    contenders = [Contender("fp32", workdir / f"{model_name}_fp32.onnx", False, same)]
+    t = time.perf_counter()
+    plain_export(model, example, contenders[0].path)
+    timings["plain export"] = time.perf_counter() - t
+    if any(f.multi_hot for f in specs):
+        max_bag = {f.spec.name: f.max_bag for f in fields if f.spec.multi_hot}
+        adapt = lambda batch: padded_batch(batch, specs, max_bag)  # noqa: E731
+        c = Contender("fp32-2d", workdir / f"{model_name}_fp32_2d.onnx", False, adapt)
+        t = time.perf_counter()
+        plain_export(PaddedBags(model).eval(), adapt(example), c.path)
+        timings["plain export 2-D bags"] = time.perf_counter() - t
+        contenders.append(c)
+    for quant in ("int8", "mixed"):
+        c = Contender(quant, workdir / f"{model_name}_{quant}.onnx", True, same)
+        t = time.perf_counter()
+        shark_export.convert(model, (example,), c.path, quant=quant, calibration=[(x,) for x, _ in cal], labels=[y for _, y in cal])
+        timings[f"convert {quant}"] = time.perf_counter() - t
+        c.input_map = OnnxModelRunner(c.path).input_map
+        contenders.append(c)
+    sizes = {c.name: c.path.stat().st_size + sum(q.stat().st_size for q in workdir.glob(c.path.name + ".data")) for c in contenders}
+    return model, specs, rows, inputs, contenders, sizes, timings
+
+
+def session(c: Contender, threads: int, spin: bool, profile_prefix: str | None = None) -> ort.InferenceSession:
+    so = shark_export.ops.session_options(threads) if c.custom else ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(str(c.path), so, providers=["CPUExecutionProvider"])
+
+
+# --------------------------------------------------------------------------------------------------
+# checks and timing
+# --------------------------------------------------------------------------------------------------
+
+
+def check_outputs(model, contenders: list[Contender], sessions: dict, batch: dict) -> dict:
+    with torch.no_grad():
+        ref = model(batch).numpy()
+    errors = {}
+    for c in contenders:
+        got = sessions[c.name].run(None, c.feeds(sessions[c.name], batch))[0].reshape(-1)
+        errors[c.name] = float(np.abs(got - ref).max())
+        limit = 0.05 if c.custom else 1e-4
+        if errors[c.name] > limit:
+            raise SystemExit(f"{c.name} disagrees with torch: max abs {errors[c.name]:.2e} > {limit}")
+    return errors
+
+
+def time_interleaved(sessions: dict, feeds: dict, rounds: int, iters: int) -> dict:
+    names = list(sessions)
+    samples = {n: [] for n in names}
+    for n in names:  # warm-up: every distinct batch once
+        for f in feeds[n]:
+            sessions[n].run(None, f)
+    for r in range(rounds):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for n in order:
+            sess, fs = sessions[n], feeds[n]
+            for i in range(iters):
+                f = fs[(r * iters + i) % len(fs)]
+                t = time.perf_counter()
+                sess.run(None, f)
+                samples[n].append(time.perf_counter() - t)
+    out = {}
+    for n, s in samples.items():
+        q = np.quantile(s, [0.25, 0.5, 0.75])
+        out[n] = {"median_ms": q[1] * 1e3, "p25_ms": q[0] * 1e3, "p75_ms": q[2] * 1e3, "n": len(s)}
+    return out
+
+
+def lookup_nodes(path: Path) -> set[str]:
+    """Names of the lookup nodes: our ops; in a plain export the Gathers reading a 2-D table initializer
+    and the Loops (EmbeddingBag)."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    tables = {i.name for i in graph.initializer if len(i.dims) == 2}
+    return {
+        node.name for node in graph.node
+        if node.domain == shark_export.DOMAIN or node.op_type == "Loop" or (node.op_type == "Gather" and node.input[0] in tables)
+    }
+
+
+def profile_split(contenders: list[Contender], batches: list[dict], threads: int, spin: bool, runs: int, workdir: Path) -> dict:
+    """ORT node profiling, contenders interleaved: ms per run in lookup nodes vs all other nodes."""
+    has_bags = any(c.name == "fp32-2d" for c in contenders)
+    chosen = [c for c in contenders if not (has_bags and c.name == "fp32")]  # the Loop export overflows the profiler
+    sessions = {c.name: session(c, threads, spin, str(workdir / f"profile_{c.name}_{threads}")) for c in chosen}
+    lookups = {c.name: lookup_nodes(c.path) for c in chosen}
+    feeds = {c.name: [c.feeds(sessions[c.name], x) for x in batches] for c in chosen}
+    for n in sessions:  # warm-up run, dropped below
+        sessions[n].run(None, feeds[n][0])
+    for i in range(runs):
+        for n in sessions:
+            sessions[n].run(None, feeds[n][i % len(feeds[n])])
+    out = {}
+    for n, sess in sessions.items():
+        events = json.load(open(sess.end_profiling()))
+        node_events = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+        node_events = node_events[len(node_events) // (runs + 1):]
+        lookup_us = sum(e["dur"] for e in node_events if e["name"][: -len("_kernel_time")] in lookups[n])
+        total_us = sum(e["dur"] for e in node_events)
+        out[n] = {"lookup_ms": lookup_us / runs / 1e3, "other_ms": (total_us - lookup_us) / runs / 1e3}
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--models", nargs="+", choices=list(MODELS), default=["embedding", "bags"])
+    p.add_argument("--batches", type=int, nargs="+", default=[512, 4096])
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--spin", action=argparse.BooleanOptionalAction, default=True,
+                   help="ORT intra-op spin-waiting (its default); --no-spin is kinder to a machine shared with others")
+    p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
+                   help="split the node time at the largest batch into lookup nodes and the rest (ORT profiler)")
+    p.add_argument("--profile-runs", type=int, default=30)
+    p.add_argument("--tmp", default=None, help="where the ONNX files go (a temporary folder, deleted after)")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    print(machine(), flush=True)
+    rows_out, prof_rows = [], []
+    for model_name in args.models:
+        with tempfile.TemporaryDirectory(prefix="bench_latency_", dir=args.tmp) as tmp:
+            model, specs, rows, inputs, contenders, sizes, timings = build(model_name, args.dim, args.batches, Path(tmp))
+            print(f"\nmodel {model_name}: {len(specs)} fields ({sum(f.multi_hot for f in specs)} bags), {rows:,} rows × {args.dim}; files "
+                  + ", ".join(f"{k} {v / 1e6:.0f} MB" for k, v in sizes.items()) + "; "
+                  + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()), flush=True)
+            names = [c.name for c in contenders]
+            for threads in args.threads:
+                sessions = {c.name: session(c, threads, args.spin) for c in contenders}
+                for b in args.batches:
+                    errors = check_outputs(model, contenders, sessions, inputs[b][0])
+                    feeds = {c.name: [c.feeds(sessions[c.name], x) for x in inputs[b]] for c in contenders}
+                    res = time_interleaved(sessions, feeds, args.rounds, args.iters)
+                    rows_out.append({"model": model_name, "rows": rows, "dim": args.dim, "batch": b, "threads": threads,
+                                     "timings": res, "max_abs_vs_torch": errors, "file_bytes": sizes})
+                    print(f"  threads {threads} batch {b:>5}: " + "  ".join(
+                        f"{n} {res[n]['median_ms']:.2f} ms [{res[n]['p25_ms']:.2f}-{res[n]['p75_ms']:.2f}]" for n in names), flush=True)
+                del sessions, feeds
+                if args.profile:
+                    b = max(args.batches)
+                    split = profile_split(contenders, inputs[b], threads, args.spin, args.profile_runs, Path(tmp))
+                    prof_rows.append({"model": model_name, "batch": b, "threads": threads, "split": split})
+                    print(f"  threads {threads} batch {b:>5} node time (profiled): " + "  ".join(
+                        f"{n} lookups {v['lookup_ms']:.2f} + other {v['other_ms']:.2f} ms" for n, v in split.items()), flush=True)
+    print()
+    print(table(rows_out))
+    if prof_rows:
+        print()
+        print(profile_table(prof_rows))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"machine": machine(), "args": vars(args) | {"json": str(args.json)}, "rows": rows_out,
+                                         "profile": prof_rows}, indent=2, default=str))
+    return 0
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| model | batch | threads | fp32 export (ms) | fp32 2-D bags (ms) | int8 (ms) | mixed (ms) | int8 vs best fp32 "
+             "| mixed vs best fp32 | target ≥ 1.3× at 4096 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        t = r["timings"]
+        med = {k: v["median_ms"] for k, v in t.items()}
+        best = min(v for k, v in med.items() if k.startswith("fp32"))
+        s8, sm = best / med["int8"], best / med["mixed"]
+        target = ("MET" if min(s8, sm) >= 1.3 else ("int8 only" if s8 >= 1.3 else "MISSED")) if r["batch"] == 4096 else ""
+        f2d = f"{med['fp32-2d']:.2f}" if "fp32-2d" in med else "—"
+        lines.append(f"| {r['model']} | {r['batch']} | {r['threads']} | {med['fp32']:.2f} | {f2d} | {med['int8']:.2f} | {med['mixed']:.2f} "
+                     f"| {s8:.2f}× | {sm:.2f}× | {target} |")
+    return "\n".join(lines)
+
+
+def profile_table(rows: list[dict]) -> str:
+    lines = ["| model | batch | threads | baseline | baseline lookups (ms) | int8 lookups | mixed lookups | lookup speed-up int8 / mixed "
+             "| other nodes: baseline / int8 / mixed (ms) | lookup share of baseline |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        s = r["split"]
+        base = "fp32-2d" if "fp32-2d" in s else "fp32"
+        f = s[base]["lookup_ms"]
+        lines.append(f"| {r['model']} | {r['batch']} | {r['threads']} | {base} | {f:.2f} | {s['int8']['lookup_ms']:.2f} | {s['mixed']['lookup_ms']:.2f} "
+                     f"| {f / s['int8']['lookup_ms']:.2f}× / {f / s['mixed']['lookup_ms']:.2f}× "
+                     f"| {s[base]['other_ms']:.2f} / {s['int8']['other_ms']:.2f} / {s['mixed']['other_ms']:.2f} "
+                     f"| {f / (f + s[base]['other_ms']):.0%} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
