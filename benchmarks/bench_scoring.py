@@ -252,11 +252,13 @@ def run_dataset(name: str, args) -> dict:
     # ---- 1. field scores ---------------------------------------------------------------------------------
     scores = {}
     times = {"taylor": [], "permutation": [], "norm": []}
-    for _ in range(args.timing_rounds):
+    cpu_times = {"taylor": [], "permutation": [], "norm": []}
+    for _ in range(args.timing_rounds):  # rounds interleave the methods, so drifting load hits all of them
         for method in ("taylor", "permutation", "norm"):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             s = score_fields(model, cal_b, cal_y, method=method, repeats=args.repeats, seed=0)
             times[method].append(time.perf_counter() - t)
+            cpu_times[method].append(time.process_time() - c)
             scores[method] = s
     fields = list(scores["taylor"].scores)
     vec = {m: np.array([scores[m].scores[f] for f in fields]) for m in scores}
@@ -285,9 +287,14 @@ def run_dataset(name: str, args) -> dict:
     res["score_seconds"] = {m: v for m, v in times.items()}
     res["score_seconds_best"] = best
     res["compute_ratio_perm_over_taylor"] = best["permutation"] / best["taylor"]
+    res["score_cpu_seconds"] = cpu_times
+    best_cpu = {m: min(v) for m, v in cpu_times.items()}
+    res["score_cpu_seconds_best"] = best_cpu
+    res["cpu_ratio_perm_over_taylor"] = best_cpu["permutation"] / best_cpu["taylor"]
     log(f"  field scores: ρ(taylor, permutation) = {rho['taylor_vs_permutation']:.3f}, "
         f"ρ(norm, permutation) = {rho['norm_vs_permutation']:.3f}; time taylor {best['taylor']:.3f} s, "
-        f"permutation (repeats {args.repeats}) {best['permutation']:.3f} s -> ratio {res['compute_ratio_perm_over_taylor']:.1f}x")
+        f"permutation (repeats {args.repeats}) {best['permutation']:.3f} s -> ratio {res['compute_ratio_perm_over_taylor']:.1f}x "
+        f"(CPU time ratio {res['cpu_ratio_perm_over_taylor']:.1f}x)")
 
     # ---- 2. pruning --------------------------------------------------------------------------------------
     n_fields = len(fields)
@@ -395,6 +402,7 @@ def tables_markdown(results: list[dict], args) -> str:
             out.append(f"| {f} | {fs['taylor'][f]:.4g} | {fs['permutation'][f]:.4g} | {fs['permutation_seed1'][f]:.4g} | "
                        f"{fs['norm'][f]:.4g} | {fs['ablation'][f]:.4g} |")
         b = r["score_seconds_best"]
+        bc = r["score_cpu_seconds_best"]
         out.append("")
         out.append(f"Spearman ρ: taylor vs permutation **{rho['taylor_vs_permutation']:.3f}**, norm vs permutation "
                    f"{rho['norm_vs_permutation']:.3f}, taylor vs norm {rho['taylor_vs_norm']:.3f}; permutation seed 0 vs "
@@ -403,7 +411,9 @@ def tables_markdown(results: list[dict], args) -> str:
                    f"{rho['taylor_vs_ablation']:.3f}, permutation {rho['permutation_vs_ablation']:.3f}, norm {rho['norm_vs_ablation']:.3f}.  ")
         out.append(f"Wall time (best of {args.timing_rounds}, {args.threads} torch thread(s), same batches): taylor "
                    f"{b['taylor']:.3f} s, permutation ({args.repeats} repeats) {b['permutation']:.3f} s, norm {b['norm']:.3f} s "
-                   f"→ permutation / taylor = **{r['compute_ratio_perm_over_taylor']:.1f}×**.\n")
+                   f"→ permutation / taylor = **{r['compute_ratio_perm_over_taylor']:.1f}×**; process CPU time (best of "
+                   f"{args.timing_rounds}): taylor {bc['taylor']:.3f} s, permutation {bc['permutation']:.3f} s, norm "
+                   f"{bc['norm']:.3f} s → **{r['cpu_ratio_perm_over_taylor']:.1f}×**.\n")
         # 2. pruning
         ks = sorted(int(k) for k in r["prune"]["taylor"])
         base_ft = r["baseline_ft"]
