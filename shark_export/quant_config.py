@@ -11,6 +11,7 @@ from .format import Tier, row_stride
 
 PRESETS = ("fp32", "fp16", "int8", "int4", "mixed")
 _SINGLE = {"fp32": Tier.FP32, "fp16": Tier.FP16, "int8": Tier.INT8, "int4": Tier.INT4}
+_RUNGS = {**_SINGLE, "int2": Tier.INT2}  # int2 may be a budget rung, not a whole-table preset
 # Bytes of row metadata of a mixed table (row_meta: 32 bytes per 64 rows), used by the budget.
 _MIXED_META_BYTES_PER_ROW = 0.5
 
@@ -28,8 +29,9 @@ class QuantConfig:
       rest int4; without calibration data every row gets int8).
     - `overrides`: table name (parameter name, e.g. "emb.user.weight") or module path → preset.
     - `target_ratio`: byte budget as a fraction of the fp32 bytes of the tables without an override. Rows
-      start at `ladder[0]`; then, in priority order, rows are promoted one rung at a time (all the rows that
-      fit to the second rung, then to the third, …) while the budget lasts. Needs calibration data.
+      start at `ladder[0]` (e.g. ("int2", "int4", "int8", "fp16") reaches below the int4 floor); then, in
+      priority order, rows are promoted one rung at a time (all the rows that fit to the second rung, then to
+      the third, …) while the budget lasts. Needs calibration data.
     - `drop_unseen`: rows never seen in the calibration data are dropped: they read as one shared default
       vector (the mean of the dropped rows) and cost no bytes.
     - `clip`: "none" (min/max) or "l2" (per-row clipping search minimizing the L2 error).
@@ -52,8 +54,8 @@ class QuantConfig:
         if self.target_ratio is not None and not 0.0 < self.target_ratio <= 1.0:
             raise QuantConfigError(f"target_ratio must be in (0, 1], got {self.target_ratio}")
         for rung in self.ladder:
-            if rung not in _SINGLE:
-                raise QuantConfigError(f"ladder rung {rung!r} must be one of {', '.join(_SINGLE)}")
+            if rung not in _RUNGS:
+                raise QuantConfigError(f"ladder rung {rung!r} must be one of {', '.join(_RUNGS)}")
         hot, warm = self.mixed_fractions
         if not (0 <= hot and 0 <= warm and hot + warm <= 1):
             raise QuantConfigError(f"mixed_fractions {self.mixed_fractions} must be ≥ 0 and sum to ≤ 1")
@@ -117,7 +119,7 @@ def _budget_tiers(config: QuantConfig, shapes: dict[str, tuple[int, int]], prior
     def cost(tier: Tier) -> np.ndarray:
         return np.array([row_stride(tier, int(d)) for d in unique_dims], dtype=np.int64)[dim_index]
 
-    ladder = [_SINGLE[r] for r in config.ladder]
+    ladder = [_RUNGS[r] for r in config.ladder]
     tiers = np.full(priority.shape[0], ladder[0], dtype=np.uint8)
     if config.drop_unseen:
         tiers[priority <= 0] = Tier.DROPPED

@@ -56,6 +56,16 @@ def test_budget_is_met_and_spent_on_the_highest_priorities(ratio):
             assert all_p[level > low].min() >= all_p[level <= low].max()
 
 
+def test_int2_rung_reaches_below_the_int4_floor():
+    priorities = _priorities(3)
+    with pytest.raises(QuantConfigError, match="too small"):
+        assign_tiers(QuantConfig(target_ratio=0.12), TABLES, priorities)
+    tiers = assign_tiers(QuantConfig(target_ratio=0.12, ladder=("int2", "int4", "int8")), TABLES, priorities)
+    a = np.asarray(tiers["a.weight"])
+    assert {Tier(t) for t in np.unique(a)} == {Tier.INT2, Tier.INT4}
+    assert priorities["a.weight"][a == Tier.INT4].min() >= priorities["a.weight"][a == Tier.INT2].max()
+
+
 def test_budget_with_dropped_unseen_rows_and_overrides():
     priorities = _priorities(2)
     config = QuantConfig(target_ratio=0.2, drop_unseen=True, overrides={"b": "fp16"})
