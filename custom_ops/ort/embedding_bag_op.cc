@@ -1,42 +1,83 @@
 // RowwiseDequantEmbeddingBag(payload, row_meta, default_row, indices, [offsets], [per_sample_weights])
-//   -> output [B, dim]  (CPU)
+//   -> output [B, dim]  (CPU; the attribute/input checks are shared with the CUDA variant)
 #include <memory>
 #include <vector>
 
 #include "../kernels/embedding_bag_cpu.h"
 #include "custom_op.h"
+#include "lookup_ops.h"
 #include "ops.h"
 #include "table_kernel.h"
 
 namespace shark_ort {
-namespace {
 
-constexpr size_t kInOffsets = 4, kInWeights = 5;
-
-shark::OutType out_type_of(ONNXTensorElementDataType t) {
-  return t == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 ? shark::OutType::kFloat16 : shark::OutType::kFloat32;
+OrtStatus* read_bag_attrs(const TableKernel& k, const OrtKernelInfo* info, BagAttrs* a) {
+  SHARK_RETURN_IF_STATUS(k.int_attr(info, "mode", false, 0, &a->mode));
+  SHARK_RETURN_IF_STATUS(k.int_attr(info, "include_last_offset", false, 0, &a->include_last_offset));
+  SHARK_RETURN_IF_STATUS(k.int_attr(info, "padding_idx", false, -1, &a->padding_idx));
+  if (a->mode != 0 && a->mode != 1) {
+    return k.error("mode " + std::to_string(a->mode) + " is not supported (0 = sum, 1 = mean)");
+  }
+  if (a->include_last_offset != 0 && a->include_last_offset != 1) {
+    return k.error("include_last_offset " + std::to_string(a->include_last_offset) + " must be 0 or 1");
+  }
+  if (a->padding_idx != -1 && (a->padding_idx < 0 || a->padding_idx >= k.attrs().num_rows)) {
+    return k.error("padding_idx " + std::to_string(a->padding_idx) + " must be -1 (none) or a row in [0, " +
+                   std::to_string(k.attrs().num_rows) + ")");
+  }
+  SHARK_RETURN_IF_STATUS(k.check_index_type(info, kInIndices, "indices"));
+  return k.check_index_type(info, kInOffsets, "offsets");
 }
+
+OrtStatus* read_bag_inputs(const TableKernel& k, const BagAttrs& a, OrtKernelContext* ctx, BagInputs* in) {
+  SHARK_RETURN_IF_STATUS(k.index_input(ctx, kInIndices, "indices", true, &in->idx, &in->index_type));
+  SHARK_RETURN_IF_STATUS(k.index_input(ctx, kInOffsets, "offsets", false, &in->offs, &in->offsets_type));
+  SHARK_RETURN_IF_STATUS(get_input(ctx, kInWeights, &in->wts));
+  const Input& idx = in->idx;
+  if (idx.shape.size() == 2) {
+    if (in->offs.present) {
+      return k.error("offsets must not be given with 2-D indices " + shape_to_string(idx.shape) +
+                     " (each row is one bag)");
+    }
+    in->fixed = true;
+    in->n_bags = static_cast<uint64_t>(idx.shape[0]);
+    in->bag_len = static_cast<uint64_t>(idx.shape[1]);
+  } else if (idx.shape.size() == 1) {
+    if (!in->offs.present) return k.error("1-D indices " + shape_to_string(idx.shape) + " need offsets");
+    if (in->offs.shape.size() != 1) return k.error("offsets must be 1-D, got shape " + shape_to_string(in->offs.shape));
+    if (a.include_last_offset && in->offs.count == 0) {
+      return k.error("offsets is empty but include_last_offset=1 needs at least one offset (B + 1 entries)");
+    }
+    in->fixed = false;
+    in->n_bags = a.include_last_offset ? in->offs.count - 1 : in->offs.count;
+  } else {
+    return k.error("indices must be 1-D (with offsets) or 2-D [B, L], got shape " + shape_to_string(idx.shape));
+  }
+  return nullptr;
+}
+
+OrtStatus* check_bag_weights(const TableKernel& k, const BagAttrs& a, const BagInputs& in) {
+  const Input& wts = in.wts;
+  if (!wts.present) return nullptr;
+  if (wts.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
+    return k.error(std::string("per_sample_weights must be float32, got ") + element_type_name(wts.type));
+  }
+  if (wts.shape != in.idx.shape) {
+    return k.error("per_sample_weights shape " + shape_to_string(wts.shape) + " must equal the indices shape " +
+                   shape_to_string(in.idx.shape));
+  }
+  if (a.mode != 0) return k.error("per_sample_weights is only supported with mode=0 (sum), got mode=1 (mean)");
+  return nullptr;
+}
+
+namespace {
 
 class BagKernel : public TableKernel {
  public:
   static OrtStatus* Create(const OpSpec& spec, const OrtKernelInfo* info, std::unique_ptr<BagKernel>* out) {
     auto k = std::make_unique<BagKernel>();
     SHARK_RETURN_IF_STATUS(k->init(spec.name, info, out_type_of(spec.output)));
-    SHARK_RETURN_IF_STATUS(k->int_attr(info, "mode", false, 0, &k->mode_));
-    SHARK_RETURN_IF_STATUS(k->int_attr(info, "include_last_offset", false, 0, &k->include_last_offset_));
-    SHARK_RETURN_IF_STATUS(k->int_attr(info, "padding_idx", false, -1, &k->padding_idx_));
-    if (k->mode_ != 0 && k->mode_ != 1) {
-      return k->error("mode " + std::to_string(k->mode_) + " is not supported (0 = sum, 1 = mean)");
-    }
-    if (k->include_last_offset_ != 0 && k->include_last_offset_ != 1) {
-      return k->error("include_last_offset " + std::to_string(k->include_last_offset_) + " must be 0 or 1");
-    }
-    if (k->padding_idx_ != -1 && (k->padding_idx_ < 0 || k->padding_idx_ >= k->attrs_.num_rows)) {
-      return k->error("padding_idx " + std::to_string(k->padding_idx_) + " must be -1 (none) or a row in [0, " +
-                      std::to_string(k->attrs_.num_rows) + ")");
-    }
-    SHARK_RETURN_IF_STATUS(k->check_index_type(info, kInIndices, "indices"));
-    SHARK_RETURN_IF_STATUS(k->check_index_type(info, kInOffsets, "offsets"));
+    SHARK_RETURN_IF_STATUS(read_bag_attrs(*k, info, &k->bag_));
     *out = std::move(k);
     return nullptr;
   }
@@ -44,50 +85,29 @@ class BagKernel : public TableKernel {
   OrtStatus* Compute(OrtKernelContext* ctx) {
     shark::TableView t;
     SHARK_RETURN_IF_STATUS(table(ctx, &t));
-    Input idx, offs, wts;
-    shark::IndexType it = shark::IndexType::kInt64, ot = shark::IndexType::kInt64;
-    SHARK_RETURN_IF_STATUS(index_input(ctx, kInIndices, "indices", true, &idx, &it));
-    SHARK_RETURN_IF_STATUS(index_input(ctx, kInOffsets, "offsets", false, &offs, &ot));
-    SHARK_RETURN_IF_STATUS(get_input(ctx, kInWeights, &wts));
-
+    BagInputs in;
+    SHARK_RETURN_IF_STATUS(read_bag_inputs(*this, bag_, ctx, &in));
     std::vector<uint64_t> bounds;
-    if (idx.shape.size() == 2) {
-      if (offs.present) {
-        return error("offsets must not be given with 2-D indices " + shape_to_string(idx.shape) +
-                     " (each row is one bag)");
-      }
-      shark::bag_bounds_fixed(static_cast<uint64_t>(idx.shape[0]), static_cast<uint64_t>(idx.shape[1]), &bounds);
-    } else if (idx.shape.size() == 1) {
-      if (!offs.present) return error("1-D indices " + shape_to_string(idx.shape) + " need offsets");
-      if (offs.shape.size() != 1) return error("offsets must be 1-D, got shape " + shape_to_string(offs.shape));
-      const std::string bad = shark::bag_bounds_from_offsets(offs.data, ot, offs.count, include_last_offset_ != 0,
-                                                             idx.count, &bounds);
-      if (!bad.empty()) return error(bad);
+    if (in.fixed) {
+      shark::bag_bounds_fixed(in.n_bags, in.bag_len, &bounds);
     } else {
-      return error("indices must be 1-D (with offsets) or 2-D [B, L], got shape " + shape_to_string(idx.shape));
+      const std::string bad = shark::bag_bounds_from_offsets(in.offs.data, in.offsets_type, in.offs.count,
+                                                             bag_.include_last_offset != 0, in.idx.count, &bounds);
+      if (!bad.empty()) return error(bad);
     }
-    if (wts.present) {
-      if (wts.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
-        return error(std::string("per_sample_weights must be float32, got ") + element_type_name(wts.type));
-      }
-      if (wts.shape != idx.shape) {
-        return error("per_sample_weights shape " + shape_to_string(wts.shape) + " must equal the indices shape " +
-                     shape_to_string(idx.shape));
-      }
-      if (mode_ != 0) return error("per_sample_weights is only supported with mode=0 (sum), got mode=1 (mean)");
-    }
+    SHARK_RETURN_IF_STATUS(check_bag_weights(*this, bag_, in));
     const uint64_t n_bags = bounds.size() - 1;
     void* out = nullptr;
     SHARK_RETURN_IF_STATUS(get_output(ctx, 0, {static_cast<int64_t>(n_bags), attrs_.dim}, &out));
     shark::BagArgs a;
-    a.indices = idx.data;
-    a.index_type = it;
-    a.n_indices = idx.count;
+    a.indices = in.idx.data;
+    a.index_type = in.index_type;
+    a.n_indices = in.idx.count;
     a.bounds = bounds.data();
     a.n_bags = n_bags;
-    a.weights = wts.present ? static_cast<const float*>(wts.data) : nullptr;
-    a.mode = mode_ == 1 ? shark::BagMode::kMean : shark::BagMode::kSum;
-    a.padding_idx = padding_idx_;
+    a.weights = in.wts.present ? static_cast<const float*>(in.wts.data) : nullptr;
+    a.mode = bag_.mode == 1 ? shark::BagMode::kMean : shark::BagMode::kSum;
+    a.padding_idx = bag_.padding_idx;
     a.out = out;
     a.out_type = out_type_;
     OrtParallelFor pf(ctx);
@@ -96,35 +116,39 @@ class BagKernel : public TableKernel {
     return nullptr;
   }
 
-  // output: [B, dim] with B = indices.shape[0] (2-D) or len(offsets) (- 1 with include_last_offset),
-  // a fresh symbolic dim when unknown; element type from output_dtype (always set: ORT would
-  // otherwise default to the first overload's float32).
-  static OrtStatus* InferShape(const OpSpec&, OrtShapeInferContext* ctx) {
-    int64_t dim = 0, include_last = 0;
-    if (!infer_int_attr(ctx, "dim", &dim) || dim < 1) return nullptr;
-    infer_int_attr(ctx, "include_last_offset", &include_last);
-    const InferredInput in = infer_input(ctx, kInIndices);
-    int64_t b = -1;
-    std::string b_sym;
-    if (in.known && in.dims.size() == 2) {
-      b = in.dims[0];
-      b_sym = in.symbols[0];
-    } else if (in.known && in.dims.size() == 1) {
-      const InferredInput off = infer_input(ctx, kInOffsets);
-      if (off.known && off.dims.size() == 1) {
-        if (off.dims[0] >= 0) {
-          b = include_last ? (off.dims[0] > 0 ? off.dims[0] - 1 : -1) : off.dims[0];
-        } else if (!include_last) {
-          b_sym = off.symbols[0];
-        }
-      }
-    }
-    return infer_set_output(ctx, infer_output_type(ctx), {b, dim}, {b_sym, std::string()});
-  }
+  static OrtStatus* InferShape(const OpSpec&, OrtShapeInferContext* ctx) { return bag_infer_shape(ctx); }
 
  private:
-  int64_t mode_ = 0, include_last_offset_ = 0, padding_idx_ = -1;
+  BagAttrs bag_;
 };
+
+}  // namespace
+
+// output: [B, dim] with B = indices.shape[0] (2-D) or len(offsets) (- 1 with include_last_offset),
+// a fresh symbolic dim when unknown; element type from output_dtype (always set: ORT would
+// otherwise default to the first overload's float32).
+OrtStatus* bag_infer_shape(OrtShapeInferContext* ctx) {
+  int64_t dim = 0, include_last = 0;
+  if (!infer_int_attr(ctx, "dim", &dim) || dim < 1) return nullptr;
+  infer_int_attr(ctx, "include_last_offset", &include_last);
+  const InferredInput in = infer_input(ctx, kInIndices);
+  int64_t b = -1;
+  std::string b_sym;
+  if (in.known && in.dims.size() == 2) {
+    b = in.dims[0];
+    b_sym = in.symbols[0];
+  } else if (in.known && in.dims.size() == 1) {
+    const InferredInput off = infer_input(ctx, kInOffsets);
+    if (off.known && off.dims.size() == 1) {
+      if (off.dims[0] >= 0) {
+        b = include_last ? (off.dims[0] > 0 ? off.dims[0] - 1 : -1) : off.dims[0];
+      } else if (!include_last) {
+        b_sym = off.symbols[0];
+      }
+    }
+  }
+  return infer_set_output(ctx, infer_output_type(ctx), {b, dim}, {b_sym, std::string()});
+}
 
 OpSpec bag_spec(ONNXTensorElementDataType out, const char* provider) {
   OpSpec s;
@@ -138,8 +162,6 @@ OpSpec bag_spec(ONNXTensorElementDataType out, const char* provider) {
   s.output = out;
   return s;
 }
-
-}  // namespace
 
 void add_embedding_bag_cpu_ops(OpList* ops, uint32_t api_version) {
   for (auto out : {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16}) {

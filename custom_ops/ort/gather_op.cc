@@ -4,15 +4,12 @@
 
 #include "../kernels/gather_cpu.h"
 #include "custom_op.h"
+#include "lookup_ops.h"
 #include "ops.h"
 #include "table_kernel.h"
 
 namespace shark_ort {
 namespace {
-
-shark::OutType out_type_of(ONNXTensorElementDataType t) {
-  return t == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 ? shark::OutType::kFloat16 : shark::OutType::kFloat32;
-}
 
 class GatherKernel : public TableKernel {
  public:
@@ -46,23 +43,10 @@ class GatherKernel : public TableKernel {
     return nullptr;
   }
 
-  // output: [*indices.shape, dim], element type from output_dtype. ORT takes the element type from
-  // here (without it the output would default to the first overload's float32), so it is always set
-  // except in one case: ORT reports an indices input of unknown rank as rank 0, indistinguishable
-  // from a scalar; for float32 output we then say nothing (ORT's default type is right), for float16
-  // we must set the type and claim the scalar shape [dim].
-  static OrtStatus* InferShape(const OpSpec&, OrtShapeInferContext* ctx) {
-    int64_t dim = 0;
-    if (!infer_int_attr(ctx, "dim", &dim) || dim < 1) return nullptr;
-    InferredInput in = infer_input(ctx, kInIndices);
-    if (!in.known) return nullptr;
-    const ONNXTensorElementDataType out_type = infer_output_type(ctx);
-    if (in.dims.empty() && out_type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) return nullptr;
-    in.dims.push_back(dim);
-    in.symbols.emplace_back();
-    return infer_set_output(ctx, out_type, in.dims, in.symbols);
-  }
+  static OrtStatus* InferShape(const OpSpec&, OrtShapeInferContext* ctx) { return gather_infer_shape(ctx); }
 };
+
+}  // namespace
 
 OpSpec gather_spec(ONNXTensorElementDataType out, const char* provider) {
   OpSpec s;
@@ -75,7 +59,22 @@ OpSpec gather_spec(ONNXTensorElementDataType out, const char* provider) {
   return s;
 }
 
-}  // namespace
+// output: [*indices.shape, dim], element type from output_dtype. ORT takes the element type from
+// here (without it the output would default to the first overload's float32), so it is always set
+// except in one case: ORT reports an indices input of unknown rank as rank 0, indistinguishable
+// from a scalar; for float32 output we then say nothing (ORT's default type is right), for float16
+// we must set the type and claim the scalar shape [dim].
+OrtStatus* gather_infer_shape(OrtShapeInferContext* ctx) {
+  int64_t dim = 0;
+  if (!infer_int_attr(ctx, "dim", &dim) || dim < 1) return nullptr;
+  InferredInput in = infer_input(ctx, kInIndices);
+  if (!in.known) return nullptr;
+  const ONNXTensorElementDataType out_type = infer_output_type(ctx);
+  if (in.dims.empty() && out_type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) return nullptr;
+  in.dims.push_back(dim);
+  in.symbols.emplace_back();
+  return infer_set_output(ctx, out_type, in.dims, in.symbols);
+}
 
 void add_gather_cpu_ops(OpList* ops, uint32_t api_version) {
   for (auto out : {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16}) {

@@ -19,7 +19,10 @@ void add_gather_cpu_ops(OpList* ops, uint32_t api_version);
 void add_embedding_bag_cpu_ops(OpList* ops, uint32_t api_version);
 
 #ifdef SHARK_WITH_CUDA
-// CUDA variants (CUDAExecutionProvider), added next to the CPU ones in the same domain.
+// CUDA variants (CUDAExecutionProvider), added next to the CPU ones in the same domain (cuda_ops.cc),
+// when cuda_ops_enabled(): the driver can run this library's CUDA runtime (SHARK_EXPORT_CUDA=0 / force
+// override).
+bool cuda_ops_enabled();
 void add_gather_cuda_ops(OpList* ops, uint32_t api_version);
 void add_embedding_bag_cuda_ops(OpList* ops, uint32_t api_version);
 #endif

@@ -32,8 +32,10 @@ Registry* build_registry(uint32_t api_version) {
   add_gather_cpu_ops(&r->ops, api_version);
   add_embedding_bag_cpu_ops(&r->ops, api_version);
 #ifdef SHARK_WITH_CUDA
-  add_gather_cuda_ops(&r->ops, api_version);
-  add_embedding_bag_cuda_ops(&r->ops, api_version);
+  if (cuda_ops_enabled()) {
+    add_gather_cuda_ops(&r->ops, api_version);
+    add_embedding_bag_cuda_ops(&r->ops, api_version);
+  }
 #endif
   for (auto& op : r->ops) {
     s = api().CustomOpDomain_Add(r->domain, op.get());

@@ -28,7 +28,7 @@ OrtStatus* TableKernel::int_attr(const OrtKernelInfo* info, const char* name, bo
   return nullptr;
 }
 
-OrtStatus* TableKernel::init(const char* op_name, const OrtKernelInfo* info, shark::OutType out_type) {
+OrtStatus* TableKernel::init_attrs(const char* op_name, const OrtKernelInfo* info, shark::OutType out_type) {
   op_name_ = op_name;
   node_name_ = node_name(info);
   out_type_ = out_type;
@@ -44,6 +44,11 @@ OrtStatus* TableKernel::init(const char* op_name, const OrtKernelInfo* info, sha
                  (out_type == shark::OutType::kFloat16 ? "float16" : "float32"));
   }
   proto_ = shark::make_table_view(attrs_);
+  return nullptr;
+}
+
+OrtStatus* TableKernel::init(const char* op_name, const OrtKernelInfo* info, shark::OutType out_type) {
+  SHARK_RETURN_IF_STATUS(init_attrs(op_name, info, out_type));
 
   // Table tensors stored as constant initializers cannot change between runs: validate them now
   // (errors at session creation) and then once per data pointer. Anything else (graph inputs) is

@@ -18,8 +18,12 @@ constexpr size_t kInPayload = 0, kInRowMeta = 1, kInDefaultRow = 2, kInIndices =
 class TableKernel {
  public:
   // Reads and checks the table attributes; `out_type` is the output element type of the kernel
-  // variant ORT chose (it must agree with the output_dtype attribute).
+  // variant ORT chose (it must agree with the output_dtype attribute). Then validates the table now
+  // when its three tensors are constant initializers (host memory: the CPU kernels).
   OrtStatus* init(const char* op_name, const OrtKernelInfo* info, shark::OutType out_type);
+
+  // The attribute part of init() alone (the CUDA kernels validate their device tables themselves).
+  OrtStatus* init_attrs(const char* op_name, const OrtKernelInfo* info, shark::OutType out_type);
 
   // The validated table of this run.
   OrtStatus* table(OrtKernelContext* ctx, shark::TableView* t);
@@ -40,8 +44,9 @@ class TableKernel {
 
   const shark::TableAttrs& attrs() const { return attrs_; }
 
- protected:
   OrtStatus* int_attr(const OrtKernelInfo* info, const char* name, bool required, int64_t dflt, int64_t* out) const;
+
+ protected:
 
   std::string op_name_, node_name_;
   shark::TableAttrs attrs_;

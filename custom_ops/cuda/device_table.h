@@ -1,0 +1,70 @@
+// Plain data the CUDA launchers take: the table (device pointers), the lookup arguments and the
+// error slot the kernels report out-of-range indices / bad offsets into. No CUDA, no ORT header:
+// included by the .cu launchers, the ORT adapter and the host-side test library alike.
+#pragma once
+
+#include <cstdint>
+
+namespace shark_cuda {
+
+// Tier codes (docs/FORMAT.md); the same numbers as shark::Tier.
+constexpr int kFp32 = 0, kFp16 = 1, kInt8 = 2, kInt4 = 3, kInt2 = 4, kDropped = 5;
+constexpr int kMixed = -1;  // uniform_tier of a mixed table
+constexpr unsigned long long kNoError = ~0ull;
+
+// A validated table (shark::validate_table passed on its host-side description). All pointers are
+// device pointers for the CUDA launchers (host pointers for the host emulation in the test library).
+struct DeviceTable {
+  const uint8_t* payload;      // all rows, each at its tier's stride (4-byte aligned)
+  const uint64_t* meta;        // row_meta [ceil(R/64), 4] for a mixed table, else null
+  const float* default_row;    // [dim]: what dropped rows read as
+  uint64_t num_rows;           // R
+  uint32_t dim;                // D
+  int32_t uniform_tier;        // 0..5, or kMixed (-1)
+  uint32_t stride[8];          // bytes per row of each tier code (6, 7: 0)
+};
+
+// Filled by the kernels (atomicMin), read back by the caller after the kernel on the same stream.
+// Both words start at kNoError (the launchers reset them on the stream before the kernel).
+struct ErrorSlot {
+  unsigned long long index_pos;   // lowest flat position of an index < 0 or >= R
+  unsigned long long offset_pos;  // lowest i of a bad offsets[i] (bag op, 1-D indices + offsets)
+};
+
+enum class IndexKind : int { kInt32 = 0, kInt64 = 1 };
+enum class OutKind : int { kFloat32 = 1, kFloat16 = 10 };  // ONNX element type numbers
+
+struct GatherParams {
+  const void* indices;  // [count] int32/int64 (device)
+  IndexKind index_kind;
+  uint64_t count;
+  void* out;  // [count, dim] float32 or float16 bits (device)
+  OutKind out_kind;
+};
+
+struct BagParams {
+  const void* indices;  // [n_indices] int32/int64 (device)
+  IndexKind index_kind;
+  uint64_t n_indices;
+  // 1-D indices: offsets (device) with torch's convention, validated on the device (offset_pos):
+  // offsets[0] == 0, non-decreasing, <= n_indices. Null for 2-D indices [n_bags, bag_len].
+  const void* offsets;
+  IndexKind offsets_kind;
+  uint64_t n_offsets;
+  int32_t include_last_offset;  // 0/1
+  uint64_t bag_len;             // 2-D indices only
+  uint64_t n_bags;              // = n_offsets (- 1 with include_last_offset), or the 2-D rows
+  const float* weights;         // per_sample_weights [n_indices] (device) or null; sum mode only
+  int32_t mode;                 // 0 sum, 1 mean
+  int64_t padding_idx;          // -1: none
+  void* out;                    // [n_bags, dim] float32 or float16 bits (device)
+  OutKind out_kind;
+};
+
+// Per-tier row strides of a table of `dim` dims (FORMAT.md: row bytes rounded up to 4).
+inline void fill_strides(uint32_t dim, uint32_t stride[8]) {
+  const uint32_t b[6] = {4 * dim, 2 * dim, 4 + dim, 4 + (dim + 1) / 2, 4 + (dim + 3) / 4, 0};
+  for (int k = 0; k < 8; ++k) stride[k] = k < 6 ? (b[k] + 3u) & ~3u : 0u;
+}
+
+}  // namespace shark_cuda

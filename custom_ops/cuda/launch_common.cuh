@@ -1,0 +1,46 @@
+// Launch geometry shared by the .cu launchers.
+#pragma once
+
+#include <cstdint>
+
+#include "lookup_body.h"
+
+namespace shark_cuda {
+
+constexpr int kBlockThreads = 256;           // 8 warps; groups of G <= 32 lanes never straddle a warp
+constexpr uint64_t kMaxBlocks = 1ull << 20;  // grid-stride loops beyond
+
+inline unsigned blocks_for(uint64_t groups, uint32_t G) {
+  const uint64_t per_block = kBlockThreads / G;
+  uint64_t b = (groups + per_block - 1) / per_block;
+  if (b < 1) b = 1;
+  if (b > kMaxBlocks) b = kMaxBlocks;
+  return static_cast<unsigned>(b);
+}
+
+inline bool aligned(const void* p, uintptr_t a) { return (reinterpret_cast<uintptr_t>(p) & (a - 1)) == 0; }
+
+// The kernels' scalar loads and stores need naturally aligned buffers (rows are 4-byte aligned within the
+// payload, so the payload itself must be): checked before any launch (cudaErrorMisalignedAddress).
+inline bool table_aligned(const DeviceTable& t) {
+  return aligned(t.payload, 4) && aligned(t.meta, 8) && aligned(t.default_row, 4);
+}
+inline uintptr_t index_align(IndexKind k) { return k == IndexKind::kInt64 ? 8 : 4; }
+inline uintptr_t out_align(OutKind k) { return k == OutKind::kFloat16 ? 2 : 4; }
+
+// Calls f.template operator()<TIER>() for the table's tier (kMixed for a mixed table).
+template <class F>
+cudaError_t dispatch_tier(int tier, F&& f) {
+  switch (tier) {
+    case kFp32: return f.template run<kFp32>();
+    case kFp16: return f.template run<kFp16>();
+    case kInt8: return f.template run<kInt8>();
+    case kInt4: return f.template run<kInt4>();
+    case kInt2: return f.template run<kInt2>();
+    case kDropped: return f.template run<kDropped>();
+    case kMixed: return f.template run<kMixed>();
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace shark_cuda

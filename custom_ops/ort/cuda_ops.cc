@@ -1,0 +1,538 @@
+// CUDA variants of RowwiseDequantGather / RowwiseDequantEmbeddingBag (CUDAExecutionProvider), next to
+// the CPU ones in the same domain. ORT adapter only: the kernels are the ORT-free launchers in
+// custom_ops/cuda/ (lookup_cuda.h).
+//
+// Streams. Every CUDA call of a run goes on ORT's compute stream (KernelContext_GetGPUComputeStream;
+// microsoft/onnxruntime #6952, #17412). No default-stream work, no device-wide synchronization in a run.
+//
+// Table validation. The three table tensors are ordinary (device-memory) inputs: the kernels need
+// row_meta and default_row on the device. validate_table() reads the tensors' shapes and, for a mixed
+// table, row_meta's content (0.5 byte per row: 5 MB for 10M rows) -- never the payload. When the table
+// tensors are constant initializers (the exported models' case) that happens once, at session creation
+// (one synchronous copy of row_meta to the host after a device synchronize -- session creation only),
+// and is then cached by the tensors' device pointers and sizes, exactly as the CPU kernels cache it.
+// Tables fed as graph inputs are validated on every run: a copy of row_meta on the compute stream and a
+// stream synchronize (the slow path, as on the CPU where it is a full pass over row_meta).
+//
+// Errors. The kernels never read outside the table: an out-of-range index gives a zero row (gather) or
+// is skipped (bag), bad offsets are clamped, and the lowest bad position goes to a 16-byte device
+// ErrorSlot (atomicMin). After the launch the kernel copies the slot into pinned host memory on the
+// compute stream and synchronizes that stream (cudaStreamSynchronize, never the device): the run then
+// fails with the same message as the CPU kernel (node, value, position, R). Cost: one 16-byte memset and
+// one 16-byte copy on the stream, and the host waits for the stream to drain (a few microseconds plus the
+// queued GPU work: ORT cannot enqueue the nodes after this one while it runs). SHARK_EXPORT_CUDA_CHECK=0
+// turns the readback off (no synchronization; bad indices then read as zero rows / skipped entries,
+// silently); it is also skipped while the stream is being captured into a CUDA graph (a synchronize
+// is illegal there).
+//
+// Runtime. The CUDA runtime is linked statically (it loads libcuda.so.1 itself on first use), so the
+// library loads and runs its CPU kernels on hosts without a GPU or CUDA libraries. The CUDA variants are
+// registered only when the driver supports this library's CUDA runtime version (else the nodes stay on
+// the CPU EP, and a line on stderr says why when a driver was found); SHARK_EXPORT_CUDA=0 never registers
+// them, SHARK_EXPORT_CUDA=force always does (for tests).
+#include <cuda_runtime_api.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "../cuda/lookup_cuda.h"
+#include "lookup_ops.h"
+#include "ops.h"
+
+namespace shark_ort {
+namespace {
+
+constexpr const char* kCudaEp = "CUDAExecutionProvider";
+
+std::string cuda_message(cudaError_t e) {
+  return std::string(cudaGetErrorName(e)) + " (" + cudaGetErrorString(e) + ")";
+}
+
+bool env_is(const char* name, const char* value) {
+  const char* v = std::getenv(name);
+  return v && std::strcmp(v, value) == 0;
+}
+
+bool index_check_enabled() {
+  static const bool on = !env_is("SHARK_EXPORT_CUDA_CHECK", "0");
+  return on;
+}
+
+// Makes `device` current for the scope (ORT normally has it current already) and restores the previous one.
+class DeviceGuard {
+ public:
+  cudaError_t enter(int device) {
+    cudaError_t e = cudaGetDevice(&prev_);
+    if (e != cudaSuccess) return e;
+    if (prev_ == device) return cudaSuccess;
+    e = cudaSetDevice(device);
+    switched_ = e == cudaSuccess;
+    return e;
+  }
+  ~DeviceGuard() {
+    if (switched_) cudaSetDevice(prev_);
+  }
+
+ private:
+  int prev_ = -1;
+  bool switched_ = false;
+};
+
+// A device ErrorSlot and its pinned host mirror. Slots are pooled per kernel (one per concurrent run).
+struct Slot {
+  int device = -1;
+  shark_cuda::ErrorSlot* dev = nullptr;
+  shark_cuda::ErrorSlot* host = nullptr;
+};
+
+class SlotPool {
+ public:
+  ~SlotPool() {
+    for (const Slot& s : all_) {
+      DeviceGuard g;
+      if (g.enter(s.device) == cudaSuccess) {
+        cudaFree(s.dev);
+        cudaFreeHost(s.host);
+      }
+    }
+  }
+  // The device must be current.
+  cudaError_t acquire(int device, Slot* out) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (size_t i = 0; i < free_.size(); ++i) {
+        if (free_[i].device == device) {
+          *out = free_[i];
+          free_.erase(free_.begin() + static_cast<std::ptrdiff_t>(i));
+          return cudaSuccess;
+        }
+      }
+    }
+    Slot s;
+    s.device = device;
+    cudaError_t e = cudaMalloc(reinterpret_cast<void**>(&s.dev), sizeof(shark_cuda::ErrorSlot));
+    if (e != cudaSuccess) return e;
+    e = cudaHostAlloc(reinterpret_cast<void**>(&s.host), sizeof(shark_cuda::ErrorSlot), cudaHostAllocDefault);
+    if (e != cudaSuccess) {
+      cudaFree(s.dev);
+      return e;
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    all_.push_back(s);
+    *out = s;
+    return cudaSuccess;
+  }
+  void release(const Slot& s) {
+    std::lock_guard<std::mutex> lock(mu_);
+    free_.push_back(s);
+  }
+  // A slot for launches whose errors are never read (SHARK_EXPORT_CUDA_CHECK=0, CUDA graph capture):
+  // one per device, never handed to a checked run, so a replayed graph cannot touch a checked run's slot.
+  cudaError_t unchecked(int device, Slot* out) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (const Slot& s : unchecked_) {
+        if (s.device == device) {
+          *out = s;
+          return cudaSuccess;
+        }
+      }
+    }
+    Slot s;
+    cudaError_t e = acquire(device, &s);
+    if (e != cudaSuccess) return e;
+    std::lock_guard<std::mutex> lock(mu_);
+    unchecked_.push_back(s);
+    *out = s;
+    return cudaSuccess;
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<Slot> free_, all_, unchecked_;
+};
+
+// What the error messages need to read back from the device after a failed run.
+struct ErrorSources {
+  const void* indices = nullptr;
+  shark::IndexType index_type = shark::IndexType::kInt64;
+  const void* offsets = nullptr;
+  shark::IndexType offsets_type = shark::IndexType::kInt64;
+  uint64_t n_indices = 0;
+};
+
+shark_cuda::IndexKind index_kind(shark::IndexType t) {
+  return t == shark::IndexType::kInt64 ? shark_cuda::IndexKind::kInt64 : shark_cuda::IndexKind::kInt32;
+}
+
+shark_cuda::OutKind out_kind(shark::OutType t) {
+  return t == shark::OutType::kFloat16 ? shark_cuda::OutKind::kFloat16 : shark_cuda::OutKind::kFloat32;
+}
+
+OrtStatus* get_stream(OrtKernelContext* ctx, cudaStream_t* stream) {
+  void* s = nullptr;
+  SHARK_RETURN_IF_STATUS(api().KernelContext_GetGPUComputeStream(ctx, &s));
+  *stream = static_cast<cudaStream_t>(s);
+  return nullptr;
+}
+
+// Allocates output 0 with `shape`; its data pointer and the id of the device it lives on.
+OrtStatus* get_device_output(OrtKernelContext* ctx, const std::vector<int64_t>& shape, void** data, int* device) {
+  OrtValue* v = nullptr;
+  SHARK_RETURN_IF_STATUS(api().KernelContext_GetOutput(ctx, 0, shape.data(), shape.size(), &v));
+  if (!v) return make_status(ORT_FAIL, "could not allocate output 0");
+  SHARK_RETURN_IF_STATUS(api().GetTensorMutableData(v, data));
+  const OrtMemoryInfo* mi = nullptr;
+  SHARK_RETURN_IF_STATUS(api().GetTensorMemoryInfo(v, &mi));
+  return api().MemoryInfoGetId(mi, device);
+}
+
+int64_t index_at(const void* host_word, shark::IndexType t) {
+  if (t == shark::IndexType::kInt64) {
+    int64_t v;
+    std::memcpy(&v, host_word, 8);
+    return v;
+  }
+  int32_t v;
+  std::memcpy(&v, host_word, 4);
+  return v;
+}
+
+// Table handling, error slots and the checked launch of the two CUDA kernels.
+class CudaTableKernel : public TableKernel {
+ protected:
+  OrtStatus* init_cuda(const OpSpec& spec, const OrtKernelInfo* info) {
+    SHARK_RETURN_IF_STATUS(init_attrs(spec.name, info, out_type_of(spec.output)));
+    constant_inputs_ = true;
+    Input constant[3];
+    for (size_t i = kInPayload; i <= kInDefaultRow; ++i) {
+      int is_constant = 0;
+      const OrtValue* v = nullptr;
+      OrtStatus* s = api().KernelInfoGetConstantInput_tensor(info, i, &is_constant, &v);
+      if (s) {
+        api().ReleaseStatus(s);
+        is_constant = 0;
+      }
+      if (!is_constant || !v) {
+        constant_inputs_ = false;
+        continue;
+      }
+      SHARK_RETURN_IF_STATUS(describe_value(v, i, &constant[i]));
+    }
+    if (constant_inputs_) {
+      shark_cuda::DeviceTable t;
+      SHARK_RETURN_IF_STATUS(check_table(constant[0], constant[1], constant[2], nullptr, true, true, &t));
+    }
+    return nullptr;
+  }
+
+  // The validated table of this run (device pointers).
+  OrtStatus* device_table(OrtKernelContext* ctx, cudaStream_t stream, shark_cuda::DeviceTable* t) {
+    Input payload, meta, dflt;
+    SHARK_RETURN_IF_STATUS(get_input(ctx, kInPayload, &payload));
+    SHARK_RETURN_IF_STATUS(get_input(ctx, kInRowMeta, &meta));
+    SHARK_RETURN_IF_STATUS(get_input(ctx, kInDefaultRow, &dflt));
+    return check_table(payload, meta, dflt, stream, false, constant_inputs_, t);
+  }
+
+  // Runs `launch(ErrorSlot*)` (which enqueues the kernel on `stream`), then reads the error slot back.
+  template <class Launch>
+  OrtStatus* run_checked(int device, cudaStream_t stream, Launch&& launch, const ErrorSources& src) {
+    DeviceGuard guard;
+    cudaError_t e = guard.enter(device);
+    if (e != cudaSuccess) return error("cudaSetDevice(" + std::to_string(device) + ") failed: " + cuda_message(e), ORT_FAIL);
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess) capture = cudaStreamCaptureStatusNone;
+    // No synchronize inside a CUDA graph capture (illegal there): errors cannot be reported then.
+    if (!index_check_enabled() || capture != cudaStreamCaptureStatusNone) {
+      Slot slot;
+      e = slots_.unchecked(device, &slot);
+      if (e == cudaSuccess) e = launch(slot.dev);
+      if (e != cudaSuccess) return error("CUDA kernel launch failed: " + cuda_message(e), ORT_FAIL);
+      return nullptr;
+    }
+    Slot slot;
+    e = slots_.acquire(device, &slot);
+    if (e != cudaSuccess) return error("could not allocate the error slot: " + cuda_message(e), ORT_FAIL);
+    struct Release {
+      SlotPool& pool;
+      const Slot& slot;
+      ~Release() { pool.release(slot); }
+    } release{slots_, slot};
+
+    e = launch(slot.dev);
+    if (e != cudaSuccess) return error("CUDA kernel launch failed: " + cuda_message(e), ORT_FAIL);
+    e = cudaMemcpyAsync(slot.host, slot.dev, sizeof(shark_cuda::ErrorSlot), cudaMemcpyDeviceToHost, stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(stream);
+    if (e != cudaSuccess) return error("CUDA error after the lookup kernel: " + cuda_message(e), ORT_FAIL);
+    const shark_cuda::ErrorSlot got = *slot.host;
+    if (got.offset_pos != shark_cuda::kNoError) return offsets_error(got.offset_pos, src, stream);
+    if (got.index_pos != shark_cuda::kNoError) {
+      shark::LookupError le;
+      le.position = got.index_pos;
+      SHARK_RETURN_IF_STATUS(read_word(src.indices, src.index_type, got.index_pos, stream, &le.value));
+      return index_error(le);
+    }
+    return nullptr;
+  }
+
+ private:
+  OrtStatus* read_word(const void* base, shark::IndexType t, uint64_t pos, cudaStream_t stream, int64_t* v) {
+    const size_t size = t == shark::IndexType::kInt64 ? 8 : 4;
+    unsigned char word[8] = {0};
+    cudaError_t e = cudaMemcpyAsync(word, static_cast<const unsigned char*>(base) + pos * size, size,
+                                    cudaMemcpyDefault, stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(stream);
+    if (e != cudaSuccess) return error("could not read back a bad index: " + cuda_message(e), ORT_FAIL);
+    *v = index_at(word, t);
+    return nullptr;
+  }
+
+  // The CPU kernel's message for the first bad offsets[i] (bag_bounds_from_offsets).
+  OrtStatus* offsets_error(uint64_t i, const ErrorSources& src, cudaStream_t stream) {
+    int64_t o = 0, prev = 0;
+    SHARK_RETURN_IF_STATUS(read_word(src.offsets, src.offsets_type, i, stream, &o));
+    if (i > 0) SHARK_RETURN_IF_STATUS(read_word(src.offsets, src.offsets_type, i - 1, stream, &prev));
+    std::ostringstream m;
+    if (i == 0 && o != 0) {
+      m << "offsets[0] is " << o << ", must be 0";
+    } else if (o < prev) {
+      m << "offsets[" << i << "] = " << o << " is less than offsets[" << i - 1 << "] = " << prev
+        << " (offsets must be non-decreasing)";
+    } else {
+      m << "offsets[" << i << "] = " << o << " is greater than the number of indices " << src.n_indices;
+    }
+    return error(m.str());
+  }
+
+  // Dtype/shape/content checks of the table (shark::validate_table on a host copy of row_meta); with
+  // `cache`, remembers a valid table's pointers and sizes.
+  OrtStatus* check_table(const Input& payload, const Input& meta, const Input& dflt, cudaStream_t stream,
+                         bool at_creation, bool cache, shark_cuda::DeviceTable* t) {
+    static const char* const kNames[3] = {"payload", "row_meta", "default_row"};
+    static const ONNXTensorElementDataType kTypes[3] = {
+        ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT64, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT};
+    const Input* in[3] = {&payload, &meta, &dflt};
+    for (int i = 0; i < 3; ++i) {
+      if (!in[i]->present) return error(std::string("input '") + kNames[i] + "' is missing");
+      if (in[i]->type != kTypes[i]) {
+        return error(std::string("input '") + kNames[i] + "' must be " + element_type_name(kTypes[i]) + ", got " +
+                     element_type_name(in[i]->type));
+      }
+    }
+    *t = shark_cuda::DeviceTable{};
+    t->payload = static_cast<const uint8_t*>(payload.data);
+    t->meta = meta.count ? static_cast<const uint64_t*>(meta.data) : nullptr;
+    t->default_row = static_cast<const float*>(dflt.data);
+    t->num_rows = static_cast<uint64_t>(attrs_.num_rows);
+    t->dim = static_cast<uint32_t>(attrs_.dim);
+    t->uniform_tier = static_cast<int32_t>(attrs_.uniform_tier);
+    shark_cuda::fill_strides(t->dim, t->stride);
+
+    const Key key{payload.data, payload.count, meta.data, meta.count, dflt.data, dflt.count};
+    if (cache) {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (validated_ && validated_key_ == key) return nullptr;
+    }
+    shark::TableView host = proto_;  // validate_table reads sizes and row_meta, never payload or default_row
+    host.payload_bytes = payload.count;
+    host.meta_blocks = meta.shape.size() == 2 ? static_cast<uint64_t>(meta.shape[0]) : 0;
+    std::vector<uint64_t> meta_host;
+    // Only a well-shaped mixed table's row_meta is read (the shape checks come first in validate_table).
+    const bool need_meta = !host.uniform() && meta.count > 0 && meta.shape.size() == 2 && meta.shape[1] == 4 &&
+                           meta.count == static_cast<uint64_t>((attrs_.num_rows + 63) / 64) * 4;
+    if (need_meta) {
+      meta_host.resize(meta.count);
+      SHARK_RETURN_IF_STATUS(
+          copy_to_host(meta_host.data(), meta.data, meta.count * sizeof(uint64_t), stream, at_creation));
+      host.meta = meta_host.data();
+    }
+    const std::string bad = shark::validate_table(host, shark::TableShapes{payload.shape, meta.shape, dflt.shape});
+    if (!bad.empty()) return error("invalid table: " + bad);
+    if (cache) {
+      std::lock_guard<std::mutex> lock(mu_);
+      validated_ = true;
+      validated_key_ = key;
+    }
+    return nullptr;
+  }
+
+  // Device (or host) memory to the host. At kernel creation: synchronous, after a device synchronize so
+  // that ORT's upload of the initializers has finished (session creation only); in a run: on the stream.
+  OrtStatus* copy_to_host(void* dst, const void* src, size_t bytes, cudaStream_t stream, bool at_creation) {
+    cudaPointerAttributes pa{};
+    cudaError_t e = cudaPointerGetAttributes(&pa, src);
+    if (e != cudaSuccess) {
+      cudaGetLastError();  // a plain host pointer on an old runtime: not an error
+      pa.type = cudaMemoryTypeUnregistered;
+    }
+    if (pa.type != cudaMemoryTypeDevice && pa.type != cudaMemoryTypeManaged) {
+      std::memcpy(dst, src, bytes);
+      return nullptr;
+    }
+    DeviceGuard guard;
+    e = guard.enter(pa.device);
+    if (e == cudaSuccess) {
+      if (at_creation) {
+        e = cudaDeviceSynchronize();
+        if (e == cudaSuccess) e = cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost);
+      } else {
+        cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+        if (cudaStreamIsCapturing(stream, &capture) == cudaSuccess && capture != cudaStreamCaptureStatusNone) {
+          return error("a mixed table fed at run time (not a constant initializer) cannot be validated inside a "
+                       "CUDA graph capture");
+        }
+        e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream);
+        if (e == cudaSuccess) e = cudaStreamSynchronize(stream);
+      }
+    }
+    if (e != cudaSuccess) return error("could not copy row_meta to the host for validation: " + cuda_message(e), ORT_FAIL);
+    return nullptr;
+  }
+
+  struct Key {
+    const void* payload = nullptr;
+    uint64_t payload_bytes = 0;
+    const void* meta = nullptr;
+    uint64_t meta_count = 0;
+    const void* dflt = nullptr;
+    uint64_t dflt_count = 0;
+    bool operator==(const Key& o) const {
+      return payload == o.payload && payload_bytes == o.payload_bytes && meta == o.meta &&
+             meta_count == o.meta_count && dflt == o.dflt && dflt_count == o.dflt_count;
+    }
+  };
+  bool constant_inputs_ = false;
+  std::mutex mu_;
+  bool validated_ = false;
+  Key validated_key_;
+  SlotPool slots_;
+};
+
+class GatherCudaKernel : public CudaTableKernel {
+ public:
+  static OrtStatus* Create(const OpSpec& spec, const OrtKernelInfo* info, std::unique_ptr<GatherCudaKernel>* out) {
+    auto k = std::make_unique<GatherCudaKernel>();
+    SHARK_RETURN_IF_STATUS(k->init_cuda(spec, info));
+    SHARK_RETURN_IF_STATUS(k->check_index_type(info, kInIndices, "indices"));
+    *out = std::move(k);
+    return nullptr;
+  }
+
+  OrtStatus* Compute(OrtKernelContext* ctx) {
+    cudaStream_t stream = nullptr;
+    SHARK_RETURN_IF_STATUS(get_stream(ctx, &stream));
+    shark_cuda::DeviceTable t;
+    SHARK_RETURN_IF_STATUS(device_table(ctx, stream, &t));
+    Input idx;
+    shark::IndexType it = shark::IndexType::kInt64;
+    SHARK_RETURN_IF_STATUS(index_input(ctx, kInIndices, "indices", true, &idx, &it));
+    std::vector<int64_t> shape = idx.shape;
+    shape.push_back(attrs_.dim);
+    void* out = nullptr;
+    int device = 0;
+    SHARK_RETURN_IF_STATUS(get_device_output(ctx, shape, &out, &device));
+    if (idx.count == 0) return nullptr;
+    const shark_cuda::GatherParams p{idx.data, index_kind(it), idx.count, out, out_kind(out_type_)};
+    ErrorSources src;
+    src.indices = idx.data;
+    src.index_type = it;
+    src.n_indices = idx.count;
+    return run_checked(
+        device, stream, [&](shark_cuda::ErrorSlot* err) { return shark_cuda::gather(t, p, err, stream); }, src);
+  }
+
+  static OrtStatus* InferShape(const OpSpec&, OrtShapeInferContext* ctx) { return gather_infer_shape(ctx); }
+};
+
+class BagCudaKernel : public CudaTableKernel {
+ public:
+  static OrtStatus* Create(const OpSpec& spec, const OrtKernelInfo* info, std::unique_ptr<BagCudaKernel>* out) {
+    auto k = std::make_unique<BagCudaKernel>();
+    SHARK_RETURN_IF_STATUS(k->init_cuda(spec, info));
+    SHARK_RETURN_IF_STATUS(read_bag_attrs(*k, info, &k->bag_));
+    *out = std::move(k);
+    return nullptr;
+  }
+
+  // As the CPU kernel, except that the offsets' values are checked by the kernel on the device (so a
+  // bad per_sample_weights input is reported before bad offset values, the CPU kernel does the reverse).
+  OrtStatus* Compute(OrtKernelContext* ctx) {
+    cudaStream_t stream = nullptr;
+    SHARK_RETURN_IF_STATUS(get_stream(ctx, &stream));
+    shark_cuda::DeviceTable t;
+    SHARK_RETURN_IF_STATUS(device_table(ctx, stream, &t));
+    BagInputs in;
+    SHARK_RETURN_IF_STATUS(read_bag_inputs(*this, bag_, ctx, &in));
+    SHARK_RETURN_IF_STATUS(check_bag_weights(*this, bag_, in));
+    void* out = nullptr;
+    int device = 0;
+    SHARK_RETURN_IF_STATUS(get_device_output(ctx, {static_cast<int64_t>(in.n_bags), attrs_.dim}, &out, &device));
+    shark_cuda::BagParams p{};
+    p.indices = in.idx.data;
+    p.index_kind = index_kind(in.index_type);
+    p.n_indices = in.idx.count;
+    p.offsets = in.fixed ? nullptr : in.offs.data;
+    p.offsets_kind = index_kind(in.offsets_type);
+    p.n_offsets = in.fixed ? 0 : in.offs.count;
+    p.include_last_offset = static_cast<int32_t>(bag_.include_last_offset);
+    p.bag_len = in.bag_len;
+    p.n_bags = in.n_bags;
+    p.weights = in.wts.present ? static_cast<const float*>(in.wts.data) : nullptr;
+    p.mode = static_cast<int32_t>(bag_.mode);
+    p.padding_idx = bag_.padding_idx;
+    p.out = out;
+    p.out_kind = out_kind(out_type_);
+    if (in.n_bags == 0 && (in.fixed || (in.offs.count == 0 && in.idx.count == 0))) return nullptr;
+    ErrorSources src;
+    src.indices = in.idx.data;
+    src.index_type = in.index_type;
+    src.offsets = p.offsets;
+    src.offsets_type = in.offsets_type;
+    src.n_indices = in.idx.count;
+    return run_checked(
+        device, stream, [&](shark_cuda::ErrorSlot* err) { return shark_cuda::embedding_bag(t, p, err, stream); }, src);
+  }
+
+  static OrtStatus* InferShape(const OpSpec&, OrtShapeInferContext* ctx) { return bag_infer_shape(ctx); }
+
+ private:
+  BagAttrs bag_;
+};
+
+}  // namespace
+
+bool cuda_ops_enabled() {
+  if (env_is("SHARK_EXPORT_CUDA", "0")) return false;
+  if (env_is("SHARK_EXPORT_CUDA", "force")) return true;
+  int driver = 0;
+  if (cudaDriverGetVersion(&driver) != cudaSuccess || driver == 0) return false;  // no NVIDIA driver: CPU-only host
+  if (driver < CUDART_VERSION) {
+    std::fprintf(stderr,
+                 "shark_export: the NVIDIA driver supports CUDA %d.%d, the library's CUDA kernels need %d.%d or newer: "
+                 "RowwiseDequantGather/RowwiseDequantEmbeddingBag run on the CPU execution provider\n",
+                 driver / 1000, (driver % 1000) / 10, CUDART_VERSION / 1000, (CUDART_VERSION % 1000) / 10);
+    return false;
+  }
+  return true;
+}
+
+void add_gather_cuda_ops(OpList* ops, uint32_t api_version) {
+  for (auto out : {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16}) {
+    ops->push_back(std::make_shared<CustomOp<GatherCudaKernel>>(gather_spec(out, kCudaEp), api_version));
+  }
+}
+
+void add_embedding_bag_cuda_ops(OpList* ops, uint32_t api_version) {
+  for (auto out : {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16}) {
+    ops->push_back(std::make_shared<CustomOp<BagCudaKernel>>(bag_spec(out, kCudaEp), api_version));
+  }
+}
+
+}  // namespace shark_ort

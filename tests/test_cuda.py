@@ -1,0 +1,387 @@
+"""The CUDA kernels (issue 5), as far as a machine without a GPU can check them, plus the GPU checks.
+
+1. The library as installed: no CUDA entry among its DT_NEEDED (the CUDA runtime is linked statically and
+   loads libcuda itself, lazily), CUDA device code inside when it was built with CUDA, and the CPU path
+   unchanged with the CUDA kernel variants registered (SHARK_EXPORT_CUDA=force) or not (=0).
+2. The CUDA kernels' code on the host: custom_ops/cuda/lookup_body.h (row location, unit loads, decoding,
+   fp16 rounding, bag accumulation, offsets/index checks) is compiled with the host compiler into the test
+   library (libshark_export_testlib.so, CMake -DSHARK_BUILD_TESTS=ON; built here into a temporary directory
+   unless $SHARK_TESTLIB names one) and run lane by lane. Gathers must equal shark_export.reference bit for
+   bit, bags the CPU kernel bit for bit (both sum each element in index order with the same float32
+   operations), and the error slot must name the positions the CPU kernel names.
+3. GPU (marker ``cuda``): the ORT CUDA execution provider path and the CUDA launchers through ctypes on torch
+   CUDA tensors. They skip, with the reason shown by ``-ra``, when there is no GPU / CUDA provider / CUDA
+   test library -- they never pass without running.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from cuda_testlib import NO_ERROR, TESTLIB_ENV, DeviceTable, build_testlib, load
+from op_models import bag_model, gather_model
+from test_ops import as_mixed, assert_bits_equal, make_table, random_bags, run_bag, run_gather
+
+import shark_export
+from shark_export import reference as ref
+from shark_export.format import Tier, quantize_table
+
+TIER_NAMES = [t.name.lower() for t in Tier]
+DIMS = [1, 2, 3, 5, 7, 8, 13, 20, 64, 100, 257]
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. The library
+# --------------------------------------------------------------------------------------------------
+def _elf_sections(path: str) -> list[str]:
+    data = open(path, "rb").read()
+    assert data[:4] == b"\x7fELF" and data[4] == 2 and data[5] == 1, "expected an ELF64 LE file"
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    sh = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    strtab = sh[shstrndx][4]
+    return [data[strtab + s[0]:data.index(b"\0", strtab + s[0])].decode() for s in sh]
+
+
+def _needed(path: str) -> list[str]:
+    out = subprocess.run(["readelf", "-d", path], check=True, capture_output=True, text=True).stdout
+    return re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", out)
+
+
+def _built_with_cuda(path: str) -> bool:
+    return ".nv_fatbin" in _elf_sections(path)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or shutil.which("readelf") is None,
+                    reason="needs Linux and readelf")
+def test_library_needs_no_cuda_library():
+    path = shark_export.library_path()
+    needed = _needed(path)
+    assert needed and not any("cuda" in n or "cudart" in n or "nvidia" in n for n in needed), needed
+    if _built_with_cuda(path):  # the static runtime must not leak into the exported symbols either
+        out = subprocess.run(["readelf", "--dyn-syms", "-W", path], check=True, capture_output=True, text=True).stdout
+        exported = {line.split()[-1] for line in out.splitlines()
+                    if re.search(r"\bGLOBAL\b.*\bDEFAULT\b\s+\d+\s", line)}
+        assert exported == {"RegisterCustomOps"}, sorted(exported)[:20]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ELF check is Linux-only")
+def test_library_contains_cuda_kernels_when_nvcc_was_available():
+    """pip install . builds with SHARK_WITH_CUDA=AUTO: where nvcc is on PATH (CI), the kernels must be in."""
+    path = shark_export.library_path()
+    has = _built_with_cuda(path)
+    if not has:
+        if shutil.which("nvcc") and os.environ.get("SHARK_WITH_CUDA", "AUTO").upper() != "OFF":
+            pytest.fail(f"nvcc is on PATH but {path} has no CUDA device code (.nv_fatbin): built with "
+                        f"SHARK_WITH_CUDA=OFF, or CMake did not find nvcc?")
+        pytest.skip("library built without CUDA (no nvcc when it was built)")
+    cuobjdump = shutil.which("cuobjdump")
+    if cuobjdump:
+        out = subprocess.run([cuobjdump, "--list-elf", "--list-ptx", path], capture_output=True, text=True).stdout
+        for arch in ("sm_80", "sm_90"):
+            assert arch in out, out
+        assert re.search(r"ptx.*(compute_|sm_)90", out), out
+
+
+_CPU_CHECK = textwrap.dedent("""
+    import numpy as np, sys
+    sys.path.insert(0, {tests!r})
+    import shark_export
+    from shark_export import reference as ref
+    from shark_export.format import quantize_table
+    from op_models import bag_model, gather_model
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 6, size=300)
+    t = quantize_table(rng.standard_normal((300, 20)).astype(np.float32), codes, name="t",
+                       default_row=rng.standard_normal(20).astype(np.float32))
+    idx = rng.integers(0, 300, size=1000)
+    for dt in (np.float32, np.float16):
+        (got,) = shark_export.session(gather_model(t, out_dtype=dt)).run(None, {{"indices": idx}})
+        assert (got.view(np.uint8) == ref.gather(t, idx, dt).view(np.uint8)).all()
+    offsets = np.arange(0, 1000, 7)
+    (got,) = shark_export.session(bag_model(t, mode=1)).run(None, {{"indices": idx, "offsets": offsets}})
+    want = ref.embedding_bag(t, idx, offsets, mode=1)
+    assert np.allclose(got, want, rtol=1e-5, atol=1e-5)
+    try:
+        shark_export.session(gather_model(t)).run(None, {{"indices": np.array([300])}})
+        raise SystemExit("no error for index 300")
+    except Exception as e:
+        assert "index 300 at position 0 is out of range for table with 300 rows" in str(e), e
+    print("CPU OK")
+""")
+
+
+@pytest.mark.parametrize("mode", ["force", "0"])
+def test_cpu_path_with_and_without_cuda_variants(mode):
+    """SHARK_EXPORT_CUDA=force registers the CUDA kernel variants even without a driver (ORT then holds
+    four variants per op name); CPU sessions must behave exactly as before. =0 never registers them."""
+    pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(shark_export.__file__)))
+    env = dict(os.environ, SHARK_EXPORT_CUDA=mode,
+               PYTHONPATH=os.pathsep.join([pkg_root, os.environ.get("PYTHONPATH", "")]))
+    code = _CPU_CHECK.format(tests=os.path.dirname(os.path.abspath(__file__)))
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "CPU OK" in res.stdout, res.stdout + res.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. The kernels' code on the host
+# --------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def testlib(tmp_path_factory):
+    path = os.environ.get(TESTLIB_ENV)
+    if not path:
+        try:
+            path = build_testlib(tmp_path_factory.mktemp("testlib"), cuda=False)
+        except RuntimeError as e:
+            pytest.fail(f"could not build the test library: {e}")
+    return load(path)
+
+
+def test_group_size(testlib):
+    want = {1: 1, 4: 1, 5: 2, 8: 2, 13: 4, 16: 4, 20: 8, 32: 8, 33: 16, 64: 16, 100: 32, 128: 32, 65536: 32}
+    assert {d: testlib.group_size(d) for d in want} == want
+
+
+def _tables_for(D: int):
+    for name in TIER_NAMES + ["all6", "skewed"]:
+        table, _ = make_table(150, D, name, seed=D)
+        yield name, table
+        if name in TIER_NAMES:
+            yield name + "_as_mixed", as_mixed(table)
+
+
+@pytest.mark.parametrize("D", DIMS)
+def test_emu_gather_matches_reference(testlib, D):
+    rng = np.random.default_rng(D)
+    for name, table in _tables_for(D):
+        idx = rng.integers(0, table.num_rows, size=257)
+        idx[:2] = [0, table.num_rows - 1]
+        for index_dtype in (np.int32, np.int64):
+            for out_dtype in (np.float32, np.float16):
+                got, err = testlib.emu_gather(table, idx.astype(index_dtype), out_dtype)
+                assert err == (NO_ERROR, NO_ERROR)
+                assert_bits_equal(got, ref.gather(table, idx, out_dtype), f"emu gather {name} D={D} "
+                                  f"{np.dtype(index_dtype)} -> {np.dtype(out_dtype)}")
+
+
+def test_emu_fp16_output_rounds_to_nearest_even(testlib):
+    vals = np.array([1 + 2**-11, 1 + 3 * 2**-11, 65504, 65519.99, 65520, -65520, 2**-25, 2**-25 * 1.5, 2**-24 * 0.5,
+                     3e-8, -6e-5, 1e-40, 0.1, -0.0, np.float32(np.pi), 7.62939453125e-06], np.float32)
+    t = quantize_table(vals[None, :], "fp32", name="edge")
+    got, _ = testlib.emu_gather(t, np.zeros(3, np.int64), np.float16)
+    with np.errstate(over="ignore"):
+        want = np.broadcast_to(vals.astype(np.float16), (3, len(vals)))
+    np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))
+
+
+def test_emu_gather_out_of_range_reads_nothing_and_reports_lowest(testlib):
+    table, _ = make_table(200, 13, "all6", seed=3)
+    idx = np.arange(50, dtype=np.int64) % 200
+    idx[[7, 30, 31]] = [200, -1, 10**12]
+    got, err = testlib.emu_gather(table, idx)
+    assert err == (7, NO_ERROR)
+    assert not got[[7, 30, 31]].any()  # zero rows
+    ok = np.setdiff1d(np.arange(50), [7, 30, 31])
+    assert_bits_equal(got[ok], ref.gather(table, idx[ok]), "rows around bad indices")
+    got, err = testlib.emu_gather(table, idx.astype(np.int32))  # 10**12 wraps in int32: still bad or not
+    assert err[0] == 7
+
+
+def _bag_cases(rng, R):
+    idx, offsets = random_bags(rng, 120, R, max_len=20)
+    yield dict(indices=idx, offsets=offsets)
+    yield dict(indices=idx, offsets=offsets, mode=1, padding_idx=3)
+    yield dict(indices=idx, offsets=offsets, per_sample_weights=rng.standard_normal(idx.size).astype(np.float32),
+               padding_idx=5)
+    ilo = np.append(offsets[offsets <= idx.size - 2], idx.size - 2).astype(offsets.dtype)
+    yield dict(indices=idx, offsets=ilo, include_last_offset=1)  # B + 1 offsets, 2 trailing indices in no bag
+    yield dict(indices=rng.integers(0, R, size=(40, 9)), mode=1)
+    yield dict(indices=rng.integers(0, R, size=(40, 9)),
+               per_sample_weights=rng.standard_normal((40, 9)).astype(np.float32))
+    yield dict(indices=np.zeros((5, 0), np.int64))  # 2-D empty bags
+
+
+@pytest.mark.parametrize("D", [3, 13, 64, 130, 600])
+def test_emu_bag_equals_cpu_kernel_bitwise(testlib, D):
+    """Bags sum each element in index order with the CPU kernel's float32 operations: equal bit for bit.
+    D = 600 takes five column tiles per bag."""
+    rng = np.random.default_rng(D)
+    for name, table in _tables_for(D):
+        for case in _bag_cases(rng, table.num_rows):
+            for out_dtype in (np.float32, np.float16):
+                for index_dtype in (np.int64, np.int32):
+                    c = dict(case, indices=case["indices"].astype(index_dtype))
+                    if "offsets" in c:
+                        c["offsets"] = c["offsets"].astype(index_dtype)
+                    got, err = testlib.emu_bag(table, out_dtype=out_dtype, **c)
+                    assert err == (NO_ERROR, NO_ERROR), (name, case.keys())
+                    want = run_bag(table, c["indices"], offsets=c.get("offsets"), psw=c.get("per_sample_weights"),
+                                   mode=c.get("mode", 0), include_last_offset=c.get("include_last_offset", 0),
+                                   padding_idx=c.get("padding_idx", -1), out_dtype=out_dtype)
+                    assert_bits_equal(got, want, f"emu bag {name} D={D} {sorted(c)} -> {np.dtype(out_dtype)}")
+
+
+def test_emu_bag_errors_name_the_cpu_positions(testlib):
+    table, _ = make_table(200, 13, "all6", seed=5)
+    idx = np.arange(40, dtype=np.int64)
+    bad = idx.copy()
+    bad[[12, 33]] = [-3, 200]
+    _, err = testlib.emu_bag(table, bad, offsets=np.array([0, 10, 20], np.int64))
+    assert err == (12, NO_ERROR)
+    # include_last_offset: indices after the last bag are range-checked too (and read by no bag)
+    tail = idx.copy()
+    tail[38] = 999
+    out, err = testlib.emu_bag(table, tail, offsets=np.array([0, 10, 30], np.int64), include_last_offset=1)
+    assert err == (38, NO_ERROR) and out.shape == (2, 13)
+    _, err = testlib.emu_bag(table, tail, offsets=np.array([0], np.int64), include_last_offset=1)  # no bags at all
+    assert err == (38, NO_ERROR)
+    _, err = testlib.emu_bag(table, bad.reshape(4, 10))
+    assert err == (12, NO_ERROR)
+    # offsets: the same first bad i as the CPU kernel's message
+    for offsets, i in [([1, 3], 0), ([0, 4, 2, 1], 2), ([0, 7, 41], 2), ([0, -1], 1), ([0, 5, 5, 50, 3], 3)]:
+        _, err = testlib.emu_bag(table, idx, offsets=np.array(offsets, np.int64))
+        assert err[1] == i, (offsets, err)
+        sess = shark_export.session(bag_model(table, name="b"))
+        with pytest.raises(Exception, match=rf"offsets\[{i}\]"):
+            sess.run(None, {"indices": idx, "offsets": np.array(offsets, np.int64)})
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. GPU
+# --------------------------------------------------------------------------------------------------
+def _ort_cuda_session(model):
+    """A session whose every node runs on the CUDA EP. Skips (with the reason) when this onnxruntime has
+    no working CUDA EP -- checked on a standard-op model first, so that a CUDA EP that works while our op
+    is not on it fails instead of skipping."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip(f"onnxruntime {ort.__version__} has no CUDAExecutionProvider (CPU-only build)")
+    probe = helper.make_model(helper.make_graph(
+        [helper.make_node("Add", ["x", "x"], ["y"])], "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])]), ir_version=10,
+        opset_imports=[helper.make_opsetid("", 17)])
+    try:
+        providers = ort.InferenceSession(probe.SerializeToString(), providers=["CUDAExecutionProvider"]).get_providers()
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"no usable CUDA execution provider here: {str(e)[:300]}")
+    if providers[0] != "CUDAExecutionProvider":
+        pytest.skip(f"CUDAExecutionProvider could not be created (no GPU, or CUDA/cuDNN libraries missing): {providers}")
+    if not _built_with_cuda(shark_export.library_path()):
+        pytest.fail("a CUDA EP works here but the custom-op library was built without CUDA")
+    so = shark_export.ops.session_options()
+    so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")  # fails unless our node is on CUDA
+    return ort.InferenceSession(model.SerializeToString(), sess_options=so, providers=["CUDAExecutionProvider"])
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("D", [7, 64])
+def test_ort_cuda_ep_matches_cpu_bitwise(D):
+    rng = np.random.default_rng(D)
+    for name in ["int8", "int4", "fp16", "all6"]:
+        table, _ = make_table(1000, D, name, seed=D)
+        for out_dtype in (np.float32, np.float16):
+            idx = rng.integers(0, 1000, size=(64, 26))
+            sess = _ort_cuda_session(gather_model(table, index_rank=2, out_dtype=out_dtype))
+            (got,) = sess.run(None, {"indices": idx})
+            assert_bits_equal(got, run_gather(table, idx, out_dtype), f"ORT CUDA gather {name}")
+            bags, offsets = random_bags(rng, 300, 1000)
+            w = rng.standard_normal(bags.size).astype(np.float32)
+            sess = _ort_cuda_session(bag_model(table, weights=True, padding_idx=2, out_dtype=out_dtype))
+            (got,) = sess.run(None, {"indices": bags, "offsets": offsets, "per_sample_weights": w})
+            want = run_bag(table, bags, offsets=offsets, psw=w, padding_idx=2, out_dtype=out_dtype)
+            assert_bits_equal(got, want, f"ORT CUDA bag {name}")
+
+
+@pytest.mark.cuda
+def test_ort_cuda_ep_errors_match_cpu():
+    table, _ = make_table(200, 13, "all6", seed=1)
+    sess = _ort_cuda_session(gather_model(table, name="g"))
+    idx = np.zeros(5000, np.int64)
+    idx[[17, 4000]] = [300, -1]
+    with pytest.raises(Exception, match=r"RowwiseDequantGather node 'g': index 300 at position 17 is out of range "
+                                        r"for table with 200 rows"):
+        sess.run(None, {"indices": idx})
+    assert sess.run(None, {"indices": np.arange(200)})[0].shape == (200, 13)  # still usable
+    sess = _ort_cuda_session(bag_model(table, name="b"))
+    with pytest.raises(Exception, match=r"offsets\[2\] = 2 is less than offsets\[1\] = 4"):
+        sess.run(None, {"indices": np.arange(6), "offsets": np.array([0, 4, 2])})
+    with pytest.raises(Exception, match=r"index 200 at position 2 is out of range"):
+        sess.run(None, {"indices": np.array([1, 2, 200, 3]), "offsets": np.array([0, 2])})
+
+
+@pytest.fixture(scope="session")
+def cuda_testlib(tmp_path_factory):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip(f"torch {torch.__version__} sees no CUDA GPU")
+    path = os.environ.get(TESTLIB_ENV)
+    if path and load(path).has_cuda:
+        return load(path)
+    if not shutil.which("nvcc"):
+        pytest.skip(f"no CUDA test library (${TESTLIB_ENV}) and no nvcc to build one")
+    cc = "%d%d" % torch.cuda.get_device_capability()
+    return load(build_testlib(tmp_path_factory.mktemp("testlib_cuda"), cuda=True, cuda_archs=f"{cc}-real"))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("D", [1, 5, 13, 64, 130, 600])
+def test_cuda_launchers_match_host_emulation_bitwise(cuda_testlib, D):
+    import torch
+
+    lib = cuda_testlib
+    rng = np.random.default_rng(D)
+    err = torch.empty(2, dtype=torch.int64, device="cuda")
+    for name, table in _tables_for(D):
+        dt = DeviceTable.from_table(table)
+        idx = rng.integers(0, table.num_rows, size=999)
+        idx[[5, 700]] = [table.num_rows, -1]
+        for out_dtype, tdt in ((np.float32, torch.float32), (np.float16, torch.float16)):
+            want, want_err = lib.emu_gather(table, idx, out_dtype)
+            out = torch.full((999, D), 7.0, dtype=tdt, device="cuda")
+            lib.cuda_gather(dt, torch.from_numpy(idx).cuda(), out, err)
+            got_err = tuple(int(x) & NO_ERROR for x in err.cpu().numpy())
+            assert got_err == want_err == (5, NO_ERROR)
+            assert_bits_equal(out.cpu().numpy(), want, f"CUDA gather {name} D={D}")
+            for case in _bag_cases(rng, table.num_rows):
+                want, want_err = lib.emu_bag(table, out_dtype=out_dtype, **case)
+                ti = torch.from_numpy(np.ascontiguousarray(case["indices"])).cuda()
+                off = case.get("offsets")
+                psw = case.get("per_sample_weights")
+                out = torch.full(want.shape, 7.0, dtype=tdt, device="cuda")
+                lib.cuda_bag(dt, ti, out, err, offsets=None if off is None else torch.from_numpy(off).cuda(),
+                             per_sample_weights=None if psw is None else torch.from_numpy(psw).cuda(),
+                             mode=case.get("mode", 0), include_last_offset=case.get("include_last_offset", 0),
+                             padding_idx=case.get("padding_idx", -1))
+                got_err = tuple(int(x) & NO_ERROR for x in err.cpu().numpy())
+                assert got_err == want_err
+                assert_bits_equal(out.cpu().numpy(), want, f"CUDA bag {name} D={D} {sorted(case)}")
+
+
+def test_gpu_harness_dry_run_on_host(testlib, tmp_path):
+    """benchmarks/gpu/verify_and_bench.py end to end on the host emulation and torch CPU at toy size, so the
+    GPU session's script is known to run (its timings mean nothing here)."""
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "gpu",
+                          "verify_and_bench.py")
+    out = tmp_path / "res.json"
+    res = subprocess.run([sys.executable, script, "--backend", "emu", "--testlib", testlib.path, "--rows", "5000",
+                          "--batch", "32", "--iters", "1", "--repeats", "1", "--copy-bytes", "100000",
+                          "--verify-dims", "5,64", "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "FAILED" not in res.stdout and out.is_file()
+    import json
+
+    data = json.loads(out.read_text())
+    assert data["failures"] == [] and {c["contender"] for c in data["bench"]["cases"]} >= {
+        "ours_int8", "ours_int4", "ours_fp16", "ours_mixed", "torch_embedding_fp32", "torch_embedding_fp16",
+        "torch_deq_after_gather_int8", "torch_embedding_bag_fp32"}
