@@ -40,7 +40,7 @@ TRAIN_DEFAULTS = {
     "movielens": dict(epochs=2, batch_size=1024, lr=3e-3),
     "frappe": dict(epochs=4, batch_size=512, lr=3e-3),
     "criteo": dict(epochs=2, batch_size=256, lr=2e-3),
-    "avazu": dict(epochs=2, batch_size=256, lr=2e-3),
+    "avazu": dict(epochs=2, batch_size=256, lr=5e-3),
 }
 EVAL_BATCH = 4096
 
