@@ -37,8 +37,9 @@ from .pruning import prune_plan_of
 from .quant_config import QuantConfig, assign_tiers
 from .row_priority import RowPriority, score_rows
 
-# Above this many initializer bytes the model is written with external data (protobuf's 2 GiB limit).
-_EXTERNAL_DATA_BYTES = 1_800_000_000
+# Above this many initializer bytes the tensors go to `<model>.onnx.data` next to the model: protobuf
+# caps a file at 2 GiB, and serializing big tables inline costs several transient copies of them.
+_EXTERNAL_DATA_BYTES = 256 * 1024 * 1024
 _PARITY_BATCHES = 8
 
 

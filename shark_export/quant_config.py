@@ -12,8 +12,6 @@ from .format import Tier, row_stride
 PRESETS = ("fp32", "fp16", "int8", "int4", "mixed")
 _SINGLE = {"fp32": Tier.FP32, "fp16": Tier.FP16, "int8": Tier.INT8, "int4": Tier.INT4}
 _RUNGS = {**_SINGLE, "int2": Tier.INT2}  # int2 may be a budget rung, not a whole-table preset
-# Bytes of row metadata of a mixed table (row_meta: 32 bytes per 64 rows), used by the budget.
-_MIXED_META_BYTES_PER_ROW = 0.5
 
 
 class QuantConfigError(SharkExportError, ValueError):
@@ -110,7 +108,8 @@ def _budget_tiers(config: QuantConfig, shapes: dict[str, tuple[int, int]], prior
     """Promote rows rung by rung in global priority order while the byte budget lasts."""
     names = list(shapes)
     fp32_bytes = sum(rows * dim * 4 for rows, dim in shapes.values())
-    metadata = sum(rows * _MIXED_META_BYTES_PER_ROW + dim * 4 for rows, dim in shapes.values())
+    # row_meta of a mixed table (32 bytes per block of 64 rows) and the default row, per FORMAT.md
+    metadata = sum(-(-rows // 64) * 32 + dim * 4 for rows, dim in shapes.values())
     budget = config.target_ratio * fp32_bytes - metadata
     priority = np.concatenate([priorities[n].astype(np.float64) for n in names])
     dims = np.concatenate([np.full(shapes[n][0], shapes[n][1], dtype=np.int64) for n in names])

@@ -230,3 +230,20 @@ def test_unmappable_lookup_is_reported(tmp_path):
     with pytest.raises(ExportError, match="reads 'raw'.*not the weight of an nn.Embedding"):
         convert(RawParameter().eval(), torch.tensor([1, 2, 3]), tmp_path / "m.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_large_tables_are_written_as_external_data(tmp_path, monkeypatch):
+    import importlib
+
+    convert_module = importlib.import_module("shark_export.convert")
+    monkeypatch.setattr(convert_module, "_EXTERNAL_DATA_BYTES", 1000)
+    model = built(TupleInputs)
+    path = tmp_path / "m.onnx"
+    convert(model, TupleInputs.batch(4), path, quant="int8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
+    stored = onnx.load(str(path), load_external_data=False)
+    assert any(i.data_location == onnx.TensorProto.EXTERNAL for i in stored.graph.initializer)
+    batch = TupleInputs.batch(5, seed=4)
+    got = OnnxModelRunner(path).run(batch)[0]
+    assert check_parity(model, path, batch, atol=0.05, rtol=0.05)
+    assert read_tables(path)[0]["user.weight"].num_rows == 300 and got.shape == (5,)

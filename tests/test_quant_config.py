@@ -42,7 +42,7 @@ def test_budget_is_met_and_spent_on_the_highest_priorities(ratio):
     priorities = _priorities(1)
     tiers = assign_tiers(QuantConfig(target_ratio=ratio), TABLES, priorities)
     fp32 = sum(t.num_rows * t.dim * 4 for t in TABLES.values())
-    metadata = sum(t.num_rows * 0.5 + t.dim * 4 for t in TABLES.values())
+    metadata = sum(-(-t.num_rows // 64) * 32 + t.dim * 4 for t in TABLES.values())
     spent = sum(_bytes(tiers[n], TABLES[n].dim) for n in TABLES) + metadata
     assert spent <= ratio * fp32
     # the next row that was not promoted would not have fit: the budget is nearly used up
