@@ -120,14 +120,15 @@ _CPU_CHECK = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("mode", ["force", "0"])
-def test_cpu_path_with_and_without_cuda_variants(mode):
+def test_cpu_path_with_and_without_cuda_variants(mode, tmp_path):
     """SHARK_EXPORT_CUDA=force registers the CUDA kernel variants even without a driver (ORT then holds
     four variants per op name); CPU sessions must behave exactly as before. =0 never registers them."""
     pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(shark_export.__file__)))
     env = dict(os.environ, SHARK_EXPORT_CUDA=mode,
                PYTHONPATH=os.pathsep.join([pkg_root, os.environ.get("PYTHONPATH", "")]))
     code = _CPU_CHECK.format(tests=os.path.dirname(os.path.abspath(__file__)))
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    # cwd outside the checkout: `python -c` puts cwd first on sys.path, which would shadow the installed package
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert res.returncode == 0 and "CPU OK" in res.stdout, res.stdout + res.stderr
 
 
