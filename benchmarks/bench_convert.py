@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 import platform
 import resource
 import subprocess
@@ -33,6 +32,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import _machine  # noqa: E402  (benchmarks/ is the script's directory)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "samples"))
@@ -52,30 +53,10 @@ TARGETS = {  # (max ratio, max |ΔAUC|) checked at D = 64
 FAITHFUL_ATOL = 1e-5
 
 
-def source_state() -> str:
-    """The commit, and whether the converter or the kernels differ from it (numbers depend on both)."""
-    repo = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "shark_export", "custom_ops"], cwd=repo, capture_output=True, text=True).stdout
-        return f"commit {head}" + (" + uncommitted changes in shark_export/ or custom_ops/" if dirty.strip() else "")
-    except OSError:
-        return "commit unknown"
-
-
 def machine() -> str:
-    cpu = "?"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import onnxruntime
 
-    return (f"{platform.node()}: {cpu}, {os.cpu_count()} logical cores, load avg {os.getloadavg()[0]:.1f}; {source_state()}; "
-            f"Python {platform.python_version()}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")
+    return _machine.machine(f"Python {platform.python_version()}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")
 
 
 # --------------------------------------------------------------------------------------------------

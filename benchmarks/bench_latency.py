@@ -34,14 +34,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 import tempfile
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+
+import _machine  # noqa: E402  (benchmarks/ is the script's directory)
 from typing import Callable
 
 import numpy as np
@@ -72,28 +71,8 @@ BAG_FIELDS = EMBEDDING_FIELDS + (
 MODELS = {"embedding": EMBEDDING_FIELDS, "bags": BAG_FIELDS}
 
 
-def source_state() -> str:
-    """The commit, and whether the converter or the kernels differ from it (numbers depend on both)."""
-    repo = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "shark_export", "custom_ops"], cwd=repo, capture_output=True, text=True).stdout
-        return f"commit {head}" + (" + uncommitted changes in shark_export/ or custom_ops/" if dirty.strip() else "")
-    except OSError:
-        return "commit unknown"
-
-
 def machine() -> str:
-    cpu = "?"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{platform.node()}: {cpu}, {os.cpu_count()} logical cores, load avg {os.getloadavg()[0]:.1f}; {source_state()}; "
-            f"torch {torch.__version__}, onnxruntime {ort.__version__}")
+    return _machine.machine(f"torch {torch.__version__}, onnxruntime {ort.__version__}")
 
 
 # --------------------------------------------------------------------------------------------------

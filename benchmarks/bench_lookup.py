@@ -439,7 +439,7 @@ class Bench:
         from onnx import TensorProto, helper
 
         d, args = self.data, self.args
-        R, D, n = d.R, d.D, d.ids.shape[0]
+        D, n = d.D, d.ids.shape[0]
         keys = set(self.keys)
         opsets = [helper.make_opsetid("", 21), helper.make_opsetid(ops.DOMAIN, ops.DOMAIN_VERSION),
                   helper.make_opsetid("com.microsoft", 1)]

@@ -456,9 +456,9 @@ def tables_markdown(results: list[dict], args) -> str:
         out.append("Uniform precision (every row one tier): " + ", ".join(
             f"{k} {v['auc']:.4f} at {v['ratio']:.2%}" for k, v in qd["uniform"].items()) + f"; fp32 {r['base_auc']:.4f} at 100%.\n")
         low = qd["low_budget"]
-        out.append(f"Below the int4 floor (extra; tiers by this script's copy of the budget greedy over the ladder dropped → "
-                   f"int2 → int4 → int8, which QuantConfig's ladder does not accept; dropped rows read the mean of the "
-                   f"table's dropped rows):\n")
+        out.append("Below the int4 floor (extra; tiers by this script's copy of the budget greedy over the ladder dropped → "
+                   "int2 → int4 → int8, which QuantConfig's ladder does not accept; dropped rows read the mean of the "
+                   "table's dropped rows):\n")
         out.append("| target | " + " | ".join(PRIO_LABELS[p] for p in low) + " |")
         out.append("|---:|" + "---:|" * len(low))
         for i, ratio in enumerate(LOW_RATIOS):

@@ -31,14 +31,6 @@ struct BagJob {
   std::atomic<uint64_t>* first_error;
 };
 
-using TaskFn = void (*)(void*, size_t);
-
-inline void record_error(std::atomic<uint64_t>* first, uint64_t pos) {
-  uint64_t cur = first->load(std::memory_order_relaxed);
-  while (pos < cur && !first->compare_exchange_weak(cur, pos, std::memory_order_relaxed)) {
-  }
-}
-
 namespace generic {
 #define SHARK_ISA_AVX2 0
 #include "rows.inc"

@@ -1,6 +1,8 @@
 // Shared types of the lookup kernels. No ORT header.
 #pragma once
 
+#include <atomic>
+#include <cstddef>
 #include <cstdint>
 
 namespace shark {
@@ -19,6 +21,16 @@ struct LookupError {
 inline int64_t read_index(const void* p, IndexType t, uint64_t i) {
   return t == IndexType::kInt64 ? static_cast<const int64_t*>(p)[i]
                                 : static_cast<int64_t>(static_cast<const int32_t*>(p)[i]);
+}
+
+// A parallel task of a lookup kernel: fn(job, task_index).
+using TaskFn = void (*)(void*, size_t);
+
+// Keeps the lowest failing flat position seen by any task (so errors name the first bad index).
+inline void record_error(std::atomic<uint64_t>* first, uint64_t pos) {
+  uint64_t cur = first->load(std::memory_order_relaxed);
+  while (pos < cur && !first->compare_exchange_weak(cur, pos, std::memory_order_relaxed)) {
+  }
 }
 
 }  // namespace shark
