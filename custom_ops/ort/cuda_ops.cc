@@ -209,22 +209,8 @@ class CudaTableKernel : public TableKernel {
  protected:
   OrtStatus* init_cuda(const OpSpec& spec, const OrtKernelInfo* info) {
     SHARK_RETURN_IF_STATUS(init_attrs(spec.name, info, out_type_of(spec.output)));
-    constant_inputs_ = true;
     Input constant[3];
-    for (size_t i = kInPayload; i <= kInDefaultRow; ++i) {
-      int is_constant = 0;
-      const OrtValue* v = nullptr;
-      OrtStatus* s = api().KernelInfoGetConstantInput_tensor(info, i, &is_constant, &v);
-      if (s) {
-        api().ReleaseStatus(s);
-        is_constant = 0;
-      }
-      if (!is_constant || !v) {
-        constant_inputs_ = false;
-        continue;
-      }
-      SHARK_RETURN_IF_STATUS(describe_value(v, i, &constant[i]));
-    }
+    SHARK_RETURN_IF_STATUS(constant_table_inputs(info, constant, &constant_inputs_));
     if (constant_inputs_) {
       shark_cuda::DeviceTable t;
       SHARK_RETURN_IF_STATUS(check_table(constant[0], constant[1], constant[2], nullptr, true, true, &t));

@@ -47,14 +47,8 @@ OrtStatus* TableKernel::init_attrs(const char* op_name, const OrtKernelInfo* inf
   return nullptr;
 }
 
-OrtStatus* TableKernel::init(const char* op_name, const OrtKernelInfo* info, shark::OutType out_type) {
-  SHARK_RETURN_IF_STATUS(init_attrs(op_name, info, out_type));
-
-  // Table tensors stored as constant initializers cannot change between runs: validate them now
-  // (errors at session creation) and then once per data pointer. Anything else (graph inputs) is
-  // validated on every run.
-  constant_inputs_ = true;
-  Input constant[3];
+OrtStatus* constant_table_inputs(const OrtKernelInfo* info, Input constant[3], bool* all_constant) {
+  *all_constant = true;
   for (size_t i = kInPayload; i <= kInDefaultRow; ++i) {
     int is_constant = 0;
     const OrtValue* v = nullptr;
@@ -64,11 +58,22 @@ OrtStatus* TableKernel::init(const char* op_name, const OrtKernelInfo* info, sha
       is_constant = 0;
     }
     if (!is_constant || !v) {
-      constant_inputs_ = false;
+      *all_constant = false;
       continue;
     }
     SHARK_RETURN_IF_STATUS(describe_value(v, i, &constant[i]));
   }
+  return nullptr;
+}
+
+OrtStatus* TableKernel::init(const char* op_name, const OrtKernelInfo* info, shark::OutType out_type) {
+  SHARK_RETURN_IF_STATUS(init_attrs(op_name, info, out_type));
+
+  // Table tensors stored as constant initializers cannot change between runs: validate them now
+  // (errors at session creation) and then once per data pointer. Anything else (graph inputs) is
+  // validated on every run.
+  Input constant[3];
+  SHARK_RETURN_IF_STATUS(constant_table_inputs(info, constant, &constant_inputs_));
   if (constant_inputs_) {
     shark::TableView t;
     SHARK_RETURN_IF_STATUS(check_table(constant[0], constant[1], constant[2], &t, true));

@@ -15,6 +15,10 @@ namespace shark_ort {
 
 constexpr size_t kInPayload = 0, kInRowMeta = 1, kInDefaultRow = 2, kInIndices = 3;
 
+// At kernel creation: describes the three table tensors when all are constant initializers (sets
+// *all_constant); tables fed as graph inputs are only known at run time.
+OrtStatus* constant_table_inputs(const OrtKernelInfo* info, Input constant[3], bool* all_constant);
+
 class TableKernel {
  public:
   // Reads and checks the table attributes; `out_type` is the output element type of the kernel
