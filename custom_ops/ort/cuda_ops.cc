@@ -321,7 +321,7 @@ class CudaTableKernel : public TableKernel {
     t->uniform_tier = static_cast<int32_t>(attrs_.uniform_tier);
     shark_cuda::fill_strides(t->dim, t->stride);
 
-    const Key key{payload.data, payload.count, meta.data, meta.count, dflt.data, dflt.count};
+    const TableKey key{payload.data, payload.count, meta.data, meta.count, dflt.data, dflt.count};
     if (cache) {
       std::lock_guard<std::mutex> lock(mu_);
       if (validated_ && validated_key_ == key) return nullptr;
@@ -382,22 +382,10 @@ class CudaTableKernel : public TableKernel {
     return nullptr;
   }
 
-  struct Key {
-    const void* payload = nullptr;
-    uint64_t payload_bytes = 0;
-    const void* meta = nullptr;
-    uint64_t meta_count = 0;
-    const void* dflt = nullptr;
-    uint64_t dflt_count = 0;
-    bool operator==(const Key& o) const {
-      return payload == o.payload && payload_bytes == o.payload_bytes && meta == o.meta &&
-             meta_count == o.meta_count && dflt == o.dflt && dflt_count == o.dflt_count;
-    }
-  };
   bool constant_inputs_ = false;
   std::mutex mu_;
   bool validated_ = false;
-  Key validated_key_;
+  TableKey validated_key_;
   SlotPool slots_;
 };
 

@@ -103,7 +103,7 @@ OrtStatus* TableKernel::check_table(const Input& payload, const Input& meta, con
   t->meta_blocks = meta.shape.size() == 2 ? static_cast<uint64_t>(meta.shape[0]) : 0;
   t->default_row = static_cast<const float*>(dflt.data);
 
-  Key key;
+  TableKey key;
   key.payload = payload.data;
   key.payload_bytes = payload.count;
   key.meta = meta.data;

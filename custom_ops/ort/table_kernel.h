@@ -19,6 +19,21 @@ constexpr size_t kInPayload = 0, kInRowMeta = 1, kInDefaultRow = 2, kInIndices =
 // *all_constant); tables fed as graph inputs are only known at run time.
 OrtStatus* constant_table_inputs(const OrtKernelInfo* info, Input constant[3], bool* all_constant);
 
+// Identity of a validated table (its tensors' pointers and sizes): a run whose tensors match skips the
+// validation. Shared by the CPU and CUDA kernels.
+struct TableKey {
+  const void* payload = nullptr;
+  uint64_t payload_bytes = 0;
+  const void* meta = nullptr;
+  uint64_t meta_count = 0;
+  const void* dflt = nullptr;
+  uint64_t dflt_count = 0;
+  bool operator==(const TableKey& o) const {
+    return payload == o.payload && payload_bytes == o.payload_bytes && meta == o.meta &&
+           meta_count == o.meta_count && dflt == o.dflt && dflt_count == o.dflt_count;
+  }
+};
+
 class TableKernel {
  public:
   // Reads and checks the table attributes; `out_type` is the output element type of the kernel
@@ -61,22 +76,10 @@ class TableKernel {
   // Checks dtypes and the table; with `cache`, remembers a valid table's pointers and sizes.
   OrtStatus* check_table(const Input& payload, const Input& meta, const Input& dflt, shark::TableView* t, bool cache);
 
-  struct Key {
-    const void* payload = nullptr;
-    uint64_t payload_bytes = 0;
-    const void* meta = nullptr;
-    uint64_t meta_count = 0;
-    const void* dflt = nullptr;
-    uint64_t dflt_count = 0;
-    bool operator==(const Key& o) const {
-      return payload == o.payload && payload_bytes == o.payload_bytes && meta == o.meta &&
-             meta_count == o.meta_count && dflt == o.dflt && dflt_count == o.dflt_count;
-    }
-  };
   bool constant_inputs_ = false;  // all three table tensors are constant initializers
   std::mutex mu_;
   bool validated_ = false;
-  Key validated_key_;
+  TableKey validated_key_;
 };
 
 // shark::ParallelFor over ORT's intra-op thread pool.
