@@ -12,15 +12,8 @@ import numpy as np
 import onnx_ir as ir
 
 from ..errors import UnknownFieldError
+from .initializers import constant
 from .lookups import Lookup
-
-
-def _register_const(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
-    value.shape = ir.Shape(array.shape)
-    value.type = ir.TensorType(ir.DataType.from_numpy(array.dtype))
-    graph.register_initializer(value)
-    return value
 
 
 def _live_inputs(graph: ir.Graph, dead_nodes: set[ir.Node]) -> list[ir.Value]:
@@ -90,7 +83,7 @@ class PruneFieldsPass(ir.passes.InPlacePass):
         if leading_dims is not None:
             for dim in leading_dims:
                 if isinstance(dim, int):
-                    pieces.append(_register_const(graph, f"{prefix}/dim{len(pieces)}", np.array([dim], dtype=np.int64)))
+                    pieces.append(constant(graph, f"{prefix}/dim{len(pieces)}", np.array([dim], dtype=np.int64)))
                 elif isinstance(dim, ir.SymbolicDim) and dim.value in sources:
                     source, axis = sources[dim.value]
                     pieces.append(add("Shape", [source], start=axis, end=axis + 1))
@@ -99,9 +92,9 @@ class PruneFieldsPass(ir.passes.InPlacePass):
                     break
         if pieces is None or leading_dims is None:
             pieces = [self._leading_shape_from_indices(graph, lookup, prefix, add)]
-        pieces.append(_register_const(graph, f"{prefix}/dim", np.array([mean.shape[0]], dtype=np.int64)))
+        pieces.append(constant(graph, f"{prefix}/dim", np.array([mean.shape[0]], dtype=np.int64)))
         shape = add("Concat", pieces, axis=0)
-        broadcast = add("Expand", [_register_const(graph, f"{prefix}/mean", mean), shape])
+        broadcast = add("Expand", [constant(graph, f"{prefix}/mean", mean), shape])
         graph.insert_before(node, new_nodes)
         broadcast.shape, broadcast.type = old_output.shape, old_output.type
         old_output.replace_all_uses_with(broadcast, replace_graph_outputs=True)
@@ -117,6 +110,6 @@ class PruneFieldsPass(ir.passes.InPlacePass):
             return add("Shape", [indices], start=0, end=1)  # 2-D bags: [B, L] → B
         leading = add("Shape", [offsets], start=0, end=1)
         if node.attributes.get_int("include_last_offset", 0):
-            one = _register_const(graph, f"{prefix}/one", np.array([1], dtype=np.int64))
+            one = constant(graph, f"{prefix}/one", np.array([1], dtype=np.int64))
             leading = add("Sub", [leading, one])
         return leading

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
 import onnx_ir as ir
 
 from ..errors import ExportError
 from ..schemas import BAG_OP, DOMAIN, GATHER_OP
+from .initializers import constant
 from .lookups import Lookup
-
-
-def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    if name in graph.initializers:
-        return graph.initializers[name]
-    value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
-    value.shape = ir.Shape(array.shape)
-    value.type = ir.TensorType(ir.DataType.from_numpy(array.dtype))
-    graph.register_initializer(value)
-    return value
 
 
 class ReplaceLookupsPass(ir.passes.InPlacePass):
@@ -43,9 +33,9 @@ class ReplaceLookupsPass(ir.passes.InPlacePass):
             if table is None:
                 raise ExportError(f"no quantized table for {lookup.table!r} (field {lookup.field!r})")
             storage = [
-                _initializer(graph, f"{lookup.table}.payload", table.payload),
-                _initializer(graph, f"{lookup.table}.row_meta", table.row_meta),
-                _initializer(graph, f"{lookup.table}.default_row", table.default_row),
+                constant(graph, f"{lookup.table}.payload", table.payload),
+                constant(graph, f"{lookup.table}.row_meta", table.row_meta),
+                constant(graph, f"{lookup.table}.default_row", table.default_row),
             ]
             attributes = {**table.op_attributes(), "output_dtype": self.output_dtype}
             if lookup.is_bag:
