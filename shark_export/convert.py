@@ -21,7 +21,7 @@ from . import reference
 from .errors import SharkExportError, UnknownFieldError, UnsupportedModelError
 from .export import ExampleInputs, export_to_ir
 from .field_scoring import field_means
-from .fields import _hooks, find_fields, find_tables
+from .fields import _hooks, find_fields, find_tables, lookup_arguments
 from .format import QuantizedTable, Tier, quantize_table
 from .model_io import INPUTS_KEY, OUTPUTS_KEY, REPORT_KEY
 from .parity import ParityReport, check_parity
@@ -207,11 +207,10 @@ def _serving_lookups(model: torch.nn.Module, fields: dict, tables: dict[str, Qua
         if f.pruned:
             return None  # the model's own pruning hook already returned the mean
         table = tables[f.table]
-        ids = (args[0] if args else kwargs["input"]).detach().cpu().numpy()
+        indices, offsets, weights = lookup_arguments(args, kwargs)
+        ids = indices.detach().cpu().numpy()
         if isinstance(module, torch.nn.Embedding):
             return torch.from_numpy(reference.gather(table, ids))
-        offsets = args[1] if len(args) > 1 else kwargs.get("offsets")
-        weights = args[2] if len(args) > 2 else kwargs.get("per_sample_weights")
         pooled = reference.embedding_bag(
             table, ids,
             offsets=None if offsets is None else offsets.detach().cpu().numpy(),

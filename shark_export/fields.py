@@ -138,3 +138,11 @@ def find_fields(model: nn.Module, example_inputs) -> dict[str, Field]:
         pruned = index in getattr(modules[path], PRUNED_CALLS_ATTRIBUTE, ())
         fields[name] = Field(name=name, module_path=path, call_index=index, table=table_of_module[path], pruned=pruned)
     return fields
+
+
+def lookup_arguments(args: tuple, kwargs: dict) -> tuple:
+    """(indices, offsets, per_sample_weights) of one nn.Embedding / nn.EmbeddingBag call, as forward got them."""
+    indices = args[0] if args else kwargs["input"]
+    offsets = args[1] if len(args) > 1 else kwargs.get("offsets")
+    weights = args[2] if len(args) > 2 else kwargs.get("per_sample_weights")
+    return indices, offsets, weights

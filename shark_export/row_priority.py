@@ -16,7 +16,7 @@ from torch import nn
 
 from .errors import SharkExportError
 from .field_scoring import per_sample_loss
-from .fields import _call, _hooks, find_tables
+from .fields import _call, _hooks, find_tables, lookup_arguments
 
 # Decay is applied lazily: a batch's weights are scaled by decay^-t and the total by decay^(T-1) at the
 # end, so a batch costs O(its ids), not O(rows). The scale is folded back in before it can overflow.
@@ -44,15 +44,13 @@ def _occurrences(module: nn.Module, args: tuple, kwargs: dict) -> tuple[np.ndarr
     Padding entries are removed. The coefficient is how the row enters the pooled output: its
     per_sample_weight (sum), 1 / bag size (mean) or 1; None for nn.Embedding (the output is the row).
     """
-    indices = args[0] if args else kwargs["input"]
+    indices, offsets, weights = lookup_arguments(args, kwargs)
     ids = indices.detach().cpu().numpy()
     if not isinstance(module, nn.EmbeddingBag):
         if ids.ndim == 0:
             return ids.reshape(1).astype(np.int64), np.zeros(1, dtype=np.int64), None
         samples = np.repeat(np.arange(ids.shape[0]), int(np.prod(ids.shape[1:], dtype=np.int64)))
         return ids.reshape(-1).astype(np.int64), samples, None
-    offsets = args[1] if len(args) > 1 else kwargs.get("offsets")
-    weights = args[2] if len(args) > 2 else kwargs.get("per_sample_weights")
     if ids.ndim == 2:
         samples = np.repeat(np.arange(ids.shape[0]), ids.shape[1])
         ids = ids.reshape(-1)
