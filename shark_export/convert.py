@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import re
+import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from . import reference
 from .errors import SharkExportError, UnknownFieldError, UnsupportedModelError
 from .export import ExampleInputs, export_to_ir
 from .field_scoring import field_means
-from .fields import _hooks, find_fields, find_tables, lookup_arguments
+from .fields import _hooks, fields_by_call, find_fields, find_tables, lookup_arguments, resolve_field
 from .format import QuantizedTable, Tier, quantize_table
 from .model_io import INPUTS_KEY, OUTPUTS_KEY, REPORT_KEY
 from .parity import ParityReport, check_parity
@@ -30,11 +31,14 @@ from .passes import (
     PruneFieldsPass,
     RemoveDeadPass,
     ReplaceLookupsPass,
+    TidyExportPass,
     find_lookups,
+    lower_computed_weight_gathers,
+    raise_table_gathers,
 )
 from .progress import progress
 from .pruning import prune_plan_of
-from .quant_config import QuantConfig, assign_tiers
+from .quant_config import QuantConfig, assign_tiers, plan_storage
 from .row_priority import RowPriority, score_rows
 
 # Above this many initializer bytes the tensors go to `<model>.onnx.data` next to the model: protobuf
@@ -51,9 +55,11 @@ class TableReport:
     tiers: dict[str, int]
     fp32_bytes: int
     payload_bytes: int
-    scale_bytes: int
-    metadata_bytes: int
+    scale_bytes: int = 0
+    metadata_bytes: int = 0
     pruned: bool = False
+    storage: str = ""  # how the stored tiers differ from the preset's, and why (smaller rows, uniform layout)
+    dense_uses: list[str] = field(default_factory=list)  # ops that read the whole table (tied projections)
 
     @property
     def bytes_after(self) -> int:
@@ -74,6 +80,13 @@ class ConvertReport:
     faithfulness: ParityReport | None = None
     impact: ParityReport | None = None
     fields: list[str] = field(default_factory=list)
+    # Every byte the file holds: the tables as stored, the other initializers (dense weights), the rest
+    # (graph, attributes, metadata); `file_bytes` is the size on disk, external data included.
+    dense_bytes: int = 0
+    file_bytes: int = 0
+    notes: list[str] = field(default_factory=list)
+    merged_fields: dict[str, list[str]] = field(default_factory=dict)  # field → the other calls it stands for
+    unused_fields: list[str] = field(default_factory=list)  # called in torch, absent from the exported graph
 
     @property
     def fp32_bytes(self) -> int:
@@ -97,10 +110,25 @@ class ConvertReport:
             )
             if not t.pruned:
                 lines.append(f"{'':<32} {'payload':>10} {t.payload_bytes} B, scales {t.scale_bytes} B, metadata {t.metadata_bytes} B")
+            if t.storage:
+                lines.append(f"{'':<32} {'storage':>10} {t.storage}")
+            if t.dense_uses:
+                lines.append(f"{'':<32} {'dense use':>10} {', '.join(t.dense_uses)} read the stored table (one copy)")
         lines.append("-" * len(header))
         lines.append(f"{'total':<32} {'':>10} {'':>5} {'':<34} {self.fp32_bytes:>12} {self.bytes_after:>12} {self.ratio:>7.2%}")
+        if self.file_bytes:
+            other = self.file_bytes - self.bytes_after - self.dense_bytes
+            lines.append(
+                f"file: {self.file_bytes} B = tables {self.bytes_after} B + other weights {self.dense_bytes} B "
+                f"+ graph and metadata {other} B"
+            )
         if self.pruned_fields:
             lines.append(f"pruned fields: {', '.join(self.pruned_fields)}; removed inputs: {', '.join(self.removed_inputs) or 'none'}")
+        for name, others in self.merged_fields.items():
+            lines.append(f"field {name} also stands for {', '.join(others)} (equal inputs: one lookup)")
+        if self.unused_fields:
+            lines.append(f"unused fields (no lookup in the exported graph): {', '.join(self.unused_fields)}")
+        lines.extend(f"note: {n}" for n in self.notes)
         if self.faithfulness is not None:
             lines.append("faithfulness (ONNX vs torch with the same pruning and dequantized weights):")
             lines.extend("  " + line for line in str(self.faithfulness).splitlines())
@@ -116,10 +144,15 @@ class ConvertReport:
             "fields": self.fields,
             "pruned_fields": self.pruned_fields,
             "removed_inputs": self.removed_inputs,
+            "merged_fields": self.merged_fields,
+            "unused_fields": self.unused_fields,
             "tables": [{**asdict(t), "bytes_after": t.bytes_after, "ratio": t.ratio} for t in self.tables],
             "fp32_bytes": self.fp32_bytes,
             "bytes_after": self.bytes_after,
             "ratio": self.ratio,
+            "dense_bytes": self.dense_bytes,
+            "file_bytes": self.file_bytes,
+            "notes": self.notes,
         }
         for name in ("faithfulness", "impact"):
             report = getattr(self, name)
@@ -198,19 +231,21 @@ def _default_row(weight: np.ndarray, tiers) -> np.ndarray | None:
 def _serving_lookups(model: torch.nn.Module, fields: dict, tables: dict[str, QuantizedTable], means: dict[str, np.ndarray]):
     """While active, the model's lookups return what the converted graph computes: rows read from the stored
     tables by the numpy reference, and pruned fields' means. No copy of the model or its tables is made."""
-    by_call = {(f.module_path, f.call_index): f for f in fields.values()}
+    by_call = fields_by_call(fields)
 
     def serve(path, index, module, args, kwargs, output):
-        f = by_call[(path, index)]
+        f = by_call.get((path, index))
+        if f is None:
+            return None
         if f.name in means:
             return torch.as_tensor(np.asarray(means[f.name]), dtype=output.dtype).expand_as(output).clone()
-        if f.pruned:
-            return None  # the model's own pruning hook already returned the mean
+        if f.pruned or f.table not in tables:
+            return None  # pruned in the model (its own hook returned the mean), or a call the graph does not keep
         table = tables[f.table]
         indices, offsets, weights = lookup_arguments(args, kwargs)
         ids = indices.detach().cpu().numpy()
         if isinstance(module, torch.nn.Embedding):
-            return torch.from_numpy(reference.gather(table, ids))
+            return torch.from_numpy(reference.gather(table, ids)).to(output.dtype)
         pooled = reference.embedding_bag(
             table, ids,
             offsets=None if offsets is None else offsets.detach().cpu().numpy(),
@@ -218,10 +253,38 @@ def _serving_lookups(model: torch.nn.Module, fields: dict, tables: dict[str, Qua
             mode=module.mode, include_last_offset=module.include_last_offset,
             padding_idx=-1 if module.padding_idx is None else module.padding_idx,
         )
-        return torch.from_numpy(pooled)
+        return torch.from_numpy(pooled).to(output.dtype)
 
     with _hooks(model, serve):
         yield
+
+
+class _WithStoredWeights(torch.nn.Module):
+    """`model` run with some parameters replaced (no copy of the model): the dequantized tables that a
+    functional lookup or a dense use (tied projection) reads in the converted graph."""
+
+    def __init__(self, model: torch.nn.Module, weights: dict[str, torch.Tensor]):
+        super().__init__()
+        self.model = model
+        self.weights = weights
+
+    def forward(self, *args, **kwargs):
+        return torch.func.functional_call(self.model, self.weights, args, kwargs, tie_weights=True, strict=False)
+
+
+def _labels_array(label_list: list | None, batches: int):
+    """Per-batch labels → one array over the samples of the first `batches` batches ([N] or [N, T]), or a
+    dict output name → array when the labels are given per output."""
+    if label_list is None:
+        return None
+    chosen = label_list[:batches]
+    if chosen and isinstance(chosen[0], dict):
+        return {k: np.concatenate([np.asarray(torch.as_tensor(y[k])).reshape(len(y[k]), -1) for y in chosen]) for k in chosen[0]}
+    return np.concatenate([np.asarray(torch.as_tensor(y)).reshape(len(y), -1) for y in chosen])
+
+
+def _dense_use_names(uses) -> list[str]:
+    return sorted({f"{user.op_type} {user.name!r}" for user, _ in uses})
 
 
 def convert(
@@ -240,28 +303,80 @@ def convert(
 ) -> ConvertReport:
     """Convert `model` to an ONNX model at `output_path` whose embedding lookups run our ops.
 
-    See the README for the arguments. The model is not modified. Nothing is written unless every step
-    succeeds (the file is checked with onnx's full checker before it is moved into place).
+    See the README for the arguments. The model is not modified: a model in training mode is converted in
+    eval mode (as `torch.onnx.export` does) and switched back afterwards; the report says so. Nothing is
+    written unless every step succeeds (the file is checked with onnx's full checker before it is moved
+    into place).
     """
     if not isinstance(model, torch.nn.Module):
         raise UnsupportedModelError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if model.training:
-        raise UnsupportedModelError(f"{type(model).__name__} is in training mode: call model.eval() before converting")
+    was_training = model.training
+    model.eval()
+    try:
+        with _export_context(model, example_inputs) as adapt:
+            report = _convert(
+                model, adapt(example_inputs), output_path, quant=quant, prune=prune,
+                calibration=None if calibration is None else [adapt(b) for b in calibration],
+                labels=labels, example_kwargs=example_kwargs, impact_atol=impact_atol, impact_rtol=impact_rtol,
+                show_progress=show_progress,
+            )
+    finally:
+        model.train(was_training)
+    if was_training:
+        report.notes.append(
+            f"{type(model).__name__} was in training mode: converted in eval mode (dropout off, batch-norm running "
+            "statistics), as torch.onnx.export does, and switched back to training mode"
+        )
+    return report
+
+
+@contextlib.contextmanager
+def _export_context(model: torch.nn.Module, example_inputs: Any):
+    """torchrec models (KeyedJaggedTensor inputs, EmbeddingBagCollection): export-friendly collections and
+    canonical KJTs for every batch; any other model: nothing changes."""
+    compat = _torchrec_compat(model, example_inputs)
+    if compat is None:
+        yield lambda batch: batch
+        return
+    with compat.export_friendly(model):
+        yield compat.canonical_inputs
+
+
+def _torchrec_compat(model: torch.nn.Module, example_inputs: Any):
+    if "torchrec" not in sys.modules:
+        return None  # a model or an input of torchrec's means torchrec was imported
+    from . import torchrec_compat
+
+    if torchrec_compat.has_kjt(example_inputs) or torchrec_compat.collections_of(model):
+        return torchrec_compat
+    return None
+
+
+def _convert(
+    model, example_inputs, output_path, *, quant, prune, calibration, labels, example_kwargs, impact_atol,
+    impact_rtol, show_progress,
+) -> ConvertReport:
     config = QuantConfig.of(quant)
     example = ExampleInputs.of(example_inputs, example_kwargs)
-    calibration = list(calibration) if calibration is not None else None
     label_list = list(labels) if labels is not None else None
     output_path = Path(output_path)
     steps = progress(total=6, desc="convert", enabled=show_progress)
 
     tables = find_tables(model)
-    fields = find_fields(model, example)
+    fields = find_fields(model, example, more_batches=(calibration or [])[:_PARITY_BATCHES], require_calls=False)
     prune_names, means = prune_plan_of(prune)
+    resolved = []
     for name in prune_names:
-        if name not in fields:
+        f = resolve_field(fields, name)
+        if f is None:
             raise UnknownFieldError(f"cannot prune unknown field {name!r}; the model's fields are: {', '.join(fields)}")
-        if fields[name].pruned:
+        if f.pruned:
             raise SharkExportError(f"field {name!r} is already pruned in the model (prune_fields); do not prune it again")
+        if name in means and f.name not in means:
+            means[f.name] = means[name]
+        if f.name not in resolved:
+            resolved.append(f.name)
+    prune_names = resolved
     missing_means = [n for n in prune_names if n not in means]
     if missing_means:
         if calibration is None:
@@ -273,26 +388,52 @@ def convert(
 
     priorities: RowPriority | None = None
     if config.needs_priorities and calibration is not None:
-        priorities = score_rows(model, calibration, label_list)
+        # Labels given per output: the first output's weight the rows (score_rows' `head` picks a task column).
+        by_batch = None if label_list is None else [next(iter(y.values())) if isinstance(y, dict) else y for y in label_list]
+        priorities = score_rows(model, calibration, by_batch)
     steps.update()
 
-    ir_model = export_to_ir(model, example)
+    embedding_paths = {path for t in tables.values() for path in t.module_paths}
+    ir_model, origins = export_to_ir(model, example, embedding_paths)
+    tidy = TidyExportPass()
+    tidy(ir_model)
+    node_origins = {node: [origin] for node, origin in origins.items() if node not in tidy.merged}
+    for removed, survivor in tidy.merged.items():
+        node_origins.setdefault(survivor, []).append(origins.get(removed))
     input_map = _record_inputs(ir_model, example)
     weights = _weights(model, tables)
-    lookups = find_lookups(ir_model, fields, tables, weights)
-    steps.update()
-
-    PruneFieldsPass(lookups, {n: means[n] for n in prune_names})(ir_model)
-    live_tables = {lookup.table for lookup in lookups if lookup.field not in prune_names}
-    tiers = assign_tiers(config, {n: tables[n] for n in live_tables}, priorities.scores if priorities else None)
-    quantized = {}
-    for name in progress(sorted(live_tables), desc="quantize", enabled=show_progress):
-        quantized[name] = quantize_table(
-            weights[name], tiers[name], name=name, default_row=_default_row(weights[name], tiers[name]), clip=config.clip
+    table_params = {alias for t in tables.values() for alias in (t.name, *t.aliases)}
+    parameters = {n: p.detach().cpu().numpy() for n, p in model.named_parameters()
+                  if n not in table_params and p.dim() == 2 and p.dtype == torch.float32}
+    lower_computed_weight_gathers(ir_model, set(parameters) | table_params, node_origins)
+    raise_table_gathers(ir_model, table_params)
+    found = find_lookups(ir_model, fields, tables, weights, node_origins, parameters)
+    lookups = found.lookups
+    all_tables = {**tables, **found.functional_tables}
+    weights.update({n: parameters[n] for n in found.functional_tables})
+    all_fields = {**fields, **found.functional_fields}
+    looked_up = {lookup.field for lookup in lookups}
+    if not lookups and not found.dense_uses:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} has embedding tables but its exported graph reads none of them on the example "
+            "inputs: nothing to convert"
         )
     steps.update()
 
-    ReplaceLookupsPass(lookups, quantized, config.output_onnx_dtype)(ir_model)
+    prune_live = {n: means[n] for n in prune_names if n in looked_up}
+    PruneFieldsPass(lookups, prune_live)(ir_model)
+    live_tables = {lookup.table for lookup in lookups if lookup.field not in prune_names} | set(found.dense_uses)
+    tiers = assign_tiers(config, {n: all_tables[n] for n in live_tables}, priorities.scores if priorities else None)
+    quantized, storage_notes = {}, {}
+    for name in progress(sorted(live_tables), desc="quantize", enabled=show_progress):
+        table = all_tables[name]
+        stored, storage_notes[name] = plan_storage(tiers[name], table.num_rows, table.dim)
+        quantized[name] = quantize_table(
+            weights[name], stored, name=name, default_row=_default_row(weights[name], stored), clip=config.clip
+        )
+    steps.update()
+
+    ReplaceLookupsPass(lookups, quantized, config.output_onnx_dtype, found.dense_uses)(ir_model)
     cleanup = RemoveDeadPass()
     cleanup(ir_model)
     FinalizeVersionsPass()(ir_model)
@@ -302,31 +443,57 @@ def convert(
     ir_model.metadata_props[OUTPUTS_KEY] = json.dumps(output_names)
 
     table_reports = []
-    for name, table in tables.items():
+    for name, table in all_tables.items():
         if name in quantized:
             q = quantized[name]
             b = q.byte_report()
             counts = {str(Tier(t)): int(c) for t, c in q.tier_counts.items() if c}
-            table_reports.append(TableReport(name, q.num_rows, q.dim, counts, b.fp32, b.payload, b.scales, b.metadata))
+            table_reports.append(TableReport(
+                name, q.num_rows, q.dim, counts, b.fp32, b.payload, b.scales, b.metadata,
+                storage=storage_notes[name], dense_uses=_dense_use_names(found.dense_uses.get(name, [])),
+            ))
         else:
             table_reports.append(TableReport(name, table.num_rows, table.dim, {}, table.num_rows * table.dim * 4, 0, 0, 0, pruned=True))
+    storage_names = {f"{n}.{part}" for n in quantized for part in ("payload", "row_meta", "default_row")}
+    dense_bytes = sum(
+        v.const_value.nbytes for v in ir_model.graph.initializers.values()
+        if v.const_value is not None and v.name not in storage_names
+    )
     pruned_in_model = [f.name for f in fields.values() if f.pruned]
     quant_name = config.preset if config.target_ratio is None else f"budget {config.target_ratio}"
     report = ConvertReport(
-        str(output_path), table_reports, pruned_in_model + list(prune_names), sorted(removed), quant_name, fields=list(fields)
+        output_path.name, table_reports, pruned_in_model + list(prune_names), sorted(removed), quant_name,
+        fields=list(all_fields), dense_bytes=int(dense_bytes),
+        merged_fields={f.name: list(f.names[1:]) for f in fields.values() if len(f.names) > 1},
+        unused_fields=[f.name for f in fields.values() if f.name not in looked_up and not f.pruned],
     )
     ir_model.metadata_props[REPORT_KEY] = json.dumps(report.to_dict())
     _save_atomically(ir_model, output_path)
+    report.output_path = str(output_path)
+    report.file_bytes = _file_bytes(output_path)
     steps.update()
 
     if calibration is not None:
         batches = calibration[:_PARITY_BATCHES]
-        with _serving_lookups(model, fields, quantized, {n: means[n] for n in prune_names}):
-            report.faithfulness = check_parity(model, output_path, batches, atol=1e-5, rtol=1e-4)
-        flat_labels = None
-        if label_list is not None:
-            flat_labels = np.concatenate([np.asarray(torch.as_tensor(y).reshape(len(y), -1)[:, 0]) for y in label_list[: len(batches)]])
-        report.impact = check_parity(model, output_path, batches, labels=flat_labels, atol=impact_atol, rtol=impact_rtol)
+        served = {n: q for n, q in quantized.items()}
+        overrides = {
+            n: torch.from_numpy(reference.dequantize(quantized[n]))
+            for n in set(found.dense_uses) | set(found.functional_tables) | {l.table for l in lookups if l.field in found.functional_fields}
+            if n in quantized
+        }
+        reference_model = _WithStoredWeights(model, overrides) if overrides else model
+        with _serving_lookups(model, fields, served, prune_live):
+            report.faithfulness = check_parity(reference_model, output_path, batches, atol=1e-5, rtol=1e-4)
+        report.impact = check_parity(model, output_path, batches, labels=_labels_array(label_list, len(batches)),
+                                     atol=impact_atol, rtol=impact_rtol)
     steps.update()
     steps.close()
     return report
+
+
+def _file_bytes(output_path: Path) -> int:
+    total = output_path.stat().st_size
+    data = output_path.with_name(output_path.name + ".data")
+    if data.is_file():
+        total += data.stat().st_size
+    return total

@@ -10,6 +10,7 @@ replace-lookups pass then turns each staging node into our real op. Staging node
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import inspect
 import io
@@ -145,52 +146,141 @@ class ExampleInputs:
 
 
 def _dynamic_shapes(example: ExampleInputs, model: torch.nn.Module, hint) -> dict | tuple:
-    """First dimension of every tensor dynamic, mirroring the inputs' structure."""
+    """First dimension of every tensor leaf dynamic, whatever the inputs' structure.
 
-    def spec(value):
-        return pytree.tree_map(
-            lambda leaf: {0: hint} if isinstance(leaf, torch.Tensor) and leaf.dim() >= 1 else None,
-            value,
-            is_leaf=lambda x: isinstance(x, torch.Tensor),
-        )
-
-    if not example.kwargs:
-        return tuple(spec(arg) for arg in example.args)
-    # With keyword arguments torch.export wants the spec keyed by forward's parameter names.
-    bound = inspect.signature(model.forward).bind(*example.args, **example.kwargs)
-    return {name: spec(value) for name, value in bound.arguments.items()}
+    `torch.export.ShapesCollection` builds the spec by tensor identity, so it fits any pytree: tuples, dicts
+    and registered classes such as torchrec's KeyedJaggedTensor (whose spec is the list of its flattened
+    children; rebuilding one around dicts with `tree_map` fails).
+    """
+    collection = torch.export.ShapesCollection()
+    for _, leaf in example.named_tensors():
+        if leaf.dim() >= 1:
+            collection[leaf] = {0: hint}
+    return collection.dynamic_shapes(model, example.args, example.kwargs or None)
 
 
 def export_program(model: torch.nn.Module, example: ExampleInputs) -> torch.export.ExportedProgram:
-    """torch.export with a dynamic first dimension on every input (DYNAMIC, falling back to AUTO)."""
+    """torch.export with a dynamic first dimension on every input (DYNAMIC, then size-oblivious DYNAMIC, then AUTO)."""
     # Export through torch.export so a forward taking one dict is not read as keyword arguments.
     failures = []
-    for hint in (torch.export.Dim.DYNAMIC, torch.export.Dim.AUTO):
+    fake_log = logging.getLogger("torch._subclasses.fake_tensor")
+    level = fake_log.level
+    fake_log.setLevel(logging.CRITICAL)  # a failed attempt logs a traceback; the ExportError carries the cause
+    try:
+        return _export_with_dynamic_batch(model, example, failures)
+    finally:
+        fake_log.setLevel(level)
+
+
+def _export_with_dynamic_batch(model: torch.nn.Module, example: ExampleInputs, failures: list) -> torch.export.ExportedProgram:
+    from torch.fx.experimental import _config as fx_config
+
+    # An example batch of 1 (or a bag input with 0 or 1 ids) makes torch.export specialize that dimension;
+    # size-oblivious reasoning keeps it dynamic. AUTO last: it may make a dimension static.
+    attempts = [
+        ("DYNAMIC", torch.export.Dim.DYNAMIC, contextlib.nullcontext),
+        ("DYNAMIC, size-oblivious", torch.export.Dim.DYNAMIC, lambda: fx_config.patch(backed_size_oblivious=True)),
+        ("AUTO", torch.export.Dim.AUTO, contextlib.nullcontext),
+    ]
+    for label, hint, context in attempts:
         try:
-            return torch.export.export(
-                model, example.args, example.kwargs or None,
-                dynamic_shapes=_dynamic_shapes(example, model, hint), strict=False,
-            )
-        except Exception as exc:  # noqa: BLE001 - retried with AUTO, then reported with both causes
-            failures.append(f"  with {hint}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            with context():
+                return torch.export.export(
+                    model, example.args, example.kwargs or None,
+                    dynamic_shapes=_dynamic_shapes(example, model, hint), strict=False,
+                )
+        except Exception as exc:  # noqa: BLE001 - retried, then reported with every cause
+            failures.append(f"  with {label}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
     raise ExportError(f"torch.export failed for {type(model).__name__}:\n" + "\n".join(failures))
 
 
-def export_to_ir(model: torch.nn.Module, example: ExampleInputs) -> ir.Model:
-    """Export to an onnx-ir model whose lookups are staging nodes; initializers keep parameter names."""
+@dataclass(frozen=True)
+class ExportedLookup:
+    """An embedding op of the exported program: the module call that made it, and the parameter it reads.
+
+    `module_path`/`call_index` come from torch.export's module stack (the innermost module, when it is an
+    embedding module; `call_index` counts that module's calls like the converter's forward hooks). A lookup
+    made by `F.embedding(ids, weight)` outside an embedding module has `module_path=None`.
+    """
+
+    fx_name: str
+    module_path: str | None
+    call_index: int
+    parameter: str | None
+
+
+_LOOKUP_TARGETS = frozenset(_TRANSLATIONS)
+
+
+def _module_call(node: torch.fx.Node, embedding_paths: set[str]) -> tuple[str | None, int]:
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return None, 0
+    key, (path, _) = list(stack.items())[-1]
+    if path not in embedding_paths:
+        return None, 0
+    _, _, count = key.rpartition("@")
+    return path, int(count) if count.isdigit() and "@" in key else 0
+
+
+def exported_lookups(program: torch.export.ExportedProgram, embedding_paths: set[str]) -> dict[str, ExportedLookup]:
+    """Every embedding op of `program` by FX node name (the ONNX exporter scopes its nodes by that name)."""
+    parameters = dict(program.graph_signature.inputs_to_parameters)
+    found = {}
+    for node in program.graph.nodes:
+        if node.op != "call_function" or node.target not in _LOOKUP_TARGETS:
+            continue
+        weight = node.args[0]
+        parameter = parameters.get(weight.name) if isinstance(weight, torch.fx.Node) else None
+        path, index = _module_call(node, embedding_paths)
+        found[node.name] = ExportedLookup(node.name, path, index, parameter)
+    return found
+
+
+def fx_node_of(node: ir.Node) -> str | None:
+    """Name of the FX node an ONNX node was translated from (recorded by torch's exporter), if known."""
+    scopes = node.metadata_props.get("pkg.torch.onnx.name_scopes")
+    if scopes:
+        try:
+            names = ast.literal_eval(scopes)
+        except (ValueError, SyntaxError):
+            names = None
+        if isinstance(names, list) and names:
+            return str(names[-1])
+    return None
+
+
+def export_to_ir(model: torch.nn.Module, example: ExampleInputs, embedding_paths: set[str] = frozenset()):
+    """Export to an onnx-ir model whose lookups are staging nodes; initializers keep parameter names.
+
+    Returns (model, lookups) where `lookups` maps each staging node to the `ExportedLookup` it came from.
+    The onnxscript optimizer is not run: it merges and drops lookups and has deleted a `+ 1e-16` that
+    kept a division finite. Only rewrites we vouch for run afterwards (see `passes.tidy`).
+    """
     program = export_program(model, example)
+    fx_lookups = exported_lookups(program, set(embedding_paths))
     registration_log = logging.getLogger("torch.onnx._internal.exporter._registration")
     level = registration_log.level
     registration_log.setLevel(logging.ERROR)  # "torchvision is not installed" notes are noise here
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        onnx_program = torch.onnx.export(
-            program,
-            dynamo=True,
-            custom_translation_table=_TRANSLATIONS,
-            opset_version=EXPORT_OPSET,
-            optimize=True,
-            verbose=False,
-        )
-    registration_log.setLevel(level)
-    return onnx_program.model
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            onnx_program = torch.onnx.export(
+                program,
+                dynamo=True,
+                custom_translation_table=_TRANSLATIONS,
+                opset_version=EXPORT_OPSET,
+                optimize=False,
+                verbose=False,
+            )
+    except Exception as exc:  # noqa: BLE001 - any exporter failure is reported as ours, with its cause
+        raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        registration_log.setLevel(level)
+    ir_model = onnx_program.model
+    by_node = {}
+    for node in ir_model.graph:
+        if node.domain == STAGING_DOMAIN:
+            fx = fx_node_of(node)
+            by_node[node] = fx_lookups.get(fx) if fx else None
+    return ir_model, by_node

@@ -107,8 +107,9 @@ class FieldStats:
 # --- passes over the data ------------------------------------------------------------------------------
 
 
-def _key(f: Field) -> tuple[str, int]:
-    return (f.module_path, f.call_index)
+def _by_call(fields: dict[str, Field]) -> dict[tuple[str, int], str]:
+    """(module path, call index) → field name; a field whose calls have equal inputs has several calls."""
+    return {call: f.name for f in fields.values() for call in f.calls}
 
 
 def _per_sample(output: torch.Tensor) -> torch.Tensor:
@@ -118,7 +119,7 @@ def _per_sample(output: torch.Tensor) -> torch.Tensor:
 
 def _lookup_stats(model: nn.Module, fields: dict[str, Field], batches: Iterable, measure) -> FieldStats:
     """One no-grad forward per batch; `measure(output)` → (total, count) is added per looked-up field."""
-    by_key = {_key(f): f.name for f in fields.values()}
+    by_key = _by_call(fields)
     stats = FieldStats()
 
     def record(path, index, module, args, kwargs, output):
@@ -155,16 +156,16 @@ def taylor_stats(
     model: nn.Module, fields: dict[str, Field], batches: Iterable, labels: Iterable, means: dict[str, np.ndarray], loss="bce"
 ) -> FieldStats:
     """Sums over samples of |g_f · (E[v_f] − v_f)| and sample counts, one forward+backward per batch."""
-    by_key = {_key(f): f.name for f in fields.values()}
+    by_key = _by_call(fields)
     stats = FieldStats()
-    captured: dict[str, torch.Tensor] = {}
+    captured: dict[str, list[torch.Tensor]] = {}
 
     def capture(path, index, module, args, kwargs, output):
         name = by_key.get((path, index))
         if name is None:
             return None
         leaf = output.detach().requires_grad_(True)
-        captured[name] = leaf
+        captured.setdefault(name, []).append(leaf)
         return leaf
 
     parameters = [p for p in model.parameters() if p.requires_grad]
@@ -176,13 +177,19 @@ def taylor_stats(
                 captured.clear()
                 example = ExampleInputs.of(batch)
                 losses = per_sample_loss(loss, model(*example.args, **example.kwargs), _as_tensor(y))
-                names = list(captured)
-                grads = torch.autograd.grad(losses.sum(), [captured[n] for n in names], allow_unused=True)
-                for name, grad in zip(names, grads):
-                    v = captured[name].detach()
+                leaves = [(name, leaf) for name, group in captured.items() for leaf in group]
+                grads = torch.autograd.grad(losses.sum(), [leaf for _, leaf in leaves], allow_unused=True)
+                # A field read by several calls (equal inputs) is replaced by its mean in all of them at
+                # once: the first-order change is the sum of their terms, taken before the absolute value.
+                terms: dict[str, torch.Tensor] = {}
+                for (name, leaf), grad in zip(leaves, grads):
+                    v = leaf.detach()
                     g = torch.zeros_like(v) if grad is None else grad
                     delta = torch.as_tensor(means[name], dtype=torch.float64) - v.double()  # broadcast over [B, ..., D]
-                    per_sample = (_per_sample(g.double()) * _per_sample(delta)).sum(1).abs()
+                    term = (_per_sample(g.double()) * _per_sample(delta)).sum(1)
+                    terms[name] = terms[name] + term if name in terms else term
+                for name, term in terms.items():
+                    per_sample = term.abs()
                     stats.add(name, per_sample.sum().item(), per_sample.shape[0])
     finally:
         for p in parameters:
@@ -199,8 +206,8 @@ def permutation_stats(
     state: dict = {"target": None, "perm": None}
 
     def shuffle(path, index, module, args, kwargs, output):
-        if state["target"] == (path, index):
-            return output[state["perm"]]
+        if state["target"] is not None and (path, index) in state["target"]:
+            return output[state["perm"]]  # every call of the field, with the same permutation
         return None
 
     with torch.no_grad(), _hooks(model, shuffle):
@@ -210,7 +217,7 @@ def permutation_stats(
             state["target"] = None
             base = per_sample_loss(loss, model(*example.args, **example.kwargs), y)
             for f in fields.values():
-                state["target"] = _key(f)
+                state["target"] = set(f.calls)
                 for _ in range(repeats):
                     state["perm"] = torch.randperm(base.shape[0], generator=generator)
                     shuffled = per_sample_loss(loss, model(*example.args, **example.kwargs), y)
@@ -330,7 +337,7 @@ def score_fields(
         raise SharkExportError("score_fields needs at least one batch")
     if len(labels) != len(batches):
         raise SharkExportError(f"got {len(batches)} batches but {len(labels)} label arrays: give one per batch")
-    fields = find_fields(model, batches[0])
+    fields = find_fields(model, batches[0], more_batches=batches[1:8])
     names = list(fields)
     was_training = model.training
     model.eval()

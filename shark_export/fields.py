@@ -77,13 +77,32 @@ def find_tables(model: nn.Module) -> dict[str, Table]:
 
 @dataclass(frozen=True)
 class Field:
-    """One lookup: which module, which call of it, which table."""
+    """One lookup: which module, which call(s) of it, which table.
+
+    Calls of one table whose inputs are equal (same ids, offsets and weights on every batch seen) are one
+    field: the exporter merges such lookups into one, so they are scored, pruned and served together.
+    `name` is the first call's name, `names` every call's name (either one selects the field), `calls`
+    the (module path, call index) of each. A *functional* field is a lookup that no embedding module
+    made (`F.embedding(ids, some_module.weight)`): it exists only in the exported graph, `calls` is empty.
+    """
 
     name: str
     module_path: str
     call_index: int
     table: str
     pruned: bool = False  # pruned in the model itself (pruning.prune_fields): its lookup output is a constant
+    calls: tuple[tuple[str, int], ...] = ()
+    names: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not self.names:
+            object.__setattr__(self, "names", (self.name,))
+        if not self.calls and self.module_path:
+            object.__setattr__(self, "calls", ((self.module_path, self.call_index),))
+
+    @property
+    def functional(self) -> bool:
+        return not self.calls
 
 
 @contextlib.contextmanager
@@ -117,27 +136,105 @@ def _call(model: nn.Module, batch) -> object:
     return model(*example.args, **example.kwargs)
 
 
-def find_fields(model: nn.Module, example_inputs) -> dict[str, Field]:
-    """Fields in call order, found by running forward once on example_inputs under no_grad."""
+def _same_lookup(a: tuple, b: tuple) -> bool:
+    """Whether two recorded calls read the same table with equal ids, offsets, weights and bag settings."""
+    if a[0] != b[0] or a[1] != b[1]:
+        return False
+    for x, y in zip(a[2], b[2]):
+        if (x is None) != (y is None):
+            return False
+        if x is not None and (x.shape != y.shape or x.dtype != y.dtype or not torch.equal(x, y)):
+            return False
+    return True
+
+
+def _record_calls(model: nn.Module, batch, table_of_module: dict[str, str]) -> list[tuple[str, int, tuple]]:
+    """(module path, call index, signature) of every embedding call of one no-grad forward."""
+    calls: list[tuple[str, int, tuple]] = []
+
+    def record(path, index, module, args, kwargs, output):
+        settings = (type(module).__name__,)
+        if isinstance(module, nn.EmbeddingBag):
+            settings += (module.mode, module.include_last_offset, module.padding_idx)
+        tensors = tuple(None if t is None else t.detach() for t in lookup_arguments(args, kwargs))
+        calls.append((path, index, (table_of_module[path], settings, tensors)))
+
+    with torch.no_grad(), _hooks(model, record):
+        _call(model, batch)
+    return calls
+
+
+def find_fields(model: nn.Module, example_inputs, more_batches=(), require_calls: bool = True) -> dict[str, Field]:
+    """Fields in call order, found by running forward under no_grad on example_inputs (and `more_batches`).
+
+    Calls of one table with equal inputs on the example and on every further batch form one field. With
+    `require_calls=False` a model whose forward calls no embedding module gives no fields instead of an
+    error (the converter still finds lookups made with F.embedding in the exported graph).
+    """
     tables = find_tables(model)
     table_of_module = {path: table.name for table in tables.values() for path in table.module_paths}
-    calls: list[tuple[str, int]] = []
-    with torch.no_grad(), _hooks(model, lambda path, index, *_: calls.append((path, index))):
-        _call(model, example_inputs)
+    calls = _record_calls(model, example_inputs, table_of_module)
+    if not calls and not require_calls:
+        return {}
     if not calls:
         raise UnsupportedModelError(
             f"{type(model).__name__} has embedding modules but forward never called them on the example inputs"
         )
+    # group[k] = index of the first call k is merged with; refined by every batch (equal on all of them)
+    group = list(range(len(calls)))
+    for k in range(len(calls)):
+        for j in range(k):
+            if group[j] == j and _same_lookup(calls[j][2], calls[k][2]):
+                group[k] = j
+                break
+    for batch in more_batches:
+        again = _record_calls(model, batch, table_of_module)
+        if [c[:2] for c in again] != [c[:2] for c in calls]:
+            continue  # data-dependent control flow: this batch's calls do not line up with the example's
+        refined = list(range(len(calls)))
+        for k in range(len(calls)):
+            for j in range(k):
+                if group[j] == group[k] and refined[j] == j and _same_lookup(again[j][2], again[k][2]):
+                    refined[k] = j
+                    break
+        group = refined
     counts = defaultdict(int)
-    for path, _ in calls:
+    for path, _, _ in calls:
         counts[path] += 1
-    fields = {}
     modules = dict(model.named_modules())
-    for path, index in calls:
-        name = path if counts[path] == 1 else f"{path}#{index}"
-        pruned = index in getattr(modules[path], PRUNED_CALLS_ATTRIBUTE, ())
-        fields[name] = Field(name=name, module_path=path, call_index=index, table=table_of_module[path], pruned=pruned)
+
+    def call_name(path: str, index: int) -> str:
+        return path if counts[path] == 1 else f"{path}#{index}"
+
+    fields = {}
+    for k, (path, index, _) in enumerate(calls):
+        if group[k] != k:
+            continue
+        members = [(p, i) for j, (p, i, _) in enumerate(calls) if group[j] == k]
+        name = call_name(path, index)
+        pruned = [i in getattr(modules[p], PRUNED_CALLS_ATTRIBUTE, ()) for p, i in members]
+        if any(pruned) and not all(pruned):
+            raise UnsupportedModelError(
+                f"field {name!r} is read by {len(members)} calls with equal inputs, but only some of them are pruned "
+                f"in the model; prune all of {[call_name(p, i) for p, i in members]} or none"
+            )
+        fields[name] = Field(
+            name=name, module_path=path, call_index=index, table=table_of_module[path], pruned=all(pruned),
+            calls=tuple(members), names=tuple(call_name(p, i) for p, i in members),
+        )
     return fields
+
+
+def resolve_field(fields: dict[str, Field], name: str) -> Field | None:
+    """The field called `name`, by its own name or the name of any of its calls."""
+    if name in fields:
+        return fields[name]
+    return next((f for f in fields.values() if name in f.names), None)
+
+
+def fields_by_call(fields: dict[str, Field]) -> dict[tuple[str, int], Field]:
+    """(module path, call index) → field, for hooks."""
+    return {call: f for f in fields.values() for call in f.calls}
 
 
 def lookup_arguments(args: tuple, kwargs: dict) -> tuple:

@@ -1,9 +1,10 @@
-"""Storage format v1 (docs/FORMAT.md): tiers, row strides, the row-wise quantizer and the table object.
+"""Storage format v1/v2 (docs/FORMAT.md): tiers, row strides, the row-wise quantizer and the table object.
 
 A table of ``R`` rows x ``D`` dims is three arrays -- ``payload`` (uint8, every row at the stride of its
 tier, in row order), ``row_meta`` (uint64 ``[ceil(R/64), 4]`` block index for a mixed table, ``[0, 4]``
-for a uniform one) and ``default_row`` (float32 ``[D]``, what dropped rows read as) -- plus the
-attributes ``format_version``, ``num_rows``, ``dim`` and ``uniform_tier``.
+for a uniform one) and ``default_row`` (float32 ``[D]``, what dropped rows read as; in v2 ``[0]`` when
+no row is dropped) -- plus the attributes ``format_version``, ``num_rows``, ``dim`` and ``uniform_tier``.
+v1 pads every row to a multiple of 4 bytes; v2 (what is written now) stores rows unpadded.
 
 This module only *writes* and *checks* that layout. ``shark_export.reference`` reads it back on an
 independent code path; the C++ kernels are tested against that reader.
@@ -23,6 +24,7 @@ from .errors import FormatError, IndexOutOfRangeError
 
 __all__ = [
     "FORMAT_VERSION",
+    "READABLE_VERSIONS",
     "MAX_DIM",
     "MAX_ROWS",
     "FP16_MAX",
@@ -35,7 +37,8 @@ __all__ = [
     "quantize_table",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # written
+READABLE_VERSIONS = (1, 2)
 MAX_DIM = 65536
 MAX_ROWS = 2**40
 FP16_MAX = 65504.0
@@ -154,16 +157,26 @@ def row_bytes(tier: Any, dim: int) -> int:
     return 0
 
 
-def row_stride(tier: Any, dim: int) -> int:
-    """Stored bytes of one row of ``tier``: :func:`row_bytes` rounded up to a multiple of 4."""
-    return (row_bytes(tier, dim) + 3) & ~3
+def row_stride(tier: Any, dim: int, format_version: int = FORMAT_VERSION) -> int:
+    """Stored bytes of one row of ``tier``: :func:`row_bytes` (v2), rounded up to a multiple of 4 in v1."""
+    n = row_bytes(tier, dim)
+    return (n + 3) & ~3 if format_version == 1 else n
 
 
-def _stride_lut(dim: int) -> np.ndarray:
+def _check_version(version: Any, where: str) -> int:
+    if isinstance(version, (bool, np.bool_)) or not isinstance(version, (int, np.integer)) or int(version) not in READABLE_VERSIONS:
+        raise FormatError(
+            f"{where}: format_version {version} is not supported (this reader knows versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))})"
+        )
+    return int(version)
+
+
+def _stride_lut(dim: int, format_version: int = FORMAT_VERSION) -> np.ndarray:
     """int64[8]: stride of each code 0..7 (codes 6 and 7 are invalid and get 0)."""
     lut = np.zeros(8, dtype=np.int64)
     for t in Tier:
-        lut[t.value] = row_stride(t, dim)
+        lut[t.value] = row_stride(t, dim, format_version)
     return lut
 
 
@@ -197,7 +210,8 @@ class QuantizedTable:
     Build it with :func:`quantize_table` or :meth:`load`; a hand-built instance is checked by
     :meth:`validate` (which :meth:`load` always runs). ``uniform_tier`` is the tier code of a uniform
     table (then ``row_meta`` has shape ``[0, 4]``) or ``-1`` for a mixed table. ``tier_counts`` maps
-    every :class:`Tier` to its number of rows.
+    every :class:`Tier` to its number of rows. ``format_version`` sets the row strides (v1 padded to 4
+    bytes, v2 unpadded) and whether ``default_row`` may be empty (v2, no dropped row).
     """
 
     name: str
@@ -208,6 +222,7 @@ class QuantizedTable:
     default_row: np.ndarray
     uniform_tier: int
     tier_counts: Mapping[Tier, int]
+    format_version: int = FORMAT_VERSION
 
     # ---- layout -----------------------------------------------------------------------------------
     @property
@@ -216,7 +231,7 @@ class QuantizedTable:
 
     def stride(self, tier: Any) -> int:
         """Row stride of ``tier`` in this table."""
-        return row_stride(tier, self.dim)
+        return row_stride(tier, self.dim, self.format_version)
 
     def tiers(self) -> np.ndarray:
         """uint8[R]: the tier code of every row (constant for a uniform table, decoded from the planes otherwise)."""
@@ -244,7 +259,7 @@ class QuantizedTable:
         r = flat.astype(np.int64)
         if self.is_uniform:
             return (r * self.stride(self.uniform_tier)).reshape(rows.shape)
-        lut = _stride_lut(self.dim)
+        lut = _stride_lut(self.dim, self.format_version)
         meta = self.row_meta[r >> 6]
         j = (r & 63).astype(np.uint64)
         before = (np.uint64(1) << j) - np.uint64(1)  # rows of the block before row r
@@ -271,7 +286,7 @@ class QuantizedTable:
     def op_attributes(self) -> dict[str, int]:
         """The table attributes of an op node reading this table (``output_dtype`` is the op's own)."""
         return {
-            "format_version": FORMAT_VERSION,
+            "format_version": int(self.format_version),
             "num_rows": int(self.num_rows),
             "dim": int(self.dim),
             "uniform_tier": int(self.uniform_tier),
@@ -289,6 +304,7 @@ class QuantizedTable:
             if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
                 raise FormatError(f"{n}: {attr} must be an integer, got {v!r}")
         R, D, u = int(self.num_rows), int(self.dim), int(self.uniform_tier)
+        version = _check_version(self.format_version, n)
         if not 1 <= R <= MAX_ROWS:
             raise FormatError(f"{n}: num_rows {R} is outside 1..2^40")
         if not 1 <= D <= MAX_DIM:
@@ -304,11 +320,13 @@ class QuantizedTable:
                     f"{n}: {attr} must be {np.dtype(dtype).name} with {ndim} dimension(s), "
                     f"got {arr.dtype} with shape {arr.shape}"
                 )
-        if self.default_row.shape != (D,):
-            raise FormatError(f"{n}: default_row has shape {self.default_row.shape}, expected ({D},)")
+        empty_default = version >= 2 and self.default_row.shape == (0,)
+        if self.default_row.shape != (D,) and not empty_default:
+            allowed = f"({D},)" + (" or (0,)" if version >= 2 else "")
+            raise FormatError(f"{n}: default_row has shape {self.default_row.shape}, expected {allowed}")
         if self.row_meta.shape[1] != 4:
             raise FormatError(f"{n}: row_meta has shape {self.row_meta.shape}, expected [*, 4]")
-        lut = _stride_lut(D)
+        lut = _stride_lut(D, version)
         n_payload = self.payload.shape[0]
         if u >= 0:
             if self.row_meta.shape[0] != 0:
@@ -330,6 +348,8 @@ class QuantizedTable:
                 f"{n}: tier_counts {({str(k): v for k, v in given.items()})} do not match the stored tiers "
                 f"{({str(k): v for k, v in counts.items()})}"
             )
+        if empty_default and counts[Tier.DROPPED]:
+            raise FormatError(f"{n}: default_row is empty but {counts[Tier.DROPPED]} rows are dropped (they read default_row)")
         return self
 
     def _validate_blocks(self, n: str, R: int, lut: np.ndarray, n_payload: int) -> dict[Tier, int]:
@@ -389,7 +409,7 @@ class QuantizedTable:
                 np.savez(
                     f,
                     magic=np.array(_FILE_MAGIC),
-                    format_version=np.array(FORMAT_VERSION, dtype=np.int64),
+                    format_version=np.array(self.format_version, dtype=np.int64),
                     name=np.array(str(self.name)),
                     num_rows=np.array(self.num_rows, dtype=np.int64),
                     dim=np.array(self.dim, dtype=np.int64),
@@ -429,11 +449,7 @@ class QuantizedTable:
                     raise FormatError(f"{path}: not a shark-export table file (missing {', '.join(missing)})")
                 if str(data["magic"][()]) != _FILE_MAGIC:
                     raise FormatError(f"{path}: not a shark-export table file (magic {data['magic'][()]!r})")
-                version = int(data["format_version"][()])
-                if version != FORMAT_VERSION:
-                    raise FormatError(
-                        f"{path}: format_version {version} is not supported (this reader knows version {FORMAT_VERSION})"
-                    )
+                version = _check_version(int(data["format_version"][()]), path)
                 arrays = {k: data[k] for k in _FILE_KEYS}  # reads (and CRC-checks) every member
         except FormatError:
             raise
@@ -452,6 +468,7 @@ class QuantizedTable:
                 default_row=arrays["default_row"],
                 uniform_tier=int(arrays["uniform_tier"][()]),
                 tier_counts={t: int(counts_arr[t.value]) for t in Tier},
+                format_version=version,
             )
             return table.validate()
         except FormatError as e:
@@ -698,12 +715,14 @@ def quantize_table(
     default_row: Any = None,
     clip: str = "none",
     chunk_rows: int = 65536,
+    format_version: int = FORMAT_VERSION,
 ) -> QuantizedTable:
-    """Store ``weight`` ([R, D] float16/32/64, anything ``np.asarray`` takes) in format v1.
+    """Store ``weight`` ([R, D] float16/32/64, anything ``np.asarray`` takes) in format ``format_version``.
 
     ``tiers`` is one tier for every row (a :class:`Tier`, code or name; the table is then *uniform*) or
     an integer array of R codes (a table whose codes are all equal is stored as uniform too).
-    ``default_row`` (float32 [D], finite) is what dropped rows read as; zeros by default.
+    ``default_row`` (float32 [D], finite) is what dropped rows read as; by default zeros when a row is
+    dropped, and (v2) empty when none is.
     ``clip="l2"`` runs the per-row clipping search (see :func:`_l2_clip_range`; ~70-140x slower) for
     quantized rows instead of using their min/max.
 
@@ -716,6 +735,7 @@ def quantize_table(
     stored as fp16/int8/int4/int2, a bad ``tiers`` array or a bad ``default_row``.
     """
     name = str(name)
+    format_version = _check_version(format_version, f"table {name!r}")
     if clip not in ("none", "l2"):
         raise FormatError(f"table {name!r}: clip must be 'none' or 'l2', got {clip!r}")
     if hasattr(weight, "detach") and hasattr(weight, "cpu"):  # a torch tensor, possibly a trainable parameter
@@ -736,7 +756,7 @@ def quantize_table(
         raise FormatError(f"table {name!r}: chunk_rows must be a positive integer, got {chunk_rows!r}")
 
     if default_row is None:
-        default = np.zeros(D, dtype=np.float32)
+        default = None  # decided once the tiers are known
     else:
         given = np.asarray(default_row)
         if given.shape != (D,):
@@ -753,7 +773,10 @@ def quantize_table(
             )
 
     uniform, codes = _parse_tiers(tiers, R, name)
-    lut = _stride_lut(D)
+    if default is None:
+        any_dropped = uniform == Tier.DROPPED or (uniform < 0 and bool((codes == Tier.DROPPED).any()))
+        default = np.zeros(D if any_dropped or format_version == 1 else 0, dtype=np.float32)
+    lut = _stride_lut(D, format_version)
     if uniform >= 0:
         row_meta = np.zeros((0, 4), dtype=np.uint64)
         n_payload = R * int(lut[uniform])
@@ -763,7 +786,8 @@ def quantize_table(
         bc = np.bincount(codes, minlength=6)
         counts = {t: int(bc[t.value]) for t in Tier}
     payload = np.zeros(n_payload, dtype=np.uint8)
-    words = payload.view(np.uint32) if n_payload else None  # every offset and stride is a multiple of 4
+    # v1: every offset and stride is a multiple of 4, so rows are scattered as words; v2 rows are bytes.
+    words = payload.view(np.uint32) if n_payload and format_version == 1 else None
 
     chunk = max(BLOCK_ROWS, min(int(chunk_rows), _WORK_ELEMENTS // D))
     chunk = -(-chunk // BLOCK_ROWS) * BLOCK_ROWS
@@ -798,8 +822,10 @@ def quantize_table(
             sel = np.flatnonzero(cc == code)
             buf = np.empty((sel.shape[0], s), dtype=np.uint8)
             _encode_rows(x[sel], mn[sel], mx[sel], t, clip, buf)
-            dest = (starts[sel] >> 2)[:, None] + np.arange(s >> 2)
-            words[dest] = buf.view(np.uint32)
+            if words is not None:
+                words[(starts[sel] >> 2)[:, None] + np.arange(s >> 2)] = buf.view(np.uint32)
+            else:
+                payload[starts[sel][:, None] + np.arange(s)] = buf
 
     return QuantizedTable(
         name=name,
@@ -810,4 +836,5 @@ def quantize_table(
         default_row=default,
         uniform_tier=int(uniform),
         tier_counts=counts,
+        format_version=format_version,
     )

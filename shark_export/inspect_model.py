@@ -9,19 +9,20 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import FormatError, SharkExportError
-from .format import QuantizedTable, Tier
+from .format import READABLE_VERSIONS, QuantizedTable, Tier
 from .schemas import DOMAIN
 
 
 def table_from_node_inputs(name: str, attributes: dict[str, int], payload, row_meta, default_row) -> QuantizedTable:
     """Rebuild (and validate) a QuantizedTable from an op node's storage tensors and attributes."""
-    if attributes.get("format_version") != 1:
-        raise FormatError(f"table {name!r}: format_version {attributes.get('format_version')} is not supported")
+    version = attributes.get("format_version")
+    if version not in READABLE_VERSIONS:
+        raise FormatError(f"table {name!r}: format_version {version} is not supported")
     uniform = int(attributes["uniform_tier"])
-    probe = QuantizedTable(name, int(attributes["num_rows"]), int(attributes["dim"]), payload, row_meta, default_row, uniform, {})
+    probe = QuantizedTable(name, int(attributes["num_rows"]), int(attributes["dim"]), payload, row_meta, default_row, uniform, {}, version)
     codes = probe.tiers()
     counts = {t: int(c) for t, c in zip(Tier, np.bincount(codes, minlength=len(Tier))[: len(Tier)])}
-    return QuantizedTable(probe.name, probe.num_rows, probe.dim, payload, row_meta, default_row, uniform, counts).validate()
+    return QuantizedTable(probe.name, probe.num_rows, probe.dim, payload, row_meta, default_row, uniform, counts, version).validate()
 
 
 def read_tables(path) -> tuple[dict[str, QuantizedTable], list[tuple[str, str, str]]]:

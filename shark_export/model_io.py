@@ -7,6 +7,7 @@ input (inputs of pruned fields are gone from the graph) and the output names; th
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,16 @@ REPORT_KEY = "shark_export.report"
 def read_metadata(path) -> dict[str, str]:
     model = onnx.load(str(path), load_external_data=False)
     return {p.key: p.value for p in model.metadata_props}
+
+
+def canonical_inputs(inputs: Any) -> Any:
+    """torchrec KeyedJaggedTensors rebuilt from values, weights and lengths only (what the converted model
+    takes), whatever the caller's KJT has cached; any other input is returned as is."""
+    if "torchrec" not in sys.modules:
+        return inputs  # no KJT can exist without torchrec imported
+    from . import torchrec_compat
+
+    return torchrec_compat.canonical_inputs(inputs) if torchrec_compat.has_kjt(inputs) else inputs
 
 
 class OnnxModelRunner:
@@ -59,5 +70,5 @@ class OnnxModelRunner:
         return feeds
 
     def run(self, inputs: Any) -> list[np.ndarray]:
-        example = ExampleInputs.of(inputs)
+        example = ExampleInputs.of(canonical_inputs(inputs))
         return [np.asarray(out, dtype=np.float32) for out in self.session.run(self.output_names, self.feeds(example))]

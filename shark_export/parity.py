@@ -146,15 +146,35 @@ def compare_outputs(
     return results
 
 
-def _labels_by_output(labels: Any, names: list[str]) -> dict[str, np.ndarray]:
+def _as_label_array(value) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    arr = np.asarray(value, dtype=np.float64)
+    return arr.reshape(arr.shape[0], -1) if arr.ndim >= 2 else arr.reshape(-1, 1)
+
+
+def _labels_by_output(labels: Any, names: list[str], widths: dict[str, int]) -> dict[str, np.ndarray]:
+    """Output name → labels [N, columns]. `labels` is an array for the first output ([N], or [N, T] for an
+    output with T values per sample, e.g. a multi-task head [B, T]; or, when the model returns T outputs of
+    one value each, column t labels output t), or a dict output name → array."""
     if labels is None:
         return {}
     if isinstance(labels, dict):
         unknown = sorted(set(labels) - set(names))
         if unknown:
             raise SharkExportError(f"labels given for unknown output(s) {unknown}; outputs are {names}")
-        return {k: np.asarray(v, dtype=np.float64).reshape(-1) for k, v in labels.items()}
-    return {names[0]: np.asarray(torch.as_tensor(labels).reshape(-1).numpy() if isinstance(labels, torch.Tensor) else labels, dtype=np.float64).reshape(-1)}
+        return {k: _as_label_array(v) for k, v in labels.items()}
+    arr = _as_label_array(labels)
+    columns = arr.shape[1]
+    if columns == 1 or widths[names[0]] == columns:
+        return {names[0]: arr}
+    single = [n for n in names if widths[n] == 1]
+    if len(single) >= columns and names[:columns] == single[:columns]:
+        return {names[t]: arr[:, t : t + 1] for t in range(columns)}
+    raise SharkExportError(
+        f"labels have {columns} columns but output {names[0]!r} has {widths[names[0]]} values per sample and the "
+        f"outputs are {names}; give [N, {widths[names[0]]}] labels or a dict output name → labels"
+    )
 
 
 def check_parity(
@@ -171,8 +191,10 @@ def check_parity(
     """Run `reference` (torch) and the ONNX model on the same inputs and compare every output.
 
     `inputs`: one batch (tensor, dict, or tuple of forward's positional args) or a list of batches.
-    `labels`: for AUC and log loss — an array over all samples of the first output (batches concatenated),
-    or a dict output name → array. Outputs that are not probabilities are passed through a sigmoid.
+    `labels`: for AUC and log loss — an array over all samples (batches concatenated) for the first output:
+    [N], or [N, T] for a multi-task output of T values per sample (one AUC per task, named `output[t]`), or
+    column t for output t when the model returns T one-value outputs; or a dict output name → array.
+    Outputs that are not probabilities are passed through a sigmoid.
     `atol`/`rtol`: a number, or a dict output name → number (key "*" for the other outputs).
     """
     runner = OnnxModelRunner(onnx_path, providers=providers)
@@ -189,13 +211,23 @@ def check_parity(
     if len(ref_outputs[0]) != len(names):
         raise ParityError(f"the reference returns {len(ref_outputs[0])} tensors, the ONNX model {len(names)} outputs {names}")
     report = ParityReport(compare_outputs(names, ref_outputs, onnx_outputs, atol, rtol), samples=len(batches))
-    for name, y in _labels_by_output(labels, names).items():
+    samples = {n: sum(b[k].shape[0] if b[k].ndim else 1 for b in ref_outputs) for k, n in enumerate(names)}
+    widths = {n: max(1, sum(b[k].size for b in ref_outputs) // max(1, samples[n])) for k, n in enumerate(names)}
+    for name, y in _labels_by_output(labels, names, widths).items():
         k = names.index(name)
-        ref = to_probabilities(np.concatenate([b[k].reshape(-1) for b in ref_outputs]))
-        got = to_probabilities(np.concatenate([b[k].reshape(-1) for b in onnx_outputs]))
+        ref = np.concatenate([b[k].reshape(b[k].shape[0] if b[k].ndim else 1, -1) for b in ref_outputs])
+        got = np.concatenate([b[k].reshape(b[k].shape[0] if b[k].ndim else 1, -1) for b in onnx_outputs])
         if y.shape[0] != ref.shape[0]:
-            raise SharkExportError(f"labels for {name!r} have {y.shape[0]} values, the output has {ref.shape[0]}")
-        report.metrics.append(QualityMetrics(name, auc(y, ref), auc(y, got), log_loss(y, ref), log_loss(y, got)))
+            raise SharkExportError(f"labels for {name!r} have {y.shape[0]} samples, the output has {ref.shape[0]}")
+        if y.shape[1] != ref.shape[1]:
+            raise SharkExportError(
+                f"labels for {name!r} have {y.shape[1]} column(s), the output has {ref.shape[1]} per sample: give "
+                f"[N, {ref.shape[1]}] labels (one column per task)"
+            )
+        for c in range(y.shape[1]):  # one AUC per task
+            label = name if y.shape[1] == 1 else f"{name}[{c}]"
+            r, g = to_probabilities(ref[:, c]), to_probabilities(got[:, c])
+            report.metrics.append(QualityMetrics(label, auc(y[:, c], r), auc(y[:, c], g), log_loss(y[:, c], r), log_loss(y[:, c], g)))
     if raise_on_failure and not report.passed:
         raise ParityError(f"parity check of {onnx_path} failed:\n{report}")
     return report

@@ -18,7 +18,7 @@ from torch import nn
 from .errors import SharkExportError, UnknownFieldError
 from .field_scoring import field_means
 from .fields import PRUNED_CALLS_ATTRIBUTE as _CALLS
-from .fields import find_fields
+from .fields import find_fields, resolve_field
 
 _COUNT = "_shark_call_count"
 _MEAN = "_shark_pruned_mean_{}"
@@ -65,10 +65,18 @@ def prune_fields(model: nn.Module, plan: Any, calibration: Iterable) -> nn.Modul
     if not calibration:
         raise SharkExportError("prune_fields needs calibration batches (to name the fields and compute means)")
     names, means = prune_plan_of(plan)
-    fields = find_fields(model, calibration[0])
-    unknown = [n for n in names if n not in fields]
+    fields = find_fields(model, calibration[0], more_batches=calibration[1:8])
+    unknown = [n for n in names if resolve_field(fields, n) is None]
     if unknown:
         raise UnknownFieldError(f"unknown field(s) {unknown}; the model's fields are: {', '.join(fields)}")
+    canonical = []
+    for n in names:  # a call name of a merged field selects the whole field
+        f = resolve_field(fields, n)
+        if n in means and f.name not in means:
+            means[f.name] = means[n]
+        if f.name not in canonical:
+            canonical.append(f.name)
+    names = canonical
     already = [n for n in names if fields[n].pruned]
     if already:
         raise SharkExportError(f"field(s) {already} are already pruned in this model")
@@ -79,13 +87,14 @@ def prune_fields(model: nn.Module, plan: Any, calibration: Iterable) -> nn.Modul
     modules = dict(pruned.named_modules())
     for name in names:
         f = fields[name]
-        module = modules[f.module_path]
-        if not hasattr(module, _CALLS):
-            setattr(module, _CALLS, set())
-            module.register_forward_hook(_replace_pruned)
-        getattr(module, _CALLS).add(f.call_index)
-        mean = torch.as_tensor(np.asarray(means[name]), dtype=module.weight.dtype)
-        module.register_buffer(_MEAN.format(f.call_index), mean, persistent=False)
+        for path, index in f.calls:  # a field read by several calls with equal inputs: all of them
+            module = modules[path]
+            if not hasattr(module, _CALLS):
+                setattr(module, _CALLS, set())
+                module.register_forward_hook(_replace_pruned)
+            getattr(module, _CALLS).add(index)
+            mean = torch.as_tensor(np.asarray(means[name]), dtype=module.weight.dtype)
+            module.register_buffer(_MEAN.format(index), mean, persistent=False)
     if names and not getattr(pruned, "_shark_pruning_root", False):
         pruned.register_forward_pre_hook(_reset_counts)
         pruned._shark_pruning_root = True

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import SharkExportError
-from .format import Tier, row_stride
+from .format import Tier, row_bytes, row_stride
 
 PRESETS = ("fp32", "fp16", "int8", "int4", "mixed")
 _SINGLE = {"fp32": Tier.FP32, "fp16": Tier.FP16, "int8": Tier.INT8, "int4": Tier.INT4}
@@ -154,14 +154,77 @@ def assign_tiers(config: QuantConfig, tables: dict, priorities: dict[str, np.nda
             budgeted[name] = (table.num_rows, table.dim)
             continue
         preset = preset or config.preset
+        # A table no module call reads (F.embedding on a parameter) has no row priorities.
+        priority = priorities.get(name) if priorities is not None else None
         if preset == "mixed":
-            tiers = _mixed_tiers(priorities[name], config.mixed_fractions) if priorities is not None else Tier.INT8
+            tiers = _mixed_tiers(priority, config.mixed_fractions) if priority is not None else Tier.INT8
         else:
             tiers = _SINGLE[preset]
-        if config.drop_unseen:
+        if config.drop_unseen and priority is not None:
             tiers = np.full(table.num_rows, tiers, dtype=np.uint8) if isinstance(tiers, Tier) else tiers
-            tiers[priorities[name] <= 0] = Tier.DROPPED
+            tiers[priority <= 0] = Tier.DROPPED
         result[name] = tiers
     if budgeted:
-        result.update(_budget_tiers(config, budgeted, priorities))
+        filled = {n: priorities[n] if n in priorities else np.zeros(budgeted[n][0], np.float32) for n in budgeted}
+        result.update(_budget_tiers(config, budgeted, filled))
     return result
+
+
+# --- storage: the cheapest tier that is at least as precise, and uniform vs mixed ------------------------
+
+_BY_PRECISION = (Tier.FP32, Tier.FP16, Tier.INT8, Tier.INT4, Tier.INT2)  # most precise first
+_META_BLOCK_BYTES = 32  # one row_meta block (64 rows)
+
+
+def cheapest_tier(tier: Tier, dim: int) -> Tier:
+    """The tier with the fewest row bytes among `tier` and the tiers more precise than it (ties go to the more
+    precise one): at D = 1 an int8 row (5 B) becomes fp16 (2 B); at D = 4 int8 (8 B) becomes fp16 (8 B)."""
+    tier = Tier(tier)
+    if tier is Tier.DROPPED:
+        return tier
+    candidates = _BY_PRECISION[: _BY_PRECISION.index(tier) + 1]
+    return min(candidates, key=lambda t: (row_bytes(t, dim), _BY_PRECISION.index(t)))
+
+
+def _table_bytes(counts: dict[Tier, int], rows: int, dim: int) -> int:
+    stored = sum(n * row_bytes(t, dim) for t, n in counts.items())
+    present = [t for t, n in counts.items() if n]
+    meta = 0 if len(present) <= 1 else _META_BLOCK_BYTES * -(-rows // 64)
+    return stored + meta + (4 * dim if counts.get(Tier.DROPPED) else 0)
+
+
+def plan_storage(tiers: "np.ndarray | Tier", rows: int, dim: int) -> tuple["np.ndarray | Tier", str]:
+    """Tiers as stored, decided from the real row bytes, and a note saying what changed and why.
+
+    1. Every row takes the cheapest tier at least as precise as the one it was given (`cheapest_tier`).
+    2. A mixed table becomes uniform at its most precise tier when that costs no more than the mixed
+       layout (the block index is 32 bytes per 64 rows, the default row 4·D bytes when rows are dropped):
+       tiny tables are never made bigger by per-table overhead.
+    """
+    notes = []
+    if isinstance(tiers, (Tier, int, np.integer)):
+        given = Tier(int(tiers))
+        stored = cheapest_tier(given, dim)
+        if stored is not given:
+            notes.append(f"{given}→{stored} ({row_bytes(stored, dim)} B/row ≤ {row_bytes(given, dim)} B/row)")
+        return stored, "; ".join(notes)
+    codes = np.asarray(tiers, dtype=np.uint8).copy()
+    lut = np.array([cheapest_tier(Tier(c), dim) if c <= 5 else c for c in range(8)], dtype=np.uint8)
+    for code in np.unique(codes):
+        if lut[code] != code:
+            notes.append(f"{Tier(int(code))}→{Tier(int(lut[code]))} ({row_bytes(Tier(int(lut[code])), dim)} B/row ≤ "
+                         f"{row_bytes(Tier(int(code)), dim)} B/row)")
+    codes = lut[codes]
+    present = np.unique(codes)
+    if present.shape[0] == 1:
+        return Tier(int(present[0])), "; ".join(notes)
+    counts = {Tier(int(t)): int(n) for t, n in zip(*np.unique(codes, return_counts=True))}
+    stored_tiers = [t for t in _BY_PRECISION if counts.get(t)]
+    if stored_tiers:
+        top = stored_tiers[0]
+        mixed_bytes = _table_bytes(counts, rows, dim)
+        uniform_bytes = rows * row_bytes(top, dim)
+        if uniform_bytes <= mixed_bytes:
+            notes.append(f"uniform {top}: {uniform_bytes} B ≤ {mixed_bytes} B mixed")
+            return top, "; ".join(notes)
+    return codes, "; ".join(notes)

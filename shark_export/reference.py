@@ -1,4 +1,4 @@
-"""Pure numpy reference reader of storage format v1 -- what the C++ kernels are tested against.
+"""Pure numpy reference reader of storage formats v1 and v2 -- what the C++ kernels are tested against.
 
 Independent of the quantizer: rows are located by walking the bit-planes of ``row_meta`` (decode all 64
 codes of a block, exclusive prefix sum of their strides) rather than the popcount formula used by
@@ -33,10 +33,10 @@ def _label(table: QuantizedTable) -> str:
     return f"table {table.name!r}"
 
 
-def _strides(dim: int) -> np.ndarray:
+def _strides(dim: int, format_version: int) -> np.ndarray:
     lut = np.zeros(8, dtype=np.int64)  # codes 6/7: invalid, stride 0 here, rejected below
     for code in range(6):
-        lut[code] = row_stride(code, dim)
+        lut[code] = row_stride(code, dim, format_version)
     return lut
 
 
@@ -59,7 +59,7 @@ def _check_rows(table: QuantizedTable, flat: np.ndarray) -> None:
 def _locate(table: QuantizedTable, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(tier codes uint8[n], byte offsets int64[n]) of in-range ``rows`` (int64[n])."""
     R, D = int(table.num_rows), int(table.dim)
-    lut = _strides(D)
+    lut = _strides(D, int(table.format_version))
     n_payload = int(table.payload.shape[0])
     if table.uniform_tier >= 0:
         code = int(table.uniform_tier)

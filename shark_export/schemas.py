@@ -24,14 +24,14 @@ _OUTPUT_DTYPES = (TensorProto.FLOAT, TensorProto.FLOAT16)
 _TABLE_INPUTS = [
     OpSchema.FormalParameter("payload", "tensor(uint8)", "all rows in row order at their tier strides"),
     OpSchema.FormalParameter("row_meta", "tensor(uint64)", "[ceil(R/64), 4] block index, or [0, 4] (uniform)"),
-    OpSchema.FormalParameter("default_row", "tensor(float)", "[D] value of dropped rows"),
+    OpSchema.FormalParameter("default_row", "tensor(float)", "[D] value of dropped rows ([0] in v2 when none is dropped)"),
 ]
 
 
 def _table_attributes() -> list[OpSchema.Attribute]:
     attr = OpSchema.Attribute
     return [
-        attr("format_version", OpSchema.AttrType.INT, "storage format version (1)"),
+        attr("format_version", OpSchema.AttrType.INT, "storage format version (1 or 2)"),
         attr("num_rows", OpSchema.AttrType.INT, "rows R of the table"),
         attr("dim", OpSchema.AttrType.INT, "embedding dimension D"),
         attr("uniform_tier", OpSchema.AttrType.INT, "tier code of a uniform table, -1 when mixed"),
@@ -59,9 +59,9 @@ def _output_elem_type(ctx) -> int:
 
 def _check_version(ctx) -> None:
     version = _int_attribute(ctx, "format_version")
-    if version != 1:
+    if version not in (1, 2):
         raise onnx.shape_inference.InferenceError(
-            f"{ctx.get_display_name()}: format_version {version} is not supported (this build reads version 1)"
+            f"{ctx.get_display_name()}: format_version {version} is not supported (this build reads versions 1 and 2)"
         )
 
 

@@ -29,7 +29,7 @@ _LIB_NAME = "libshark_export_testlib.so"
 
 _P, _U64, _U32, _I32, _I64, _I = (ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_int32,
                                    ctypes.c_int64, ctypes.c_int)
-_TABLE = [_P, _P, _P, _U64, _U32, _I32]
+_TABLE = [_P, _P, _P, _U64, _U32, _I32, _I32]  # ..., uniform_tier, format_version
 _GATHER = [_P, _I, _U64, _P, _I]
 _BAG = [_P, _I, _U64, _P, _I, _U64, _I, _U64, _U64, _P, _I, _I64, _P, _I]
 
@@ -70,6 +70,7 @@ class TestLib:
         lib.shark_emu_bag.argtypes = _TABLE + _BAG + [_P]
         lib.shark_emu_bag.restype = _I
         lib.shark_testlib_has_cuda.restype = _I
+        lib.shark_emu_misaligned_loads.restype = _U64
         self.has_cuda = bool(lib.shark_testlib_has_cuda())
         if self.has_cuda:
             lib.shark_cuda_gather.argtypes = _TABLE + _GATHER + [_P, _P]
@@ -80,6 +81,10 @@ class TestLib:
             lib.shark_cuda_error_string.restype = ctypes.c_char_p
             lib.shark_cuda_runtime_version.restype = _I
             lib.shark_cuda_driver_version.restype = _I
+
+    def misaligned_loads(self) -> int:
+        """Word loads the host emulation made (on this thread, so far) at addresses a GPU would reject."""
+        return int(self.lib.shark_emu_misaligned_loads())
 
     def group_size(self, dim: int) -> int:
         return int(self.lib.shark_test_group_size(dim))
@@ -92,7 +97,7 @@ class TestLib:
         dflt = np.ascontiguousarray(table.default_row, dtype=np.float32)
         keep = (payload, meta, dflt)
         return [_ptr(payload), _ptr(meta) if int(table.uniform_tier) < 0 else None, _ptr(dflt),
-                int(table.num_rows), int(table.dim), int(table.uniform_tier)], keep
+                int(table.num_rows), int(table.dim), int(table.uniform_tier), int(table.format_version)], keep
 
     def emu_gather(self, table, indices, out_dtype=np.float32) -> tuple[np.ndarray, tuple[int, int]]:
         idx = np.ascontiguousarray(indices)
@@ -157,9 +162,11 @@ class TestLib:
 class DeviceTable:
     """A QuantizedTable's three tensors as torch CUDA tensors (or raw CUDA uint8/uint64/float32 tensors)."""
 
-    def __init__(self, payload, row_meta, default_row, num_rows: int, dim: int, uniform_tier: int):
+    def __init__(self, payload, row_meta, default_row, num_rows: int, dim: int, uniform_tier: int,
+                 format_version: int = 2):
         self.payload, self.row_meta, self.default_row = payload, row_meta, default_row
         self.num_rows, self.dim, self.uniform_tier = int(num_rows), int(dim), int(uniform_tier)
+        self.format_version = int(format_version)
 
     @classmethod
     def from_table(cls, table, device="cuda") -> "DeviceTable":
@@ -169,12 +176,13 @@ class DeviceTable:
         return cls(torch.from_numpy(np.ascontiguousarray(table.payload)).to(device),
                    torch.from_numpy(meta.copy()).to(device),
                    torch.from_numpy(np.ascontiguousarray(table.default_row, dtype=np.float32)).to(device),
-                   table.num_rows, table.dim, table.uniform_tier)
+                   table.num_rows, table.dim, table.uniform_tier, table.format_version)
 
     def args(self) -> list[Any]:
         meta = self.row_meta.data_ptr() if (self.uniform_tier < 0 and self.row_meta.numel()) else None
         payload = self.payload.data_ptr() if self.payload.numel() else None
-        return [payload, meta, self.default_row.data_ptr(), self.num_rows, self.dim, self.uniform_tier]
+        dflt = self.default_row.data_ptr() if self.default_row.numel() else None
+        return [payload, meta, dflt, self.num_rows, self.dim, self.uniform_tier, self.format_version]
 
 
 def _ptr(a) -> int | None:

@@ -357,10 +357,10 @@ def test_out_of_range_index_names_node_value_position_rows(tables, threads):
     assert "RowwiseDequantEmbeddingBag node 'bags': index 200 at position 2 is out of range for table with 200 rows" in msg
 
 
-def test_format_version_2_rejected_at_session_creation(tables):
+def test_unknown_format_version_rejected_at_session_creation(tables):
     with pytest.raises(Exception) as info:
-        ops.session(_model("RowwiseDequantGather", tables["int8"], n_rows=300, dim=D, format_version=2))
-    assert "node 'lookup_user'" in str(info.value) and "format_version 2" in str(info.value)
+        ops.session(_model("RowwiseDequantGather", tables["int8"], n_rows=300, dim=D, format_version=3))
+    assert "node 'lookup_user'" in str(info.value) and "format_version 3" in str(info.value)
 
 
 def test_truncated_payload_rejected(tables):

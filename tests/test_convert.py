@@ -200,9 +200,6 @@ def test_errors_name_the_problem_and_write_nothing(tmp_path):
     path = tmp_path / "m.onnx"
     with pytest.raises(UnsupportedModelError, match="NoEmbedding has no nn.Embedding"):
         convert(NoEmbedding().eval(), torch.randn(2, 3), path)
-    training = built(TupleInputs).train()
-    with pytest.raises(UnsupportedModelError, match="training mode"):
-        convert(training, TupleInputs.batch(4), path)
     model = built(TupleInputs)
     with pytest.raises(UnknownFieldError, match="unknown field 'nope'.*user, item"):
         convert(model, TupleInputs.batch(4), path, prune=["nope"], calibration=[TupleInputs.batch(4)])
@@ -217,18 +214,29 @@ def test_errors_name_the_problem_and_write_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_unmappable_lookup_is_reported(tmp_path):
-    class RawParameter(torch.nn.Module):
+def test_training_mode_is_converted_in_eval_mode_and_restored(tmp_path):
+    training = built(TupleInputs).train()
+    calibration = [TupleInputs.batch(16, seed=s) for s in range(2)]
+    report = convert(training, TupleInputs.batch(4), tmp_path / "m.onnx", calibration=calibration)
+    assert training.training and all(m.training for m in training.modules())  # switched back
+    assert any("training mode: converted in eval mode" in note for note in report.notes)
+    assert "training mode" in str(report)
+    assert report.faithfulness  # against the eval-mode model
+
+
+def test_lookup_of_a_computed_weight_is_reported(tmp_path):
+    class ComputedBag(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.known = torch.nn.Embedding(10, 4)
             self.raw = torch.nn.Parameter(torch.randn(10, 4))
 
         def forward(self, ids):
-            return self.known(ids) + torch.nn.functional.embedding(ids, self.raw)
+            bags = torch.nn.functional.embedding_bag(ids.reshape(1, -1), self.raw * 2.0)
+            return self.known(ids) + bags
 
-    with pytest.raises(ExportError, match="reads 'raw'.*not the weight of an nn.Embedding"):
-        convert(RawParameter().eval(), torch.tensor([1, 2, 3]), tmp_path / "m.onnx")
+    with pytest.raises(ExportError, match="reads a weight computed in forward"):
+        convert(ComputedBag().eval(), torch.tensor([1, 2, 3]), tmp_path / "m.onnx")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -153,14 +153,27 @@ def test_group_size(testlib):
 
 def _tables_for(D: int):
     for name in TIER_NAMES + ["all6", "skewed"]:
-        table, _ = make_table(150, D, name, seed=D)
+        table, w = make_table(150, D, name, seed=D)
         yield name, table
         if name in TIER_NAMES:
             yield name + "_as_mixed", as_mixed(table)
+        spec = name if name in TIER_NAMES else table.tiers()
+        yield name + "_v1", quantize_table(w, spec, name=name + "_v1", default_row=table.default_row, format_version=1)
+    w = make_table(150, D, "fp32", seed=D)[1]
+    yield "no_default_row", quantize_table(w, np.arange(150) % 5, name="no_default_row")  # v2, nothing dropped
+
+
+@pytest.fixture
+def aligned_loads_only(testlib):
+    """The emulation counts word loads a GPU would reject as misaligned: there must be none (v2 rows start
+    at any byte)."""
+    before = testlib.misaligned_loads()
+    yield
+    assert testlib.misaligned_loads() == before, "a kernel made a misaligned word load"
 
 
 @pytest.mark.parametrize("D", DIMS)
-def test_emu_gather_matches_reference(testlib, D):
+def test_emu_gather_matches_reference(testlib, aligned_loads_only, D):
     rng = np.random.default_rng(D)
     for name, table in _tables_for(D):
         idx = rng.integers(0, table.num_rows, size=257)
@@ -210,8 +223,8 @@ def _bag_cases(rng, R):
     yield dict(indices=np.zeros((5, 0), np.int64))  # 2-D empty bags
 
 
-@pytest.mark.parametrize("D", [3, 13, 64, 130, 600])
-def test_emu_bag_equals_cpu_kernel_bitwise(testlib, D):
+@pytest.mark.parametrize("D", [1, 3, 13, 64, 130, 600])
+def test_emu_bag_equals_cpu_kernel_bitwise(testlib, aligned_loads_only, D):
     """Bags sum each element in index order with the CPU kernel's float32 operations: equal bit for bit.
     D = 600 takes five column tiles per bag."""
     rng = np.random.default_rng(D)

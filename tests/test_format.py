@@ -16,6 +16,7 @@ from shark_export import reference as ref
 from shark_export.errors import FormatError, IndexOutOfRangeError
 from shark_export.format import (
     FORMAT_VERSION,
+    READABLE_VERSIONS,
     QuantizedTable,
     Tier,
     quantize_table,
@@ -24,6 +25,7 @@ from shark_export.format import (
 
 DIMS = [1, 3, 7, 8, 13, 64]
 ROWS = [1, 63, 64, 65, 200]
+VERSIONS = [1, 2]
 
 
 def _rng(*seed):
@@ -36,9 +38,9 @@ def _weights(rng, R, D, scale=1.0):
     return w.astype(np.float32)
 
 
-def _expected_strides(D):
-    def up4(n):
-        return -(-n // 4) * 4
+def _expected_strides(D, version=FORMAT_VERSION):
+    def up4(n):  # v1 pads rows to 4 bytes; v2 stores them unpadded
+        return -(-n // 4) * 4 if version == 1 else n
 
     return {
         Tier.FP32: 4 * D,
@@ -96,7 +98,8 @@ def test_tier_codes_and_helpers():
     assert [t.bits for t in Tier] == [32, 16, 8, 4, 2, 0]
     assert [t.is_quantized for t in Tier] == [False, False, True, True, True, False]
     assert [t.levels for t in Tier] == [0, 0, 255, 15, 3, 0]
-    assert fmt.FORMAT_VERSION == 1
+    assert fmt.FORMAT_VERSION == 2
+    assert fmt.READABLE_VERSIONS == (1, 2)
 
 
 @pytest.mark.parametrize(
@@ -116,12 +119,17 @@ def test_tier_parse_errors(value, text):
         Tier.parse(value)
 
 
+@pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("D", DIMS + [2, 4, 5, 65536])
-def test_row_stride_formula(D):
-    for t, s in _expected_strides(D).items():
-        assert row_stride(t, D) == s
-        assert row_stride(str(t), D) == s
-        assert s % 4 == 0
+def test_row_stride_formula(D, version):
+    for t, s in _expected_strides(D, version).items():
+        assert row_stride(t, D, version) == s
+        assert row_stride(str(t), D, version) == s
+        if version == 1:
+            assert s % 4 == 0
+        else:
+            assert s == fmt.row_bytes(t, D)
+    assert row_stride(Tier.FP16, 1) == 2 and row_stride(Tier.INT8, 5) == 9  # v2: no padding
 
 
 def test_row_stride_examples_from_spec():
@@ -137,41 +145,45 @@ def test_row_stride_examples_from_spec():
 # --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("tier", list(Tier))
 @pytest.mark.parametrize("D", DIMS)
 @pytest.mark.parametrize("R", ROWS)
-def test_uniform_round_trip(tier, D, R):
+def test_uniform_round_trip(tier, D, R, version):
     rng = _rng(int(tier), D, R)
     w = _weights(rng, R, D)
     default = rng.standard_normal(D).astype(np.float32) if tier is Tier.DROPPED else None
-    table = quantize_table(w, tier, name="emb", default_row=default)
+    table = quantize_table(w, tier, name="emb", default_row=default, format_version=version)
     table.validate()
     assert table.uniform_tier == int(tier)
     assert table.row_meta.shape == (0, 4) and table.row_meta.dtype == np.uint64
-    assert table.payload.dtype == np.uint8 and table.payload.shape == (R * row_stride(tier, D),)
+    stride = _expected_strides(D, version)[tier]
+    assert table.payload.dtype == np.uint8 and table.payload.shape == (R * stride,)
     assert table.tier_counts[tier] == R and sum(table.tier_counts.values()) == R
     np.testing.assert_array_equal(table.tiers(), np.full(R, int(tier), np.uint8))
-    np.testing.assert_array_equal(table.row_offsets(np.arange(R)), np.arange(R) * row_stride(tier, D))
+    np.testing.assert_array_equal(table.row_offsets(np.arange(R)), np.arange(R) * stride)
     _check_values(w, table)
     rep = table.byte_report()
     assert rep.payload + rep.scales == table.payload.nbytes
     assert rep.scales == (4 * R if tier.is_quantized else 0)
-    assert rep.metadata == 4 * D  # uniform: no row_meta at all, only default_row
+    # uniform: no row_meta at all, only default_row (v2: only when rows are dropped)
+    assert rep.metadata == (4 * D if version == 1 or tier is Tier.DROPPED else 0)
     assert rep.total == rep.payload + rep.scales + rep.metadata
     assert rep.fp32 == R * D * 4 and rep.ratio == pytest.approx(rep.total / rep.fp32)
-    assert table.op_attributes() == {"format_version": 1, "num_rows": R, "dim": D, "uniform_tier": int(tier)}
+    assert table.op_attributes() == {"format_version": version, "num_rows": R, "dim": D, "uniform_tier": int(tier)}
 
 
+@pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("D", DIMS)
 @pytest.mark.parametrize("R", ROWS)
-def test_mixed_round_trip(D, R):
+def test_mixed_round_trip(D, R, version):
     rng = _rng(D, R, 7)
     w = _weights(rng, R, D)
     codes = rng.integers(0, 6, R).astype(np.uint8)
     if R > 1 and np.all(codes == codes[0]):
         codes[-1] = (codes[0] + 1) % 6
     default = rng.standard_normal(D).astype(np.float32)
-    table = quantize_table(w, codes, name="mixed", default_row=default)
+    table = quantize_table(w, codes, name="mixed", default_row=default, format_version=version)
     table.validate()
     if R == 1:
         assert table.uniform_tier == int(codes[0])
@@ -180,7 +192,7 @@ def test_mixed_round_trip(D, R):
     nb = -(-R // 64)
     assert table.row_meta.shape == (nb, 4)
     np.testing.assert_array_equal(table.tiers(), codes)
-    strides = np.array([row_stride(t, D) for t in Tier])[codes]
+    strides = np.array([row_stride(t, D, version) for t in Tier])[codes]
     offsets = np.concatenate([[0], np.cumsum(strides)[:-1]])
     np.testing.assert_array_equal(table.row_offsets(np.arange(R)), offsets)
     np.testing.assert_array_equal(table.row_meta[:, 0], offsets[::64])
@@ -208,11 +220,27 @@ def test_mixed_metadata_is_half_a_byte_per_row():
         assert t.row_meta.nbytes == 32 * -(-R // 64) <= 0.5 * R + 31.5
 
 
-def test_int8_d64_stride_is_68_bytes_per_row():
-    table = quantize_table(_weights(_rng(2), 1000, 64), "int8")
+@pytest.mark.parametrize("version", VERSIONS)
+def test_int8_d64_stride_is_68_bytes_per_row(version):
+    table = quantize_table(_weights(_rng(2), 1000, 64), "int8", format_version=version)
     assert table.payload.nbytes == 68 * 1000
     rep = table.byte_report()
-    assert (rep.payload, rep.scales, rep.metadata) == (64 * 1000, 4 * 1000, 256)
+    # v2 stores no default row for a table without dropped rows
+    assert (rep.payload, rep.scales, rep.metadata) == (64 * 1000, 4 * 1000, 256 if version == 1 else 0)
+
+
+@pytest.mark.parametrize("D", [1, 2, 3, 5, 6, 9])
+def test_v2_small_dims_cost_their_row_bytes(D):
+    w = _weights(_rng(D, 5), 100, D)
+    for tier in (Tier.FP16, Tier.INT8, Tier.INT4, Tier.INT2):
+        table = quantize_table(w, tier)
+        assert table.payload.nbytes == 100 * fmt.row_bytes(tier, D)
+        assert table.default_row.shape == (0,)
+        _check_values(w, table)
+    codes = np.arange(100) % 5  # every stored tier, unaligned rows everywhere
+    table = quantize_table(w, codes)
+    assert table.payload.nbytes == sum(fmt.row_bytes(Tier(int(c)), D) for c in codes)
+    _check_values(w, table)
 
 
 def test_all_rows_one_tier_array_is_uniform():
@@ -265,24 +293,29 @@ def test_padding_bytes_are_zero():
 
 
 def test_exact_bytes_int4_int2_int8_fp16():
-    t4 = quantize_table(np.array([[0.0, 1.5, 0.5]], np.float32), "int4")
+    t4 = quantize_table(np.array([[0.0, 1.5, 0.5]], np.float32), "int4", format_version=1)
     scale = np.frombuffer(t4.payload[:2].tobytes(), "<f2")[0]
     assert float(scale) == float(np.nextafter(np.float16(0.1), np.float16(1)))  # 0.1 rounded *up* in fp16
     assert t4.payload[2:4].tolist() == [0, 0]  # bias 0.0
     assert t4.payload[4:].tolist() == [0xF0, 5, 0, 0]  # element 0 low nibble, element 1 high nibble
 
-    t2 = quantize_table(np.array([[0.0, 3.0, 1.0, 2.0, 3.0]], np.float32), "int2")
+    t2 = quantize_table(np.array([[0.0, 3.0, 1.0, 2.0, 3.0]], np.float32), "int2", format_version=1)
     assert np.frombuffer(t2.payload[:4].tobytes(), "<f2").tolist() == [1.0, 0.0]
     assert t2.payload[4:].tolist() == [0b10011100, 3, 0, 0]  # element 4k+i in bits 2i..2i+1
 
-    t8 = quantize_table(np.array([[-2.0, 0.0, 2.0]], np.float32), "int8")
+    t8 = quantize_table(np.array([[-2.0, 0.0, 2.0]], np.float32), "int8", format_version=1)
     s, b = np.frombuffer(t8.payload[:4].tobytes(), "<f2").astype(np.float64)
     assert b == -2.0 and s == float(np.nextafter(np.float16(4 / 255), np.float16(1)))  # up from nearest
     assert t8.payload[4:7].tolist() == [0, int(np.rint(2 / s)), 255]
     assert t8.payload[7] == 0
 
-    t16 = quantize_table(np.array([[1.0, -2.5, 0.1]], np.float32), "fp16")
+    t16 = quantize_table(np.array([[1.0, -2.5, 0.1]], np.float32), "fp16", format_version=1)
     assert t16.payload.tobytes() == np.array([1.0, -2.5, 0.1], "<f2").tobytes() + b"\0\0"
+    # v2: the same bytes without the padding
+    assert quantize_table(np.array([[0.0, 1.5, 0.5]], np.float32), "int4").payload.tolist() == t4.payload.tolist()[:6]
+    assert quantize_table(np.array([[-2.0, 0.0, 2.0]], np.float32), "int8").payload.tolist() == t8.payload.tolist()[:7]
+    v2_16 = quantize_table(np.array([[1.0, -2.5, 0.1]], np.float32), "fp16")
+    assert v2_16.payload.tobytes() == np.array([1.0, -2.5, 0.1], "<f2").tobytes()
     t32 = quantize_table(np.array([[1.0, -2.5, 0.1]], np.float32), "fp32")
     assert t32.payload.tobytes() == np.array([1.0, -2.5, 0.1], "<f4").tobytes()
 
@@ -503,7 +536,7 @@ def _mixed(R=200, D=7, seed=12):
 def _replace(table, **changes):
     fields = dict(name=table.name, num_rows=table.num_rows, dim=table.dim, payload=table.payload,
                   row_meta=table.row_meta, default_row=table.default_row, uniform_tier=table.uniform_tier,
-                  tier_counts=table.tier_counts)
+                  tier_counts=table.tier_counts, format_version=table.format_version)
     fields.update(changes)
     return QuantizedTable(**fields)
 
@@ -546,8 +579,27 @@ def test_validate_rejects_broken_tables():
     expect(r"tier_counts .* do not match", tier_counts={t: 0 for t in Tier})
 
     uniform = quantize_table(np.ones((10, 3), np.float32), "int4", name="u")
-    with pytest.raises(FormatError, match=r"table 'u': payload has 76 bytes, expected 80"):
+    with pytest.raises(FormatError, match=r"table 'u': payload has 56 bytes, expected 60"):
         _replace(uniform, payload=uniform.payload[:-4]).validate()
+    old = quantize_table(np.ones((10, 3), np.float32), "int4", name="u", format_version=1)
+    with pytest.raises(FormatError, match=r"table 'u': payload has 76 bytes, expected 80"):
+        _replace(old, payload=old.payload[:-4]).validate()
+    expect(r"format_version 3 is not supported", format_version=3)
+
+
+def test_empty_default_row_only_without_dropped_rows():
+    table, codes = _mixed()  # has dropped rows: a default row is stored
+    assert (codes == Tier.DROPPED).any() and table.default_row.shape == (7,)
+    with pytest.raises(FormatError, match=r"table 'm': default_row is empty but \d+ rows are dropped"):
+        _replace(table, default_row=np.zeros(0, np.float32)).validate()
+    kept = quantize_table(np.ones((10, 3), np.float32), np.arange(10) % 5, name="k")  # no dropped row
+    assert kept.default_row.shape == (0,) and kept.byte_report().metadata == kept.row_meta.nbytes
+    with pytest.raises(FormatError, match=r"default_row has shape \(0,\), expected \(3,\)$"):
+        _replace(quantize_table(np.ones((10, 3), np.float32), "int8", format_version=1), default_row=np.zeros(0, np.float32)).validate()
+    dropped = quantize_table(np.ones((10, 3), np.float32), "dropped", name="d")
+    assert dropped.default_row.shape == (3,)  # zeros: every row reads it
+    with pytest.raises(FormatError, match="default_row is empty but 10 rows are dropped"):
+        _replace(dropped, default_row=np.zeros(0, np.float32)).validate()
 
 
 def test_row_offsets_any_shape_and_range_errors():
@@ -660,10 +712,15 @@ def test_load_wrong_version_and_inconsistent_content(tmp_path):
     table, _ = _mixed()
     good = tmp_path / "good.npz"
     table.save(good)
-    v2 = tmp_path / "v2.npz"
-    _rewrite(good, v2, format_version=np.array(FORMAT_VERSION + 1))
-    with pytest.raises(FormatError, match=r"v2\.npz: format_version 2 is not supported \(this reader knows version 1\)"):
-        QuantizedTable.load(v2)
+    v3 = tmp_path / "v3.npz"
+    _rewrite(good, v3, format_version=np.array(FORMAT_VERSION + 1))
+    with pytest.raises(FormatError, match=r"v3\.npz: format_version 3 is not supported \(this reader knows versions 1, 2\)"):
+        QuantizedTable.load(v3)
+    old = quantize_table(_weights(_rng(8), 70, 5), np.arange(70) % 6, format_version=1)
+    old.save(tmp_path / "v1.npz")
+    back = QuantizedTable.load(tmp_path / "v1.npz")  # version 1 files still read, with their strides
+    assert back.format_version == 1 and back.payload.nbytes == old.payload.nbytes
+    np.testing.assert_array_equal(ref.dequantize(back), ref.dequantize(old))
     short = tmp_path / "short.npz"
     _rewrite(good, short, payload=table.payload[:-4])
     with pytest.raises(FormatError, match=r"short\.npz: table 'm': payload has"):
@@ -701,7 +758,7 @@ def test_property_round_trip(case):
     table = quantize_table(w, codes, name="p", default_row=np.full(D, 0.25, np.float32), chunk_rows=chunk)
     table.validate()
     np.testing.assert_array_equal(table.tiers(), codes)
-    strides = np.array([row_stride(t, D) for t in Tier])[codes]
+    strides = np.array([row_stride(t, D, table.format_version) for t in Tier])[codes]
     assert table.payload.nbytes == int(strides.sum())
     np.testing.assert_array_equal(table.row_offsets(np.arange(R)), np.cumsum(strides) - strides)
     assert table.row_meta.shape == ((0, 4) if np.all(codes == codes[0]) else (-(-R // 64), 4))

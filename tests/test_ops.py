@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from op_models import bag_model, gather_model, table_feeds
 
 import shark_export
+from shark_export import format as fmt
 from shark_export import reference as ref
 from shark_export.format import (
     BLOCK_ROWS,
@@ -91,7 +92,7 @@ def as_mixed(table: QuantizedTable) -> QuantizedTable:
     codes = table.tiers().astype(np.int64)
     R, D = table.num_rows, table.dim
     nb = -(-R // BLOCK_ROWS)
-    lut = np.array([row_stride(t, D) for t in Tier], dtype=np.int64)
+    lut = np.array([row_stride(t, D, table.format_version) for t in Tier], dtype=np.int64)
     sizes = np.zeros(nb * BLOCK_ROWS, dtype=np.int64)
     sizes[:R] = lut[codes]
     padded = np.zeros(nb * BLOCK_ROWS, dtype=np.uint64)
@@ -105,7 +106,7 @@ def as_mixed(table: QuantizedTable) -> QuantizedTable:
     counts = {t: int((codes == t.value).sum()) for t in Tier}
     return QuantizedTable(
         name=table.name + "_mixed", num_rows=R, dim=D, payload=table.payload, row_meta=meta,
-        default_row=table.default_row, uniform_tier=-1, tier_counts=counts,
+        default_row=table.default_row, uniform_tier=-1, tier_counts=counts, format_version=table.format_version,
     ).validate()
 
 
@@ -432,6 +433,30 @@ def test_bag_uniform_tier(tier, D):
     psw = rng.standard_normal(len(idx)).astype(np.float32)
     check_bag(table, idx, offsets, psw, against_torch=False)
     check_bag(table, idx, offsets, mode=1, out_dtype=np.float16, against_torch=False)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("D", [1, 2, 3, 5, 6, 13])
+def test_format_versions_and_unpadded_rows(version, D):
+    """v1 tables (rows padded to 4 bytes) still run; v2 rows are unpadded (unaligned for most D) and carry
+    no default row when nothing is dropped. Bit-exact gathers, bags within float32 summation error."""
+    w = _weights(130, D, seed=D)
+    rng = np.random.default_rng(D)
+    idx = rng.integers(0, 130, size=257)
+    bag_idx, offsets = random_bags(rng, 40, 130)
+    for spec in (np.arange(130) % 5, "fp32", "fp16", "int8", "int4", "int2"):
+        table = quantize_table(w, spec, name=f"v{version}d{D}", format_version=version)
+        assert table.format_version == version and table.op_attributes()["format_version"] == version
+        assert table.default_row.shape == ((D,) if version == 1 else (0,))
+        if version == 2:
+            assert table.payload.nbytes == sum(int(table.tier_counts[t]) * fmt.row_bytes(t, D) for t in Tier)
+        got = check_gather(table, idx)
+        assert_within_quantization_error(table, w, idx, got)
+        check_gather(table, idx.astype(np.int32).reshape(-1, 1), out_dtype=np.float16)
+        check_bag(table, bag_idx, offsets)
+        check_bag(table, bag_idx, offsets, mode=1, out_dtype=np.float16)
+    mixed = as_mixed(quantize_table(w, "int8", format_version=version))  # one tier, block index
+    check_gather(mixed, idx)
 
 
 @pytest.mark.parametrize("R", ROWS)

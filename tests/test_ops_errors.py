@@ -236,7 +236,7 @@ def test_bad_bag_attributes_at_session_creation(mixed, attrs, fragments):
 # --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("op", [GATHER, BAG])
 @pytest.mark.parametrize("attrs,fragments", [
-    ({"format_version": 2}, ["format_version 2"]),
+    ({"format_version": 3}, ["format_version 3"]),
     ({"format_version": 0}, ["format_version 0"]),
     ({"uniform_tier": 9}, ["uniform_tier 9"]),
     ({"uniform_tier": 6}, ["uniform_tier 6"]),

@@ -24,6 +24,7 @@ from shark_export.passes import (
     PruneFieldsPass,
     RemoveDeadPass,
     ReplaceLookupsPass,
+    TidyExportPass,
     find_lookups,
 )
 from shark_export.reference import dequantize
@@ -66,8 +67,12 @@ def _exported(cls):
     tables = find_tables(model)
     weights = {n: p.detach().numpy() for n, p in model.named_parameters() if n in tables}
     fields = find_fields(model, example)
-    ir_model = export_to_ir(model, example)
-    return model, ir_model, find_lookups(ir_model, fields, tables, weights), tables, weights
+    ir_model, origins = export_to_ir(model, example, {p for t in tables.values() for p in t.module_paths})
+    tidy = TidyExportPass()
+    tidy(ir_model)
+    node_origins = {node: [origin] for node, origin in origins.items() if node not in tidy.merged}
+    found = find_lookups(ir_model, fields, tables, weights, node_origins)
+    return model, ir_model, found.lookups, tables, weights
 
 
 def _op_types(model: ir.Model) -> list[str]:
@@ -122,8 +127,9 @@ def test_prune_pass_keeps_the_index_input_when_no_live_input_has_the_batch_symbo
     model = OnlyEmbeddings().eval()
     example = ExampleInputs.of((torch.tensor([1, 2, 3]), torch.tensor([4, 5])))
     tables = find_tables(model)
-    ir_model = export_to_ir(model, example)
-    lookups = find_lookups(ir_model, find_fields(model, example), tables, {n: p.detach().numpy() for n, p in model.named_parameters()})
+    ir_model, origins = export_to_ir(model, example, {"a", "b"})
+    weights = {n: p.detach().numpy() for n, p in model.named_parameters()}
+    lookups = find_lookups(ir_model, find_fields(model, example), tables, weights, {k: [v] for k, v in origins.items()}).lookups
     PruneFieldsPass(lookups, {"b": np.ones(3, np.float32)})(ir_model)
     RemoveDeadPass()(ir_model)
     assert [v.name for v in ir_model.graph.inputs] == ["a", "b"]  # b's length is still needed

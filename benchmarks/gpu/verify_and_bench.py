@@ -78,23 +78,26 @@ def verdict(ok: bool, what: str, detail: str = "") -> bool:
 class Tab:
     """A table's tensors on the backend's device."""
 
-    def __init__(self, payload: torch.Tensor, meta: torch.Tensor, dflt: torch.Tensor, R: int, D: int, tier: int):
+    def __init__(self, payload: torch.Tensor, meta: torch.Tensor, dflt: torch.Tensor, R: int, D: int, tier: int,
+                 version: int = 2):
         self.payload, self.meta, self.dflt, self.R, self.D, self.tier = payload, meta, dflt, int(R), int(D), int(tier)
+        self.version = int(version)  # storage format version: the row strides
 
     @classmethod
-    def from_numpy(cls, payload, meta, dflt, R, D, tier, device) -> "Tab":
+    def from_numpy(cls, payload, meta, dflt, R, D, tier, device, version=2) -> "Tab":
         return cls(torch.from_numpy(np.ascontiguousarray(payload)).to(device),
                    torch.from_numpy(np.ascontiguousarray(meta).view(np.int64).copy()).to(device),
-                   torch.from_numpy(np.ascontiguousarray(dflt, dtype=np.float32)).to(device), R, D, tier)
+                   torch.from_numpy(np.ascontiguousarray(dflt, dtype=np.float32)).to(device), R, D, tier, version)
 
     @classmethod
     def from_table(cls, t: QuantizedTable, device) -> "Tab":
-        return cls.from_numpy(t.payload, t.row_meta, t.default_row, t.num_rows, t.dim, t.uniform_tier, device)
+        return cls.from_numpy(t.payload, t.row_meta, t.default_row, t.num_rows, t.dim, t.uniform_tier, device,
+                              t.format_version)
 
     def args(self) -> list[Any]:
         return [self.payload.data_ptr() if self.payload.numel() else None,
                 self.meta.data_ptr() if (self.tier < 0 and self.meta.numel()) else None,
-                self.dflt.data_ptr(), self.R, self.D, self.tier]
+                self.dflt.data_ptr() if self.dflt.numel() else None, self.R, self.D, self.tier, self.version]
 
 
 class Backend:

@@ -39,7 +39,7 @@ int main(int argc, char** argv) {
 
   std::mt19937_64 rng(0);
   TableAttrs a;
-  a.format_version = 1;
+  a.format_version = shark::kFormatVersion;
   a.num_rows = static_cast<int64_t>(R);
   a.dim = D;
   a.uniform_tier = tier;

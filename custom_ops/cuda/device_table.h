@@ -15,9 +15,9 @@ constexpr unsigned long long kNoError = ~0ull;
 // A validated table (shark::validate_table passed on its host-side description). All pointers are
 // device pointers for the CUDA launchers (host pointers for the host emulation in the test library).
 struct DeviceTable {
-  const uint8_t* payload;      // all rows, each at its tier's stride (4-byte aligned)
+  const uint8_t* payload;      // all rows, each at its tier's stride (v1: 4-byte aligned; v2: any byte)
   const uint64_t* meta;        // row_meta [ceil(R/64), 4] for a mixed table, else null
-  const float* default_row;    // [dim]: what dropped rows read as
+  const float* default_row;    // [dim]: what dropped rows read as (null: the table has none)
   uint64_t num_rows;           // R
   uint32_t dim;                // D
   int32_t uniform_tier;        // 0..5, or kMixed (-1)
@@ -61,10 +61,10 @@ struct BagParams {
   OutKind out_kind;
 };
 
-// Per-tier row strides of a table of `dim` dims (FORMAT.md: row bytes rounded up to 4).
-inline void fill_strides(uint32_t dim, uint32_t stride[8]) {
+// Per-tier row strides of a table of `dim` dims (FORMAT.md: the row bytes, rounded up to 4 in v1).
+inline void fill_strides(uint32_t dim, uint32_t stride[8], int64_t format_version) {
   const uint32_t b[6] = {4 * dim, 2 * dim, 4 + dim, 4 + (dim + 1) / 2, 4 + (dim + 3) / 4, 0};
-  for (int k = 0; k < 8; ++k) stride[k] = k < 6 ? (b[k] + 3u) & ~3u : 0u;
+  for (int k = 0; k < 8; ++k) stride[k] = k < 6 ? (format_version == 1 ? (b[k] + 3u) & ~3u : b[k]) : 0u;
 }
 
 }  // namespace shark_cuda

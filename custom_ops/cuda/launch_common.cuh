@@ -20,8 +20,9 @@ inline unsigned blocks_for(uint64_t groups, uint32_t G) {
 
 inline bool aligned(const void* p, uintptr_t a) { return (reinterpret_cast<uintptr_t>(p) & (a - 1)) == 0; }
 
-// The kernels' scalar loads and stores need naturally aligned buffers (rows are 4-byte aligned within the
-// payload, so the payload itself must be): checked before any launch (cudaErrorMisalignedAddress).
+// The kernels' word loads and stores need naturally aligned buffers: row_meta and default_row, and the
+// payload (rows read with word loads only where their own address allows, see ld_bytes). Checked before
+// any launch (cudaErrorMisalignedAddress).
 inline bool table_aligned(const DeviceTable& t) {
   return aligned(t.payload, 4) && aligned(t.meta, 8) && aligned(t.default_row, 4);
 }

@@ -6,8 +6,8 @@
 // of a row with D % 4 != 0 is partial). Each lane of a lookup group owns the units u ≡ lane (mod G).
 // A unit is first loaded as raw words (`Raw`, at most 16 bytes: fp32/dropped 4 words, fp16 2, int8
 // one 32-bit word, int4 16 bits, int2 8 bits), then decoded to 4 floats. Loads never leave the row's
-// stored bytes (its stride): rows are 4-byte aligned, a load of <= 4 bytes stays inside the aligned
-// word that holds its first byte, and the words a partial unit does not need are not read.
+// stored bytes: a unit reads exactly the bytes of its elements (ld_bytes), with word loads only where
+// the address is aligned (v1 rows always are; v2 rows start at any byte and carry no padding).
 //
 // Numbers are bit-identical to the CPU kernels (custom_ops/kernels/rows.inc, FORMAT.md):
 //   quantized: x = fma(float(q), scale, bias) in float32 (the CPU's float(q) * scale + bias with an
@@ -38,10 +38,25 @@
 namespace shark_cuda {
 
 // ---- loads (read-only data path on the device) ------------------------------------------------------
+// A word load must be naturally aligned on the device (else cudaErrorMisalignedAddress). The host
+// emulation counts the loads that would not be (SHARK_EMU_CHECK_ALIGNMENT, set by the test library), so
+// a misaligned load fails a CPU test instead of a GPU run.
+#if !defined(__CUDA_ARCH__) && defined(SHARK_EMU_CHECK_ALIGNMENT)
+inline uint64_t& emu_misaligned_loads() {
+  static thread_local uint64_t count = 0;
+  return count;
+}
+#define SHARK_EMU_ALIGNED(p, a) \
+  (((reinterpret_cast<uintptr_t>(p) & ((a) - 1)) != 0) ? (void)++::shark_cuda::emu_misaligned_loads() : (void)0)
+#else
+#define SHARK_EMU_ALIGNED(p, a) ((void)0)
+#endif
+
 SHARK_HD uint32_t ld_u32(const uint8_t* p) {
 #if defined(__CUDA_ARCH__)
   return __ldg(reinterpret_cast<const unsigned int*>(p));
 #else
+  SHARK_EMU_ALIGNED(p, 4);
   uint32_t v;
   std::memcpy(&v, p, 4);
   return v;
@@ -52,6 +67,7 @@ SHARK_HD uint32_t ld_u16(const uint8_t* p) {
 #if defined(__CUDA_ARCH__)
   return __ldg(reinterpret_cast<const unsigned short*>(p));
 #else
+  SHARK_EMU_ALIGNED(p, 2);
   uint16_t v;
   std::memcpy(&v, p, 2);
   return v;
@@ -70,6 +86,7 @@ SHARK_HD uint64_t ld_u64(const uint64_t* p) {
 #if defined(__CUDA_ARCH__)
   return __ldg(reinterpret_cast<const unsigned long long*>(p));
 #else
+  SHARK_EMU_ALIGNED(p, 8);
   return *p;
 #endif
 }
@@ -78,6 +95,7 @@ SHARK_HD float ld_f32(const float* p) {
 #if defined(__CUDA_ARCH__)
   return __ldg(p);
 #else
+  SHARK_EMU_ALIGNED(p, 4);
   return *p;
 #endif
 }
@@ -88,6 +106,7 @@ SHARK_HD void ld_16(const uint8_t* p, uint32_t w[4]) {
   const uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
   w[0] = v.x, w[1] = v.y, w[2] = v.z, w[3] = v.w;
 #else
+  SHARK_EMU_ALIGNED(p, 16);
   std::memcpy(w, p, 16);
 #endif
 }
@@ -97,8 +116,26 @@ SHARK_HD void ld_8(const uint8_t* p, uint32_t w[2]) {
   const uint2 v = __ldg(reinterpret_cast<const uint2*>(p));
   w[0] = v.x, w[1] = v.y;
 #else
+  SHARK_EMU_ALIGNED(p, 8);
   std::memcpy(w, p, 8);
 #endif
+}
+
+// n (1..4) bytes at p as a little-endian word, with the widest aligned loads p allows. Format v2 rows
+// start at any byte and are not padded, so a load may neither assume alignment nor read past the
+// bytes it needs (the last row ends where the payload ends).
+SHARK_HD uint32_t ld_bytes(const uint8_t* p, uint32_t n) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  if (n == 4 && (a & 3u) == 0) return ld_u32(p);
+  if (n >= 2 && (a & 1u) == 0) {
+    uint32_t v = ld_u16(p);
+    if (n == 3) v |= ld_u8(p + 2) << 16;
+    if (n == 4) v |= ld_u16(p + 2) << 16;
+    return v;
+  }
+  uint32_t v = 0;
+  for (uint32_t i = 0; i < n; ++i) v |= ld_u8(p + i) << (8 * i);
+  return v;
 }
 
 template <typename IdxT>
@@ -245,7 +282,7 @@ SHARK_HD_CONSTEXPR bool is_quantized(int tier) { return tier == kInt8 || tier ==
 
 // scale and bias (fp16 each) at the start of a quantized row.
 SHARK_HD void scale_bias(const uint8_t* row, float* s, float* b) {
-  const uint32_t sb = ld_u32(row);
+  const uint32_t sb = ld_bytes(row, 4);
   *s = half_to_f32(sb & 0xffffu);
   *b = half_to_f32(sb >> 16);
 }
@@ -255,29 +292,32 @@ template <int TIER>
 SHARK_HD Raw load_unit(const uint8_t* row, const float* dflt, uint32_t u, uint32_t D) {
   Raw r{{0u, 0u, 0u, 0u}};
   const uint32_t n = D - 4 * u < 4 ? D - 4 * u : 4;  // elements in this unit
-  if constexpr (TIER == kFp32 || TIER == kDropped) {
-    const uint8_t* p = TIER == kFp32 ? row + 16 * static_cast<uint64_t>(u)
-                                     : reinterpret_cast<const uint8_t*>(dflt + 4 * static_cast<uint64_t>(u));
+  if constexpr (TIER == kDropped) {
+    const float* p = dflt + 4 * static_cast<uint64_t>(u);  // default_row: a float array, aligned
+    for (uint32_t i = 0; i < 4; ++i)
+      if (i < n) r.w[i] = f32_bits(ld_f32(p + i));
+  } else if constexpr (TIER == kFp32) {
+    const uint8_t* p = row + 16 * static_cast<uint64_t>(u);
     if (n == 4 && (reinterpret_cast<uintptr_t>(p) & 15u) == 0) {
       ld_16(p, r.w);
     } else {
-      r.w[0] = ld_u32(p);
-      if (n > 1) r.w[1] = ld_u32(p + 4);
-      if (n > 2) r.w[2] = ld_u32(p + 8);
-      if (n > 3) r.w[3] = ld_u32(p + 12);
+      r.w[0] = ld_bytes(p, 4);
+      if (n > 1) r.w[1] = ld_bytes(p + 4, 4);
+      if (n > 2) r.w[2] = ld_bytes(p + 8, 4);
+      if (n > 3) r.w[3] = ld_bytes(p + 12, 4);
     }
   } else if constexpr (TIER == kFp16) {
     const uint8_t* p = row + 8 * static_cast<uint64_t>(u);
     if (n == 4 && (reinterpret_cast<uintptr_t>(p) & 7u) == 0) {
       ld_8(p, r.w);
     } else {
-      r.w[0] = ld_u32(p);             // elements 4u, 4u+1 (the second may be padding)
-      if (n > 2) r.w[1] = ld_u32(p + 4);  // elements 4u+2, 4u+3
+      r.w[0] = ld_bytes(p, n > 1 ? 4 : 2);                // elements 4u, 4u+1
+      if (n > 2) r.w[1] = ld_bytes(p + 4, n > 3 ? 4 : 2);  // elements 4u+2, 4u+3
     }
   } else if constexpr (TIER == kInt8) {
-    r.w[0] = ld_u32(row + 4 + 4 * static_cast<uint64_t>(u));
+    r.w[0] = ld_bytes(row + 4 + 4 * static_cast<uint64_t>(u), n);
   } else if constexpr (TIER == kInt4) {
-    r.w[0] = ld_u16(row + 4 + 2 * static_cast<uint64_t>(u));
+    r.w[0] = ld_bytes(row + 4 + 2 * static_cast<uint64_t>(u), (n + 1) / 2);
   } else if constexpr (TIER == kInt2) {
     r.w[0] = ld_u8(row + 4 + static_cast<uint64_t>(u));
   }

@@ -61,7 +61,7 @@ LookupError gather_cpu(const TableView& t, const GatherArgs& a, ParallelFor& pf)
 
   std::vector<uint16_t> dflt16;
   const void* dflt_out = t.default_row;
-  if (a.out_type == OutType::kFloat16) {
+  if (a.out_type == OutType::kFloat16 && t.default_row) {
     dflt16.resize(t.dim);
     for (uint32_t j = 0; j < t.dim; ++j) dflt16[j] = float_to_half(t.default_row[j]);
     dflt_out = dflt16.data();

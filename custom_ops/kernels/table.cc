@@ -26,9 +26,9 @@ static std::string shape_str(const std::vector<int64_t>& s) {
 
 std::string validate_attrs(const TableAttrs& a) {
   std::ostringstream e;
-  if (a.format_version != kFormatVersion) {
+  if (a.format_version < kOldestFormatVersion || a.format_version > kFormatVersion) {
     e << "format_version " << a.format_version << " is not supported (this library reads format_version "
-      << kFormatVersion << ")";
+      << kOldestFormatVersion << " to " << kFormatVersion << ")";
   } else if (a.num_rows < 1 || static_cast<uint64_t>(a.num_rows) > kMaxRows) {
     e << "num_rows " << a.num_rows << " is out of range (1 .. 2^40)";
   } else if (a.dim < 1 || a.dim > kMaxDim) {
@@ -47,7 +47,8 @@ TableView make_table_view(const TableAttrs& a) {
   t.num_rows = static_cast<uint64_t>(a.num_rows);
   t.dim = static_cast<uint32_t>(a.dim);
   t.uniform_tier = static_cast<int>(a.uniform_tier);
-  for (int k = 0; k < kNumTiers; ++k) t.stride[k] = static_cast<uint32_t>(tier_stride(k, t.dim));
+  t.format_version = a.format_version;
+  for (int k = 0; k < kNumTiers; ++k) t.stride[k] = static_cast<uint32_t>(tier_stride(k, t.dim, a.format_version));
   return t;
 }
 
@@ -59,8 +60,11 @@ std::string validate_table(const TableView& t, const TableShapes& s) {
     e << "payload must be 1-D uint8, got shape " << shape_str(s.payload);
     return e.str();
   }
-  if (s.default_row.size() != 1 || s.default_row[0] != static_cast<int64_t>(t.dim)) {
-    e << "default_row must have shape [" << t.dim << "] (dim), got " << shape_str(s.default_row);
+  // v2 allows an empty default_row ([0]) for a table without dropped rows (checked below).
+  const bool empty_default = t.format_version >= 2 && s.default_row.size() == 1 && s.default_row[0] == 0;
+  if (!empty_default && (s.default_row.size() != 1 || s.default_row[0] != static_cast<int64_t>(t.dim))) {
+    e << "default_row must have shape [" << t.dim << "] (dim)" << (t.format_version >= 2 ? " or [0]" : "") << ", got "
+      << shape_str(s.default_row);
     return e.str();
   }
   if (s.row_meta.size() != 2 || s.row_meta[1] != kMetaWords) {
@@ -71,6 +75,10 @@ std::string validate_table(const TableView& t, const TableShapes& s) {
     if (s.row_meta[0] != 0) {
       e << "row_meta must be empty ([0, 4]) for a uniform " << tier_name(t.uniform_tier) << " table, got "
         << shape_str(s.row_meta);
+      return e.str();
+    }
+    if (empty_default && t.uniform_tier == kDropped) {
+      e << "default_row is empty but every row of the table is dropped (dropped rows read default_row)";
       return e.str();
     }
     const uint64_t need = R * t.stride[t.uniform_tier];
@@ -87,6 +95,7 @@ std::string validate_table(const TableView& t, const TableShapes& s) {
     return e.str();
   }
   uint64_t expect = 0;  // offset the next block must start at
+  uint64_t dropped = 0;
   for (uint64_t b = 0; b < blocks; ++b) {
     const uint64_t* m = t.meta + b * kMetaWords;
     const uint64_t p0 = m[1], p1 = m[2], p2 = m[3];
@@ -111,12 +120,17 @@ std::string validate_table(const TableView& t, const TableShapes& s) {
     }
     // Bytes of the block's rows (rows past R have code bits 0 and are masked out by `valid`).
     const uint64_t n0 = ~p0 & valid, n1 = ~p1, n2 = ~p2, q0 = p0 & valid;
+    dropped += popcount64(q0 & n1 & p2);
     expect += t.stride[kFp32] * popcount64(n0 & n1 & n2) + t.stride[kFp16] * popcount64(q0 & n1 & n2) +
               t.stride[kInt8] * popcount64(n0 & p1 & n2) + t.stride[kInt4] * popcount64(q0 & p1 & n2) +
               t.stride[kInt2] * popcount64(n0 & n1 & p2);
   }
   if (t.payload_bytes != expect) {
     e << "payload has " << t.payload_bytes << " bytes but row_meta describes " << expect << " bytes of rows";
+    return e.str();
+  }
+  if (empty_default && dropped) {
+    e << "default_row is empty but " << dropped << " rows are dropped (dropped rows read default_row)";
     return e.str();
   }
   return std::string();

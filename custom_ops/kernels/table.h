@@ -1,4 +1,4 @@
-// Storage format v1 (docs/FORMAT.md): tiers, strides, the table view the kernels read, row
+// Storage format v1 and v2 (docs/FORMAT.md): tiers, strides, the table view the kernels read, row
 // location, and the validation that makes every later row read stay inside `payload`.
 // Portable C++17, no ONNX Runtime header.
 #pragma once
@@ -10,7 +10,8 @@
 
 namespace shark {
 
-constexpr int64_t kFormatVersion = 1;
+constexpr int64_t kFormatVersion = 2;     // what the converter writes
+constexpr int64_t kOldestFormatVersion = 1;  // still read
 constexpr uint64_t kMaxRows = uint64_t{1} << 40;
 constexpr int64_t kMaxDim = 65536;
 constexpr int kRowsPerBlock = 64;
@@ -36,8 +37,12 @@ inline uint64_t tier_row_bytes(int tier, uint64_t dim) {
   }
 }
 
-// Stored size of a row: its bytes rounded up to a multiple of 4.
-inline uint64_t tier_stride(int tier, uint64_t dim) { return (tier_row_bytes(tier, dim) + 3) & ~uint64_t{3}; }
+// Stored size of a row: v1 rounds its bytes up to a multiple of 4; v2 stores them unpadded (a D = 1
+// fp16 row is 2 bytes, a D = 5 int8 row 9), so rows need not be aligned.
+inline uint64_t tier_stride(int tier, uint64_t dim, int64_t format_version = kFormatVersion) {
+  const uint64_t bytes = tier_row_bytes(tier, dim);
+  return format_version == 1 ? (bytes + 3) & ~uint64_t{3} : bytes;
+}
 
 // Attributes every op node that reads a table carries.
 struct TableAttrs {
@@ -57,11 +62,12 @@ struct TableView {
   uint64_t payload_bytes = 0;
   const uint64_t* meta = nullptr;  // [meta_blocks, 4], null for a uniform table
   uint64_t meta_blocks = 0;
-  const float* default_row = nullptr;  // [dim]
+  const float* default_row = nullptr;  // [dim]; null when empty (v2: only a table without dropped rows)
   uint64_t num_rows = 0;
   uint32_t dim = 0;
   int uniform_tier = kMixed;
   uint32_t stride[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // per tier code; 6 and 7 are invalid (0)
+  int64_t format_version = kFormatVersion;
 
   bool uniform() const { return uniform_tier != kMixed; }
 };

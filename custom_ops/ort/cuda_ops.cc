@@ -315,11 +315,11 @@ class CudaTableKernel : public TableKernel {
     *t = shark_cuda::DeviceTable{};
     t->payload = static_cast<const uint8_t*>(payload.data);
     t->meta = meta.count ? static_cast<const uint64_t*>(meta.data) : nullptr;
-    t->default_row = static_cast<const float*>(dflt.data);
+    t->default_row = dflt.count ? static_cast<const float*>(dflt.data) : nullptr;
     t->num_rows = static_cast<uint64_t>(attrs_.num_rows);
     t->dim = static_cast<uint32_t>(attrs_.dim);
     t->uniform_tier = static_cast<int32_t>(attrs_.uniform_tier);
-    shark_cuda::fill_strides(t->dim, t->stride);
+    shark_cuda::fill_strides(t->dim, t->stride, attrs_.format_version);
 
     const TableKey key{payload.data, payload.count, meta.data, meta.count, dflt.data, dflt.count};
     if (cache) {

@@ -101,7 +101,7 @@ OrtStatus* TableKernel::check_table(const Input& payload, const Input& meta, con
   t->payload_bytes = payload.count;
   t->meta = meta.count ? static_cast<const uint64_t*>(meta.data) : nullptr;
   t->meta_blocks = meta.shape.size() == 2 ? static_cast<uint64_t>(meta.shape[0]) : 0;
-  t->default_row = static_cast<const float*>(dflt.data);
+  t->default_row = dflt.count ? static_cast<const float*>(dflt.data) : nullptr;
 
   TableKey key;
   key.payload = payload.data;

@@ -36,14 +36,15 @@ struct HostTable {
   uint32_t dim = 0;
   uint64_t rows = 0;
   int uniform_tier = -1;
+  int version = 2;  // storage format version: the row strides
   std::vector<uint8_t> payload;
   std::vector<uint64_t> meta;
   std::vector<float> dflt;
 };
 
-uint32_t stride_of(int tier, uint32_t d) {
+uint32_t stride_of(int tier, uint32_t d, int version) {
   uint32_t s[8];
-  shark_cuda::fill_strides(d, s);
+  shark_cuda::fill_strides(d, s, version);
   return s[tier];
 }
 
@@ -52,8 +53,9 @@ uint16_t finite_half(std::mt19937_64& rng, float lo, float hi) {
   return shark::float_to_half(u(rng));
 }
 
-HostTable make_table(uint64_t rows, uint32_t d, int uniform_tier, std::mt19937_64& rng) {
+HostTable make_table(uint64_t rows, uint32_t d, int uniform_tier, int version, std::mt19937_64& rng) {
   HostTable t;
+  t.version = version;
   t.dim = d;
   t.rows = rows;
   t.uniform_tier = uniform_tier;
@@ -77,7 +79,7 @@ HostTable make_table(uint64_t rows, uint32_t d, int uniform_tier, std::mt19937_6
         if ((tier >> k) & 1) m[1 + k] |= uint64_t{1} << (r % 64);
     }
     const size_t start = t.payload.size();
-    t.payload.resize(start + stride_of(tier, d), 0);
+    t.payload.resize(start + stride_of(tier, d, version), 0);
     uint8_t* p = t.payload.data() + start;
     if (tier == 0) {
       for (uint32_t j = 0; j < d; ++j) {
@@ -122,8 +124,8 @@ void report(bool ok, const std::string& what) {
 
 std::string describe(const HostTable& t, const char* op, int idx64, int half) {
   char buf[160];
-  std::snprintf(buf, sizeof buf, "%s rows=%llu dim=%u tier=%d idx%s out=%s", op, static_cast<unsigned long long>(t.rows),
-                t.dim, t.uniform_tier, idx64 ? "64" : "32", half ? "f16" : "f32");
+  std::snprintf(buf, sizeof buf, "%s v%d rows=%llu dim=%u tier=%d idx%s out=%s", op, t.version,
+                static_cast<unsigned long long>(t.rows), t.dim, t.uniform_tier, idx64 ? "64" : "32", half ? "f16" : "f32");
   return buf;
 }
 
@@ -158,7 +160,7 @@ void run_gather(const HostTable& t, int idx64, int half, bool bad, std::mt19937_
   std::vector<uint8_t> want(out_bytes, 0xAB), got(out_bytes, 0xCD);
   uint64_t err_want[2];
   shark_emu_gather(t.payload.data(), t.meta.empty() ? nullptr : t.meta.data(), t.dflt.data(), t.rows, t.dim,
-                   t.uniform_tier, idx.data(), idx64, n, want.data(), half, err_want);
+                   t.uniform_tier, t.version, idx.data(), idx64, n, want.data(), half, err_want);
   uint8_t* d_payload = to_device(t.payload);
   uint64_t* d_meta = t.meta.empty() ? nullptr : to_device(t.meta);
   float* d_dflt = to_device(t.dflt);
@@ -170,7 +172,7 @@ void run_gather(const HostTable& t, int idx64, int half, bool bad, std::mt19937_
   CHECK_CUDA(cudaMalloc(reinterpret_cast<void**>(&d_err), sizeof(shark_cuda::ErrorSlot)));
   cudaStream_t s;
   CHECK_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-  CHECK_CUDA(static_cast<cudaError_t>(shark_cuda_gather(d_payload, d_meta, d_dflt, t.rows, t.dim, t.uniform_tier, d_idx,
+  CHECK_CUDA(static_cast<cudaError_t>(shark_cuda_gather(d_payload, d_meta, d_dflt, t.rows, t.dim, t.uniform_tier, t.version, d_idx,
                                                         idx64, n, d_out, half, d_err, s)));
   shark_cuda::ErrorSlot err{};
   CHECK_CUDA(cudaMemcpyAsync(got.data(), d_out, out_bytes, cudaMemcpyDeviceToHost, s));
@@ -242,7 +244,7 @@ void run_bag(const HostTable& t, int idx64, int half, int kind, int mode, bool w
   uint64_t err_want[2];
   const bool offs = kind != 2;
   shark_emu_bag(t.payload.data(), t.meta.empty() ? nullptr : t.meta.data(), t.dflt.data(), t.rows, t.dim,
-                t.uniform_tier, idx.data(), idx64, n, offs ? off.data() : nullptr, idx64, n_off, kind == 1, bag_len,
+                t.uniform_tier, t.version, idx.data(), idx64, n, offs ? off.data() : nullptr, idx64, n_off, kind == 1, bag_len,
                 n_bags, weighted ? w.data() : nullptr, mode, pad, want.data(), half, err_want);
   uint8_t* d_payload = to_device(t.payload);
   uint64_t* d_meta = t.meta.empty() ? nullptr : to_device(t.meta);
@@ -257,7 +259,7 @@ void run_bag(const HostTable& t, int idx64, int half, int kind, int mode, bool w
   CHECK_CUDA(cudaMalloc(reinterpret_cast<void**>(&d_err), sizeof(shark_cuda::ErrorSlot)));
   cudaStream_t s;
   CHECK_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-  CHECK_CUDA(static_cast<cudaError_t>(shark_cuda_bag(d_payload, d_meta, d_dflt, t.rows, t.dim, t.uniform_tier, d_idx, idx64,
+  CHECK_CUDA(static_cast<cudaError_t>(shark_cuda_bag(d_payload, d_meta, d_dflt, t.rows, t.dim, t.uniform_tier, t.version, d_idx, idx64,
                                                      n, offs ? d_off : nullptr, idx64, n_off, kind == 1, bag_len, n_bags,
                                                      weighted ? d_w : nullptr, mode, pad, d_out, half, d_err, s)));
   shark_cuda::ErrorSlot err{};
@@ -298,7 +300,8 @@ int main(int argc, char** argv) {
   for (uint32_t d : dims) {
     for (int tier : tiers) {
       const uint64_t rows = tier < 0 ? 1000 : 333;
-      const HostTable t = make_table(rows, d, tier, rng);
+      for (int version = 1; version <= 2; ++version) {
+      const HostTable t = make_table(rows, d, tier, version, rng);
       for (int idx64 = 0; idx64 < 2; ++idx64) {
         for (int half = 0; half < 2; ++half) {
           run_gather(t, idx64, half, false, rng);
@@ -310,6 +313,7 @@ int main(int argc, char** argv) {
           run_bag(t, idx64, half, 0, 0, true, 5, true, rng);
           run_bag(t, idx64, half, 3, 0, false, -1, false, rng);
         }
+      }
       }
     }
   }

@@ -7,7 +7,8 @@
 namespace shark_test {
 
 inline shark_cuda::DeviceTable make_table(const uint8_t* payload, const uint64_t* meta, const float* default_row,
-                                          uint64_t num_rows, uint32_t dim, int32_t uniform_tier) {
+                                          uint64_t num_rows, uint32_t dim, int32_t uniform_tier,
+                                          int32_t format_version) {
   shark_cuda::DeviceTable t{};
   t.payload = payload;
   t.meta = uniform_tier == shark_cuda::kMixed ? meta : nullptr;
@@ -15,7 +16,7 @@ inline shark_cuda::DeviceTable make_table(const uint8_t* payload, const uint64_t
   t.num_rows = num_rows;
   t.dim = dim;
   t.uniform_tier = uniform_tier;
-  shark_cuda::fill_strides(dim, t.stride);
+  shark_cuda::fill_strides(dim, t.stride, format_version);
   return t;
 }
 

@@ -2,6 +2,7 @@
 // visits every group and, within it, every lane in turn. The lanes of a group share nothing, so this
 // computes exactly what the kernels compute on the GPU (same loads, same float operations; only
 // atomicMin becomes a plain min). Host pointers.
+#define SHARK_EMU_CHECK_ALIGNMENT 1  // count word loads the GPU would reject (see row_decode.h)
 #include "../cuda/lookup_body.h"
 #include "flat_args.h"
 
@@ -67,7 +68,7 @@ extern "C" {
 uint32_t shark_test_group_size(uint32_t dim) { return shark_cuda::group_size(dim); }
 
 int shark_emu_gather(SHARK_TABLE_ARGS, SHARK_GATHER_ARGS, uint64_t* err2) {
-  const DeviceTable t = shark_test::make_table(payload, meta, default_row, num_rows, dim, uniform_tier);
+  const DeviceTable t = shark_test::make_table(payload, meta, default_row, num_rows, dim, uniform_tier, format_version);
   const GatherParams p = shark_test::make_gather(indices, index_is_64, count, out, out_half);
   ErrorSlot err{kNoError, kNoError};
   const int rc = dispatch<GatherF>(uniform_tier, index_is_64, out_half, t, p, &err);
@@ -77,7 +78,7 @@ int shark_emu_gather(SHARK_TABLE_ARGS, SHARK_GATHER_ARGS, uint64_t* err2) {
 }
 
 int shark_emu_bag(SHARK_TABLE_ARGS, SHARK_BAG_ARGS, uint64_t* err2) {
-  const DeviceTable t = shark_test::make_table(payload, meta, default_row, num_rows, dim, uniform_tier);
+  const DeviceTable t = shark_test::make_table(payload, meta, default_row, num_rows, dim, uniform_tier, format_version);
   const BagParams p = shark_test::make_bag(indices, index_is_64, n_indices, offsets, offsets_is_64, n_offsets,
                                            include_last_offset, bag_len, n_bags, weights, mode, padding_idx, out, out_half);
   ErrorSlot err{kNoError, kNoError};
@@ -86,6 +87,8 @@ int shark_emu_bag(SHARK_TABLE_ARGS, SHARK_BAG_ARGS, uint64_t* err2) {
   err2[1] = err.offset_pos;
   return rc;
 }
+
+uint64_t shark_emu_misaligned_loads(void) { return shark_cuda::emu_misaligned_loads(); }
 
 int shark_testlib_has_cuda(void) {
 #ifdef SHARK_WITH_CUDA

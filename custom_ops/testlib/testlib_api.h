@@ -11,7 +11,8 @@
 //                 SHARK_WITH_CUDA.
 //
 // Tables: payload (uint8), meta (uint64 [blocks, 4], NULL for a uniform table), default_row (float32
-// [dim]), num_rows, dim, uniform_tier (0..5, -1 mixed). The table must be valid (FORMAT.md): validation
+// [dim], or NULL when no row is dropped), num_rows, dim, uniform_tier (0..5, -1 mixed), format_version
+// (1 or 2: the row strides). The table must be valid (FORMAT.md): validation
 // is the ORT adapter's job, not the launchers'. index_is_64 / offsets_is_64 / out_half are 0 or 1.
 // emu err2[0] = lowest bad index position, err2[1] = lowest bad offsets position (~0 = none).
 #pragma once
@@ -26,7 +27,7 @@
 
 #define SHARK_TABLE_ARGS                                                                        \
   const uint8_t *payload, const uint64_t *meta, const float *default_row, uint64_t num_rows, \
-      uint32_t dim, int32_t uniform_tier
+      uint32_t dim, int32_t uniform_tier, int32_t format_version
 
 #define SHARK_GATHER_ARGS \
   const void *indices, int index_is_64, uint64_t count, void *out, int out_half
@@ -44,6 +45,8 @@ SHARK_TEST_API uint32_t shark_test_group_size(uint32_t dim);
 SHARK_TEST_API int shark_emu_gather(SHARK_TABLE_ARGS, SHARK_GATHER_ARGS, uint64_t *err2);
 SHARK_TEST_API int shark_emu_bag(SHARK_TABLE_ARGS, SHARK_BAG_ARGS, uint64_t *err2);
 SHARK_TEST_API int shark_testlib_has_cuda(void);
+// Word loads the host emulation made at addresses the GPU would reject (misaligned), on this thread.
+SHARK_TEST_API uint64_t shark_emu_misaligned_loads(void);
 
 SHARK_TEST_API int shark_cuda_gather(SHARK_TABLE_ARGS, SHARK_GATHER_ARGS, void *err_slot, void *stream);
 SHARK_TEST_API int shark_cuda_bag(SHARK_TABLE_ARGS, SHARK_BAG_ARGS, void *err_slot, void *stream);

@@ -1,16 +1,23 @@
 """Graph passes on onnx-ir models, one job each, run in this order by the converter:
 
-1. `lookups.find_lookups` (analysis): staging lookup nodes ↔ tables ↔ fields, weights verified by value.
+0. `tidy.TidyExportPass`: the rewrites we vouch for after the export (metadata, CSE, merging equal lookups).
+1. `lookups.find_lookups` (analysis): staging lookup nodes ↔ tables ↔ fields (by the module call that
+   made each), weights verified by value, dense uses of tables recorded.
 2. `prune.PruneFieldsPass`: a pruned field's lookup becomes its mean embedding, broadcast to the lookup's shape.
-3. `replace_lookups.ReplaceLookupsPass`: staging lookups → our RowwiseDequant* ops on quantized storage.
+3. `replace_lookups.ReplaceLookupsPass`: staging lookups → our RowwiseDequant* ops on quantized storage;
+   dense uses read one dequantized view of the same storage.
 4. `cleanup.RemoveDeadPass`: drop nodes, initializers, graph inputs and opset imports nothing reads.
 5. `finalize.FinalizeVersionsPass`: IR version and opsets ORT reads; no staging node left.
 """
 
 from .cleanup import RemoveDeadPass
 from .finalize import FinalizeVersionsPass
-from .lookups import Lookup, find_lookups
+from .lookups import Lookup, LookupMap, find_lookups, lower_computed_weight_gathers, raise_table_gathers
 from .prune import PruneFieldsPass
 from .replace_lookups import ReplaceLookupsPass
+from .tidy import TidyExportPass
 
-__all__ = ["Lookup", "find_lookups", "PruneFieldsPass", "ReplaceLookupsPass", "RemoveDeadPass", "FinalizeVersionsPass"]
+__all__ = [
+    "Lookup", "LookupMap", "find_lookups", "lower_computed_weight_gathers", "raise_table_gathers", "TidyExportPass",
+    "PruneFieldsPass", "ReplaceLookupsPass", "RemoveDeadPass", "FinalizeVersionsPass",
+]

@@ -1,16 +1,24 @@
-"""Find the staging lookup nodes of an exported model and name them as fields."""
+"""Find the staging lookup nodes of an exported model and name each by the field it serves.
+
+A staging node is tied to its field by where it came from (the module call torch.export recorded for
+it), never by counting: the exporter may merge identical lookups or drop unused ones. A lookup that no
+embedding module made (`F.embedding(ids, module.weight)`, `weight.index_select(0, ids)`) is a
+*functional* field named `<table>@<k>`. Every table initializer is verified against the model's weight
+by value, and every other use of it (a tied output projection, `weight` read directly) is recorded as a
+dense use, which the replace pass serves from the one stored copy.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_ir as ir
 
 from ..errors import ExportError
-from ..export import FLOAT_BAG, FLOAT_GATHER, STAGING_DOMAIN
-from ..fields import Field, Table
+from ..export import FLOAT_BAG, FLOAT_GATHER, STAGING_DOMAIN, ExportedLookup
+from ..fields import Field, Table, fields_by_call
 
 
 @dataclass(frozen=True)
@@ -26,6 +34,19 @@ class Lookup:
         return self.node.op_type == FLOAT_BAG
 
 
+@dataclass
+class LookupMap:
+    """What `find_lookups` found: the lookups, the fields and tables seen only in the graph, dense uses."""
+
+    lookups: list[Lookup]
+    functional_fields: dict[str, Field] = field(default_factory=dict)
+    functional_tables: dict[str, Table] = field(default_factory=dict)
+    dense_uses: dict[str, list[tuple[ir.Node, int]]] = field(default_factory=dict)  # table → (node, input index)
+
+    def fields_of(self, table: str) -> list[str]:
+        return [lookup.field for lookup in self.lookups if lookup.table == table]
+
+
 def is_staging_lookup(node: ir.Node) -> bool:
     return node.domain == STAGING_DOMAIN and node.op_type in (FLOAT_GATHER, FLOAT_BAG)
 
@@ -34,46 +55,125 @@ def _staging_nodes_in_subgraphs(graph: ir.Graph) -> list[ir.Node]:
     return [node for node in ir.traversal.RecursiveGraphIterator(graph) if is_staging_lookup(node) and node.graph is not graph]
 
 
-def find_lookups(model: ir.Model, fields: dict[str, Field], tables: dict[str, Table], weights: dict[str, np.ndarray]) -> list[Lookup]:
-    """Match staging nodes to fields: per table, graph order equals torch's call order.
+def _is_dead(node: ir.Node) -> bool:
+    return not node.outputs[0].uses() and not node.outputs[0].is_graph_output()
 
-    The exporter names a table's initializer by one of its parameter names (any alias of a tied weight);
-    each initializer is verified against the module's weight (`weights`, by table name) by value, so a
-    lookup is never served from the wrong table.
+
+def _origin_text(origins: list[ExportedLookup | None]) -> str:
+    paths = [o.module_path for o in origins if o is not None and o.module_path]
+    return f" (module {paths[0]!r})" if paths else ""
+
+
+def lower_computed_weight_gathers(model: ir.Model, parameter_names: set[str], origins: dict) -> None:
+    """Staging gathers on a weight computed in the graph (not a parameter) become plain ONNX Gathers:
+    there is no table to store. A bag on a computed weight cannot be served and is an error."""
+    graph = model.graph
+    for node in list(graph):
+        if not is_staging_lookup(node) or _is_dead(node):
+            continue
+        weight = node.inputs[0]
+        if weight is not None and weight.is_initializer() and weight.name in parameter_names:
+            continue
+        if node.op_type == FLOAT_BAG:
+            raise ExportError(
+                f"an nn.EmbeddingBag lookup{_origin_text(origins.get(node, []))} reads a weight computed in forward "
+                f"({getattr(weight, 'name', None)!r}), not a parameter: such a bag cannot be stored as a table; "
+                "compute the weight before export (a parameter) or use nn.Embedding"
+            )
+        gather = ir.node("Gather", [weight, node.inputs[1]], attributes={"axis": 0}, name=f"{node.name}/gather")
+        graph.insert_before(node, gather)
+        out = gather.outputs[0]
+        out.shape, out.type = node.outputs[0].shape, node.outputs[0].type
+        node.outputs[0].replace_all_uses_with(out, replace_graph_outputs=True)
+        out.name = node.outputs[0].name
+        graph.remove(node, safe=True)
+
+
+def raise_table_gathers(model: ir.Model, table_aliases: set[str]) -> None:
+    """A plain `Gather(axis=0)` reading a table initializer (`weight.index_select(0, ids)`) is a row lookup:
+    it becomes a staging gather, served by our op like any other lookup."""
+    graph = model.graph
+    for node in list(graph):
+        if node.domain not in ("", "ai.onnx") or node.op_type != "Gather" or node.attributes.get_int("axis", 0) != 0:
+            continue
+        data, indices = node.inputs[0], node.inputs[1]
+        if data is None or not data.is_initializer() or data.name not in table_aliases:
+            continue
+        if indices is None:
+            continue  # (Gather indices are int32 or int64 by the ONNX spec)
+        staging = ir.node(FLOAT_GATHER, [data, indices], domain=STAGING_DOMAIN, name=f"{node.name}/lookup")
+        graph.insert_before(node, staging)
+        out = staging.outputs[0]
+        out.shape, out.type = node.outputs[0].shape, node.outputs[0].type
+        node.outputs[0].replace_all_uses_with(out, replace_graph_outputs=True)
+        out.name = node.outputs[0].name
+        graph.remove(node, safe=True)
+
+
+def find_lookups(
+    model: ir.Model,
+    fields: dict[str, Field],
+    tables: dict[str, Table],
+    weights: dict[str, np.ndarray],
+    origins: dict[ir.Node, list[ExportedLookup | None]] | None = None,
+    parameters: dict[str, np.ndarray] | None = None,
+) -> LookupMap:
+    """Tie every live staging node to its field and table.
+
+    `origins`: staging node → the exported lookups it stands for (several once identical lookups merged).
+    `parameters`: float parameters by name that are not module tables; a staging node reading one of them
+    (`F.embedding(ids, self.some_parameter)`) makes it a functional table.
     """
+    origins = origins or {}
+    parameters = parameters or {}
     nested = _staging_nodes_in_subgraphs(model.graph)
     if nested:
         raise ExportError(f"lookup {nested[0].name!r} sits inside a control-flow subgraph, which is not supported")
     table_of_alias = {alias: t.name for t in tables.values() for alias in (t.name, *t.aliases)}
-    nodes_by_table: dict[str, list[ir.Node]] = defaultdict(list)
+    by_call = fields_by_call(fields)
+    found = LookupMap([])
+    functional_count: dict[str, int] = defaultdict(int)
     verified: set[str] = set()
     for node in model.graph:
-        if not is_staging_lookup(node):
-            continue
-        if not node.outputs[0].uses() and not node.outputs[0].is_graph_output():
-            continue  # a field pruned inside the model: its output is replaced by a constant, the lookup is dead
+        if not is_staging_lookup(node) or _is_dead(node):
+            continue  # dead: a field pruned inside the model (its output is a constant) or an unused call
         weight = node.inputs[0]
-        table = table_of_alias.get(getattr(weight, "name", None))
+        name = getattr(weight, "name", None)
+        table = table_of_alias.get(name)
+        if table is None and name in parameters and weight.is_initializer():
+            array = parameters[name]
+            if array.ndim != 2 or array.dtype != np.float32:
+                raise ExportError(f"lookup {node.name!r} reads parameter {name!r} of shape {array.shape} and dtype {array.dtype}; a table must be 2-D float32")
+            table = name
+            found.functional_tables[name] = Table(name, (), int(array.shape[0]), int(array.shape[1]), (name,))
+            weights = {**weights, name: array}
         if table is None or not weight.is_initializer():
             raise ExportError(
-                f"lookup node {node.name!r} ({node.op_type}) reads {getattr(weight, 'name', None)!r}, which is not the "
-                "weight of an nn.Embedding/nn.EmbeddingBag module; only module tables can be converted"
+                f"lookup node {node.name!r} ({node.op_type}){_origin_text(origins.get(node, []))} reads {name!r}, which is "
+                "not a parameter of the model; only stored tables can be converted"
             )
         if weight.name not in verified:
             if weight.const_value is None or not np.array_equal(weight.const_value.numpy(), weights[table]):
                 raise ExportError(f"initializer {weight.name!r} does not hold the weight of the module it is named after")
             verified.add(weight.name)
-        nodes_by_table[table].append(node)
-    fields_by_table: dict[str, list[Field]] = defaultdict(list)
-    for f in fields.values():
-        if not f.pruned:
-            fields_by_table[f.table].append(f)
-    lookups = []
-    for table, nodes in nodes_by_table.items():
-        expected = fields_by_table.get(table, [])
-        if len(expected) != len(nodes):
-            raise ExportError(
-                f"table {table!r}: torch called it {len(expected)} times but the exported graph has {len(nodes)} lookups"
-            )
-        lookups.extend(Lookup(field=f.name, table=table, node=node) for f, node in zip(expected, nodes))
-    return lookups
+        field_ = None
+        for origin in origins.get(node, []):
+            if origin is not None and origin.module_path is not None:
+                candidate = by_call.get((origin.module_path, origin.call_index))
+                if candidate is not None and candidate.table == table:
+                    field_ = candidate
+                    break
+        if field_ is None:
+            k = functional_count[table]
+            functional_count[table] += 1
+            field_ = Field(name=f"{table}@{k}", module_path="", call_index=k, table=table)
+            found.functional_fields[field_.name] = field_
+        found.lookups.append(Lookup(field=field_.name, table=table, node=node))
+    for value in model.graph.initializers.values():
+        table = table_of_alias.get(value.name) or (value.name if value.name in found.functional_tables else None)
+        if table is None:
+            continue
+        dense = [(user, index) for user, index in value.uses() if not (is_staging_lookup(user) and index == 0)]
+        if dense:
+            found.dense_uses[table] = dense
+    return found

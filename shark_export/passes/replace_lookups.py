@@ -1,7 +1,9 @@
-"""Turn staging lookups into RowwiseDequantGather / RowwiseDequantEmbeddingBag on quantized storage."""
+"""Turn staging lookups into RowwiseDequantGather / RowwiseDequantEmbeddingBag on quantized storage, and serve
+every other use of a table (a tied output projection, `weight` read directly) from the same stored copy."""
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 
 from ..errors import ExportError
@@ -15,16 +17,28 @@ class ReplaceLookupsPass(ir.passes.InPlacePass):
 
     The storage initializers are named `<table>.payload`, `<table>.row_meta`, `<table>.default_row`, shared by
     every lookup of the table. Nodes are named after their field, so kernel errors name the field.
+    `dense_uses` (table → [(node, input index)]) are the table's reads that are not lookups: they read one
+    `RowwiseDequantGather` of every row (`Range(0, R)`), the table as stored, so the file holds one copy.
     """
 
-    def __init__(self, lookups: list[Lookup], tables: dict, output_dtype: int = 1):
+    def __init__(self, lookups: list[Lookup], tables: dict, output_dtype: int = 1, dense_uses: dict | None = None):
         super().__init__()
         self.lookups = lookups
         self.tables = tables
         self.output_dtype = output_dtype
+        self.dense_uses = dense_uses or {}
+
+    def _storage(self, graph: ir.Graph, name: str) -> list[ir.Value]:
+        table = self.tables[name]
+        return [
+            constant(graph, f"{name}.payload", table.payload),
+            constant(graph, f"{name}.row_meta", table.row_meta),
+            constant(graph, f"{name}.default_row", table.default_row),
+        ]
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
+        modified = False
         for lookup in self.lookups:
             node = lookup.node
             if not node.outputs[0].uses() and not node.outputs[0].is_graph_output():
@@ -32,33 +46,62 @@ class ReplaceLookupsPass(ir.passes.InPlacePass):
             table = self.tables.get(lookup.table)
             if table is None:
                 raise ExportError(f"no quantized table for {lookup.table!r} (field {lookup.field!r})")
-            storage = [
-                constant(graph, f"{lookup.table}.payload", table.payload),
-                constant(graph, f"{lookup.table}.row_meta", table.row_meta),
-                constant(graph, f"{lookup.table}.default_row", table.default_row),
-            ]
             attributes = {**table.op_attributes(), "output_dtype": self.output_dtype}
             if lookup.is_bag:
                 op_type = BAG_OP
                 for name in ("mode", "include_last_offset", "padding_idx"):
                     attributes[name] = node.attributes.get_int(name, -1 if name == "padding_idx" else 0)
-                inputs = [*storage, *node.inputs[1:]]
+                inputs = [*self._storage(graph, lookup.table), *node.inputs[1:]]
             else:
                 op_type = GATHER_OP
-                inputs = [*storage, node.inputs[1]]
+                inputs = [*self._storage(graph, lookup.table), node.inputs[1]]
             replacement = ir.node(op_type, inputs, attributes=attributes, domain=DOMAIN, name=f"lookup/{lookup.field}")
-            new_nodes = [replacement]
-            out = replacement.outputs[0]
-            out.type = ir.TensorType(ir.DataType(self.output_dtype))
-            old = node.outputs[0]
-            out.shape = old.shape
-            if old.dtype is not None and out.dtype != old.dtype:
-                # The rest of the graph reads the lookup at its exported dtype.
-                cast = ir.node("Cast", [out], attributes={"to": old.dtype}, name=f"lookup/{lookup.field}/cast")
-                new_nodes.append(cast)
-                out = cast.outputs[0]
-                out.shape, out.type = old.shape, old.type
-            graph.insert_before(node, new_nodes)
-            old.replace_all_uses_with(out, replace_graph_outputs=True)
-            out.name = old.name
-        return ir.passes.PassResult(model, modified=True)
+            self._splice(graph, node, replacement, node.outputs[0])
+            modified = True
+        for name, uses in self.dense_uses.items():
+            if name not in self.tables:
+                raise ExportError(f"table {name!r} is read densely but was not stored")
+            self._dense_view(graph, name, uses)
+            modified = True
+        return ir.passes.PassResult(model, modified=modified)
+
+    def _splice(self, graph: ir.Graph, before: ir.Node, replacement: ir.Node, old: ir.Value) -> None:
+        """Insert `replacement` (plus a Cast back to `old`'s dtype when needed) and move `old`'s uses to it."""
+        new_nodes = [replacement]
+        out = replacement.outputs[0]
+        out.type = ir.TensorType(ir.DataType(self.output_dtype))
+        out.shape = old.shape
+        if old.dtype is not None and out.dtype != old.dtype:
+            # The rest of the graph reads the lookup at its exported dtype.
+            cast = ir.node("Cast", [out], attributes={"to": old.dtype}, name=f"{replacement.name}/cast")
+            new_nodes.append(cast)
+            out = cast.outputs[0]
+            out.shape, out.type = old.shape, old.type
+        graph.insert_before(before, new_nodes)
+        old.replace_all_uses_with(out, replace_graph_outputs=True)
+        out.name = old.name
+
+    def _dense_view(self, graph: ir.Graph, name: str, uses: list[tuple[ir.Node, int]]) -> None:
+        table = self.tables[name]
+        weight = graph.initializers.get(name)
+        users = {user for user, _ in uses}
+        first_user = next(node for node in graph if node in users)
+        rows = ir.node(
+            "Range",
+            [constant(graph, f"{name}.view/start", np.array(0, np.int64)),
+             constant(graph, f"{name}.view/limit", np.array(table.num_rows, np.int64)),
+             constant(graph, f"{name}.view/delta", np.array(1, np.int64))],
+            name=f"{name}.view/rows",
+        )
+        view = ir.node(GATHER_OP, [*self._storage(graph, name), rows.outputs[0]],
+                       attributes={**table.op_attributes(), "output_dtype": 1}, domain=DOMAIN, name=f"{name}.view")
+        out = view.outputs[0]
+        out.type = ir.TensorType(ir.DataType.FLOAT)
+        out.shape = ir.Shape([table.num_rows, table.dim])
+        out.name = f"{name}.dequantized"
+        graph.insert_before(first_user, [rows, view])
+        for user, index in uses:
+            user.replace_input_with(index, out)
+        if weight is not None and not weight.uses() and not weight.is_graph_output():
+            graph.initializers.pop(name, None)
+
