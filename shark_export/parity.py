@@ -146,6 +146,11 @@ def compare_outputs(
     return results
 
 
+# An output with more values per sample than this (a score for every item of a catalogue) gets one AUC over
+# all its values instead of one per column.
+MAX_TASK_COLUMNS = 16
+
+
 def _as_label_array(value) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
@@ -193,7 +198,8 @@ def check_parity(
     `inputs`: one batch (tensor, dict, or tuple of forward's positional args) or a list of batches.
     `labels`: for AUC and log loss — an array over all samples (batches concatenated) for the first output:
     [N], or [N, T] for a multi-task output of T values per sample (one AUC per task, named `output[t]`), or
-    column t for output t when the model returns T one-value outputs; or a dict output name → array.
+    column t for output t when the model returns T one-value outputs; or a dict output name → array. An
+    output with more than 16 values per sample (scores over a catalogue) gets one AUC over all its values.
     Outputs that are not probabilities are passed through a sigmoid.
     `atol`/`rtol`: a number, or a dict output name → number (key "*" for the other outputs).
     """
@@ -224,10 +230,13 @@ def check_parity(
                 f"labels for {name!r} have {y.shape[1]} column(s), the output has {ref.shape[1]} per sample: give "
                 f"[N, {ref.shape[1]}] labels (one column per task)"
             )
-        for c in range(y.shape[1]):  # one AUC per task
-            label = name if y.shape[1] == 1 else f"{name}[{c}]"
-            r, g = to_probabilities(ref[:, c]), to_probabilities(got[:, c])
-            report.metrics.append(QualityMetrics(label, auc(y[:, c], r), auc(y[:, c], g), log_loss(y[:, c], r), log_loss(y[:, c], g)))
+        if y.shape[1] > MAX_TASK_COLUMNS:  # scores over many items, not tasks: one AUC over every value
+            columns = [(name, y.reshape(-1), ref.reshape(-1), got.reshape(-1))]
+        else:  # one AUC per task
+            columns = [(name if y.shape[1] == 1 else f"{name}[{c}]", y[:, c], ref[:, c], got[:, c]) for c in range(y.shape[1])]
+        for label, yc, rc, gc in columns:
+            r, g = to_probabilities(rc), to_probabilities(gc)
+            report.metrics.append(QualityMetrics(label, auc(yc, r), auc(yc, g), log_loss(yc, r), log_loss(yc, g)))
     if raise_on_failure and not report.passed:
         raise ParityError(f"parity check of {onnx_path} failed:\n{report}")
     return report

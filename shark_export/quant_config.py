@@ -23,8 +23,9 @@ class QuantConfig:
     """How to store each table.
 
     - `preset`: tier of every table without an override: "fp32", "fp16", "int8", "int4", or "mixed"
-      (by row priority: the top `mixed_fractions[0]` of rows fp16, the next `mixed_fractions[1]` int8, the
-      rest int4; without calibration data every row gets int8).
+      (by row priority, ranked over the rows of all mixed tables together: the top `mixed_fractions[0]` of
+      rows fp16, the next `mixed_fractions[1]` int8, the rest int4; without calibration data every row
+      gets int8).
     - `overrides`: table name (parameter name, e.g. "emb.user.weight") or module path → preset.
     - `target_ratio`: byte budget as a fraction of the fp32 bytes of the tables without an override. Rows
       start at `ladder[0]` (e.g. ("int2", "int4", "int8", "fp16") reaches below the int4 floor); then, in
@@ -104,6 +105,16 @@ def _mixed_tiers(priority: np.ndarray, fractions: tuple[float, float]) -> np.nda
     return tiers
 
 
+def _mixed_tiers_by_rank(priorities: dict[str, np.ndarray], fractions: tuple[float, float]) -> dict[str, np.ndarray]:
+    """The mixed split over the rows of all the given tables at once: a row's precision follows how often it is
+    read, whatever its table (a position table read by every sample keeps its precision; a per-table split
+    would put most of it in int4)."""
+    names = list(priorities)
+    tiers = _mixed_tiers(np.concatenate([priorities[n].astype(np.float64) for n in names]), fractions)
+    bounds = np.cumsum([0] + [priorities[n].shape[0] for n in names])
+    return {n: tiers[bounds[i] : bounds[i + 1]] for i, n in enumerate(names)}
+
+
 def _budget_tiers(config: QuantConfig, shapes: dict[str, tuple[int, int]], priorities: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Promote rows rung by rung in global priority order while the byte budget lasts."""
     names = list(shapes)
@@ -148,6 +159,7 @@ def assign_tiers(config: QuantConfig, tables: dict, priorities: dict[str, np.nda
         raise QuantConfigError("target_ratio and drop_unseen assign tiers by row priority: give calibration data")
     result: dict[str, np.ndarray | Tier] = {}
     budgeted = {}
+    ranked = {}  # mixed-preset tables with priorities: ranked together below
     for name, table in tables.items():
         preset = config.preset_of(name, table.module_paths)
         if preset is None and config.target_ratio is not None:
@@ -156,14 +168,22 @@ def assign_tiers(config: QuantConfig, tables: dict, priorities: dict[str, np.nda
         preset = preset or config.preset
         # A table no module call reads (F.embedding on a parameter) has no row priorities.
         priority = priorities.get(name) if priorities is not None else None
+        if preset == "mixed" and priority is not None:
+            ranked[name] = priority
+            continue
         if preset == "mixed":
-            tiers = _mixed_tiers(priority, config.mixed_fractions) if priority is not None else Tier.INT8
+            tiers = Tier.INT8
         else:
             tiers = _SINGLE[preset]
         if config.drop_unseen and priority is not None:
             tiers = np.full(table.num_rows, tiers, dtype=np.uint8) if isinstance(tiers, Tier) else tiers
             tiers[priority <= 0] = Tier.DROPPED
         result[name] = tiers
+    if ranked:
+        for name, tiers in _mixed_tiers_by_rank(ranked, config.mixed_fractions).items():
+            if config.drop_unseen:
+                tiers[ranked[name] <= 0] = Tier.DROPPED
+            result[name] = tiers
     if budgeted:
         filled = {n: priorities[n] if n in priorities else np.zeros(budgeted[n][0], np.float32) for n in budgeted}
         result.update(_budget_tiers(config, budgeted, filled))

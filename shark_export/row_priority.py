@@ -81,6 +81,12 @@ def _taylor_factors(module: nn.Module, leaf: torch.Tensor, grad: torch.Tensor | 
     return np.abs(coef * (g_bag * rows).sum(1))
 
 
+def _leading_rows(output) -> int | None:
+    """Samples in a batch: the first dimension of the model's first output tensor."""
+    leaves = [x for x in torch.utils._pytree.tree_leaves(output) if isinstance(x, torch.Tensor)]
+    return int(leaves[0].shape[0]) if leaves and leaves[0].dim() else None
+
+
 def _label_weights(labels, batch_index: int, head: int, pos_weight: float, neg_weight: float) -> np.ndarray | None:
     if labels is None:
         return None
@@ -111,7 +117,9 @@ def score_rows(
     count every occurrence with weight 1. `method="count"` (SHARK's F-Quantization priority: one forward
     per batch) or `"taylor"`: each occurrence adds |g_row · v_row| (the gradient of the loss reaching the
     row, dotted with the row) instead of 1, still scaled by the label weight and the decay (needs labels;
-    one forward+backward per batch).
+    one forward+backward per batch). A lookup that is not one row per sample of the batch (torchrec's
+    jagged values: the model's output has B rows, the lookup another count) has no per-sample labels: its
+    occurrences count with the batch's mean label weight.
     """
     if not 0.0 < decay <= 1.0:
         raise SharkExportError(f"decay must be in (0, 1], got {decay}")
@@ -126,10 +134,13 @@ def score_rows(
     label_iter = iter(labels) if labels is not None else None
     pending: list = []
 
+    sample_counts: list[int] = []
+
     def record(path, index, module, args, kwargs, output):
         ids, samples, coef = _occurrences(module, args, kwargs)
         leaf = output.detach().requires_grad_(True) if method == "taylor" else None
         pending.append((path, module, ids, samples, coef, leaf))
+        sample_counts.append(int(output.shape[0]) if output.dim() >= 2 else 1)
         return leaf
 
     frozen = [p for p in model.parameters() if p.requires_grad]
@@ -153,6 +164,7 @@ def score_rows(
                         total /= scale
                     scale = 1.0
                 pending.clear()
+                sample_counts.clear()
                 output = _call(model, batch)
                 grads = [None] * len(pending)
                 if method == "taylor":
@@ -160,14 +172,20 @@ def score_rows(
                     y = y[:, head] if y.dim() == 2 else y
                     losses = per_sample_loss(loss, output, y)
                     grads = torch.autograd.grad(losses.sum(), [entry[5] for entry in pending], allow_unused=True)
-                for (path, module, ids, samples, coef, leaf), grad in zip(pending, grads):
+                batch_rows = _leading_rows(output)
+                for (path, module, ids, samples, coef, leaf), n_samples, grad in zip(pending, sample_counts, grads):
                     if ids.size == 0:
                         continue
-                    if weights is not None and samples.max() >= weights.shape[0]:
+                    if weights is not None and weights.shape[0] == batch_rows and n_samples != batch_rows:
+                        # Not one lookup row per sample (torchrec's jagged values, say): which sample an id
+                        # belongs to is unknown here, so each occurrence counts with the batch's mean weight.
+                        w = np.full(ids.shape[0], weights.mean() * scale)
+                    elif weights is not None and samples.max() >= weights.shape[0]:
                         raise SharkExportError(
                             f"batch {t}: labels have {weights.shape[0]} rows but field {path!r} has {samples.max() + 1} samples"
                         )
-                    w = np.full(ids.shape[0], scale) if weights is None else weights[samples] * scale
+                    else:
+                        w = np.full(ids.shape[0], scale) if weights is None else weights[samples] * scale
                     if method == "taylor":
                         w = w * _taylor_factors(module, leaf, grad, ids, samples, coef)
                     unique, inverse = np.unique(ids, return_inverse=True)

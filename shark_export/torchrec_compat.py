@@ -1,60 +1,28 @@
-"""Export support for torchrec models: `EmbeddingBagCollection` / `EmbeddingCollection` over `KeyedJaggedTensor`s.
+"""torchrec models for the converter: `EmbeddingBagCollection` / `EmbeddingCollection` over `KeyedJaggedTensor`s.
 
-What torch.export (non-strict, torch 2.13) needs for a torchrec model, and what this module provides:
+What a torchrec model needs to be exported (torch.export non-strict, torch 2.13), besides the KJT-aware
+dynamic_shapes spec that `shark_export.export` builds for any input (torch.export.ShapesCollection):
 
-1. **A dynamic_shapes spec that fits a KJT.** torchrec registers `KeyedJaggedTensor` with pytree: it flattens
-   to the six leaves `_values, _weights, _lengths, _offsets, _stride_per_key_per_rank, _inverse_indices`
-   (unset ones are `None`; the keys are the context). torch.export maps a *registered user class* to the
-   list of its flattened children, so the spec of a KJT is e.g. `[{0: D}, None, {0: D}, None, None, None]`.
-   Building the spec with `pytree.tree_map` instead rebuilds a `KeyedJaggedTensor` whose "tensors" are
-   dicts, and its constructor fails with `'dict' object has no attribute 'numel'`. `dynamic_shapes()` builds
-   the spec with `torch.export.ShapesCollection`, which handles any pytree (KJT, KeyedTensor, JaggedTensor,
-   dicts, tuples); values, weights and lengths each get their own dynamic dimension (lengths has F*B
-   entries; torch.export relates it to the dense batch itself where the model combines them).
+1. **One lookup per feature, the same in eager mode and in the export.** `export_friendly(model)` makes
+   every EBC / EC compute its per-feature lookups with plain aten ops while it is active: one `split` of the
+   KJT's values (and weights) by the per-key totals (unbacked SymInts under torch.export, bounded with
+   `torch._check`), one `cumsum` for the bag offsets, then one call of the collection's own
+   nn.EmbeddingBag / nn.Embedding submodule per feature, in torchrec's order (tables in config order, each
+   table's features in order). The exported program has one `aten.embedding_bag` (1-D ids, B+1 offsets,
+   include_last_offset) or `aten.embedding` per feature, reading the module's own Parameter, and the
+   converter's forward hooks see one call per feature. Eager results are identical to torchrec's forward.
+   (torchrec 1.8's forward goes through `KeyedJaggedTensor.to_dict`, which caches the split on the input
+   and, for inputs with inverse indices, calls fbgemm ops; the patched forward rejects what a converted
+   model cannot serve: variable batch per feature, inverse indices.)
+2. **Stable graph inputs.** The graph inputs are the KJT's tensor leaves in pytree order: values, weights
+   (weighted KJTs only), lengths. A KJT whose `offsets()` was called caches them and flattens to one more
+   tensor; `canonical_inputs()` rebuilds every KJT from values, weights and lengths, for the example, the
+   calibration batches and every batch the runner feeds.
+3. An ExportedProgram with unbacked SymInts goes through `torch.onnx.export` once; export again for a
+   second file.
 
-2. **Deterministic, export-friendly lookups.** `export_friendly(model)` makes every EBC / EC of the model
-   compute its per-feature lookups with plain aten ops while it is active: one `view`/`sum` for the
-   per-key lengths, one `split` of `values` (and `weights`) with the per-key totals (unbacked SymInts from
-   `.tolist()`, bounded with `torch._check`), one `cumsum` for the bag offsets, then **one call of the very
-   nn.EmbeddingBag / nn.Embedding submodule per feature** (`module(input=ids, offsets=offsets,
-   per_sample_weights=...)`), in the order torchrec uses (tables in config order, each table's
-   `feature_names` in order). The exported program therefore has one `aten.embedding_bag.padding_idx`
-   (1-D ids, B+1 offsets with include_last_offset=True, mode sum/mean, optional per_sample_weights) or
-   `aten.embedding` per feature, reading the module's own Parameter, and the converter's forward hooks see
-   exactly one call per feature in eager mode and in the export. Eager results are identical to torchrec's
-   forward (the same ops in the same order). No translation beyond shark_export's own is needed: the ONNX
-   exporter handles `item`, `split_with_sizes` with data-dependent sizes, `cumsum` etc.
-   (torchrec 1.8's own forward also exports in non-strict mode through the same ops, but it goes through
-   `KeyedJaggedTensor.to_dict`, logs "Trying to non-strict torch.export KJT to_dict, which is extremely slow
-   and not recommended!", caches the split on the input KJT and, for inputs with inverse indices, calls
-   fbgemm ops; the patched forward avoids all that and rejects what a converted model cannot serve.)
-
-3. **Stable graph inputs.** The graph inputs are the KJT's *tensor* leaves in pytree order: `_values`,
-   `_weights` (weighted KJTs only), `_lengths`, `_offsets` (only if set on the example). A KJT whose
-   `offsets()` was called caches `_offsets` and so flattens to one more tensor than before;
-   `canonical_inputs()` rebuilds every KJT of a batch as `(keys, values, weights?, lengths)` so the example,
-   the calibration batches and serving batches all flatten alike (do it for every batch the converter
-   feeds, or require users to pass lengths-only KJTs).
-
-4. **Examples with a batch of 1 or 0 / 1 ids** make torch.export 0/1-specialize that dimension;
-   `export_program()` then retries under `torch.fx.experimental._config.backed_size_oblivious`. Never fall
-   back to `Dim.AUTO` for a KJT: it silently makes the number of ids static.
-
-5. **An ExportedProgram with unbacked SymInts can go through `torch.onnx.export` once.** A second export of
-   the same program (even of a deepcopy) fails in run_decompositions with `PendingUnbackedSymbolNotFound:
-   Pending unbacked symbols {...} not in returned outputs`; export the model again instead.
-
-Typical use by the converter::
-
-    if torchrec_compat.has_kjt(example.tree()) or torchrec_compat.collections_of(model):
-        example = ExampleInputs.of(torchrec_compat.canonical_inputs(example.args), ...)  # and every batch
-        with torchrec_compat.export_friendly(model):
-            fields = find_fields(model, example)                 # eager: hooks fire once per feature
-            program = torchrec_compat.export_program(model, example.args, example.kwargs)
-        onnx_program = torch.onnx.export(program, dynamo=True,
-                                         custom_translation_table={**_TRANSLATIONS, **torchrec_compat.TRANSLATIONS})
-
-Importing this module needs torchrec (ImportError otherwise): import it lazily, only for such models.
+Importing this module needs torchrec: the converter imports it only when torchrec is already imported and
+the model or its inputs use it.
 """
 
 from __future__ import annotations
@@ -73,20 +41,13 @@ from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, Keyed
 from .errors import UnsupportedModelError
 
 __all__ = [
-    "TRANSLATIONS",
     "canonical_inputs",
     "canonical_kjt",
     "collections_of",
-    "dynamic_shapes",
     "export_friendly",
-    "export_program",
     "has_kjt",
     "jagged_segments",
 ]
-
-# Extra entries for torch.onnx.export's custom_translation_table. The patched forwards use aten ops only,
-# which torch's exporter translates itself; kept so callers can merge it unconditionally.
-TRANSLATIONS: dict = {}
 
 _PATCHED_FLAG = "_shark_export_friendly"
 
@@ -143,21 +104,6 @@ def canonical_inputs(tree: Any) -> Any:
         tree,
         is_leaf=lambda x: isinstance(x, KeyedJaggedTensor),
     )
-
-
-def dynamic_shapes(model: nn.Module, args: tuple, kwargs: dict | None = None, hint: Any = None) -> Any:
-    """A dynamic_shapes spec for torch.export: dim 0 of every tensor leaf (of >= 1 dim) dynamic.
-
-    Works for any input pytree, KJTs included (a KJT's spec is the list of its six flattened children).
-    `hint` defaults to `torch.export.Dim.DYNAMIC` (AUTO works too). A tensor object that appears several
-    times in the inputs gets one spec (ShapesCollection keys by tensor identity).
-    """
-    hint = torch.export.Dim.DYNAMIC if hint is None else hint
-    collection = torch.export.ShapesCollection()
-    for leaf in pytree.tree_leaves((args, kwargs or {})):
-        if isinstance(leaf, torch.Tensor) and leaf.dim() >= 1:
-            collection[leaf] = {0: hint}
-    return collection.dynamic_shapes(model, tuple(args), kwargs or None)
 
 
 # ---- the per-feature segments of a KJT ---------------------------------------------------------------
@@ -303,29 +249,3 @@ def export_friendly(model: nn.Module) -> Iterator[list[str]]:
             else:
                 module.__dict__.pop("forward", None)
             module.__dict__.pop(_PATCHED_FLAG, None)
-
-
-def export_program(model: nn.Module, args: tuple, kwargs: dict | None = None, hint: Any = None) -> torch.export.ExportedProgram:
-    """torch.export (non-strict) of a torchrec model with dynamic dim 0 on every input tensor, under
-    `export_friendly`. Give canonical inputs (`canonical_inputs`) so that the graph inputs are predictable.
-
-    An example with a batch of 1 or with 0 / 1 ids in a KJT makes torch.export specialize that dimension
-    ("export 0/1 specialized due to hint of 1 ..."); the export is then retried with
-    `torch.fx.experimental._config.backed_size_oblivious`, which keeps such dimensions dynamic. (Never fall
-    back to Dim.AUTO for a KJT: it would silently make the number of ids static.)
-    """
-    from torch.fx.experimental import _config as fx_config
-
-    def attempt():
-        with export_friendly(model):
-            return torch.export.export(
-                model, tuple(args), kwargs or None, dynamic_shapes=dynamic_shapes(model, args, kwargs, hint), strict=False
-            )
-
-    try:
-        return attempt()
-    except ValueError as exc:
-        if "0/1 specialized" not in str(exc):
-            raise
-    with fx_config.patch(backed_size_oblivious=True):
-        return attempt()

@@ -349,3 +349,14 @@ def test_unused_call_is_reported_and_costs_nothing(tmp_path):
     report = convert(Unused().eval(), _ids(8, 10, 0), tmp_path / "m.onnx")
     assert report.unused_fields == ["unused"]
     assert not any(t.table == "unused.weight" and not t.pruned for t in report.tables)
+
+
+def test_scores_over_many_items_get_one_auc(tmp_path):
+    model = TiedProjection().eval()
+    batches = _calibration(TiedProjection)
+    with torch.no_grad():
+        scores = [model(b) for b in batches]
+    labels = [(s > s.quantile(0.99)).float() for s in scores]  # [B, 400]: one column per item
+    report = convert(model, batches[0], tmp_path / "m.onnx", calibration=batches, labels=labels)
+    (metric,) = report.impact.metrics
+    assert metric.output == "output" and metric.auc_reference > 0.99

@@ -28,12 +28,16 @@ def test_single_presets_are_uniform():
 
 def test_mixed_splits_rows_by_priority():
     priorities = _priorities()
-    tiers = assign_tiers(QuantConfig("mixed", mixed_fractions=(0.1, 0.3)), TABLES, priorities)["a.weight"]
+    assigned = assign_tiers(QuantConfig("mixed", mixed_fractions=(0.1, 0.3)), TABLES, priorities)
+    tiers = np.concatenate([assigned["a.weight"], assigned["b.weight"]])  # ranked over both tables at once
     counts = np.bincount(tiers, minlength=6)
-    assert (counts[Tier.FP16], counts[Tier.INT8], counts[Tier.INT4]) == (100, 300, 600)
-    p = priorities["a.weight"]
+    assert (counts[Tier.FP16], counts[Tier.INT8], counts[Tier.INT4]) == (150, 450, 900)
+    p = np.concatenate([priorities["a.weight"], priorities["b.weight"]])
     assert p[tiers == Tier.FP16].min() >= p[tiers == Tier.INT8].max()
     assert p[tiers == Tier.INT8].min() >= p[tiers == Tier.INT4].max()
+    hot = {"a.weight": np.full(1000, 1.0), "b.weight": np.full(500, 50.0)}  # every row of b is read more
+    assigned = assign_tiers(QuantConfig("mixed", mixed_fractions=(0.1, 0.3)), TABLES, hot)
+    assert np.all(assigned["b.weight"][:150] == Tier.FP16) and np.all(assigned["a.weight"] != Tier.FP16)
     assert assign_tiers(QuantConfig("mixed"), TABLES, None)["a.weight"] == Tier.INT8  # no calibration data
 
 

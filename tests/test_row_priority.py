@@ -113,3 +113,25 @@ def test_taylor_priority_equals_gradient_times_row():
     np.testing.assert_allclose(priority["tags.weight"], tags, rtol=1e-5, atol=1e-7)
     with pytest.raises(SharkExportError, match="needs labels"):
         score_rows(model, BATCHES, method="taylor")
+
+
+def test_lookup_not_aligned_with_the_batch_counts_with_the_mean_label_weight():
+    """A jagged lookup (flat values of every sample, as torchrec's EmbeddingCollection makes) cannot be tied to
+    samples: each occurrence counts with the batch's mean label weight."""
+
+    class Jagged(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.items = nn.Embedding(4, 2)
+            self.user = nn.Embedding(3, 2)
+
+        def forward(self, values, lengths, user):
+            pooled = torch.zeros(lengths.shape[0], 2).index_add(0, torch.repeat_interleave(torch.arange(lengths.shape[0]), lengths), self.items(values))
+            return (pooled + self.user(user)).sum(1)
+
+    batch = (torch.tensor([0, 1, 1, 3, 2]), torch.tensor([2, 0, 3]), torch.tensor([0, 1, 2]))  # 5 ids, 3 samples
+    labels = [torch.tensor([1.0, 0.0, 1.0])]
+    got = score_rows(Jagged().eval(), [batch], labels, pos_weight=3.0, neg_weight=0.0)
+    mean = (3.0 + 0.0 + 3.0) / 3
+    np.testing.assert_allclose(got["items.weight"], [mean, 2 * mean, mean, mean])
+    np.testing.assert_allclose(got["user.weight"], [3.0, 0.0, 3.0])  # aligned: per-sample labels
