@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -19,11 +17,12 @@ import torch
 from torch.utils import _pytree as pytree
 
 from . import reference
-from .errors import SharkExportError, UnknownFieldError, UnsupportedModelError
+from .errors import ParityError, SharkExportError, UnknownFieldError, UnsupportedModelError
 from .export import ExampleInputs, export_to_ir
 from .field_scoring import field_means
 from .fields import _hooks, fields_by_call, find_fields, find_tables, lookup_arguments, resolve_field
 from .format import QuantizedTable, Tier, quantize_table
+from .model_file import stage
 from .model_io import INPUTS_KEY, OUTPUTS_KEY, REPORT_KEY
 from .parity import ParityReport, check_parity
 from .passes import (
@@ -41,9 +40,6 @@ from .pruning import prune_plan_of
 from .quant_config import QuantConfig, assign_tiers, plan_storage
 from .row_priority import RowPriority, score_rows
 
-# Above this many initializer bytes the tensors go to `<model>.onnx.data` next to the model: protobuf
-# caps a file at 2 GiB, and serializing big tables inline costs several transient copies of them.
-_EXTERNAL_DATA_BYTES = 256 * 1024 * 1024
 _PARITY_BATCHES = 8
 
 
@@ -201,20 +197,6 @@ def _record_inputs(model: ir.Model, example: ExampleInputs) -> list[tuple[str, s
     return [(path, value.name) for (path, _), value in zip(named, graph_inputs)]
 
 
-def _save_atomically(model: ir.Model, output_path: Path) -> None:
-    """Write next to the destination and rename, so a failure never leaves a half-written model."""
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    size = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
-    with tempfile.TemporaryDirectory(dir=output_path.parent, prefix=f".{output_path.name}.") as tmp:
-        staged = Path(tmp) / output_path.name
-        data_name = f"{output_path.name}.data" if size > _EXTERNAL_DATA_BYTES else None
-        ir.save(model, staged, external_data=data_name)
-        onnx.checker.check_model(str(staged), full_check=True)
-        if data_name:
-            os.replace(Path(tmp) / data_name, output_path.parent / data_name)
-        os.replace(staged, output_path)
-
-
 def _weights(model: torch.nn.Module, tables) -> dict[str, np.ndarray]:
     params = dict(model.named_parameters())
     return {name: params[name].detach().cpu().numpy() for name in tables}
@@ -300,13 +282,16 @@ def convert(
     impact_atol: float = 1e-2,
     impact_rtol: float = 1e-2,
     show_progress: bool = False,
+    keep_unfaithful: bool = False,
 ) -> ConvertReport:
     """Convert `model` to an ONNX model at `output_path` whose embedding lookups run our ops.
 
     See the README for the arguments. The model is not modified: a model in training mode is converted in
     eval mode (as `torch.onnx.export` does) and switched back afterwards; the report says so. Nothing is
-    written unless every step succeeds (the file is checked with onnx's full checker before it is moved
-    into place).
+    written unless every step succeeds: the file is staged next to `output_path`, checked with onnx's full
+    checker and, with `calibration`, against torch (faithfulness, atol 1e-5), then moved into place. A failed
+    faithfulness check raises `ParityError` (its `.report` is the ConvertReport) and leaves no file, unless
+    `keep_unfaithful=True`.
     """
     if not isinstance(model, torch.nn.Module):
         raise UnsupportedModelError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -318,7 +303,7 @@ def convert(
                 model, adapt(example_inputs), output_path, quant=quant, prune=prune,
                 calibration=None if calibration is None else [adapt(b) for b in calibration],
                 labels=labels, example_kwargs=example_kwargs, impact_atol=impact_atol, impact_rtol=impact_rtol,
-                show_progress=show_progress,
+                show_progress=show_progress, keep_unfaithful=keep_unfaithful,
             )
     finally:
         model.train(was_training)
@@ -354,7 +339,7 @@ def _torchrec_compat(model: torch.nn.Module, example_inputs: Any):
 
 def _convert(
     model, example_inputs, output_path, *, quant, prune, calibration, labels, example_kwargs, impact_atol,
-    impact_rtol, show_progress,
+    impact_rtol, show_progress, keep_unfaithful,
 ) -> ConvertReport:
     config = QuantConfig.of(quant)
     example = ExampleInputs.of(example_inputs, example_kwargs)
@@ -422,7 +407,8 @@ def _convert(
 
     prune_live = {n: means[n] for n in prune_names if n in looked_up}
     PruneFieldsPass(lookups, prune_live)(ir_model)
-    live_tables = {lookup.table for lookup in lookups if lookup.field not in prune_names} | set(found.dense_uses)
+    # sorted: the same tiers, and the same bytes, in every process (string sets iterate in a per-process order)
+    live_tables = sorted({lookup.table for lookup in lookups if lookup.field not in prune_names} | set(found.dense_uses))
     tiers = assign_tiers(config, {n: all_tables[n] for n in live_tables}, priorities.scores if priorities else None)
     quantized, storage_notes = {}, {}
     for name in progress(sorted(live_tables), desc="quantize", enabled=show_progress):
@@ -467,33 +453,37 @@ def _convert(
         merged_fields={f.name: list(f.names[1:]) for f in fields.values() if len(f.names) > 1},
         unused_fields=[f.name for f in fields.values() if f.name not in looked_up and not f.pruned],
     )
-    ir_model.metadata_props[REPORT_KEY] = json.dumps(report.to_dict())
-    _save_atomically(ir_model, output_path)
+    # Nothing in the file depends on where or when it was written: the path is not stored.
+    ir_model.metadata_props[REPORT_KEY] = json.dumps({k: v for k, v in report.to_dict().items() if k != "output_path"})
+    with stage(ir_model, output_path) as staged:
+        report.file_bytes = _file_bytes(staged.path, staged.data_name)
+        steps.update()
+        if calibration is None:
+            report.notes.append("no calibration data: nothing was checked against torch (give calibration= to check the file)")
+        else:
+            batches = calibration[:_PARITY_BATCHES]
+            overrides = {
+                n: torch.from_numpy(reference.dequantize(quantized[n]))
+                for n in sorted(set(found.dense_uses) | {lookup.table for lookup in lookups if lookup.field in found.functional_fields})
+                if n in quantized
+            }
+            reference_model = _WithStoredWeights(model, overrides) if overrides else model
+            with _serving_lookups(model, fields, quantized, prune_live):
+                report.faithfulness = check_parity(reference_model, staged.path, batches, atol=1e-5, rtol=1e-4)
+            report.impact = check_parity(model, staged.path, batches, labels=_labels_array(label_list, len(batches)),
+                                         atol=impact_atol, rtol=impact_rtol)
+            if not report.faithfulness and not keep_unfaithful:
+                raise ParityError(
+                    f"the converted model does not compute what torch computes with the same stored tables, so "
+                    f"{str(output_path)!r} was not written (keep_unfaithful=True writes it anyway):\n{report.faithfulness}",
+                    report=report,
+                )
+        staged.commit()
     report.output_path = str(output_path)
-    report.file_bytes = _file_bytes(output_path)
-    steps.update()
-
-    if calibration is not None:
-        batches = calibration[:_PARITY_BATCHES]
-        served = {n: q for n, q in quantized.items()}
-        overrides = {
-            n: torch.from_numpy(reference.dequantize(quantized[n]))
-            for n in set(found.dense_uses) | set(found.functional_tables) | {l.table for l in lookups if l.field in found.functional_fields}
-            if n in quantized
-        }
-        reference_model = _WithStoredWeights(model, overrides) if overrides else model
-        with _serving_lookups(model, fields, served, prune_live):
-            report.faithfulness = check_parity(reference_model, output_path, batches, atol=1e-5, rtol=1e-4)
-        report.impact = check_parity(model, output_path, batches, labels=_labels_array(label_list, len(batches)),
-                                     atol=impact_atol, rtol=impact_rtol)
     steps.update()
     steps.close()
     return report
 
 
-def _file_bytes(output_path: Path) -> int:
-    total = output_path.stat().st_size
-    data = output_path.with_name(output_path.name + ".data")
-    if data.is_file():
-        total += data.stat().st_size
-    return total
+def _file_bytes(model_path: Path, data_name: str | None) -> int:
+    return model_path.stat().st_size + ((model_path.parent / data_name).stat().st_size if data_name else 0)

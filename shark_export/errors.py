@@ -33,4 +33,9 @@ class UnknownFieldError(SharkExportError, KeyError):
 
 
 class ParityError(SharkExportError, AssertionError):
-    """The converted model's outputs differ from the reference beyond tolerance."""
+    """The converted model's outputs differ from the reference beyond tolerance. `report` holds the
+    ParityReport (check_parity) or ConvertReport (convert) when there is one."""
+
+    def __init__(self, message: str = "", report=None):
+        super().__init__(message)
+        self.report = report

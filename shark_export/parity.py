@@ -238,5 +238,5 @@ def check_parity(
             r, g = to_probabilities(rc), to_probabilities(gc)
             report.metrics.append(QualityMetrics(label, auc(yc, r), auc(yc, g), log_loss(yc, r), log_loss(yc, g)))
     if raise_on_failure and not report.passed:
-        raise ParityError(f"parity check of {onnx_path} failed:\n{report}")
+        raise ParityError(f"parity check of {onnx_path} failed:\n{report}", report=report)
     return report

@@ -228,10 +228,13 @@ def test_no_table_is_bigger_than_its_rules_allow(tmp_path, quant):
         assert t.bytes_after <= t.fp32_bytes, t
         if quant == "int8":
             assert per_row <= min(t.dim + 4, 2 * t.dim), t  # uniform: no metadata, no default row
-        if quant == "mixed":
-            assert t.bytes_after <= t.rows * min(t.dim + 4, 2 * t.dim) + (t.rows + 1) // 2 + 32, t
+        if quant == "mixed":  # hot rows may be fp16; the block index only where it pays
+            assert t.bytes_after <= t.rows * 2 * t.dim + 32 * -(-t.rows // 64), t
         if t.rows == 3:
             assert t.metadata_bytes == 0, t  # tiny tables carry no block index and no default row
+    int8_budget = sum(t.rows * (min(t.dim + 4, 2 * t.dim) + 1) for t in report.tables)
+    if quant == "mixed":
+        assert report.bytes_after <= 0.8 * int8_budget
     stored = read_tables(tmp_path / "m.onnx")[0]
     assert sum(q.payload.nbytes + q.row_meta.nbytes + q.default_row.nbytes for q in stored.values()) == report.bytes_after
 

@@ -22,9 +22,9 @@ from deepctr_torch.inputs import DenseFeat, SparseFeat, VarLenSparseFeat, get_fe
 from deepctr_torch.models import AFM, DCN, DIN, NFM, WDL, DeepFM, xDeepFM
 
 try:  # as part of a tests.zoo package, or with tests/zoo on sys.path
-    from .common import ZooCase, make_tabular, split_batches, train_briefly
+    from .zoo_data import ZooCase, make_tabular, split_batches, train_briefly
 except ImportError:
-    from common import ZooCase, make_tabular, split_batches, train_briefly
+    from zoo_data import ZooCase, make_tabular, split_batches, train_briefly
 
 LIBRARY = "deepctr-torch"
 

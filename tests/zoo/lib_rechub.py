@@ -30,9 +30,9 @@ from torch_rechub.models.multi_task import MMOE
 from torch_rechub.models.ranking import DCN, DIN, DeepFM, WideDeep
 
 try:  # as part of a tests.zoo package, or with tests/zoo on sys.path
-    from .common import ZooCase, make_tabular, split_batches, train_briefly
+    from .zoo_data import ZooCase, make_tabular, split_batches, train_briefly
 except ImportError:
-    from common import ZooCase, make_tabular, split_batches, train_briefly
+    from zoo_data import ZooCase, make_tabular, split_batches, train_briefly
 
 LIBRARY = "torch-rechub"
 

@@ -31,9 +31,9 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection, Embedding
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 try:  # as part of a tests.zoo package, or with tests/zoo on sys.path
-    from .common import TabularData, ZooCase, make_tabular, split_batches, train_briefly
+    from .zoo_data import TabularData, ZooCase, make_tabular, split_batches, train_briefly
 except ImportError:
-    from common import TabularData, ZooCase, make_tabular, split_batches, train_briefly
+    from zoo_data import TabularData, ZooCase, make_tabular, split_batches, train_briefly
 
 LIBRARY = "torchrec"
 

@@ -38,9 +38,9 @@ import pandas as pd
 import torch
 
 try:  # as part of a tests.zoo package, or with tests/zoo on sys.path
-    from .common import ZooCase, make_tabular, split_batches, train_briefly
+    from .zoo_data import ZooCase, make_tabular, split_batches, train_briefly
 except ImportError:
-    from common import ZooCase, make_tabular, split_batches, train_briefly
+    from zoo_data import ZooCase, make_tabular, split_batches, train_briefly
 
 LIBRARY = "pytorch-widedeep"
 

@@ -1,0 +1,127 @@
+"""Writing a converted model: staged next to the destination, checked there, then committed in one rename.
+
+- Big tensors go to an external data file (protobuf caps a file at 2 GiB, and serializing big tables
+  inline costs several transient copies of them). Its name is taken from its content (`<digest>.onnx.data`),
+  never from the output path, so converting the same model twice gives the same bytes wherever it is written.
+- The data file is written and synced first and moved into place under its new name; only then does the
+  `.onnx` that names it replace the old one, in one rename. A crash at any point leaves either the old model
+  with its own data file or the new model with its own: never one model reading another's data. The old
+  model's data file is removed afterwards unless another `.onnx` next to it still names it.
+- Nothing reaches the output path until `commit()`; leaving the `with` block without it removes the stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from .errors import SharkExportError
+
+# Above this many initializer bytes the tensors go to an external data file next to the model.
+EXTERNAL_DATA_BYTES = 256 * 1024 * 1024
+DATA_SUFFIX = ".onnx.data"
+
+
+def _content_digest(model: ir.Model) -> str:
+    """A digest of every initializer (name, type, shape, bytes), in order: names the external data file."""
+    digest = hashlib.blake2b(digest_size=12)
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if tensor is None:
+            continue
+        digest.update(f"{value.name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(np.ascontiguousarray(tensor.numpy()).reshape(-1).view(np.uint8))
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def data_files_of(path: Path) -> set[str]:
+    """Names of the external data files an ONNX model file refers to (empty for an unreadable file)."""
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not a model we can read: it refers to nothing we know of
+        return set()
+    names = set()
+    for tensor in proto.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            names.update(entry.value for entry in tensor.external_data if entry.key == "location")
+    return names
+
+
+class StagedModel:
+    """A model saved and checked in a private directory next to `output_path`; `commit()` moves it into place."""
+
+    def __init__(self, model: ir.Model, output_path: Path):
+        self.output_path = Path(output_path)
+        self.output_path.parent.mkdir(parents=True, exist_ok=True)
+        self._dir = Path(tempfile.mkdtemp(dir=self.output_path.parent, prefix=f".{self.output_path.name}."))
+        self.path = self._dir / self.output_path.name
+        size = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+        self.data_name = f"{_content_digest(model)}{DATA_SUFFIX}" if size > EXTERNAL_DATA_BYTES else None
+        try:
+            ir.save(model, self.path, external_data=self.data_name)
+            onnx.checker.check_model(str(self.path), full_check=True)
+        except BaseException:
+            self.discard()
+            raise
+
+    def __enter__(self) -> "StagedModel":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.discard()
+
+    def discard(self) -> None:
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def commit(self) -> None:
+        """Data file first (synced, renamed into place), then the model in one rename; then the old data file."""
+        target_dir = self.output_path.parent
+        previous = data_files_of(self.output_path) if self.output_path.is_file() else set()
+        if self.data_name:
+            staged_data = self._dir / self.data_name
+            _fsync(staged_data)
+            os.replace(staged_data, target_dir / self.data_name)
+        _fsync(self.path)
+        os.replace(self.path, self.output_path)
+        _fsync_dir(target_dir)
+        stale = previous - {self.data_name}
+        if stale:
+            still_named = set()
+            for other in target_dir.glob("*.onnx"):
+                if other != self.output_path:
+                    still_named |= data_files_of(other)
+            for name in stale - still_named:
+                candidate = target_dir / name
+                if candidate.parent == target_dir and candidate.is_file():  # never a path outside the directory
+                    candidate.unlink()
+        self.discard()
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        _fsync(directory)
+    except OSError:  # some filesystems cannot sync a directory; the renames are still atomic
+        pass
+
+
+def stage(model: ir.Model, output_path) -> StagedModel:
+    """Save `model` (checked with onnx's full checker) next to `output_path` without touching it."""
+    try:
+        return StagedModel(model, Path(output_path))
+    except OSError as exc:
+        raise SharkExportError(f"cannot write the model next to {str(output_path)!r}: {exc}") from exc
