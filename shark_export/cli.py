@@ -139,11 +139,15 @@ def _cmd_convert(args) -> int:
 def _cmd_check(args) -> int:
     from .parity import check_parity
 
+    from .integrity import verify_model
+
+    if verify_model(args.onnx, require=False) is None:  # the tables are the ones converted, before comparing
+        print(f"{args.onnx}: no table checksums recorded: the tables were not verified", file=sys.stderr)
     model = _load_model(args)
     batches = _batches(args.inputs)
     labels = None
     if args.labels:
-        labels = np.concatenate([np.asarray(torch.as_tensor(y)).reshape(-1) for y in _batches(args.labels)])
+        labels = np.concatenate([np.asarray(torch.as_tensor(y)).reshape(len(y), -1) for y in _batches(args.labels)])
     report = check_parity(
         model, args.onnx, batches, labels=labels,
         atol=_tolerances(args.atol, 1e-5), rtol=_tolerances(args.rtol, 1e-4),
@@ -188,8 +192,12 @@ def _cmd_score(args) -> int:
 
 def _cmd_inspect(args) -> int:
     from .inspect_model import inspect_model
+    from .integrity import verify_model
 
     print(inspect_model(args.onnx))
+    verified = verify_model(args.onnx, require=False)
+    print("checksums: none recorded (not verified)" if verified is None else
+          f"checksums: all {len(verified)} table(s) match the ones recorded at conversion")
     return 0
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 import torch
 from torch.utils import _pytree as pytree
@@ -22,6 +21,7 @@ from .export import ExampleInputs, export_to_ir
 from .field_scoring import field_means
 from .fields import _hooks, fields_by_call, find_fields, find_tables, lookup_arguments, resolve_field
 from .format import QuantizedTable, Tier, quantize_table
+from .integrity import CHECKSUMS_KEY, checksums_of
 from .model_file import stage
 from .model_io import INPUTS_KEY, OUTPUTS_KEY, REPORT_KEY
 from .parity import ParityReport, check_parity
@@ -453,6 +453,7 @@ def _convert(
         merged_fields={f.name: list(f.names[1:]) for f in fields.values() if len(f.names) > 1},
         unused_fields=[f.name for f in fields.values() if f.name not in looked_up and not f.pruned],
     )
+    ir_model.metadata_props[CHECKSUMS_KEY] = checksums_of(quantized)
     # Nothing in the file depends on where or when it was written: the path is not stored.
     ir_model.metadata_props[REPORT_KEY] = json.dumps({k: v for k, v in report.to_dict().items() if k != "output_path"})
     with stage(ir_model, output_path) as staged:

@@ -39,3 +39,7 @@ class ParityError(SharkExportError, AssertionError):
     def __init__(self, message: str = "", report=None):
         super().__init__(message)
         self.report = report
+
+
+class IntegrityError(FormatError):
+    """A stored table's content does not match the checksum recorded at conversion (or none is recorded)."""

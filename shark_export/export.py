@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import inspect
 import io
 import logging
 import warnings

@@ -293,11 +293,43 @@ class QuantizedTable:
         }
 
     # ---- checks -----------------------------------------------------------------------------------
+    @classmethod
+    def from_stored(cls, name: str, attributes: Mapping[str, Any], payload: Any, row_meta: Any, default_row: Any) -> "QuantizedTable":
+        """A table read from stored tensors and op attributes (a model file), validated before anything is
+        computed from the claimed sizes: a hostile `num_rows` or `dim` raises :class:`FormatError` naming the
+        table, never allocates what the tensors do not back."""
+        missing = [k for k in ("format_version", "num_rows", "dim", "uniform_tier") if k not in attributes]
+        if missing:
+            raise FormatError(f"table {name!r}: attribute(s) {', '.join(missing)} missing")
+        probe = cls(
+            name=str(name), num_rows=attributes["num_rows"], dim=attributes["dim"], payload=payload, row_meta=row_meta,
+            default_row=default_row, uniform_tier=attributes["uniform_tier"], tier_counts={},
+            format_version=attributes["format_version"],
+        )
+        counts = probe._stored_tier_counts()
+        return cls(
+            name=probe.name, num_rows=int(probe.num_rows), dim=int(probe.dim), payload=payload, row_meta=row_meta,
+            default_row=default_row, uniform_tier=int(probe.uniform_tier), tier_counts=counts,
+            format_version=int(probe.format_version),
+        )
+
     def validate(self) -> "QuantizedTable":
         """Run the checks the kernels run (shapes, dtypes, payload length, block chain, codes 6/7,
         zero bits past R) plus consistency of ``tier_counts``; raise :class:`FormatError` naming the table.
 
         Returns ``self`` so that ``table.validate()`` can be chained."""
+        counts = self._stored_tier_counts()
+        n = f"table {self.name!r}"
+        given = {Tier.parse(k): int(v) for k, v in dict(self.tier_counts).items()}
+        if any(given.get(t, 0) != counts[t] for t in Tier):
+            raise FormatError(
+                f"{n}: tier_counts {({str(k): v for k, v in given.items()})} do not match the stored tiers "
+                f"{({str(k): v for k, v in counts.items()})}"
+            )
+        return self
+
+    def _stored_tier_counts(self) -> dict[Tier, int]:
+        """Every check of `validate` but the `tier_counts` one; the tier counts the stored tensors hold."""
         n = f"table {self.name!r}"
         for attr in ("num_rows", "dim", "uniform_tier"):
             v = getattr(self, attr)
@@ -342,15 +374,9 @@ class QuantizedTable:
             counts = {t: (R if t.value == u else 0) for t in Tier}
         else:
             counts = self._validate_blocks(n, R, lut, n_payload)
-        given = {Tier.parse(k): int(v) for k, v in dict(self.tier_counts).items()}
-        if any(given.get(t, 0) != counts[t] for t in Tier):
-            raise FormatError(
-                f"{n}: tier_counts {({str(k): v for k, v in given.items()})} do not match the stored tiers "
-                f"{({str(k): v for k, v in counts.items()})}"
-            )
         if empty_default and counts[Tier.DROPPED]:
             raise FormatError(f"{n}: default_row is empty but {counts[Tier.DROPPED]} rows are dropped (they read default_row)")
-        return self
+        return counts
 
     def _validate_blocks(self, n: str, R: int, lut: np.ndarray, n_payload: int) -> dict[Tier, int]:
         nb = -(-R // BLOCK_ROWS)

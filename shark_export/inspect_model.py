@@ -4,25 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from .errors import FormatError, SharkExportError
-from .format import READABLE_VERSIONS, QuantizedTable, Tier
+from .format import QuantizedTable
 from .schemas import DOMAIN
 
 
 def table_from_node_inputs(name: str, attributes: dict[str, int], payload, row_meta, default_row) -> QuantizedTable:
     """Rebuild (and validate) a QuantizedTable from an op node's storage tensors and attributes."""
-    version = attributes.get("format_version")
-    if version not in READABLE_VERSIONS:
-        raise FormatError(f"table {name!r}: format_version {version} is not supported")
-    uniform = int(attributes["uniform_tier"])
-    probe = QuantizedTable(name, int(attributes["num_rows"]), int(attributes["dim"]), payload, row_meta, default_row, uniform, {}, version)
-    codes = probe.tiers()
-    counts = {t: int(c) for t, c in zip(Tier, np.bincount(codes, minlength=len(Tier))[: len(Tier)])}
-    return QuantizedTable(probe.name, probe.num_rows, probe.dim, payload, row_meta, default_row, uniform, counts, version).validate()
+    return QuantizedTable.from_stored(name, attributes, payload, row_meta, default_row)
 
 
 def read_tables(path) -> tuple[dict[str, QuantizedTable], list[tuple[str, str, str]]]:
@@ -40,19 +32,33 @@ def read_tables(path) -> tuple[dict[str, QuantizedTable], list[tuple[str, str, s
     for node in model.graph.node:
         if node.domain != DOMAIN:
             continue
-        payload_name = node.input[0]
-        table_name = payload_name.removesuffix(".payload")
-        lookups.append((node.name, node.op_type, table_name))
-        if table_name in tables:
-            continue
-        arrays = []
-        for input_name in node.input[:3]:
-            if input_name not in initializers:
-                raise FormatError(f"node {node.name!r}: storage input {input_name!r} is not an initializer")
-            arrays.append(numpy_helper.to_array(initializers[input_name]))
-        attributes = {a.name: a.i for a in node.attribute}
-        tables[table_name] = table_from_node_inputs(table_name, attributes, *arrays)
+        try:
+            _read_node(node, initializers, tables, lookups)
+        except FormatError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a malformed node of a corrupt file: named, typed
+            raise FormatError(f"{file.name}: node {node.name!r} ({node.op_type}) is malformed: {type(exc).__name__}: {exc}") from exc
     return tables, lookups
+
+
+def _read_node(node, initializers: dict, tables: dict[str, QuantizedTable], lookups: list) -> None:
+    if len(node.input) < 4 or not all(isinstance(name, str) for name in node.input):
+        raise FormatError(f"node {node.name!r}: expected payload, row_meta, default_row and indices inputs")
+    table_name = node.input[0].removesuffix(".payload")
+    lookups.append((node.name, node.op_type, table_name))
+    if table_name in tables:
+        return
+    arrays = []
+    for input_name in node.input[:3]:
+        if input_name not in initializers:
+            raise FormatError(f"node {node.name!r}: storage input {input_name!r} is not an initializer")
+        arrays.append(numpy_helper.to_array(initializers[input_name]))
+    attributes = {}
+    for attribute in node.attribute:
+        if attribute.type != onnx.AttributeProto.INT:
+            raise FormatError(f"node {node.name!r}: attribute {attribute.name!r} must be an int")
+        attributes[attribute.name] = attribute.i
+    tables[table_name] = table_from_node_inputs(table_name, attributes, *arrays)
 
 
 def inspect_model(path) -> str:

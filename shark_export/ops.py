@@ -69,10 +69,21 @@ def session(
     model: ModelLike,
     providers: Sequence | None = None,
     threads: int | None = None,
+    verify: bool = False,
 ) -> "onnxruntime.InferenceSession":
     """An onnxruntime InferenceSession for ``model`` (a path, serialized bytes or an onnx.ModelProto)
-    with the shark_export ops available. Default providers: ["CPUExecutionProvider"]."""
+    with the shark_export ops available. Default providers: ["CPUExecutionProvider"].
+
+    ``verify=True`` (a path only) first recomputes every table's checksum against the one recorded at
+    conversion and raises ``IntegrityError`` naming the table that changed."""
     import onnxruntime as ort
+
+    if verify:
+        if not isinstance(model, (str, os.PathLike)):
+            raise TypeError("verify=True needs the model's path (its tables are read from the file)")
+        from .integrity import verify_model
+
+        verify_model(model)
 
     if isinstance(model, (bytes, bytearray)):
         source = bytes(model)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .errors import FormatError, IndexOutOfRangeError
-from .format import QuantizedTable, Tier, row_stride
+from .format import MAX_DIM, MAX_ROWS, READABLE_VERSIONS, QuantizedTable, Tier, row_stride
 
 __all__ = ["dequantize_rows", "dequantize", "gather", "embedding_bag"]
 
@@ -106,6 +106,8 @@ def _decode(table: QuantizedTable, code: int, offsets: np.ndarray) -> np.ndarray
     D = int(table.dim)
     n = offsets.shape[0]
     if code == 5:
+        if table.default_row.shape != (D,):
+            raise FormatError(f"{_label(table)}: {n} dropped row(s) read default_row, which is empty")
         return np.broadcast_to(np.asarray(table.default_row, dtype=np.float32), (n, D))
     nbytes = _value_bytes(code, D)
     raw = np.asarray(table.payload)[offsets[:, None] + np.arange(nbytes)]  # [n, nbytes] uint8, contiguous
@@ -136,8 +138,44 @@ def _as_rows(table: QuantizedTable, rows: Any) -> np.ndarray:
     return arr
 
 
+def _checked(table: QuantizedTable) -> QuantizedTable:
+    """The attributes checked against the tensors' shapes before anything is sized from them (a hostile
+    `num_rows` or `dim` raises FormatError, never allocates). Row contents are checked where rows are read."""
+    if not isinstance(table, QuantizedTable):
+        raise FormatError(f"expected a QuantizedTable, got {type(table).__name__}")
+    name = _label(table)
+    values = {}
+    for attr, low, high in (("num_rows", 1, MAX_ROWS), ("dim", 1, MAX_DIM), ("uniform_tier", -1, 5)):
+        v = getattr(table, attr)
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or not low <= int(v) <= high:
+            raise FormatError(f"{name}: {attr} {v!r} is outside {low}..{high}")
+        values[attr] = int(v)
+    R, D, u = values["num_rows"], values["dim"], values["uniform_tier"]
+    version = table.format_version
+    if version not in READABLE_VERSIONS:
+        raise FormatError(f"{name}: format_version {version!r} is not supported")
+    arrays = {"payload": (np.uint8, 1), "row_meta": (np.uint64, 2), "default_row": (np.float32, 1)}
+    for attr, (dtype, ndim) in arrays.items():
+        arr = getattr(table, attr)
+        if not isinstance(arr, np.ndarray) or arr.dtype != dtype or arr.ndim != ndim:
+            raise FormatError(f"{name}: {attr} must be a {np.dtype(dtype).name} array of {ndim} dimension(s)")
+    expected_blocks = 0 if u >= 0 else -(-R // 64)
+    if table.row_meta.shape != (expected_blocks, 4):
+        raise FormatError(f"{name}: row_meta has shape {table.row_meta.shape}, expected ({expected_blocks}, 4)")
+    if table.default_row.shape not in ((D,), (0,)) or (table.default_row.shape == (0,) and version < 2):
+        raise FormatError(f"{name}: default_row has shape {table.default_row.shape}, expected ({D},)")
+    if u >= 0 and table.payload.shape[0] != R * row_stride(u, D, version):
+        raise FormatError(f"{name}: payload has {table.payload.shape[0]} bytes, a uniform {Tier(u)} table of {R} rows needs "
+                          f"{R * row_stride(u, D, version)}")
+    return table
+
+
 def dequantize_rows(table: QuantizedTable, rows: Any) -> np.ndarray:
     """float32 ``[len(rows), D]``: the stored value of each of ``rows`` (1-D integer array)."""
+    return _dequantize_rows(_checked(table), rows)
+
+
+def _dequantize_rows(table: QuantizedTable, rows: Any) -> np.ndarray:
     arr = _as_rows(table, rows)
     if arr.ndim != 1:
         raise ValueError(f"{_label(table)}: rows must be 1-D, got shape {arr.shape}")
@@ -155,12 +193,13 @@ def dequantize_rows(table: QuantizedTable, rows: Any) -> np.ndarray:
 
 def dequantize(table: QuantizedTable) -> np.ndarray:
     """float32 ``[R, D]``: the whole table, decoded in row chunks."""
+    _checked(table)
     R, D = int(table.num_rows), int(table.dim)
     out = np.empty((R, D), dtype=np.float32)
     step = max(64, _CHUNK_BYTES // (4 * D))
     for r0 in range(0, R, step):
         r1 = min(R, r0 + step)
-        out[r0:r1] = dequantize_rows(table, np.arange(r0, r1, dtype=np.int64))
+        out[r0:r1] = _dequantize_rows(table, np.arange(r0, r1, dtype=np.int64))
     return out
 
 
@@ -176,11 +215,12 @@ def gather(table: QuantizedTable, indices: Any, output_dtype: Any = np.float32) 
     rank (0-d and empty included). A negative or ``>= R`` index raises :class:`IndexOutOfRangeError`
     naming the table, the value, its flat position and R."""
     dt = _output_dtype(output_dtype)
+    _checked(table)
     idx = _as_rows(table, indices)
     flat = idx.reshape(-1)
     _check_rows(table, flat)
     uniq, inverse = np.unique(flat.astype(np.int64), return_inverse=True)
-    rows = dequantize_rows(table, uniq)
+    rows = _dequantize_rows(table, uniq)
     return rows[inverse.reshape(-1)].reshape(*idx.shape, int(table.dim)).astype(dt, copy=False)
 
 
@@ -206,6 +246,7 @@ def embedding_bag(
     ``indices``.
     """
     dt = _output_dtype(output_dtype)
+    _checked(table)
     name = _label(table)
     R, D = int(table.num_rows), int(table.dim)
     modes = {"sum": 0, "mean": 1, 0: 0, 1: 1}
@@ -282,7 +323,7 @@ def embedding_bag(
     counts = np.bincount(bag, minlength=B)
     if rows.shape[0]:
         uniq, inverse = np.unique(rows, return_inverse=True)
-        values = dequantize_rows(table, uniq).astype(np.float64)[inverse.reshape(-1)]
+        values = _dequantize_rows(table, uniq).astype(np.float64)[inverse.reshape(-1)]
         if weights is not None:
             values *= weights[pos][:, None]
         nonempty = np.flatnonzero(counts)

@@ -15,7 +15,6 @@ from torch import nn
 
 import shark_export
 from shark_export import check_parity, convert
-from shark_export.format import Tier, row_bytes
 from shark_export.inspect_model import read_tables
 from shark_export.model_io import OnnxModelRunner
 

@@ -75,7 +75,8 @@ def test_same_model_gives_the_same_bytes_in_two_places_and_two_processes(tmp_pat
     convert(built(TupleInputs), TupleInputs.batch(4), paths[0], quant="mixed", calibration=_calibration())
     env = dict(os.environ, PYTHONHASHSEED="123")
     code = f"import shark_export.model_file as m; m.EXTERNAL_DATA_BYTES = 1000\n{script}"
-    subprocess.run([sys.executable, "-c", code, str(paths[1])], check=True, env=env, capture_output=True)
+    # cwd outside the checkout: the child imports the installed package, as a user would
+    subprocess.run([sys.executable, "-c", code, str(paths[1])], check=True, env=env, capture_output=True, cwd=tmp_path)
     data = [sorted(p.parent.glob("*.onnx.data")) for p in paths]
     assert paths[0].read_bytes() == paths[1].read_bytes()
     assert [d[0].name for d in data] == [data[0][0].name] * 2 and data[0][0].read_bytes() == data[1][0].read_bytes()

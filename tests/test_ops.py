@@ -422,6 +422,17 @@ def test_bag_empty_batches():
     check_bag(table, np.zeros(0, i64), np.zeros(4, i64), include_last_offset=1, mode=1)
     check_bag(table, np.arange(5, dtype=i64), np.array([0, 0, 0], i64), mode=1)  # everything in the last bag
     check_bag(table, np.zeros((0, 3), i64), out_dtype=np.float16)
+    got = check_bag(table, np.zeros((1 << 20, 0), i64))  # [B, 0]: B empty bags, no index bytes at all
+    assert got.shape == (1 << 20, 8) and not got.any()
+    check_bag(table, np.zeros((1000, 0), np.int32), out_dtype=np.float16)
+
+
+def test_bag_shape_not_backed_by_input_bytes_fails_cleanly():
+    """[B, 0] indices claim B bags with no index bytes: the output is allocated first, so an impossible B
+    fails in that allocation (an ORT error) before anything else is sized by it."""
+    table, _ = make_table(65, 8, "int8", seed=4)
+    with pytest.raises(Exception, match="(?i)alloc|size|memory|overflow"):
+        run_bag(table, np.zeros(((1 << 62) // 8, 0), np.int64))
 
 
 @pytest.mark.parametrize("D", DIMS)
@@ -586,6 +597,33 @@ def test_concurrent_runs_on_one_session(table_inputs):
                 assert np.all(np.abs(got - bag_wants[i]) <= bag_tols[i]), f"concurrent bag {i}"
 
         _concurrent(work)
+
+
+@pytest.mark.parametrize("tiers", ["all6", "skewed", "int8", "int4", "fp16", "dropped"])
+def test_eight_threads_on_one_session_match_a_single_threaded_run(tiers):
+    """8 Python threads share one gather session and one bag session, each with its own inputs, from the
+    first run on; every output equals (bit for bit) what a single-threaded run of the same input gives."""
+    table, _ = make_table(700, 9, tiers, seed=21)
+    rng = np.random.default_rng(21)
+    batches = [rng.integers(0, 700, size=int(rng.integers(1, 2000))).astype(np.int64) for _ in range(32)]
+    bags = [random_bags(rng, 200, 700) for _ in range(32)]
+    gather = shark_export.session(gather_model(table), threads=2)
+    bag = shark_export.session(bag_model(table, mode=0), threads=2)
+    got: dict = {}
+
+    def work(k):
+        for i in range(k, 32, 8):
+            got[("g", i)] = gather.run(None, {"indices": batches[i]})[0]
+            bi, bo = bags[i]
+            got[("b", i)] = bag.run(None, {"indices": bi, "offsets": bo})[0]
+
+    _concurrent(work, n_threads=8)
+    single_g = shark_export.session(gather_model(table), threads=1)
+    single_b = shark_export.session(bag_model(table, mode=0), threads=1)
+    for i in range(32):
+        assert_bits_equal(got[("g", i)], single_g.run(None, {"indices": batches[i]})[0], f"gather {i}")
+        bi, bo = bags[i]
+        assert_bits_equal(got[("b", i)], single_b.run(None, {"indices": bi, "offsets": bo})[0], f"bag {i}")
 
 
 def test_table_tensors_as_graph_inputs_follow_their_values():

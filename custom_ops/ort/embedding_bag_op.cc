@@ -1,5 +1,6 @@
 // RowwiseDequantEmbeddingBag(payload, row_meta, default_row, indices, [offsets], [per_sample_weights])
 //   -> output [B, dim]  (CPU; the attribute/input checks are shared with the CUDA variant)
+#include <cstring>
 #include <memory>
 #include <vector>
 
@@ -87,7 +88,17 @@ class BagKernel : public TableKernel {
     SHARK_RETURN_IF_STATUS(table(ctx, &t));
     BagInputs in;
     SHARK_RETURN_IF_STATUS(read_bag_inputs(*this, bag_, ctx, &in));
-    std::vector<uint64_t> bounds;
+    SHARK_RETURN_IF_STATUS(check_bag_weights(*this, bag_, in));
+    // The output first: it is what the op must produce, and the allocation that can fail. Nothing else
+    // is sized by a claimed shape the input bytes do not back (2-D indices [B, 0] hold no bytes).
+    const uint64_t n_bags = in.n_bags;
+    void* out = nullptr;
+    SHARK_RETURN_IF_STATUS(get_output(ctx, 0, {static_cast<int64_t>(n_bags), attrs_.dim}, &out));
+    if (in.fixed && in.bag_len == 0) {  // every bag empty: zeros, and no index to check
+      if (n_bags) std::memset(out, 0, n_bags * attrs_.dim * (out_type_ == shark::OutType::kFloat16 ? 2 : 4));
+      return nullptr;
+    }
+    std::vector<uint64_t> bounds;  // n_bags + 1 entries: backed by the indices (2-D) or offsets (1-D)
     if (in.fixed) {
       shark::bag_bounds_fixed(in.n_bags, in.bag_len, &bounds);
     } else {
@@ -95,10 +106,6 @@ class BagKernel : public TableKernel {
                                                              bag_.include_last_offset != 0, in.idx.count, &bounds);
       if (!bad.empty()) return error(bad);
     }
-    SHARK_RETURN_IF_STATUS(check_bag_weights(*this, bag_, in));
-    const uint64_t n_bags = bounds.size() - 1;
-    void* out = nullptr;
-    SHARK_RETURN_IF_STATUS(get_output(ctx, 0, {static_cast<int64_t>(n_bags), attrs_.dim}, &out));
     shark::BagArgs a;
     a.indices = in.idx.data;
     a.index_type = in.index_type;

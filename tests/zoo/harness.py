@@ -24,8 +24,10 @@ SIZE_BOUND = {"fp32": None, "int8": 1.03, "mixed": 0.8}
 AUC_BOUND = {"fp32": 1e-4, "int8": 5e-4, "mixed": 1e-3}  # fp32: float noise of ORT vs torch only
 
 
+@functools.lru_cache(maxsize=None)
 def load_library(module: str):
-    """(module, None) or (None, why it is missing)."""
+    """(module, None) or (None, why it is missing); the first answer holds (a failed import can leave a
+    half-imported package behind that a second import would wrongly accept)."""
     try:
         return importlib.import_module(module), None
     except ImportError as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from harness import LIBRARY_MODULES, PRESETS, build, load_library, required, run
 
-pytestmark = pytest.mark.zoo
+pytestmark = pytest.mark.slow
 
 
 def _params():
