@@ -170,16 +170,16 @@ def big_fields(rows: int):
 
 def faithful_reference_impl() -> str:
     """How this checkout's convert() builds its faithfulness reference (the memory peak depends on it)."""
-    module = importlib.import_module("shark_export.convert")
+    module = importlib.import_module("shark_export.converter")
     if hasattr(module, "_faithful_model"):
         return "deepcopy of the model + dequantized tables"
     return "lookups served from the stored tables (hooks)"
 
 
 PHASES = [  # (module, attribute) of convert's steps whose peak RSS --phases reports
-    ("shark_export.convert", "score_rows"), ("shark_export.convert", "export_to_ir"),
-    ("shark_export.convert", "find_lookups"), ("shark_export.convert", "quantize_table"),
-    ("onnx_ir", "save"), ("onnx.checker", "check_model"), ("shark_export.convert", "check_parity"),
+    ("shark_export.converter", "score_rows"), ("shark_export.converter", "export_to_ir"),
+    ("shark_export.converter", "find_lookups"), ("shark_export.converter", "quantize_table"),
+    ("onnx_ir", "save"), ("onnx.checker", "check_model"), ("shark_export.faithfulness", "check_parity"),
 ]
 
 
@@ -207,11 +207,10 @@ def big_worker(args) -> None:
     from shark_export.example_models import DeepFM, split_batches
     from shark_export.synthetic import generate
 
-    module = importlib.import_module("shark_export.convert")
+    module = importlib.import_module("shark_export.model_file")
     if args.external_data_bytes is not None:
-        # Demonstrates a proposed change in shark_export (not shipped): write the tables as external data
-        # above this many bytes instead of the shipped 1.8 GB, which avoids serializing them into a protobuf.
-        module._EXTERNAL_DATA_BYTES = args.external_data_bytes
+        # Writes the tables as external data above this many bytes instead of the shipped threshold.
+        module.EXTERNAL_DATA_BYTES = args.external_data_bytes
     t0 = time.perf_counter()
     fields = big_fields(args.rows)
     columns, labels, specs = generate(args.cal_samples, fields, n_dense=0, seed=0)
@@ -241,9 +240,9 @@ def big_worker(args) -> None:
         "phase_peaks": phase_peaks,
         "quant": args.quant_one,
         "faithful": faithful_reference_impl(),
-        "external_data_bytes": getattr(module, "_EXTERNAL_DATA_BYTES", None),
+        "external_data_bytes": getattr(module, "EXTERNAL_DATA_BYTES", None),
         "patched": args.external_data_bytes is not None,
-        "external_file": (out.parent / (out.name + ".data")).exists(),
+        "external_file": any(out.parent.glob("*.onnx.data")),
         "rows": rows, "dim": args.dim, "fp32_table_bytes": table_bytes,
         "calibration_batches": len(batches), "setup_data_s": setup_data, "convert_s": wall,
         "rss_before_model": rss_start, "rss_after_model": rss_model, "hwm_setup": hwm_setup,
@@ -334,7 +333,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "out" / "bench_convert")
     p.add_argument("--tmp", default=None, help="big model: where the converted files go (deleted after)")
     p.add_argument("--external-data-bytes", type=int, default=None,
-                   help="big model: patch shark_export.convert._EXTERNAL_DATA_BYTES (shipped: 1.8 GB) to measure "
+                   help="big model: patch shark_export.model_file.EXTERNAL_DATA_BYTES (shipped: 1.8 GB) to measure "
                         "writing the tables as external data (a proposed change)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--phases", action="store_true",

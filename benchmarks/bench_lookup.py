@@ -60,7 +60,8 @@ except ImportError:  # pragma: no cover - running from a checkout without PYTHON
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shark_export import ops, reference
-from shark_export.format import QuantizedTable, Tier, quantize_table
+from shark_export.format import QuantizedTable, Tier
+from shark_export.quantize import quantize_table
 
 EPS32 = float(np.finfo(np.float32).eps)
 _INLINE_LIMIT = 1 << 16  # initializers up to this many bytes go into the model; larger ones are shared

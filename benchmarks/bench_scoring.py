@@ -50,7 +50,8 @@ import datasets  # noqa: E402  (samples/datasets.py, read-only)
 from shark_export.example_models import DeepFM, predict, split_batches, train  # noqa: E402
 from shark_export.field_scoring import score_fields  # noqa: E402
 from shark_export.fields import find_tables  # noqa: E402
-from shark_export.format import Tier, quantize_table, row_stride  # noqa: E402
+from shark_export.format import Tier, row_stride  # noqa: E402
+from shark_export.quantize import quantize_table  # noqa: E402
 from shark_export.metrics import auc  # noqa: E402
 from shark_export.pruning import prune_fields  # noqa: E402
 from shark_export.quant_config import QuantConfig, assign_tiers  # noqa: E402

@@ -1,4 +1,12 @@
-"""shark-export: mixed-precision embedding tables exported to ONNX with custom lookup ops."""
+"""shark-export: mixed-precision embedding tables exported to ONNX with custom lookup ops.
+
+`session()` and the library path need neither torch nor the exporter: everything else is imported on first
+use (serving processes never load torch).
+"""
+
+from __future__ import annotations
+
+import importlib
 
 from . import errors
 from .ops import DOMAIN, library_path, session
@@ -6,36 +14,39 @@ from .schemas import register_schemas
 
 register_schemas()  # onnx's checker and shape inference learn our ops on import
 
-from .convert import ConvertReport, convert  # noqa: E402
-from .field_scoring import FieldScores, PrunePlan, score_fields  # noqa: E402
-from .fields import find_fields, find_tables  # noqa: E402
-from .format import QuantizedTable, Tier, quantize_table  # noqa: E402
-from .parity import ParityReport, check_parity  # noqa: E402
-from .pruning import prune_fields  # noqa: E402
-from .quant_config import QuantConfig  # noqa: E402
-from .row_priority import RowPriority, score_rows  # noqa: E402
-
 __version__ = "0.1.0"
 
-__all__ = [
-    "DOMAIN",
-    "ConvertReport",
-    "FieldScores",
-    "PrunePlan",
-    "ParityReport",
-    "QuantConfig",
-    "QuantizedTable",
-    "RowPriority",
-    "Tier",
-    "check_parity",
-    "convert",
-    "errors",
-    "find_fields",
-    "find_tables",
-    "library_path",
-    "prune_fields",
-    "quantize_table",
-    "score_fields",
-    "score_rows",
-    "session",
-]
+# name → module that defines it (imported on first access)
+_LAZY = {
+    "ConvertReport": "report",
+    "convert": "converter",
+    "FieldScores": "field_scoring",
+    "score_fields": "field_scoring",
+    "PrunePlan": "pruning",
+    "prune_fields": "pruning",
+    "find_fields": "fields",
+    "find_tables": "fields",
+    "QuantizedTable": "format",
+    "Tier": "format",
+    "quantize_table": "quantize",
+    "ParityReport": "parity",
+    "check_parity": "parity",
+    "QuantConfig": "quant_config",
+    "RowPriority": "row_priority",
+    "score_rows": "row_priority",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'shark_export' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = ["DOMAIN", "errors", "library_path", "session", *_LAZY]

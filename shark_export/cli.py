@@ -112,7 +112,7 @@ def _prune_from_scores(args, model, calibration, labels):
 
 
 def _cmd_convert(args) -> int:
-    from .convert import convert
+    from .converter import convert
     from .quant_config import QuantConfig
 
     model = _load_model(args)
@@ -129,6 +129,7 @@ def _cmd_convert(args) -> int:
         calibration=calibration,
         labels=labels,
         show_progress=not args.quiet,
+        keep_unfaithful=args.keep_unfaithful,
     )
     print(report)
     if args.report:
@@ -217,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=float, help="byte budget as a fraction of fp32 (tiers by row priority)")
     p.add_argument("--calibration", help=".pt file with a list of batches")
     p.add_argument("--labels", help=".pt file with a list of label tensors, one per calibration batch")
+    p.add_argument("--keep-unfaithful", action="store_true",
+                   help="write the model even when it fails the faithfulness check (exit status 1)")
     p.add_argument("--report", help="write the report as JSON here")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_cmd_convert)

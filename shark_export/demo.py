@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .convert import convert
+from .converter import convert
 from .example_models import DeepFM, split_batches, train
 from .parity import check_parity
 from .synthetic import generate

@@ -24,9 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import SharkExportError, UnknownFieldError, UnsupportedModelError
+from .errors import SharkExportError, UnknownFieldError
 from .export import ExampleInputs
-from .fields import Field, _hooks, find_fields
+from .fields import Field, find_fields, lookup_hooks
+from .lookup_stats import FieldStats, by_call, lookup_stats, mean_stats, per_sample_vectors
+from .pruning import PrunePlan
 
 METHODS = ("taylor", "permutation", "norm")
 
@@ -66,97 +68,14 @@ def per_sample_loss(loss: str | Callable, output, labels: torch.Tensor) -> torch
     raise SharkExportError(f"unknown loss {loss!r}: use 'bce', 'bce_logits', 'bce_probs' or a callable")
 
 
-# --- mergeable statistics -----------------------------------------------------------------------------
-
-
-@dataclass
-class FieldStats:
-    """Per-field sums (scalars or vectors, float64) and sample counts; merge() adds shards."""
-
-    sums: dict[str, np.ndarray] = field(default_factory=dict)
-    counts: dict[str, float] = field(default_factory=dict)
-
-    def add(self, name: str, total: np.ndarray, count: float) -> None:
-        self.sums[name] = self.sums.get(name, 0.0) + np.asarray(total, dtype=np.float64)
-        self.counts[name] = self.counts.get(name, 0.0) + float(count)
-
-    def merge(self, other: "FieldStats") -> "FieldStats":
-        merged = FieldStats(dict(self.sums), dict(self.counts))
-        for name, total in other.sums.items():
-            merged.add(name, total, other.counts[name])
-        return merged
-
-    def means(self) -> dict[str, np.ndarray]:
-        return {name: self.sums[name] / self.counts[name] for name in self.sums if self.counts[name] > 0}
-
-    def all_reduce(self, names: list[str]) -> "FieldStats":
-        """Sum across torch.distributed processes (no-op when not initialized). Every process must pass the same names."""
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            return self
-        reduced = FieldStats()
-        for name in names:
-            total = torch.as_tensor(np.atleast_1d(self.sums.get(name, 0.0)), dtype=torch.float64).clone()
-            count = torch.tensor([self.counts.get(name, 0.0)], dtype=torch.float64)
-            packed = torch.cat([total, count])
-            torch.distributed.all_reduce(packed)
-            value = packed[:-1].numpy()
-            reduced.add(name, value if np.ndim(self.sums.get(name, 0.0)) else value[0], float(packed[-1]))
-        return reduced
-
-
 # --- passes over the data ------------------------------------------------------------------------------
-
-
-def _by_call(fields: dict[str, Field]) -> dict[tuple[str, int], str]:
-    """(module path, call index) → field name; a field whose calls have equal inputs has several calls."""
-    return {call: f.name for f in fields.values() for call in f.calls}
-
-
-def _per_sample(output: torch.Tensor) -> torch.Tensor:
-    """[B, ...] lookup output → [B, rest] (a sample's whole looked-up embedding as one vector)."""
-    return output.reshape(output.shape[0], -1) if output.dim() >= 2 else output.reshape(1, -1)
-
-
-def _lookup_stats(model: nn.Module, fields: dict[str, Field], batches: Iterable, measure) -> FieldStats:
-    """One no-grad forward per batch; `measure(output)` → (total, count) is added per looked-up field."""
-    by_key = _by_call(fields)
-    stats = FieldStats()
-
-    def record(path, index, module, args, kwargs, output):
-        name = by_key.get((path, index))
-        if name is not None:
-            stats.add(name, *measure(output.detach().reshape(-1, output.shape[-1]).double()))
-
-    with torch.no_grad(), _hooks(model, record):
-        for batch in batches:
-            example = ExampleInputs.of(batch)
-            model(*example.args, **example.kwargs)
-    return stats
-
-
-def mean_stats(model: nn.Module, fields: dict[str, Field], batches: Iterable) -> FieldStats:
-    """Sums and counts of each field's looked-up embedding vectors ([D], over every lookup)."""
-    return _lookup_stats(model, fields, batches, lambda rows: (rows.sum(0).numpy(), rows.shape[0]))
-
-
-def field_means(model: nn.Module, fields: dict[str, Field], names, batches) -> dict[str, np.ndarray]:
-    """E[v_f] of the named fields: the mean of their looked-up (pooled, for bags) embeddings, float64 [D]."""
-    names = list(names)
-    unknown = [n for n in names if n not in fields]
-    if unknown:
-        raise UnknownFieldError(f"unknown field(s) {unknown}; the model's fields are: {', '.join(fields)}")
-    means = mean_stats(model, {n: fields[n] for n in names}, batches).means()
-    missing = [n for n in names if n not in means]
-    if missing:
-        raise UnsupportedModelError(f"fields {missing} were never looked up in the calibration data: no mean embedding")
-    return means
 
 
 def taylor_stats(
     model: nn.Module, fields: dict[str, Field], batches: Iterable, labels: Iterable, means: dict[str, np.ndarray], loss="bce"
 ) -> FieldStats:
     """Sums over samples of |g_f · (E[v_f] − v_f)| and sample counts, one forward+backward per batch."""
-    by_key = _by_call(fields)
+    by_key = by_call(fields)
     stats = FieldStats()
     captured: dict[str, list[torch.Tensor]] = {}
 
@@ -172,7 +91,7 @@ def taylor_stats(
     for p in parameters:  # gradients w.r.t. lookups only; the weights' gradients are not needed
         p.requires_grad_(False)
     try:
-        with _hooks(model, capture):
+        with lookup_hooks(model, capture):
             for batch, y in _zip_labels(batches, labels):
                 captured.clear()
                 example = ExampleInputs.of(batch)
@@ -186,7 +105,7 @@ def taylor_stats(
                     v = leaf.detach()
                     g = torch.zeros_like(v) if grad is None else grad
                     delta = torch.as_tensor(means[name], dtype=torch.float64) - v.double()  # broadcast over [B, ..., D]
-                    term = (_per_sample(g.double()) * _per_sample(delta)).sum(1)
+                    term = (per_sample_vectors(g.double()) * per_sample_vectors(delta)).sum(1)
                     terms[name] = terms[name] + term if name in terms else term
                 for name, term in terms.items():
                     per_sample = term.abs()
@@ -210,7 +129,7 @@ def permutation_stats(
             return output[state["perm"]]  # every call of the field, with the same permutation
         return None
 
-    with torch.no_grad(), _hooks(model, shuffle):
+    with torch.no_grad(), lookup_hooks(model, shuffle):
         for batch, y in _zip_labels(batches, labels):
             example = ExampleInputs.of(batch)
             y = _as_tensor(y)
@@ -227,7 +146,7 @@ def permutation_stats(
 
 def norm_stats(model: nn.Module, fields: dict[str, Field], batches: Iterable) -> FieldStats:
     """Sums and counts of the L2 norms of each field's looked-up embedding vectors."""
-    return _lookup_stats(model, fields, batches, lambda rows: (rows.norm(dim=1).sum().item(), rows.shape[0]))
+    return lookup_stats(model, fields, batches, lambda rows: (rows.norm(dim=1).sum().item(), rows.shape[0]))
 
 
 def _as_tensor(y) -> torch.Tensor:
@@ -242,17 +161,6 @@ def _zip_labels(batches: Iterable, labels: Iterable):
 
 
 # --- results --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class PrunePlan:
-    """Fields to prune and, when known, their mean embeddings (used by `convert(prune=plan)`)."""
-
-    drop: list[str]
-    means: dict[str, np.ndarray] = field(default_factory=dict)
-
-    def __iter__(self):
-        return iter(self.drop)
 
 
 @dataclass

@@ -106,7 +106,7 @@ class Field:
 
 
 @contextlib.contextmanager
-def _hooks(model: nn.Module, on_lookup: Callable[[str, int, nn.Module, tuple, dict, torch.Tensor], torch.Tensor | None]) -> Iterator[None]:
+def lookup_hooks(model: nn.Module, on_lookup: Callable[[str, int, nn.Module, tuple, dict, torch.Tensor], torch.Tensor | None]) -> Iterator[None]:
     """Call on_lookup(module_path, call_index, module, args, kwargs, output) for every embedding call.
 
     Call indices restart at every forward of the root module. A non-None return replaces the output.
@@ -129,7 +129,7 @@ def _hooks(model: nn.Module, on_lookup: Callable[[str, int, nn.Module, tuple, di
             handle.remove()
 
 
-def _call(model: nn.Module, batch) -> object:
+def call_model(model: nn.Module, batch) -> object:
     from .export import ExampleInputs
 
     example = ExampleInputs.of(batch)
@@ -159,8 +159,8 @@ def _record_calls(model: nn.Module, batch, table_of_module: dict[str, str]) -> l
         tensors = tuple(None if t is None else t.detach() for t in lookup_arguments(args, kwargs))
         calls.append((path, index, (table_of_module[path], settings, tensors)))
 
-    with torch.no_grad(), _hooks(model, record):
-        _call(model, batch)
+    with torch.no_grad(), lookup_hooks(model, record):
+        call_model(model, batch)
     return calls
 
 

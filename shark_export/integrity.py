@@ -41,13 +41,12 @@ def verify_model(path, require: bool = True) -> dict[str, str] | None:
     does not match (or a file whose checksums are unreadable, or missing when `require`). Returns
     {table: digest}, or None when no checksums are recorded and not `require`."""
     import onnx
-    from onnx import numpy_helper
 
-    from .schemas import DOMAIN
+    from .inspect_model import read_tables
 
     path = Path(path)
     try:
-        model = onnx.load(str(path))
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf raises several types for a corrupt file
         raise IntegrityError(f"cannot read {str(path)!r} as an ONNX model: {exc}") from exc
     metadata = {p.key: p.value for p in model.metadata_props}
@@ -62,23 +61,10 @@ def verify_model(path, require: bool = True) -> dict[str, str] | None:
             raise ValueError("not an object")
     except ValueError as exc:
         raise IntegrityError(f"{path.name}: unreadable {CHECKSUMS_KEY} metadata ({exc})") from exc
-    initializers = {i.name: i for i in model.graph.initializer}
+    tables, _ = read_tables(path)  # validated against their attributes first (a FormatError names the table)
     seen: dict[str, str] = {}
-    for node in model.graph.node:
-        if node.domain != DOMAIN:
-            continue
-        table = node.input[0].removesuffix(".payload")
-        if table in seen:
-            continue
-        arrays = []
-        for name in node.input[:3]:
-            if name not in initializers:
-                raise IntegrityError(f"{path.name}: node {node.name!r} reads {name!r}, which is not a stored tensor")
-            arrays.append(numpy_helper.to_array(initializers[name]))
-        attributes = {a.name: a.i for a in node.attribute}
-        if any(k not in attributes for k in _ATTRIBUTES):
-            raise IntegrityError(f"{path.name}: node {node.name!r} lacks table attributes")
-        seen[table] = table_digest(attributes, *arrays)
+    for table, stored in tables.items():
+        seen[table] = table_digest(stored.op_attributes(), stored.payload, stored.row_meta, stored.default_row)
         if table not in recorded:
             raise IntegrityError(f"{path.name}: table {table!r} has no recorded checksum")
         if recorded[table] != seen[table]:

@@ -1,4 +1,5 @@
-"""Field pruning in torch: a copy of the model whose pruned fields return their mean embedding.
+"""Field pruning, all of it but the graph pass (passes/prune.py): what a plan names, the fields' mean
+embeddings, and in torch a copy of the model whose pruned fields return their mean embedding.
 
 Users fine-tune that copy with their own loop (as the paper retrains after pruning) and convert it; the
 converter recognizes the pruned fields, so `convert(pruned_copy)` and `convert(model, prune=plan)` give the
@@ -9,19 +10,44 @@ call counter and non-persistent buffers), so the copy survives `copy.deepcopy`, 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import numpy as np
 import torch
 from torch import nn
 
-from .errors import SharkExportError, UnknownFieldError
-from .field_scoring import field_means
+from .errors import SharkExportError, UnknownFieldError, UnsupportedModelError
+from .lookup_stats import mean_stats
 from .fields import PRUNED_CALLS_ATTRIBUTE as _CALLS
-from .fields import find_fields, resolve_field
+from .fields import Field, find_fields, resolve_field
 
 _COUNT = "_shark_call_count"
 _MEAN = "_shark_pruned_mean_{}"
+
+
+@dataclass
+class PrunePlan:
+    """Fields to prune and, when known, their mean embeddings (used by `convert(prune=plan)`)."""
+
+    drop: list[str]
+    means: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __iter__(self):
+        return iter(self.drop)
+
+
+def field_means(model: nn.Module, fields: dict[str, Field], names, batches) -> dict[str, np.ndarray]:
+    """E[v_f] of the named fields: the mean of their looked-up (pooled, for bags) embeddings, float64 [D]."""
+    names = list(names)
+    unknown = [n for n in names if n not in fields]
+    if unknown:
+        raise UnknownFieldError(f"unknown field(s) {unknown}; the model's fields are: {', '.join(fields)}")
+    means = mean_stats(model, {n: fields[n] for n in names}, batches).means()
+    missing = [n for n in names if n not in means]
+    if missing:
+        raise UnsupportedModelError(f"fields {missing} were never looked up in the calibration data: no mean embedding")
+    return means
 
 
 def prune_plan_of(prune: Any) -> tuple[list[str], dict[str, np.ndarray]]:
@@ -50,9 +76,24 @@ def _replace_pruned(module: nn.Module, args, output: torch.Tensor):
     return None
 
 
-def pruned_calls(module: nn.Module) -> dict[int, np.ndarray]:
-    """Call index → mean embedding of the pruned calls of an embedding module (empty when none)."""
-    return {i: getattr(module, _MEAN.format(i)).detach().cpu().numpy() for i in sorted(getattr(module, _CALLS, ()))}
+def resolve_prune(prune: Any, fields: dict[str, Field], model: nn.Module, calibration: list | None) -> dict[str, np.ndarray]:
+    """The fields a plan (a PrunePlan, a list of names or one name) prunes, by their own names (a call name of
+    a merged field selects the field), with their mean embeddings: from the plan, else from `calibration`."""
+    names, means = prune_plan_of(prune)
+    resolved: dict[str, np.ndarray | None] = {}
+    for name in names:
+        f = resolve_field(fields, name)
+        if f is None:
+            raise UnknownFieldError(f"cannot prune unknown field {name!r}; the model's fields are: {', '.join(fields)}")
+        if f.pruned:
+            raise SharkExportError(f"field {name!r} is already pruned in the model (prune_fields); do not prune it again")
+        resolved.setdefault(f.name, means.get(name, means.get(f.name)))
+    missing = [n for n, mean in resolved.items() if mean is None]
+    if missing:
+        if not calibration:
+            raise SharkExportError(f"pruning {missing} needs calibration data for their mean embeddings")
+        resolved.update(field_means(model, fields, missing, calibration))
+    return resolved
 
 
 def prune_fields(model: nn.Module, plan: Any, calibration: Iterable) -> nn.Module:
@@ -64,25 +105,9 @@ def prune_fields(model: nn.Module, plan: Any, calibration: Iterable) -> nn.Modul
     calibration = list(calibration)
     if not calibration:
         raise SharkExportError("prune_fields needs calibration batches (to name the fields and compute means)")
-    names, means = prune_plan_of(plan)
     fields = find_fields(model, calibration[0], more_batches=calibration[1:8])
-    unknown = [n for n in names if resolve_field(fields, n) is None]
-    if unknown:
-        raise UnknownFieldError(f"unknown field(s) {unknown}; the model's fields are: {', '.join(fields)}")
-    canonical = []
-    for n in names:  # a call name of a merged field selects the whole field
-        f = resolve_field(fields, n)
-        if n in means and f.name not in means:
-            means[f.name] = means[n]
-        if f.name not in canonical:
-            canonical.append(f.name)
-    names = canonical
-    already = [n for n in names if fields[n].pruned]
-    if already:
-        raise SharkExportError(f"field(s) {already} are already pruned in this model")
-    missing = [n for n in names if n not in means]
-    if missing:
-        means.update(field_means(model, fields, missing, calibration))
+    means = resolve_prune(plan, fields, model, calibration)
+    names = list(means)
     pruned = copy.deepcopy(model)
     modules = dict(pruned.named_modules())
     for name in names:

@@ -16,7 +16,7 @@ from torch import nn
 
 from .errors import SharkExportError
 from .field_scoring import per_sample_loss
-from .fields import _call, _hooks, find_tables, lookup_arguments
+from .fields import call_model, lookup_hooks, find_tables, lookup_arguments
 
 # Decay is applied lazily: a batch's weights are scaled by decay^-t and the total by decay^(T-1) at the
 # end, so a batch costs O(its ids), not O(rows). The scale is folded back in before it can overflow.
@@ -147,7 +147,7 @@ def score_rows(
     for p in frozen:  # only the lookups' gradients are needed
         p.requires_grad_(False)
     try:
-        with torch.set_grad_enabled(method == "taylor"), _hooks(model, record):
+        with torch.set_grad_enabled(method == "taylor"), lookup_hooks(model, record):
             for t, batch in enumerate(batches):
                 weights = None
                 batch_labels = None
@@ -165,7 +165,7 @@ def score_rows(
                     scale = 1.0
                 pending.clear()
                 sample_counts.clear()
-                output = _call(model, batch)
+                output = call_model(model, batch)
                 grads = [None] * len(pending)
                 if method == "taylor":
                     y = batch_labels if isinstance(batch_labels, torch.Tensor) else torch.as_tensor(np.asarray(batch_labels))

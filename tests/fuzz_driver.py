@@ -20,14 +20,14 @@ import tempfile
 import traceback
 
 import numpy as np
-import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, os.path.dirname(__file__))
 
 import shark_export  # noqa: E402
 from shark_export.errors import SharkExportError  # noqa: E402
-from shark_export.format import Tier, quantize_table  # noqa: E402
+from shark_export.format import Tier  # noqa: E402
+from shark_export.quantize import quantize_table  # noqa: E402
 from shark_export.inspect_model import read_tables  # noqa: E402
 
 _INDEX_TYPES = {np.dtype(np.int32): TensorProto.INT32, np.dtype(np.int64): TensorProto.INT64,

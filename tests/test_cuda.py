@@ -32,7 +32,8 @@ from test_ops import as_mixed, assert_bits_equal, make_table, random_bags, run_b
 
 import shark_export
 from shark_export import reference as ref
-from shark_export.format import Tier, quantize_table
+from shark_export.format import Tier
+from shark_export.quantize import quantize_table
 
 TIER_NAMES = [t.name.lower() for t in Tier]
 DIMS = [1, 2, 3, 5, 7, 8, 13, 20, 64, 100, 257]
@@ -96,7 +97,7 @@ _CPU_CHECK = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     import shark_export
     from shark_export import reference as ref
-    from shark_export.format import quantize_table
+    from shark_export.quantize import quantize_table
     from op_models import bag_model, gather_model
     rng = np.random.default_rng(0)
     codes = rng.integers(0, 6, size=300)

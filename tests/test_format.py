@@ -14,14 +14,8 @@ from hypothesis import strategies as st
 from shark_export import format as fmt
 from shark_export import reference as ref
 from shark_export.errors import FormatError, IndexOutOfRangeError
-from shark_export.format import (
-    FORMAT_VERSION,
-    READABLE_VERSIONS,
-    QuantizedTable,
-    Tier,
-    quantize_table,
-    row_stride,
-)
+from shark_export.format import FORMAT_VERSION, READABLE_VERSIONS, QuantizedTable, Tier, row_stride
+from shark_export.quantize import quantize_table
 
 DIMS = [1, 3, 7, 8, 13, 64]
 ROWS = [1, 63, 64, 65, 200]

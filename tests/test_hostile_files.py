@@ -12,7 +12,8 @@ import shark_export  # noqa: F401  (registers the op schemas)
 from shark_export import reference as ref
 from shark_export.cli import main as cli_main
 from shark_export.errors import FormatError, SharkExportError
-from shark_export.format import QuantizedTable, Tier, quantize_table
+from shark_export.format import QuantizedTable, Tier
+from shark_export.quantize import quantize_table
 from shark_export.inspect_model import inspect_model, read_tables
 
 

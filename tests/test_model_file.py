@@ -20,7 +20,7 @@ from shark_export import convert
 from shark_export.errors import ParityError
 from shark_export.model_io import OnnxModelRunner
 
-convert_module = importlib.import_module("shark_export.convert")
+faithfulness = importlib.import_module("shark_export.faithfulness")
 model_file = importlib.import_module("shark_export.model_file")
 
 
@@ -30,7 +30,7 @@ def _calibration():
 
 def test_failed_faithfulness_raises_and_leaves_no_file(tmp_path, monkeypatch):
     # A converter defect: the torch side of the check no longer serves the stored tables.
-    monkeypatch.setattr(convert_module, "_serving_lookups", lambda *a, **k: contextlib.nullcontext())
+    monkeypatch.setattr(faithfulness, "serving_lookups", lambda *a, **k: contextlib.nullcontext())
     path = tmp_path / "m.onnx"
     with pytest.raises(ParityError, match="was not written") as info:
         convert(built(TupleInputs), TupleInputs.batch(4), path, quant="int4", calibration=_calibration())
@@ -46,7 +46,7 @@ def test_a_failed_check_keeps_the_previous_model(tmp_path, monkeypatch):
     path = tmp_path / "m.onnx"
     convert(built(TupleInputs), TupleInputs.batch(4), path, quant="int8", calibration=_calibration())
     before = path.read_bytes()
-    monkeypatch.setattr(convert_module, "_serving_lookups", lambda *a, **k: contextlib.nullcontext())
+    monkeypatch.setattr(faithfulness, "serving_lookups", lambda *a, **k: contextlib.nullcontext())
     with pytest.raises(ParityError):
         convert(built(TupleInputs), TupleInputs.batch(4), path, quant="int4", calibration=_calibration())
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]

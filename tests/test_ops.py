@@ -26,13 +26,8 @@ from op_models import bag_model, gather_model, table_feeds
 import shark_export
 from shark_export import format as fmt
 from shark_export import reference as ref
-from shark_export.format import (
-    BLOCK_ROWS,
-    QuantizedTable,
-    Tier,
-    quantize_table,
-    row_stride,
-)
+from shark_export.format import BLOCK_ROWS, QuantizedTable, Tier, row_stride
+from shark_export.quantize import quantize_table
 
 TIERS = list(Tier)
 DIMS = [1, 3, 7, 8, 13, 64, 100]

@@ -16,7 +16,8 @@ from op_models import BAG, GATHER, bag_model, gather_model, table_feeds
 import shark_export
 from shark_export import reference as ref
 from shark_export.errors import IndexOutOfRangeError
-from shark_export.format import BLOCK_ROWS, QuantizedTable, Tier, quantize_table
+from shark_export.format import BLOCK_ROWS, QuantizedTable, Tier
+from shark_export.quantize import quantize_table
 
 ORT_ERRORS = (ort_state.Fail, ort_state.InvalidArgument, ort_state.RuntimeException, ort_state.InvalidGraph)
 

@@ -18,7 +18,7 @@ import shark_export
 from shark_export.errors import ExportError, UnknownFieldError
 from shark_export.export import STAGING_DOMAIN, ExampleInputs, export_to_ir
 from shark_export.fields import find_fields, find_tables
-from shark_export.format import quantize_table
+from shark_export.quantize import quantize_table
 from shark_export.passes import (
     FinalizeVersionsPass,
     PruneFieldsPass,

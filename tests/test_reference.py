@@ -9,7 +9,8 @@ import pytest
 
 from shark_export import reference as ref
 from shark_export.errors import FormatError, IndexOutOfRangeError
-from shark_export.format import QuantizedTable, Tier, quantize_table, row_stride
+from shark_export.format import QuantizedTable, Tier, row_stride
+from shark_export.quantize import quantize_table
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional

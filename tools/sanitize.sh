@@ -17,7 +17,7 @@ if [ ! -f "$ASAN_RT" ]; then
   echo "sanitize.sh: no libasan.so next to ${CXX:-g++}" >&2
   exit 1
 fi
-export SHARK_EXPORT_LIBRARY="$PWD/$BUILD/libshark_export_ops.so"
+export SHARK_EXPORT_LIBRARY="$(cd "$BUILD" && pwd)/libshark_export_ops.so"
 # Python itself is not instrumented: the runtime must be loaded first; its leaks are not ours.
 # allocator_may_return_null: a too-big allocation fails as the tests expect, instead of aborting.
 # libstdc++ too, so that ASan's __cxa_throw interceptor finds the real one (ORT throws on a failed allocation).

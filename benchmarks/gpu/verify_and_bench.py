@@ -50,7 +50,8 @@ from cuda_testlib import NO_ERROR, TestLib  # noqa: E402
 
 try:  # the whole package (needs onnx, onnx-ir, onnxscript, ...)
     from shark_export import reference as ref
-    from shark_export.format import BLOCK_ROWS, QuantizedTable, Tier, quantize_table, row_stride
+    from shark_export.format import BLOCK_ROWS, QuantizedTable, Tier, row_stride
+    from shark_export.quantize import quantize_table
 except Exception as exc:  # noqa: BLE001  -- only format.py/reference.py are needed: load them without __init__
     print(f"note: import shark_export failed ({type(exc).__name__}: {exc}); loading format/reference directly")
     for name in [m for m in sys.modules if m == "shark_export" or m.startswith("shark_export.")]:
@@ -59,7 +60,8 @@ except Exception as exc:  # noqa: BLE001  -- only format.py/reference.py are nee
     pkg.__path__ = [str(REPO / "shark_export")]
     sys.modules["shark_export"] = pkg
     from shark_export import reference as ref  # noqa: E402
-    from shark_export.format import BLOCK_ROWS, QuantizedTable, Tier, quantize_table, row_stride  # noqa: E402
+    from shark_export.format import BLOCK_ROWS, QuantizedTable, Tier, row_stride  # noqa: E402
+    from shark_export.quantize import quantize_table  # noqa: E402
 
 U = 2.0**-24
 FAILURES: list[str] = []

@@ -64,6 +64,16 @@ def _origin_text(origins: list[ExportedLookup | None]) -> str:
     return f" (module {paths[0]!r})" if paths else ""
 
 
+def _substitute(graph: ir.Graph, old: ir.Node, new: ir.Node) -> None:
+    """`new` computes what `old` did: it takes old's place, output name and uses; old goes."""
+    graph.insert_before(old, new)
+    out = new.outputs[0]
+    out.shape, out.type = old.outputs[0].shape, old.outputs[0].type
+    old.outputs[0].replace_all_uses_with(out, replace_graph_outputs=True)
+    out.name = old.outputs[0].name
+    graph.remove(old, safe=True)
+
+
 def lower_computed_weight_gathers(model: ir.Model, parameter_names: set[str], origins: dict) -> None:
     """Staging gathers on a weight computed in the graph (not a parameter) become plain ONNX Gathers:
     there is no table to store. A bag on a computed weight cannot be served and is an error."""
@@ -80,13 +90,7 @@ def lower_computed_weight_gathers(model: ir.Model, parameter_names: set[str], or
                 f"({getattr(weight, 'name', None)!r}), not a parameter: such a bag cannot be stored as a table; "
                 "compute the weight before export (a parameter) or use nn.Embedding"
             )
-        gather = ir.node("Gather", [weight, node.inputs[1]], attributes={"axis": 0}, name=f"{node.name}/gather")
-        graph.insert_before(node, gather)
-        out = gather.outputs[0]
-        out.shape, out.type = node.outputs[0].shape, node.outputs[0].type
-        node.outputs[0].replace_all_uses_with(out, replace_graph_outputs=True)
-        out.name = node.outputs[0].name
-        graph.remove(node, safe=True)
+        _substitute(graph, node, ir.node("Gather", [weight, node.inputs[1]], attributes={"axis": 0}, name=f"{node.name}/gather"))
 
 
 def raise_table_gathers(model: ir.Model, table_aliases: set[str]) -> None:
@@ -101,13 +105,7 @@ def raise_table_gathers(model: ir.Model, table_aliases: set[str]) -> None:
             continue
         if indices is None:
             continue  # (Gather indices are int32 or int64 by the ONNX spec)
-        staging = ir.node(FLOAT_GATHER, [data, indices], domain=STAGING_DOMAIN, name=f"{node.name}/lookup")
-        graph.insert_before(node, staging)
-        out = staging.outputs[0]
-        out.shape, out.type = node.outputs[0].shape, node.outputs[0].type
-        node.outputs[0].replace_all_uses_with(out, replace_graph_outputs=True)
-        out.name = node.outputs[0].name
-        graph.remove(node, safe=True)
+        _substitute(graph, node, ir.node(FLOAT_GATHER, [data, indices], domain=STAGING_DOMAIN, name=f"{node.name}/lookup"))
 
 
 def find_lookups(

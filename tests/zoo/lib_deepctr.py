@@ -21,16 +21,10 @@ import torch
 from deepctr_torch.inputs import DenseFeat, SparseFeat, VarLenSparseFeat, get_feature_names
 from deepctr_torch.models import AFM, DCN, DIN, NFM, WDL, DeepFM, xDeepFM
 
-try:  # as part of a tests.zoo package, or with tests/zoo on sys.path
-    from .zoo_data import ZooCase, make_tabular, split_batches, train_briefly
-except ImportError:
-    from zoo_data import ZooCase, make_tabular, split_batches, train_briefly
+from zoo_data import make_tabular, N_ROWS, trained_case, ZooCase
 
 LIBRARY = "deepctr-torch"
 
-N_TRAIN, N_CAL, N_TEST = 4096, 2048, 4096
-TRAIN_BATCH, CAL_BATCH, TEST_BATCH = 512, 256, 512
-STEPS = 60
 
 # Sparse fields: a mix of tiny (2-5 rows), medium and ~3000-row vocabularies.
 VOCABS = [60, 3000, 5, 1200, 2, 300, 12, 3, 100]
@@ -48,33 +42,16 @@ def _matrix(model, x: dict) -> np.ndarray:
 
 
 def _case(name, model, X: np.ndarray, y: np.ndarray, *, kind="ctr", notes="", seed=0) -> ZooCase:
-    """Train on the first N_TRAIN rows, calibrate on the next N_CAL, test on the last N_TEST."""
     X = torch.from_numpy(X)
     y = torch.from_numpy(np.asarray(y, dtype=np.float32))
-    train = split_batches(N_TRAIN, TRAIN_BATCH)
-    cal = [slice(N_TRAIN + s.start, N_TRAIN + s.stop) for s in split_batches(N_CAL, CAL_BATCH)]
-    test = [slice(N_TRAIN + N_CAL + s.start, N_TRAIN + N_CAL + s.stop) for s in split_batches(N_TEST, TEST_BATCH)]
-    train_briefly(model, [X[s] for s in train], [y[s] for s in train], loss="bce_prob", steps=STEPS, seed=seed)
-    calibration = [X[s] for s in cal]
-    return ZooCase(
-        name=name,
-        library=LIBRARY,
-        model=model,
-        example=calibration[0],
-        calibration=calibration,
-        labels=[y[s] for s in cal],
-        test=[X[s] for s in test],
-        test_labels=[y[s] for s in test],
-        kind=kind,
-        notes=notes,
-        extra={"feature_names": list(model.feature_index)},
-    )
+    return trained_case(name, LIBRARY, model, lambda s: X[s], lambda s: y[s], seed=seed, kind=kind, notes=notes,
+                        extra={"feature_names": list(model.feature_index)})
 
 
 def _criteo_style(seed: int):
     """Feature columns as in deepctr's run_classification_criteo.py: SparseFeat(name, vocabulary_size) (default
     embedding_dim=4) and DenseFeat(name, 1); the same columns for the linear and the dnn part."""
-    data = make_tabular(N_TRAIN + N_CAL + N_TEST, VOCABS, n_dense=N_DENSE, seed=seed)
+    data = make_tabular(N_ROWS, VOCABS, n_dense=N_DENSE, seed=seed)
     sparse = [f"C{i}" for i in range(len(VOCABS))]
     dense = [f"I{i}" for i in range(N_DENSE)]
     columns = [SparseFeat(f, v) for f, v in zip(sparse, VOCABS)] + [DenseFeat(f, 1) for f in dense]
@@ -84,7 +61,7 @@ def _criteo_style(seed: int):
 
 def _sparse_only(seed: int, dim: int = 8):
     """Sparse-only columns with one embedding dim (AFM/NFM pair up embeddings, so every field shares the dim)."""
-    data = make_tabular(N_TRAIN + N_CAL + N_TEST, VOCABS, seed=seed)
+    data = make_tabular(N_ROWS, VOCABS, seed=seed)
     sparse = [f"C{i}" for i in range(len(VOCABS))]
     columns = [SparseFeat(f, v, embedding_dim=dim) for f, v in zip(sparse, VOCABS)]
     x = {f: data.sparse[:, i] for i, f in enumerate(sparse)}
@@ -137,7 +114,7 @@ def din(seed: int = 0) -> ZooCase:
     behavior feature list is ["item"]. Some histories are empty (length 0)."""
     vocabs = [800, 2, 1500, 40, 5]  # user, gender, item, cate, context
     names = ["user", "gender", "item", "cate", "ctx"]
-    data = make_tabular(N_TRAIN + N_CAL + N_TEST, vocabs, n_dense=1, history_field=2, history_len=HIST_LEN, seed=seed)
+    data = make_tabular(N_ROWS, vocabs, n_dense=1, history_field=2, history_len=HIST_LEN, seed=seed)
     columns = [SparseFeat(n, v, embedding_dim=8) for n, v in zip(names, vocabs)] + [DenseFeat("score", 1)]
     columns += [
         VarLenSparseFeat(SparseFeat("hist_item", vocabs[2], embedding_dim=8, embedding_name="item"), HIST_LEN, length_name="seq_length")
@@ -156,7 +133,7 @@ def deepfm_multivalue(seed: int = 0) -> ZooCase:
     the dnn columns of a DeepFM. Some rows have no values at all."""
     vocabs = [800, 2, 1500, 40, 5]
     names = ["user", "gender", "item", "cate", "ctx"]
-    data = make_tabular(N_TRAIN + N_CAL + N_TEST, vocabs, history_field=2, history_len=HIST_LEN, seed=seed)
+    data = make_tabular(N_ROWS, vocabs, history_field=2, history_len=HIST_LEN, seed=seed)
     columns = [SparseFeat(n, v, embedding_dim=4) for n, v in zip(names, vocabs)]
     columns += [VarLenSparseFeat(SparseFeat("hist_item", vocabs[2], embedding_dim=4), maxlen=HIST_LEN, combiner="mean")]
     x = {n: data.sparse[:, i] for i, n in enumerate(names)} | {"hist_item": data.history}

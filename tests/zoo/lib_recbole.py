@@ -58,10 +58,7 @@ import torch
 import yaml
 from torch import nn
 
-try:  # as part of a tests.zoo package, or with tests/zoo on sys.path
-    from .zoo_data import ZooCase, make_tabular, split_batches, train_briefly
-except ImportError:
-    from zoo_data import ZooCase, make_tabular, split_batches, train_briefly
+from zoo_data import make_tabular, N_ROWS, split_rows, TRAIN_BATCH, trained_case, ZooCase
 
 LIBRARY = "recbole"
 
@@ -233,49 +230,17 @@ class ContextScore(nn.Module):
 
 # ---- data / training -----------------------------------------------------------------------------------
 
-N_TRAIN, N_CAL, N_TEST = 4096, 2048, 4096
-TRAIN_BATCH, CAL_BATCH, TEST_BATCH = 512, 256, 512
 SEQ_TRAIN_BATCH = 256  # the sequence models learn more in 60 steps of 256 rows than of 512 (and 2x faster)
-N_ALL = N_TRAIN + N_CAL + N_TEST
-STEPS = 60
 LR = 0.01
-
-
-def _splits(train_batch=None):
-    train = split_batches(N_TRAIN, train_batch or TRAIN_BATCH)
-    cal = [slice(N_TRAIN + s.start, N_TRAIN + s.stop) for s in split_batches(N_CAL, CAL_BATCH)]
-    test = [slice(N_TRAIN + N_CAL + s.start, N_TRAIN + N_CAL + s.stop) for s in split_batches(N_TEST, TEST_BATCH)]
-    return train, cal, test
 
 
 def _case(name, model, X: tuple, labels, *, loss="bce_prob", kind="ctr", notes="", seed=0, extra=None,
           train_batch=None) -> ZooCase:
-    """Train `model` on the first N_TRAIN rows of X (`train_briefly`, `loss`), calibrate on the next N_CAL, test on
-    the last N_TEST. `labels` is a tensor indexed by row slices, or a function slice -> label tensor."""
-    train, cal, test = _splits(train_batch)
+    """`labels` is a tensor indexed by row slices, or a function slice -> label tensor."""
     label_of = labels if callable(labels) else (lambda s: labels[s])
-
-    def rows(s):
-        return tuple(t[s] for t in X)
-
-    torch.manual_seed(seed)
-    train_briefly(model, [rows(s) for s in train], [label_of(s) for s in train], loss=loss, steps=STEPS, lr=LR,
-                  seed=seed)
-    model.eval()
-    calibration = [rows(s) for s in cal]
-    return ZooCase(
-        name=name,
-        library=LIBRARY,
-        model=model,
-        example=calibration[0],
-        calibration=calibration,
-        labels=[label_of(s) for s in cal],
-        test=[rows(s) for s in test],
-        test_labels=[label_of(s) for s in test],
-        kind=kind,
-        notes=notes,
-        extra=extra or {},
-    )
+    return trained_case(name, LIBRARY, model, lambda s: tuple(t[s] for t in X), label_of,
+                        split=split_rows(train_batch or TRAIN_BATCH), loss=loss, lr=LR, seed=seed, kind=kind,
+                        notes=notes, extra=extra)
 
 
 # -- sequential ---------------------------------------------------------------------------------------------
@@ -287,9 +252,9 @@ HIST_LEN = 10  # = MAX_ITEM_LIST_LENGTH (RecBole default 50; sequences right-pad
 def _sequences(seed: int):
     """(item_seq [N, L], item_seq_len [N], item_id [N], labels [N]) in RecBole's layout: make_tabular's history
     (right-padded, 0 = padding) of the item field, its target item, and only rows with a non-empty history."""
-    data = make_tabular(int(N_ALL * 1.25), [N_ITEMS], history_field=0, history_len=HIST_LEN, seed=seed)
-    keep = np.flatnonzero(data.history_len > 0)[:N_ALL]
-    assert len(keep) == N_ALL
+    data = make_tabular(int(N_ROWS * 1.25), [N_ITEMS], history_field=0, history_len=HIST_LEN, seed=seed)
+    keep = np.flatnonzero(data.history_len > 0)[:N_ROWS]
+    assert len(keep) == N_ROWS
     item_seq = torch.from_numpy(data.history[keep].astype(np.int64))
     item_seq_len = torch.from_numpy(data.history_len[keep].astype(np.int64))
     item_id = torch.from_numpy(data.sparse[keep, 0].astype(np.int64))
@@ -334,7 +299,8 @@ def _seq_full(name, model_cls, seed, notes, **overrides) -> ZooCase:
         lab[torch.arange(s.stop - s.start), item_id[s]] = y[s]
         return lab
 
-    _, cal, test = _splits()
+    split = split_rows()
+    cal, test = split.calibration, split.test
     return _case(
         name, model, (item_seq, item_seq_len), onehot, loss="bce_logit", kind="sequence", seed=seed, notes=notes,
         train_batch=SEQ_TRAIN_BATCH,
@@ -382,7 +348,7 @@ N_FLOAT = 2
 
 
 def _context_case(name, model_cls, seed, *, with_floats: bool, notes: str, **overrides) -> ZooCase:
-    data = make_tabular(N_ALL, CTX_VOCABS, n_dense=N_FLOAT if with_floats else 0, seed=seed)
+    data = make_tabular(N_ROWS, CTX_VOCABS, n_dense=N_FLOAT if with_floats else 0, seed=seed)
     token_fields = ["user_id", "item_id"] + [f"c{i}" for i in range(2, len(CTX_VOCABS))]
     float_fields = [f"f{i}" for i in range(N_FLOAT)] if with_floats else []
     config = _ConfigLike(model_cls, {"numerical_features": float_fields, **overrides})

@@ -29,16 +29,10 @@ from torch_rechub.models.matching import DSSM
 from torch_rechub.models.multi_task import MMOE
 from torch_rechub.models.ranking import DCN, DIN, DeepFM, WideDeep
 
-try:  # as part of a tests.zoo package, or with tests/zoo on sys.path
-    from .zoo_data import ZooCase, make_tabular, split_batches, train_briefly
-except ImportError:
-    from zoo_data import ZooCase, make_tabular, split_batches, train_briefly
+from zoo_data import make_tabular, N_ROWS, split_rows, TRAIN_BATCH, trained_case, ZooCase
 
 LIBRARY = "torch-rechub"
 
-N_TRAIN, N_CAL, N_TEST = 4096, 2048, 4096
-TRAIN_BATCH, CAL_BATCH, TEST_BATCH = 512, 256, 512
-STEPS = 60
 
 VOCABS = [60, 3000, 5, 1200, 2, 300, 12, 3, 100]
 N_DENSE = 3
@@ -50,32 +44,15 @@ def _batch(x: dict, sl: slice) -> dict:
 
 
 def _case(name, model, x: dict, y: np.ndarray, *, kind="ctr", notes="", seed=0, train_batch=TRAIN_BATCH) -> ZooCase:
-    """Train on the first N_TRAIN rows, calibrate on the next N_CAL, test on the last N_TEST."""
     y = torch.from_numpy(np.asarray(y, dtype=np.float32))
-    train = split_batches(N_TRAIN, train_batch)
-    cal = [slice(N_TRAIN + s.start, N_TRAIN + s.stop) for s in split_batches(N_CAL, CAL_BATCH)]
-    test = [slice(N_TRAIN + N_CAL + s.start, N_TRAIN + N_CAL + s.stop) for s in split_batches(N_TEST, TEST_BATCH)]
-    train_briefly(model, [_batch(x, s) for s in train], [y[s] for s in train], loss="bce_prob", steps=STEPS, seed=seed)
-    calibration = [_batch(x, s) for s in cal]
-    return ZooCase(
-        name=name,
-        library=LIBRARY,
-        model=model,
-        example=calibration[0],
-        calibration=calibration,
-        labels=[y[s] for s in cal],
-        test=[_batch(x, s) for s in test],
-        test_labels=[y[s] for s in test],
-        kind=kind,
-        notes=notes,
-        extra={"feature_names": list(x)},
-    )
+    return trained_case(name, LIBRARY, model, lambda s: _batch(x, s), lambda s: y[s], split=split_rows(train_batch),
+                        seed=seed, kind=kind, notes=notes, extra={"feature_names": list(x)})
 
 
 def _criteo_style(seed: int, embed_dim: int = 16, tasks: int = 1):
     """As run_criteo.py / run_avazu.py: DenseFeature(name) and SparseFeature(name, vocab_size, embed_dim=16);
     dense values float32, sparse ids int64."""
-    data = make_tabular(N_TRAIN + N_CAL + N_TEST, VOCABS, n_dense=N_DENSE, tasks=tasks, seed=seed)
+    data = make_tabular(N_ROWS, VOCABS, n_dense=N_DENSE, tasks=tasks, seed=seed)
     sparse_names = [f"C{i}" for i in range(len(VOCABS))]
     dense_names = [f"I{i}" for i in range(N_DENSE)]
     dense_feas = [DenseFeature(n) for n in dense_names]
@@ -126,7 +103,7 @@ def dssm(seed: int = 0) -> ZooCase:
     torch.manual_seed(seed)
     vocabs = [1000, 3, 7, 21, 1500, 30]  # user_id, gender, age, occupation | movie_id, cate_id
     names = ["user_id", "gender", "age", "occupation", "movie_id", "cate_id"]
-    data = make_tabular(N_TRAIN + N_CAL + N_TEST, vocabs, history_field=4, history_len=HIST_LEN, seed=seed)
+    data = make_tabular(N_ROWS, vocabs, history_field=4, history_len=HIST_LEN, seed=seed)
     user_features = [SparseFeature(n, vocab_size=v, embed_dim=16) for n, v in zip(names[:4], vocabs[:4])]
     user_features += [SequenceFeature("hist_movie_id", vocab_size=vocabs[4], embed_dim=16, pooling="mean",
                                       shared_with="movie_id", padding_idx=0)]
@@ -145,7 +122,7 @@ def din(seed: int = 0) -> ZooCase:
     of items and of their categories (pooling="concat", shared_with the target features)."""
     torch.manual_seed(seed)
     n_items, n_cates, n_users = 1500, 40, 800
-    data = make_tabular(N_TRAIN + N_CAL + N_TEST, [n_items, n_users, 5], history_field=0, history_len=HIST_LEN, seed=seed)
+    data = make_tabular(N_ROWS, [n_items, n_users, 5], history_field=0, history_len=HIST_LEN, seed=seed)
     rng = np.random.default_rng(seed + 1)
     cate_of = np.concatenate([[0], rng.integers(1, n_cates, size=n_items - 1)]).astype(np.int64)  # item -> category
     features = [SparseFeature("target_item_id", vocab_size=n_items, embed_dim=8),

@@ -24,47 +24,25 @@ from torchfm.model.nfm import NeuralFactorizationMachineModel
 from torchfm.model.wd import WideAndDeepModel
 from torchfm.model.xdfm import ExtremeDeepFactorizationMachineModel
 
-try:  # as part of a tests.zoo package, or with tests/zoo on sys.path
-    from .zoo_data import ZooCase, make_tabular, split_batches, train_briefly
-except ImportError:
-    from zoo_data import ZooCase, make_tabular, split_batches, train_briefly
+from zoo_data import make_tabular, N_ROWS, trained_case, ZooCase
 
 LIBRARY = "pytorch-fm"
 
-N_TRAIN, N_CAL, N_TEST = 4096, 2048, 4096
-TRAIN_BATCH, CAL_BATCH, TEST_BATCH = 512, 256, 512
-STEPS = 60
 
 FIELD_DIMS = [60, 3000, 5, 1200, 2, 300, 12, 3, 100]
 
 
 def _case(name, seed, make_model, *, notes="") -> ZooCase:
     """Data as torchfm's datasets give it (LongTensor [N, F] of per-field ids starting at 0), the model from
-    `make_model(field_dims)`, trained on the first N_TRAIN rows; calibration / test from the rest."""
-    data = make_tabular(N_TRAIN + N_CAL + N_TEST, FIELD_DIMS, seed=seed)
+    `make_model(field_dims)`."""
+    data = make_tabular(N_ROWS, FIELD_DIMS, seed=seed)
     field_dims = np.array(FIELD_DIMS, dtype=np.int64)  # torchfm datasets expose field_dims as a numpy array
     torch.manual_seed(seed)
     model = make_model(field_dims)
     X = torch.from_numpy(data.sparse)
     y = torch.from_numpy(np.asarray(data.labels, dtype=np.float32))
-    train = split_batches(N_TRAIN, TRAIN_BATCH)
-    cal = [slice(N_TRAIN + s.start, N_TRAIN + s.stop) for s in split_batches(N_CAL, CAL_BATCH)]
-    test = [slice(N_TRAIN + N_CAL + s.start, N_TRAIN + N_CAL + s.stop) for s in split_batches(N_TEST, TEST_BATCH)]
-    train_briefly(model, [X[s] for s in train], [y[s] for s in train], loss="bce_prob", steps=STEPS, seed=seed)
-    calibration = [X[s] for s in cal]
-    return ZooCase(
-        name=name,
-        library=LIBRARY,
-        model=model,
-        example=calibration[0],
-        calibration=calibration,
-        labels=[y[s] for s in cal],
-        test=[X[s] for s in test],
-        test_labels=[y[s] for s in test],
-        kind="ctr",
-        notes=notes,
-        extra={"field_dims": list(FIELD_DIMS)},
-    )
+    return trained_case(name, LIBRARY, model, lambda s: X[s], lambda s: y[s], seed=seed, notes=notes,
+                        extra={"field_dims": list(FIELD_DIMS)})
 
 
 # The hyper-parameters are those of torchfm's examples/main.py get_model().

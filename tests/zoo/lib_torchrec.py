@@ -30,16 +30,10 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConf
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-try:  # as part of a tests.zoo package, or with tests/zoo on sys.path
-    from .zoo_data import TabularData, ZooCase, make_tabular, split_batches, train_briefly
-except ImportError:
-    from zoo_data import TabularData, ZooCase, make_tabular, split_batches, train_briefly
+from zoo_data import make_tabular, N_ROWS, TabularData, trained_case, ZooCase
 
 LIBRARY = "torchrec"
 
-N_TRAIN, N_CAL, N_TEST = 4096, 2048, 4096
-TRAIN_BATCH, CAL_BATCH, TEST_BATCH = 512, 256, 512
-STEPS = 60
 
 N_DENSE = 4
 HIST_LEN = 6
@@ -53,7 +47,7 @@ CAT_MISSING = 0.2
 
 
 def _data(seed: int) -> tuple[TabularData, np.ndarray]:
-    data = make_tabular(N_TRAIN + N_CAL + N_TEST, VOCABS, n_dense=N_DENSE, history_field=1, history_len=HIST_LEN, seed=seed)
+    data = make_tabular(N_ROWS, VOCABS, n_dense=N_DENSE, history_field=1, history_len=HIST_LEN, seed=seed)
     cat_present = np.random.default_rng(seed + 1).random(len(data.labels)) >= CAT_MISSING
     return data, cat_present
 
@@ -76,35 +70,15 @@ def _kjt(data: TabularData, cat_present: np.ndarray, rows: slice, weighted: bool
 
 
 def _case(name, seed, make_model, *, weighted=False, kind="ctr", notes="") -> ZooCase:
-    """The model from `make_model()`, trained STEPS Adam steps on the first N_TRAIN rows (BCE on logits);
-    calibration / test batches of (dense, kjt) from the rest; the example is the first calibration batch."""
+    """The model from `make_model()`, trained on (dense, kjt) batches with BCE on logits."""
     data, cat_present = _data(seed)
     torch.manual_seed(seed)
     model = make_model()
     dense = torch.from_numpy(data.dense)
     y = torch.from_numpy(np.asarray(data.labels, dtype=np.float32))
-
-    def batches(slices):
-        return [(dense[s], _kjt(data, cat_present, s, weighted)) for s in slices]
-
-    train = split_batches(N_TRAIN, TRAIN_BATCH)
-    cal = [slice(N_TRAIN + s.start, N_TRAIN + s.stop) for s in split_batches(N_CAL, CAL_BATCH)]
-    test = [slice(N_TRAIN + N_CAL + s.start, N_TRAIN + N_CAL + s.stop) for s in split_batches(N_TEST, TEST_BATCH)]
-    train_briefly(model, batches(train), [y[s] for s in train], loss="bce_logit", steps=STEPS, seed=seed)
-    calibration = batches(cal)
-    return ZooCase(
-        name=name,
-        library=LIBRARY,
-        model=model,
-        example=calibration[0],
-        calibration=calibration,
-        labels=[y[s] for s in cal],
-        test=batches(test),
-        test_labels=[y[s] for s in test],
-        kind=kind,
-        notes=notes,
-        extra={"keys": list(KEYS), "weighted": weighted},
-    )
+    return trained_case(name, LIBRARY, model, lambda s: (dense[s], _kjt(data, cat_present, s, weighted)), lambda s: y[s],
+                        loss="bce_logit", seed=seed, kind=kind, notes=notes,
+                        extra={"keys": list(KEYS), "weighted": weighted})
 
 
 # ---- models ------------------------------------------------------------------------------------------

@@ -37,10 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-try:  # as part of a tests.zoo package, or with tests/zoo on sys.path
-    from .zoo_data import ZooCase, make_tabular, split_batches, train_briefly
-except ImportError:
-    from zoo_data import ZooCase, make_tabular, split_batches, train_briefly
+from zoo_data import make_tabular, N_ROWS, trained_case, ZooCase
 
 LIBRARY = "pytorch-widedeep"
 
@@ -116,9 +113,6 @@ TabPreprocessor = _preprocessing.TabPreprocessor
 
 # ---- data ----------------------------------------------------------------------------------------------
 
-N_TRAIN, N_CAL, N_TEST = 4096, 2048, 4096
-TRAIN_BATCH, CAL_BATCH, TEST_BATCH = 512, 256, 512
-STEPS = 60
 LR = 0.01
 
 # categorical columns: tiny (2-5 values), medium and ~3000-value vocabularies
@@ -132,7 +126,7 @@ def _frames(seed: int, vocabs=VOCABS, **kw):
     """The generated data as a DataFrame, plus a 'vocabulary' frame holding every id of every column once:
     the encoders are fitted on both (as when the category lists are known up front), so every table has
     exactly n + 1 rows (0 = unseen/padding)."""
-    data = make_tabular(N_TRAIN + N_CAL + N_TEST, vocabs, n_dense=N_DENSE, seed=seed, **kw)
+    data = make_tabular(N_ROWS, vocabs, n_dense=N_DENSE, seed=seed, **kw)
     df = pd.DataFrame({c: data.sparse[:, i] for i, c in enumerate(CAT_COLS)})
     for i, c in enumerate(CONT_COLS):
         df[c] = data.dense[:, i]
@@ -157,33 +151,11 @@ def _as_tensor(x: np.ndarray) -> torch.Tensor:
 
 
 def _case(name, model, X: dict, y: np.ndarray, *, kind="ctr", notes="", seed=0, extra=None) -> ZooCase:
-    """Train on the first N_TRAIN rows, calibrate on the next N_CAL, test on the last N_TEST."""
     X = {k: _as_tensor(v) for k, v in X.items()}
     y = torch.from_numpy(np.asarray(y, dtype=np.float32))
-
-    def rows(s):
-        return {k: v[s] for k, v in X.items()}
-
-    train = split_batches(N_TRAIN, TRAIN_BATCH)
-    cal = [slice(N_TRAIN + s.start, N_TRAIN + s.stop) for s in split_batches(N_CAL, CAL_BATCH)]
-    test = [slice(N_TRAIN + N_CAL + s.start, N_TRAIN + N_CAL + s.stop) for s in split_batches(N_TEST, TEST_BATCH)]
-    torch.manual_seed(seed)
-    train_briefly(model, [rows(s) for s in train], [y[s] for s in train], loss="bce_logit", steps=STEPS, lr=LR,
-                  seed=seed)
-    calibration = [rows(s) for s in cal]
-    return ZooCase(
-        name=name,
-        library=LIBRARY,
-        model=model,
-        example=calibration[0],
-        calibration=calibration,
-        labels=[y[s] for s in cal],
-        test=[rows(s) for s in test],
-        test_labels=[y[s] for s in test],
-        kind=kind,
-        notes=notes,
-        extra={"output": "logit [B, 1]", **(extra or {})},
-    )
+    return trained_case(name, LIBRARY, model, lambda s: {k: v[s] for k, v in X.items()}, lambda s: y[s],
+                        loss="bce_logit", lr=LR, seed=seed, kind=kind, notes=notes,
+                        extra={"output": "logit [B, 1]", **(extra or {})})
 
 
 # ---- cases ---------------------------------------------------------------------------------------------
@@ -301,7 +273,7 @@ def din(seed: int = 0) -> ZooCase:
     item and the history share one table. X is int64 (no continuous columns)."""
     vocabs = [800, 1500, 40, 5, 2]  # user, item (target), cate, ctx, gender
     names = ["user", "target_item", "cate", "ctx", "gender"]
-    data = make_tabular(N_TRAIN + N_CAL + N_TEST, vocabs, history_field=1, history_len=HIST_LEN, seed=seed)
+    data = make_tabular(N_ROWS, vocabs, history_field=1, history_len=HIST_LEN, seed=seed)
     hist_cols = [f"item_{i + 1}" for i in range(HIST_LEN)]
     X = np.concatenate([data.sparse, data.history], axis=1).astype(np.int64)
     # the non-item columns get the padding/unseen id 0 reserved, as TabPreprocessor would (ids 1..n)

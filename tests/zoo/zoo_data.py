@@ -112,6 +112,45 @@ def split_batches(n: int, batch: int) -> list[slice]:
     return [slice(i, min(n, i + batch)) for i in range(0, n, batch)]
 
 
+# Every case: rows [0, N_TRAIN) train, the next N_CAL calibrate, the last N_TEST are held out.
+N_TRAIN, N_CAL, N_TEST = 4096, 2048, 4096
+N_ROWS = N_TRAIN + N_CAL + N_TEST
+TRAIN_BATCH, CAL_BATCH, TEST_BATCH = 512, 256, 512
+STEPS = 60
+
+
+@dataclass(frozen=True)
+class Split:
+    train: list[slice]
+    calibration: list[slice]
+    test: list[slice]
+
+
+def split_rows(train_batch: int = TRAIN_BATCH) -> Split:
+    def shifted(start, n, batch):
+        return [slice(start + s.start, start + s.stop) for s in split_batches(n, batch)]
+
+    return Split(shifted(0, N_TRAIN, train_batch), shifted(N_TRAIN, N_CAL, CAL_BATCH), shifted(N_TRAIN + N_CAL, N_TEST, TEST_BATCH))
+
+
+def trained_case(
+    name: str, library: str, model: nn.Module, batch_of: Callable[[slice], Any], label_of: Callable[[slice], Any], *,
+    split: Split | None = None, loss: str = "bce_prob", steps: int = STEPS, lr: float = 0.01, seed: int = 0,
+    kind: str = "ctr", notes: str = "", extra: dict | None = None,
+) -> ZooCase:
+    """Train `model` briefly on the split's training rows and return the case with its calibration and
+    held-out batches (`batch_of(rows)` / `label_of(rows)` cut one batch of inputs / labels)."""
+    split = split or split_rows()
+    train_briefly(model, [batch_of(s) for s in split.train], [label_of(s) for s in split.train], loss=loss,
+                  steps=steps, lr=lr, seed=seed)
+    calibration = [batch_of(s) for s in split.calibration]
+    return ZooCase(
+        name=name, library=library, model=model, example=calibration[0], calibration=calibration,
+        labels=[label_of(s) for s in split.calibration], test=[batch_of(s) for s in split.test],
+        test_labels=[label_of(s) for s in split.test], kind=kind, notes=notes, extra=extra or {},
+    )
+
+
 # ---- training ----------------------------------------------------------------------------------------
 
 

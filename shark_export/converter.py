@@ -6,7 +6,6 @@ import contextlib
 import json
 import re
 import sys
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -15,16 +14,16 @@ import onnx_ir as ir
 import torch
 from torch.utils import _pytree as pytree
 
-from . import reference
-from .errors import ParityError, SharkExportError, UnknownFieldError, UnsupportedModelError
+from .errors import ParityError, SharkExportError, UnsupportedModelError
 from .export import ExampleInputs, export_to_ir
-from .field_scoring import field_means
-from .fields import _hooks, fields_by_call, find_fields, find_tables, lookup_arguments, resolve_field
-from .format import QuantizedTable, Tier, quantize_table
+from .fields import find_fields, find_tables
+from .format import Tier
+from .quantize import quantize_table
 from .integrity import CHECKSUMS_KEY, checksums_of
 from .model_file import stage
 from .model_io import INPUTS_KEY, OUTPUTS_KEY, REPORT_KEY
-from .parity import ParityReport, check_parity
+from .faithfulness import check_converted
+from .report import ConvertReport, TableReport
 from .passes import (
     FinalizeVersionsPass,
     PruneFieldsPass,
@@ -36,127 +35,11 @@ from .passes import (
     raise_table_gathers,
 )
 from .progress import progress
-from .pruning import prune_plan_of
+from .pruning import resolve_prune
 from .quant_config import QuantConfig, assign_tiers, plan_storage
 from .row_priority import RowPriority, score_rows
 
 _PARITY_BATCHES = 8
-
-
-@dataclass
-class TableReport:
-    table: str
-    rows: int
-    dim: int
-    tiers: dict[str, int]
-    fp32_bytes: int
-    payload_bytes: int
-    scale_bytes: int = 0
-    metadata_bytes: int = 0
-    pruned: bool = False
-    storage: str = ""  # how the stored tiers differ from the preset's, and why (smaller rows, uniform layout)
-    dense_uses: list[str] = field(default_factory=list)  # ops that read the whole table (tied projections)
-
-    @property
-    def bytes_after(self) -> int:
-        return self.payload_bytes + self.scale_bytes + self.metadata_bytes
-
-    @property
-    def ratio(self) -> float:
-        return self.bytes_after / self.fp32_bytes
-
-
-@dataclass
-class ConvertReport:
-    output_path: str
-    tables: list[TableReport]
-    pruned_fields: list[str]
-    removed_inputs: list[str]
-    quant: str
-    faithfulness: ParityReport | None = None
-    impact: ParityReport | None = None
-    fields: list[str] = field(default_factory=list)
-    # Every byte the file holds: the tables as stored, the other initializers (dense weights), the rest
-    # (graph, attributes, metadata); `file_bytes` is the size on disk, external data included.
-    dense_bytes: int = 0
-    file_bytes: int = 0
-    notes: list[str] = field(default_factory=list)
-    merged_fields: dict[str, list[str]] = field(default_factory=dict)  # field → the other calls it stands for
-    unused_fields: list[str] = field(default_factory=list)  # called in torch, absent from the exported graph
-
-    @property
-    def fp32_bytes(self) -> int:
-        return sum(t.fp32_bytes for t in self.tables)
-
-    @property
-    def bytes_after(self) -> int:
-        return sum(t.bytes_after for t in self.tables)
-
-    @property
-    def ratio(self) -> float:
-        return self.bytes_after / self.fp32_bytes if self.fp32_bytes else 0.0
-
-    def __str__(self) -> str:
-        header = f"{'table':<32} {'rows':>10} {'dim':>5} {'tiers':<34} {'fp32 B':>12} {'after B':>12} {'ratio':>7}"
-        lines = [f"shark-export: {self.output_path} (quant={self.quant})", header, "-" * len(header)]
-        for t in self.tables:
-            tiers = "pruned" if t.pruned else " ".join(f"{k}:{v}" for k, v in t.tiers.items() if v)
-            lines.append(
-                f"{t.table:<32} {t.rows:>10} {t.dim:>5} {tiers:<34} {t.fp32_bytes:>12} {t.bytes_after:>12} {t.ratio:>7.2%}"
-            )
-            if not t.pruned:
-                lines.append(f"{'':<32} {'payload':>10} {t.payload_bytes} B, scales {t.scale_bytes} B, metadata {t.metadata_bytes} B")
-            if t.storage:
-                lines.append(f"{'':<32} {'storage':>10} {t.storage}")
-            if t.dense_uses:
-                lines.append(f"{'':<32} {'dense use':>10} {', '.join(t.dense_uses)} read the stored table (one copy)")
-        lines.append("-" * len(header))
-        lines.append(f"{'total':<32} {'':>10} {'':>5} {'':<34} {self.fp32_bytes:>12} {self.bytes_after:>12} {self.ratio:>7.2%}")
-        if self.file_bytes:
-            other = self.file_bytes - self.bytes_after - self.dense_bytes
-            lines.append(
-                f"file: {self.file_bytes} B = tables {self.bytes_after} B + other weights {self.dense_bytes} B "
-                f"+ graph and metadata {other} B"
-            )
-        if self.pruned_fields:
-            lines.append(f"pruned fields: {', '.join(self.pruned_fields)}; removed inputs: {', '.join(self.removed_inputs) or 'none'}")
-        for name, others in self.merged_fields.items():
-            lines.append(f"field {name} also stands for {', '.join(others)} (equal inputs: one lookup)")
-        if self.unused_fields:
-            lines.append(f"unused fields (no lookup in the exported graph): {', '.join(self.unused_fields)}")
-        lines.extend(f"note: {n}" for n in self.notes)
-        if self.faithfulness is not None:
-            lines.append("faithfulness (ONNX vs torch with the same pruning and dequantized weights):")
-            lines.extend("  " + line for line in str(self.faithfulness).splitlines())
-        if self.impact is not None:
-            lines.append("impact (ONNX vs the original float model):")
-            lines.extend("  " + line for line in str(self.impact).splitlines())
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict:
-        data = {
-            "output_path": self.output_path,
-            "quant": self.quant,
-            "fields": self.fields,
-            "pruned_fields": self.pruned_fields,
-            "removed_inputs": self.removed_inputs,
-            "merged_fields": self.merged_fields,
-            "unused_fields": self.unused_fields,
-            "tables": [{**asdict(t), "bytes_after": t.bytes_after, "ratio": t.ratio} for t in self.tables],
-            "fp32_bytes": self.fp32_bytes,
-            "bytes_after": self.bytes_after,
-            "ratio": self.ratio,
-            "dense_bytes": self.dense_bytes,
-            "file_bytes": self.file_bytes,
-            "notes": self.notes,
-        }
-        for name in ("faithfulness", "impact"):
-            report = getattr(self, name)
-            data[name] = None if report is None else json.loads(report.to_json())
-        return data
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
 
 
 def _output_names(output: Any) -> list[str]:
@@ -207,62 +90,6 @@ def _default_row(weight: np.ndarray, tiers) -> np.ndarray | None:
     if isinstance(tiers, np.ndarray) and (tiers == Tier.DROPPED).any():
         return weight[tiers == Tier.DROPPED].mean(axis=0, dtype=np.float64).astype(np.float32)
     return None
-
-
-@contextlib.contextmanager
-def _serving_lookups(model: torch.nn.Module, fields: dict, tables: dict[str, QuantizedTable], means: dict[str, np.ndarray]):
-    """While active, the model's lookups return what the converted graph computes: rows read from the stored
-    tables by the numpy reference, and pruned fields' means. No copy of the model or its tables is made."""
-    by_call = fields_by_call(fields)
-
-    def serve(path, index, module, args, kwargs, output):
-        f = by_call.get((path, index))
-        if f is None:
-            return None
-        if f.name in means:
-            return torch.as_tensor(np.asarray(means[f.name]), dtype=output.dtype).expand_as(output).clone()
-        if f.pruned or f.table not in tables:
-            return None  # pruned in the model (its own hook returned the mean), or a call the graph does not keep
-        table = tables[f.table]
-        indices, offsets, weights = lookup_arguments(args, kwargs)
-        ids = indices.detach().cpu().numpy()
-        if isinstance(module, torch.nn.Embedding):
-            return torch.from_numpy(reference.gather(table, ids)).to(output.dtype)
-        pooled = reference.embedding_bag(
-            table, ids,
-            offsets=None if offsets is None else offsets.detach().cpu().numpy(),
-            per_sample_weights=None if weights is None else weights.detach().cpu().numpy(),
-            mode=module.mode, include_last_offset=module.include_last_offset,
-            padding_idx=-1 if module.padding_idx is None else module.padding_idx,
-        )
-        return torch.from_numpy(pooled).to(output.dtype)
-
-    with _hooks(model, serve):
-        yield
-
-
-class _WithStoredWeights(torch.nn.Module):
-    """`model` run with some parameters replaced (no copy of the model): the dequantized tables that a
-    functional lookup or a dense use (tied projection) reads in the converted graph."""
-
-    def __init__(self, model: torch.nn.Module, weights: dict[str, torch.Tensor]):
-        super().__init__()
-        self.model = model
-        self.weights = weights
-
-    def forward(self, *args, **kwargs):
-        return torch.func.functional_call(self.model, self.weights, args, kwargs, tie_weights=True, strict=False)
-
-
-def _labels_array(label_list: list | None, batches: int):
-    """Per-batch labels → one array over the samples of the first `batches` batches ([N] or [N, T]), or a
-    dict output name → array when the labels are given per output."""
-    if label_list is None:
-        return None
-    chosen = label_list[:batches]
-    if chosen and isinstance(chosen[0], dict):
-        return {k: np.concatenate([np.asarray(torch.as_tensor(y[k])).reshape(len(y[k]), -1) for y in chosen]) for k in chosen[0]}
-    return np.concatenate([np.asarray(torch.as_tensor(y)).reshape(len(y), -1) for y in chosen])
 
 
 def _dense_use_names(uses) -> list[str]:
@@ -349,24 +176,8 @@ def _convert(
 
     tables = find_tables(model)
     fields = find_fields(model, example, more_batches=(calibration or [])[:_PARITY_BATCHES], require_calls=False)
-    prune_names, means = prune_plan_of(prune)
-    resolved = []
-    for name in prune_names:
-        f = resolve_field(fields, name)
-        if f is None:
-            raise UnknownFieldError(f"cannot prune unknown field {name!r}; the model's fields are: {', '.join(fields)}")
-        if f.pruned:
-            raise SharkExportError(f"field {name!r} is already pruned in the model (prune_fields); do not prune it again")
-        if name in means and f.name not in means:
-            means[f.name] = means[name]
-        if f.name not in resolved:
-            resolved.append(f.name)
-    prune_names = resolved
-    missing_means = [n for n in prune_names if n not in means]
-    if missing_means:
-        if calibration is None:
-            raise SharkExportError(f"pruning {missing_means} needs calibration data for their mean embeddings")
-        means.update(field_means(model, fields, missing_means, calibration))
+    means = resolve_prune(prune, fields, model, calibration)
+    prune_names = list(means)
     with torch.no_grad():
         output_names = _output_names(model(*example.args, **example.kwargs))
     steps.update()
@@ -462,17 +273,11 @@ def _convert(
         if calibration is None:
             report.notes.append("no calibration data: nothing was checked against torch (give calibration= to check the file)")
         else:
-            batches = calibration[:_PARITY_BATCHES]
-            overrides = {
-                n: torch.from_numpy(reference.dequantize(quantized[n]))
-                for n in sorted(set(found.dense_uses) | {lookup.table for lookup in lookups if lookup.field in found.functional_fields})
-                if n in quantized
-            }
-            reference_model = _WithStoredWeights(model, overrides) if overrides else model
-            with _serving_lookups(model, fields, quantized, prune_live):
-                report.faithfulness = check_parity(reference_model, staged.path, batches, atol=1e-5, rtol=1e-4)
-            report.impact = check_parity(model, staged.path, batches, labels=_labels_array(label_list, len(batches)),
-                                         atol=impact_atol, rtol=impact_rtol)
+            report.faithfulness, report.impact = check_converted(
+                model, staged.path, calibration[:_PARITY_BATCHES], fields=fields, tables=quantized,
+                pruned_means=prune_live, labels=label_list, impact_atol=impact_atol, impact_rtol=impact_rtol,
+                dequantized=set(found.dense_uses) | {l.table for l in lookups if l.field in found.functional_fields},
+            )
             if not report.faithfulness and not keep_unfaithful:
                 raise ParityError(
                     f"the converted model does not compute what torch computes with the same stored tables, so "

@@ -1,0 +1,125 @@
+"""What a conversion reports: per table (rows, tiers, bytes, storage decisions, dense uses) and per model
+(fields, pruning, every byte of the file, the faithfulness and impact checks)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from .parity import ParityReport
+
+
+@dataclass
+class TableReport:
+    table: str
+    rows: int
+    dim: int
+    tiers: dict[str, int]
+    fp32_bytes: int
+    payload_bytes: int
+    scale_bytes: int = 0
+    metadata_bytes: int = 0
+    pruned: bool = False
+    storage: str = ""  # how the stored tiers differ from the preset's, and why (smaller rows, uniform layout)
+    dense_uses: list[str] = field(default_factory=list)  # ops that read the whole table (tied projections)
+
+    @property
+    def bytes_after(self) -> int:
+        return self.payload_bytes + self.scale_bytes + self.metadata_bytes
+
+    @property
+    def ratio(self) -> float:
+        return self.bytes_after / self.fp32_bytes
+
+
+@dataclass
+class ConvertReport:
+    output_path: str
+    tables: list[TableReport]
+    pruned_fields: list[str]
+    removed_inputs: list[str]
+    quant: str
+    faithfulness: ParityReport | None = None
+    impact: ParityReport | None = None
+    fields: list[str] = field(default_factory=list)
+    # Every byte the file holds: the tables as stored, the other initializers (dense weights), the rest
+    # (graph, attributes, metadata); `file_bytes` is the size on disk, external data included.
+    dense_bytes: int = 0
+    file_bytes: int = 0
+    notes: list[str] = field(default_factory=list)
+    merged_fields: dict[str, list[str]] = field(default_factory=dict)  # field → the other calls it stands for
+    unused_fields: list[str] = field(default_factory=list)  # called in torch, absent from the exported graph
+
+    @property
+    def fp32_bytes(self) -> int:
+        return sum(t.fp32_bytes for t in self.tables)
+
+    @property
+    def bytes_after(self) -> int:
+        return sum(t.bytes_after for t in self.tables)
+
+    @property
+    def ratio(self) -> float:
+        return self.bytes_after / self.fp32_bytes if self.fp32_bytes else 0.0
+
+    def __str__(self) -> str:
+        header = f"{'table':<32} {'rows':>10} {'dim':>5} {'tiers':<34} {'fp32 B':>12} {'after B':>12} {'ratio':>7}"
+        lines = [f"shark-export: {self.output_path} (quant={self.quant})", header, "-" * len(header)]
+        for t in self.tables:
+            tiers = "pruned" if t.pruned else " ".join(f"{k}:{v}" for k, v in t.tiers.items() if v)
+            lines.append(
+                f"{t.table:<32} {t.rows:>10} {t.dim:>5} {tiers:<34} {t.fp32_bytes:>12} {t.bytes_after:>12} {t.ratio:>7.2%}"
+            )
+            if not t.pruned:
+                lines.append(f"{'':<32} {'payload':>10} {t.payload_bytes} B, scales {t.scale_bytes} B, metadata {t.metadata_bytes} B")
+            if t.storage:
+                lines.append(f"{'':<32} {'storage':>10} {t.storage}")
+            if t.dense_uses:
+                lines.append(f"{'':<32} {'dense use':>10} {', '.join(t.dense_uses)} read the stored table (one copy)")
+        lines.append("-" * len(header))
+        lines.append(f"{'total':<32} {'':>10} {'':>5} {'':<34} {self.fp32_bytes:>12} {self.bytes_after:>12} {self.ratio:>7.2%}")
+        if self.file_bytes:
+            other = self.file_bytes - self.bytes_after - self.dense_bytes
+            lines.append(
+                f"file: {self.file_bytes} B = tables {self.bytes_after} B + other weights {self.dense_bytes} B "
+                f"+ graph and metadata {other} B"
+            )
+        if self.pruned_fields:
+            lines.append(f"pruned fields: {', '.join(self.pruned_fields)}; removed inputs: {', '.join(self.removed_inputs) or 'none'}")
+        for name, others in self.merged_fields.items():
+            lines.append(f"field {name} also stands for {', '.join(others)} (equal inputs: one lookup)")
+        if self.unused_fields:
+            lines.append(f"unused fields (no lookup in the exported graph): {', '.join(self.unused_fields)}")
+        lines.extend(f"note: {n}" for n in self.notes)
+        if self.faithfulness is not None:
+            lines.append("faithfulness (ONNX vs torch with the same pruning and dequantized weights):")
+            lines.extend("  " + line for line in str(self.faithfulness).splitlines())
+        if self.impact is not None:
+            lines.append("impact (ONNX vs the original float model):")
+            lines.extend("  " + line for line in str(self.impact).splitlines())
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        data = {
+            "output_path": self.output_path,
+            "quant": self.quant,
+            "fields": self.fields,
+            "pruned_fields": self.pruned_fields,
+            "removed_inputs": self.removed_inputs,
+            "merged_fields": self.merged_fields,
+            "unused_fields": self.unused_fields,
+            "tables": [{**asdict(t), "bytes_after": t.bytes_after, "ratio": t.ratio} for t in self.tables],
+            "fp32_bytes": self.fp32_bytes,
+            "bytes_after": self.bytes_after,
+            "ratio": self.ratio,
+            "dense_bytes": self.dense_bytes,
+            "file_bytes": self.file_bytes,
+            "notes": self.notes,
+        }
+        for name in ("faithfulness", "impact"):
+            report = getattr(self, name)
+            data[name] = None if report is None else json.loads(report.to_json())
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
