@@ -17,19 +17,20 @@ from torch.utils import _pytree as pytree
 from .errors import ParityError, SharkExportError, UnsupportedModelError
 from .export import ExampleInputs, export_to_ir
 from .fields import find_fields, find_tables
-from .format import Tier
-from .quantize import quantize_table
+from .quantize import quantize_tables
 from .integrity import CHECKSUMS_KEY, checksums_of
 from .model_file import stage
 from .model_io import INPUTS_KEY, OUTPUTS_KEY, REPORT_KEY
 from .faithfulness import check_converted
-from .report import ConvertReport, TableReport
+from .report import ConvertReport, table_reports
 from .passes import (
     FinalizeVersionsPass,
+    NameOutputsPass,
     PruneFieldsPass,
     RemoveDeadPass,
     ReplaceLookupsPass,
     TidyExportPass,
+    check_output_count,
     find_lookups,
     lower_computed_weight_gathers,
     raise_table_gathers,
@@ -42,7 +43,8 @@ from .row_priority import RowPriority, score_rows
 _PARITY_BATCHES = 8
 
 
-def _output_names(output: Any) -> list[str]:
+def output_names_of(output: Any) -> list[str]:
+    """Graph output names from the pytree paths of the tensors torch returned ("output" for a single one)."""
     leaves, _ = pytree.tree_flatten_with_path(output)
     tensors = [path for path, leaf in leaves if isinstance(leaf, torch.Tensor)]
     if len(tensors) == 1 and not tensors[0]:
@@ -53,20 +55,6 @@ def _output_names(output: Any) -> list[str]:
         name = re.sub(r"[^0-9A-Za-z_.]+", "_", "_".join(parts)) or "output"
         names.append(name if not name[0].isdigit() else f"output_{name}")
     return names
-
-
-def _rename_outputs(model: ir.Model, names: list[str]) -> None:
-    graph = model.graph
-    if len(graph.outputs) != len(names):
-        raise SharkExportError(f"exported graph has {len(graph.outputs)} outputs, torch returned {len(names)} tensors")
-    taken = {v.name for v in graph.inputs} | set(graph.initializers)
-    for k, (value, name) in enumerate(zip(list(graph.outputs), names)):
-        if value.is_graph_input() or value.is_initializer() or name in taken:
-            identity = ir.node("Identity", [value], name=f"output/{name}")
-            graph.append(identity)
-            graph.outputs[k] = value = identity.outputs[0]
-            value.type, value.shape = value.type or identity.inputs[0].type, identity.inputs[0].shape
-        value.name = name
 
 
 def _record_inputs(model: ir.Model, example: ExampleInputs) -> list[tuple[str, str]]:
@@ -83,17 +71,6 @@ def _record_inputs(model: ir.Model, example: ExampleInputs) -> list[tuple[str, s
 def _weights(model: torch.nn.Module, tables) -> dict[str, np.ndarray]:
     params = dict(model.named_parameters())
     return {name: params[name].detach().cpu().numpy() for name in tables}
-
-
-def _default_row(weight: np.ndarray, tiers) -> np.ndarray | None:
-    """Dropped rows read as the mean of the dropped rows (the value closest to all of them in L2)."""
-    if isinstance(tiers, np.ndarray) and (tiers == Tier.DROPPED).any():
-        return weight[tiers == Tier.DROPPED].mean(axis=0, dtype=np.float64).astype(np.float32)
-    return None
-
-
-def _dense_use_names(uses) -> list[str]:
-    return sorted({f"{user.op_type} {user.name!r}" for user, _ in uses})
 
 
 def convert(
@@ -174,99 +151,63 @@ def _convert(
     output_path = Path(output_path)
     steps = progress(total=6, desc="convert", enabled=show_progress)
 
+    # 1. tables, fields (the torch calls), pruning plan, output names
     tables = find_tables(model)
     fields = find_fields(model, example, more_batches=(calibration or [])[:_PARITY_BATCHES], require_calls=False)
     means = resolve_prune(prune, fields, model, calibration)
-    prune_names = list(means)
     with torch.no_grad():
-        output_names = _output_names(model(*example.args, **example.kwargs))
+        output_names = output_names_of(model(*example.args, **example.kwargs))
     steps.update()
 
-    priorities: RowPriority | None = None
-    if config.needs_priorities and calibration is not None:
-        # Labels given per output: the first output's weight the rows (score_rows' `head` picks a task column).
-        by_batch = None if label_list is None else [next(iter(y.values())) if isinstance(y, dict) else y for y in label_list]
-        priorities = score_rows(model, calibration, by_batch)
+    # 2. row priorities (F-Quantization), when the preset needs them
+    priorities = _row_priorities(model, config, calibration, label_list)
     steps.update()
 
-    embedding_paths = {path for t in tables.values() for path in t.module_paths}
-    ir_model, origins = export_to_ir(model, example, embedding_paths)
-    tidy = TidyExportPass()
-    tidy(ir_model)
-    node_origins = {node: [origin] for node, origin in origins.items() if node not in tidy.merged}
-    for removed, survivor in tidy.merged.items():
-        node_origins.setdefault(survivor, []).append(origins.get(removed))
+    # 3. export, and tie every lookup in the graph to its field and table
+    ir_model, node_origins = _export(model, example, tables)
     input_map = _record_inputs(ir_model, example)
-    weights = _weights(model, tables)
-    table_params = {alias for t in tables.values() for alias in (t.name, *t.aliases)}
-    parameters = {n: p.detach().cpu().numpy() for n, p in model.named_parameters()
-                  if n not in table_params and p.dim() == 2 and p.dtype == torch.float32}
-    lower_computed_weight_gathers(ir_model, set(parameters) | table_params, node_origins)
-    raise_table_gathers(ir_model, table_params)
-    found = find_lookups(ir_model, fields, tables, weights, node_origins, parameters)
-    lookups = found.lookups
+    check_output_count(ir_model, output_names)
+    found, weights = _find_lookups(ir_model, model, tables, fields, node_origins)
+    steps.update()
+
+    # 4. tiers and storage per table, then quantize
+    looked_up = {lookup.field for lookup in found.lookups}
+    pruned_means = {n: mean for n, mean in means.items() if n in looked_up}
     all_tables = {**tables, **found.functional_tables}
-    weights.update({n: parameters[n] for n in found.functional_tables})
-    all_fields = {**fields, **found.functional_fields}
-    looked_up = {lookup.field for lookup in lookups}
-    if not lookups and not found.dense_uses:
-        raise UnsupportedModelError(
-            f"{type(model).__name__} has embedding tables but its exported graph reads none of them on the example "
-            "inputs: nothing to convert"
-        )
-    steps.update()
-
-    prune_live = {n: means[n] for n in prune_names if n in looked_up}
-    PruneFieldsPass(lookups, prune_live)(ir_model)
     # sorted: the same tiers, and the same bytes, in every process (string sets iterate in a per-process order)
-    live_tables = sorted({lookup.table for lookup in lookups if lookup.field not in prune_names} | set(found.dense_uses))
-    tiers = assign_tiers(config, {n: all_tables[n] for n in live_tables}, priorities.scores if priorities else None)
-    quantized, storage_notes = {}, {}
-    for name in progress(sorted(live_tables), desc="quantize", enabled=show_progress):
-        table = all_tables[name]
-        stored, storage_notes[name] = plan_storage(tiers[name], table.num_rows, table.dim)
-        quantized[name] = quantize_table(
-            weights[name], stored, name=name, default_row=_default_row(weights[name], stored), clip=config.clip
-        )
+    live = sorted({l.table for l in found.lookups if l.field not in means} | set(found.dense_uses))
+    tiers = assign_tiers(config, {n: all_tables[n] for n in live}, priorities.scores if priorities else None)
+    storage = {n: plan_storage(tiers[n], all_tables[n].num_rows, all_tables[n].dim) for n in live}
+    quantized = quantize_tables(weights, {n: t for n, (t, _) in storage.items()}, config.clip, show_progress)
     steps.update()
 
-    ReplaceLookupsPass(lookups, quantized, config.output_onnx_dtype, found.dense_uses)(ir_model)
+    # 5. the graph passes: prune → replace lookups → remove dead code → versions → output names
     cleanup = RemoveDeadPass()
-    cleanup(ir_model)
-    FinalizeVersionsPass()(ir_model)
-    _rename_outputs(ir_model, output_names)
+    ir.passes.PassManager([
+        PruneFieldsPass(found.lookups, pruned_means),
+        ReplaceLookupsPass(found.lookups, quantized, config.output_onnx_dtype, found.dense_uses),
+        cleanup,
+        FinalizeVersionsPass(),
+        NameOutputsPass(output_names),
+    ])(ir_model)
     removed = set(cleanup.removed_inputs)
-    ir_model.metadata_props[INPUTS_KEY] = json.dumps([(path, None if name in removed else name) for path, name in input_map])
-    ir_model.metadata_props[OUTPUTS_KEY] = json.dumps(output_names)
-
-    table_reports = []
-    for name, table in all_tables.items():
-        if name in quantized:
-            q = quantized[name]
-            b = q.byte_report()
-            counts = {str(Tier(t)): int(c) for t, c in q.tier_counts.items() if c}
-            table_reports.append(TableReport(
-                name, q.num_rows, q.dim, counts, b.fp32, b.payload, b.scales, b.metadata,
-                storage=storage_notes[name], dense_uses=_dense_use_names(found.dense_uses.get(name, [])),
-            ))
-        else:
-            table_reports.append(TableReport(name, table.num_rows, table.dim, {}, table.num_rows * table.dim * 4, 0, 0, 0, pruned=True))
-    storage_names = {f"{n}.{part}" for n in quantized for part in ("payload", "row_meta", "default_row")}
-    dense_bytes = sum(
-        v.const_value.nbytes for v in ir_model.graph.initializers.values()
-        if v.const_value is not None and v.name not in storage_names
-    )
-    pruned_in_model = [f.name for f in fields.values() if f.pruned]
-    quant_name = config.preset if config.target_ratio is None else f"budget {config.target_ratio}"
     report = ConvertReport(
-        output_path.name, table_reports, pruned_in_model + list(prune_names), sorted(removed), quant_name,
-        fields=list(all_fields), dense_bytes=int(dense_bytes),
+        output_path.name, table_reports(all_tables, quantized, {n: note for n, (_, note) in storage.items()}, found.dense_uses),
+        [f.name for f in fields.values() if f.pruned] + list(means), sorted(removed),
+        config.preset if config.target_ratio is None else f"budget {config.target_ratio}",
+        fields=list({**fields, **found.functional_fields}), dense_bytes=_dense_bytes(ir_model, quantized),
         merged_fields={f.name: list(f.names[1:]) for f in fields.values() if len(f.names) > 1},
         unused_fields=[f.name for f in fields.values() if f.name not in looked_up and not f.pruned],
     )
-    ir_model.metadata_props[CHECKSUMS_KEY] = checksums_of(quantized)
     # Nothing in the file depends on where or when it was written: the path is not stored.
-    ir_model.metadata_props[REPORT_KEY] = json.dumps({k: v for k, v in report.to_dict().items() if k != "output_path"})
+    ir_model.metadata_props.update({
+        INPUTS_KEY: json.dumps([(path, None if name in removed else name) for path, name in input_map]),
+        OUTPUTS_KEY: json.dumps(output_names),
+        CHECKSUMS_KEY: checksums_of(quantized),
+        REPORT_KEY: json.dumps({k: v for k, v in report.to_dict().items() if k != "output_path"}),
+    })
+
+    # 6. stage the file next to the output path, check it against torch, then move it into place
     with stage(ir_model, output_path) as staged:
         report.file_bytes = _file_bytes(staged.path, staged.data_name)
         steps.update()
@@ -275,8 +216,8 @@ def _convert(
         else:
             report.faithfulness, report.impact = check_converted(
                 model, staged.path, calibration[:_PARITY_BATCHES], fields=fields, tables=quantized,
-                pruned_means=prune_live, labels=label_list, impact_atol=impact_atol, impact_rtol=impact_rtol,
-                dequantized=set(found.dense_uses) | {l.table for l in lookups if l.field in found.functional_fields},
+                pruned_means=pruned_means, labels=label_list, impact_atol=impact_atol, impact_rtol=impact_rtol,
+                dequantized=set(found.dense_uses) | {l.table for l in found.lookups if l.field in found.functional_fields},
             )
             if not report.faithfulness and not keep_unfaithful:
                 raise ParityError(
@@ -289,6 +230,50 @@ def _convert(
     steps.update()
     steps.close()
     return report
+
+
+def _row_priorities(model, config: QuantConfig, calibration, label_list) -> RowPriority | None:
+    if not config.needs_priorities or calibration is None:
+        return None
+    # Labels given per output: the first output's weight the rows (score_rows' `head` picks a task column).
+    by_batch = None if label_list is None else [next(iter(y.values())) if isinstance(y, dict) else y for y in label_list]
+    return score_rows(model, calibration, by_batch)
+
+
+def _export(model, example: ExampleInputs, tables: dict) -> tuple[ir.Model, dict]:
+    """The graph with staging lookups, tidied; staging node → the exported lookups it stands for."""
+    ir_model, origins = export_to_ir(model, example, {path for t in tables.values() for path in t.module_paths})
+    tidy = TidyExportPass()
+    tidy(ir_model)
+    node_origins = {node: [origin] for node, origin in origins.items() if node not in tidy.merged}
+    for removed, survivor in tidy.merged.items():
+        node_origins.setdefault(survivor, []).append(origins.get(removed))
+    return ir_model, node_origins
+
+
+def _find_lookups(ir_model: ir.Model, model, tables: dict, fields: dict, node_origins: dict):
+    """(LookupMap, weights of every table it reads): module tables, and parameters read by F.embedding."""
+    weights = _weights(model, tables)
+    table_params = {alias for t in tables.values() for alias in (t.name, *t.aliases)}
+    parameters = {n: p.detach().cpu().numpy() for n, p in model.named_parameters()
+                  if n not in table_params and p.dim() == 2 and p.dtype == torch.float32}
+    lower_computed_weight_gathers(ir_model, set(parameters) | table_params, node_origins)
+    raise_table_gathers(ir_model, table_params)
+    found = find_lookups(ir_model, fields, tables, weights, node_origins, parameters)
+    if not found.lookups and not found.dense_uses:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} has embedding tables but its exported graph reads none of them on the example "
+            "inputs: nothing to convert"
+        )
+    weights.update({n: parameters[n] for n in found.functional_tables})
+    return found, weights
+
+
+def _dense_bytes(ir_model: ir.Model, quantized: dict) -> int:
+    """Bytes of every initializer that is not a stored table: the model's other weights."""
+    storage = {f"{n}.{part}" for n in quantized for part in ("payload", "row_meta", "default_row")}
+    return int(sum(v.const_value.nbytes for v in ir_model.graph.initializers.values()
+                   if v.const_value is not None and v.name not in storage))
 
 
 def _file_bytes(model_path: Path, data_name: str | None) -> int:

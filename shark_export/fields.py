@@ -33,10 +33,6 @@ class Table:
     dim: int
     aliases: tuple[str, ...] = ()  # every parameter name of the weight (tied modules have several)
 
-    @property
-    def module_path(self) -> str:
-        return self.module_paths[0]
-
 
 def find_tables(model: nn.Module) -> dict[str, Table]:
     """Tables by parameter name, found by module type. Raises when the model has none or one we cannot serve."""

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 
 from .errors import SharkExportError
 from .export import ExampleInputs
@@ -20,11 +19,6 @@ from .export import ExampleInputs
 INPUTS_KEY = "shark_export.inputs"
 OUTPUTS_KEY = "shark_export.outputs"
 REPORT_KEY = "shark_export.report"
-
-
-def read_metadata(path) -> dict[str, str]:
-    model = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in model.metadata_props}
 
 
 def canonical_inputs(inputs: Any) -> Any:

@@ -24,7 +24,7 @@ from .format import (
     row_bytes,
 )
 
-__all__ = ["quantize_table"]
+__all__ = ["quantize_table", "quantize_tables"]
 
 # Clipping search parameters per tier: (bins, max_steps). Each step evaluates two candidate ranges.
 # int4/int2: steps of 1% of the range, shrinking it by up to 50%. int8: its error surface is jagged at
@@ -383,3 +383,23 @@ def quantize_table(
         tier_counts=counts,
         format_version=format_version,
     )
+
+
+def _default_row(weight: np.ndarray, tiers: Any) -> np.ndarray | None:
+    """Dropped rows read as the mean of the dropped rows (the value closest to all of them in L2)."""
+    if isinstance(tiers, np.ndarray) and (tiers == Tier.DROPPED).any():
+        return weight[tiers == Tier.DROPPED].mean(axis=0, dtype=np.float64).astype(np.float32)
+    return None
+
+
+def quantize_tables(weights: dict[str, np.ndarray], stored_tiers: dict[str, Any], clip: str = "none",
+                    show_progress: bool = False) -> dict[str, QuantizedTable]:
+    """The converter's quantize step: every table at its stored tiers (see quant_config.plan_storage), in
+    name order; dropped rows read the mean of the dropped rows."""
+    from .progress import progress
+
+    return {
+        name: quantize_table(weights[name], stored_tiers[name], name=name,
+                             default_row=_default_row(weights[name], stored_tiers[name]), clip=clip)
+        for name in progress(sorted(stored_tiers), desc="quantize", enabled=show_progress)
+    }

@@ -123,3 +123,21 @@ class ConvertReport:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
+
+
+def table_reports(tables: dict, quantized: dict, storage_notes: dict[str, str], dense_uses: dict) -> list[TableReport]:
+    """One line per table of the model: its stored bytes, or `pruned` when no lookup reads it any more."""
+    from .format import Tier
+
+    reports = []
+    for name, table in tables.items():
+        if name not in quantized:
+            reports.append(TableReport(name, table.num_rows, table.dim, {}, table.num_rows * table.dim * 4, 0, 0, 0, pruned=True))
+            continue
+        q = quantized[name]
+        b = q.byte_report()
+        counts = {str(Tier(t)): int(c) for t, c in q.tier_counts.items() if c}
+        uses = sorted({f"{user.op_type} {user.name!r}" for user, _ in dense_uses.get(name, [])})
+        reports.append(TableReport(name, q.num_rows, q.dim, counts, b.fp32, b.payload, b.scales, b.metadata,
+                                   storage=storage_notes.get(name, ""), dense_uses=uses))
+    return reports

@@ -34,9 +34,6 @@ class RowPriority:
     def __getitem__(self, table: str) -> np.ndarray:
         return self.scores[table]
 
-    def seen(self, table: str) -> np.ndarray:
-        return self.scores[table] > 0
-
 
 def _occurrences(module: nn.Module, args: tuple, kwargs: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(row ids, sample index of each id, coefficient of each id in its bag or None) of one embedding call.

@@ -21,6 +21,7 @@ from shark_export.fields import find_fields, find_tables
 from shark_export.quantize import quantize_table
 from shark_export.passes import (
     FinalizeVersionsPass,
+    NameOutputsPass,
     PruneFieldsPass,
     RemoveDeadPass,
     ReplaceLookupsPass,
@@ -173,3 +174,25 @@ def test_find_lookups_verifies_weights_by_value():
     wrong["user.weight"] = weights["user.weight"] + 1
     with pytest.raises(ExportError, match="'user.weight' does not hold the weight"):
         find_lookups(ir_model, fields, tables, wrong)
+
+
+def test_passes_report_honestly_whether_they_changed_the_model():
+    _, ir_model, lookups, tables, weights = _exported(TupleInputs)
+    quantized = {n: quantize_table(weights[n], "int8", name=n) for n in tables}
+    assert ReplaceLookupsPass(lookups, quantized)(ir_model).modified
+    assert RemoveDeadPass()(ir_model).modified
+    assert not RemoveDeadPass()(ir_model).modified  # nothing left to remove
+    assert FinalizeVersionsPass()(ir_model).modified
+    assert not FinalizeVersionsPass()(ir_model).modified
+    names = [v.name for v in ir_model.graph.outputs]
+    assert not NameOutputsPass(names)(ir_model).modified
+    assert NameOutputsPass(["score"])(ir_model).modified and ir_model.graph.outputs[0].name == "score"
+    assert not PruneFieldsPass(lookups, {})(ir_model).modified
+
+
+def test_pass_conditions_name_what_is_wrong():
+    _, ir_model, lookups, tables, weights = _exported(TupleInputs)
+    with pytest.raises(ir.passes.PreconditionError, match=r"no stored table for \['item.weight'\]"):
+        ReplaceLookupsPass(lookups, {"user.weight": quantize_table(weights["user.weight"], "int8")})(ir_model)
+    with pytest.raises(ir.passes.PreconditionError, match="exported graph has 1 outputs, torch returned 2"):
+        NameOutputsPass(["a", "b"])(ir_model)

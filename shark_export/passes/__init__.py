@@ -8,10 +8,15 @@
    dense uses read one dequantized view of the same storage.
 4. `cleanup.RemoveDeadPass`: drop nodes, initializers, graph inputs and opset imports nothing reads.
 5. `finalize.FinalizeVersionsPass`: IR version and opsets ORT reads; no staging node left.
+6. `outputs.NameOutputsPass`: graph outputs named after torch's output tree.
+
+Steps 2-6 run under onnx-ir's `PassManager`; each pass checks its pre- and post-conditions
+(`requires` / `ensures`) and reports honestly whether it changed the model.
 """
 
 from .cleanup import RemoveDeadPass
 from .finalize import FinalizeVersionsPass
+from .outputs import NameOutputsPass, check_output_count
 from .lookups import Lookup, LookupMap, find_lookups, lower_computed_weight_gathers, raise_table_gathers
 from .prune import PruneFieldsPass
 from .replace_lookups import ReplaceLookupsPass
@@ -19,5 +24,6 @@ from .tidy import TidyExportPass
 
 __all__ = [
     "Lookup", "LookupMap", "find_lookups", "lower_computed_weight_gathers", "raise_table_gathers", "TidyExportPass",
-    "PruneFieldsPass", "ReplaceLookupsPass", "RemoveDeadPass", "FinalizeVersionsPass",
+    "PruneFieldsPass", "ReplaceLookupsPass", "RemoveDeadPass", "FinalizeVersionsPass", "NameOutputsPass",
+    "check_output_count",
 ]

@@ -27,3 +27,8 @@ class RemoveDeadPass(ir.passes.InPlacePass):
         modified |= RemoveUnusedNodesPass()(model).modified  # initializers that only dead inputs fed
         modified |= RemoveUnusedOpsetsPass()(model).modified
         return ir.passes.PassResult(model, modified=modified)
+
+    def ensures(self, model: ir.Model) -> None:
+        unread = [v.name for v in model.graph.inputs if not v.uses() and not v.is_graph_output()]
+        if unread:
+            raise ir.passes.PostconditionError(f"graph inputs {unread} are read by nothing")

@@ -13,11 +13,12 @@ MAX_ONNX_OPSET = 26
 
 class FinalizeVersionsPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        before = (model.ir_version, dict(model.graph.opset_imports))
         model.ir_version = IR_VERSION
         model.graph.opset_imports.pop(STAGING_DOMAIN, None)
         if any(node.domain == DOMAIN for node in model.graph):
             model.graph.opset_imports[DOMAIN] = OPSET_VERSION
-        return ir.passes.PassResult(model, modified=True)
+        return ir.passes.PassResult(model, modified=before != (model.ir_version, dict(model.graph.opset_imports)))
 
     def ensures(self, model: ir.Model) -> None:
         left = [node.name for node in ir.traversal.RecursiveGraphIterator(model.graph) if node.domain == STAGING_DOMAIN]

@@ -59,12 +59,23 @@ class PruneFieldsPass(ir.passes.InPlacePass):
         self.lookups = [lookup for lookup in lookups if lookup.field in means]
         self.means = means
 
+    def requires(self, model: ir.Model) -> None:
+        stray = [lookup.field for lookup in self.lookups if lookup.node.graph is not model.graph]
+        if stray:
+            raise ir.passes.PreconditionError(f"lookups of pruned fields {stray} are not in the graph")
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         sources = _symbol_sources(_live_inputs(graph, {lookup.node for lookup in self.lookups}))
         for lookup in self.lookups:
             self._replace(graph, lookup, sources)
         return ir.passes.PassResult(model, modified=bool(self.lookups))
+
+    def ensures(self, model: ir.Model) -> None:
+        read = [lookup.field for lookup in self.lookups
+                if lookup.node.outputs[0].uses() or lookup.node.outputs[0].is_graph_output()]
+        if read:
+            raise ir.passes.PostconditionError(f"pruned fields {read} are still read from their tables")
 
     def _replace(self, graph: ir.Graph, lookup: Lookup, sources: dict[str, tuple[ir.Value, int]]) -> None:
         node = lookup.node

@@ -9,7 +9,7 @@ import onnx_ir as ir
 from ..errors import ExportError
 from ..schemas import BAG_OP, DOMAIN, GATHER_OP
 from .initializers import constant
-from .lookups import Lookup
+from .lookups import Lookup, is_staging_lookup
 
 
 class ReplaceLookupsPass(ir.passes.InPlacePass):
@@ -36,12 +36,28 @@ class ReplaceLookupsPass(ir.passes.InPlacePass):
             constant(graph, f"{name}.default_row", table.default_row),
         ]
 
+    def requires(self, model: ir.Model) -> None:
+        missing = sorted({lookup.table for lookup in self.lookups if _is_live(lookup.node)} - set(self.tables))
+        missing += sorted(set(self.dense_uses) - set(self.tables))
+        if missing:
+            raise ir.passes.PreconditionError(f"no stored table for {missing}")
+
+    def ensures(self, model: ir.Model) -> None:
+        left = [lookup.field for lookup in self.lookups if _is_live(lookup.node)]
+        if left:
+            raise ir.passes.PostconditionError(f"lookups of fields {left} still read float tables")
+        initializers = model.graph.initializers
+        dense = [name for name in self.dense_uses if name in initializers
+                 and any(not is_staging_lookup(user) for user, _ in initializers[name].uses())]
+        if dense:
+            raise ir.passes.PostconditionError(f"tables {dense} are still read as float weights")
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         modified = False
         for lookup in self.lookups:
             node = lookup.node
-            if not node.outputs[0].uses() and not node.outputs[0].is_graph_output():
+            if not _is_live(node):
                 continue  # a pruned field: its lookup is dead and goes with the cleanup
             table = self.tables.get(lookup.table)
             if table is None:
@@ -105,3 +121,7 @@ class ReplaceLookupsPass(ir.passes.InPlacePass):
         if weight is not None and not weight.uses() and not weight.is_graph_output():
             graph.initializers.pop(name, None)
 
+
+
+def _is_live(node: ir.Node) -> bool:
+    return bool(node.outputs[0].uses()) or node.outputs[0].is_graph_output()

@@ -55,3 +55,9 @@ class TidyExportPass(ir.passes.InPlacePass):
             modified = True
         modified |= RemoveUnusedNodesPass()(model).modified
         return ir.passes.PassResult(model, modified=modified)
+
+    def ensures(self, model: ir.Model) -> None:
+        keys = [(n.op_type, tuple(id(v) for v in n.inputs), _attribute_key(n)) for n in model.graph
+                if is_staging_lookup(n) and not n.outputs[0].is_graph_output()]
+        if len(keys) != len(set(keys)):
+            raise ir.passes.PostconditionError("two lookups with the same table, inputs and settings are left")
