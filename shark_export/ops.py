@@ -50,12 +50,22 @@ def library_path() -> str:
 ModelLike = Union[str, os.PathLike, bytes, "onnx.ModelProto"]
 
 
-def session_options(threads: int | None = None) -> "onnxruntime.SessionOptions":
+# The library's session config entries (custom_ops/README.md): key → accepted values (None: a byte count).
+CONFIG_KEYS = {"cpu_isa": ("auto", "generic"), "stream_bytes": None, "huge_pages": ("0", "1"),
+               "cuda": ("auto", "0", "force")}
+
+
+def session_options(threads: int | None = None, config: dict | None = None) -> "onnxruntime.SessionOptions":
     """SessionOptions with the custom-op library registered; ``threads`` sets the intra-op thread count
-    (and inter-op to 1)."""
+    (and inter-op to 1); ``config`` sets the library's session config entries (``{"cpu_isa": "generic"}``
+    becomes ``shark_export.cpu_isa=generic``; keys: cpu_isa, stream_bytes, huge_pages, cuda)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    for key, value in (config or {}).items():
+        if key not in CONFIG_KEYS:
+            raise ValueError(f"unknown shark_export session config key {key!r}; known: {', '.join(CONFIG_KEYS)}")
+        so.add_session_config_entry(f"shark_export.{key}", str(value))  # values are checked by the library
     so.register_custom_ops_library(library_path())
     if threads is not None:
         if int(threads) < 1:
@@ -70,10 +80,12 @@ def session(
     providers: Sequence | None = None,
     threads: int | None = None,
     verify: bool = False,
+    config: dict | None = None,
 ) -> "onnxruntime.InferenceSession":
     """An onnxruntime InferenceSession for ``model`` (a path, serialized bytes or an onnx.ModelProto)
     with the shark_export ops available. Default providers: ["CPUExecutionProvider"].
 
+    ``config``: the library's session config entries (see :func:`session_options`).
     ``verify=True`` (a path only) first recomputes every table's checksum against the one recorded at
     conversion and raises ``IntegrityError`` naming the table that changed."""
     import onnxruntime as ort
@@ -93,7 +105,7 @@ def session(
         source = model.SerializeToString()
     else:
         raise TypeError(f"model must be a path, bytes or onnx.ModelProto, got {type(model).__name__}")
-    so = session_options(threads)
+    so = session_options(threads, config)
     return ort.InferenceSession(
         source, sess_options=so, providers=list(providers) if providers is not None else ["CPUExecutionProvider"]
     )

@@ -397,20 +397,29 @@ def test_bad_offsets_rejected(tables):
 
 
 # ----------------------------------------------------------------------------------------------
-# Other CPU code paths, in a subprocess each (the path is chosen once per process): the portable
+# Other CPU code paths, chosen per session by the library's session config entries: the portable
 # (non-AVX2) code, and non-temporal output stores forced on for every output size.
 # ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("env", [{"SHARK_EXPORT_CPU_ISA": "generic"}, {"SHARK_EXPORT_STREAM_BYTES": "0"}],
-                         ids=["generic", "stream"])
-def test_other_cpu_paths_match(env):
-    pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(shark_export.__file__)))  # same package as here
-    env = dict(os.environ, **env, PYTHONPATH=os.pathsep.join([pkg_root, os.environ.get("PYTHONPATH", "")]))
-    res = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert "subprocess checks OK" in res.stdout
+@pytest.mark.parametrize("config", [{"cpu_isa": "generic"}, {"stream_bytes": "0"}, {"huge_pages": "0"}],
+                         ids=["generic", "stream", "no-huge-pages"])
+def test_other_cpu_paths_match(config):
+    _other_path_checks(config)
 
 
-def _subprocess_checks() -> None:
+@pytest.mark.parametrize("config,message", [
+    ({"cpu_isa": "sse"}, "shark_export.cpu_isa must be 'auto' or 'generic', got 'sse'"),
+    ({"stream_bytes": "-4"}, "shark_export.stream_bytes must be a byte count, got '-4'"),
+    ({"huge_pages": "yes"}, "shark_export.huge_pages must be '0' or '1', got 'yes'"),
+    ({"cuda": "maybe"}, "shark_export.cuda must be 'auto', '0' or 'force', got 'maybe'"),
+])
+def test_bad_session_config_values_are_named(tables, config, message):
+    with pytest.raises(Exception, match=message):
+        ops.session(_model("RowwiseDequantGather", tables["int8"], n_rows=300, dim=D), config=config)
+    with pytest.raises(ValueError, match="unknown shark_export session config key 'threads'"):
+        ops.session(_model("RowwiseDequantGather", tables["int8"], n_rows=300, dim=D), config={"threads": "2"})
+
+
+def _other_path_checks(config: dict) -> None:
     rng = np.random.default_rng(3)
     for d in (20, 32):  # 32: whole 8-lane rows, so the streaming path applies
         tiers = rng.integers(0, 6, size=R_MIXED)
@@ -419,18 +428,42 @@ def _subprocess_checks() -> None:
             idx = rng.integers(0, R_MIXED, size=3000).astype(np.int64)
             for out_dtype in (1, 10):
                 (got,) = ops.session(_model("RowwiseDequantGather", t, n_rows=R_MIXED, dim=d, out_dtype=out_dtype),
-                                     threads=2).run(None, {"indices": idx})
+                                     threads=2, config=config).run(None, {"indices": idx})
                 want = t[3][idx] if out_dtype == 1 else t[3][idx].astype(np.float16)
                 np.testing.assert_array_equal(got, want)
                 offsets = np.arange(0, 3000, 6, dtype=np.int64)
                 (got,) = ops.session(_model("RowwiseDequantEmbeddingBag", t, n_rows=R_MIXED, dim=d,
                                             out_dtype=out_dtype, offsets=True),
-                                     threads=2).run(None, {"indices": idx, "offsets": offsets})
+                                     threads=2, config=config).run(None, {"indices": idx, "offsets": offsets})
                 want = _bag_reference(t[3], idx, list(offsets) + [3000])
                 np.testing.assert_array_equal(got, want if out_dtype == 1 else want.astype(np.float16))
     test_fp16_output_rounds_to_nearest_even()
-    print("subprocess checks OK")
 
 
-if __name__ == "__main__":
-    _subprocess_checks()
+# ----------------------------------------------------------------------------------------------
+# ORT headers from an official-style release archive, checked by sha256 (tools/fetch_ort_headers.sh)
+# ----------------------------------------------------------------------------------------------
+def test_headers_from_a_release_archive_with_a_checksum(tmp_path):
+    import hashlib
+    import tarfile
+
+    header = tmp_path / "src" / "onnxruntime-linux-x64-1.21.0" / "include" / "onnxruntime_c_api.h"
+    header.parent.mkdir(parents=True)
+    header.write_text("/* stand-in for the release's header */\n")
+    archive = tmp_path / "onnxruntime-linux-x64-1.21.0.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "src" / "onnxruntime-linux-x64-1.21.0", arcname="onnxruntime-linux-x64-1.21.0")
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "fetch_ort_headers.sh")
+
+    def fetch(sha):
+        env = dict(os.environ, SHARK_ORT_ARCHIVE=str(archive), SHARK_ORT_ARCHIVE_SHA256=sha)
+        return subprocess.run(["bash", script, str(tmp_path / "cache")], env=env, capture_output=True, text=True)
+
+    bad = fetch("0" * 64)
+    assert bad.returncode != 0 and f"has sha256 {digest}, expected {'0' * 64}" in bad.stderr
+    good = fetch(digest)
+    assert good.returncode == 0, good.stderr
+    include = good.stdout.strip().splitlines()[-1]
+    assert os.path.isfile(os.path.join(include, "onnxruntime_c_api.h")) and include.endswith("include")
+    assert fetch(digest).stdout.strip().splitlines()[-1] == include  # cached

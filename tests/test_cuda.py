@@ -2,7 +2,7 @@
 
 1. The library as installed: no CUDA entry among its DT_NEEDED (the CUDA runtime is linked statically and
    loads libcuda itself, lazily), CUDA device code inside when it was built with CUDA, and the CPU path
-   unchanged with the CUDA kernel variants registered (SHARK_EXPORT_CUDA=force) or not (=0).
+   unchanged with the CUDA kernel variants registered (session config shark_export.cuda=force) or not (=0).
 2. The CUDA kernels' code on the host: custom_ops/cuda/lookup_body.h (row location, unit loads, decoding,
    fp16 rounding, bag accumulation, offsets/index checks) is compiled with the host compiler into the test
    library (libshark_export_testlib.so, CMake -DSHARK_BUILD_TESTS=ON; built here into a temporary directory
@@ -99,20 +99,21 @@ _CPU_CHECK = textwrap.dedent("""
     from shark_export import reference as ref
     from shark_export.quantize import quantize_table
     from op_models import bag_model, gather_model
+    config = {{"cuda": {mode!r}}}
     rng = np.random.default_rng(0)
     codes = rng.integers(0, 6, size=300)
     t = quantize_table(rng.standard_normal((300, 20)).astype(np.float32), codes, name="t",
                        default_row=rng.standard_normal(20).astype(np.float32))
     idx = rng.integers(0, 300, size=1000)
     for dt in (np.float32, np.float16):
-        (got,) = shark_export.session(gather_model(t, out_dtype=dt)).run(None, {{"indices": idx}})
+        (got,) = shark_export.session(gather_model(t, out_dtype=dt), config=config).run(None, {{"indices": idx}})
         assert (got.view(np.uint8) == ref.gather(t, idx, dt).view(np.uint8)).all()
     offsets = np.arange(0, 1000, 7)
-    (got,) = shark_export.session(bag_model(t, mode=1)).run(None, {{"indices": idx, "offsets": offsets}})
+    (got,) = shark_export.session(bag_model(t, mode=1), config=config).run(None, {{"indices": idx, "offsets": offsets}})
     want = ref.embedding_bag(t, idx, offsets, mode=1)
     assert np.allclose(got, want, rtol=1e-5, atol=1e-5)
     try:
-        shark_export.session(gather_model(t)).run(None, {{"indices": np.array([300])}})
+        shark_export.session(gather_model(t), config=config).run(None, {{"indices": np.array([300])}})
         raise SystemExit("no error for index 300")
     except Exception as e:
         assert "index 300 at position 0 is out of range for table with 300 rows" in str(e), e
@@ -122,12 +123,11 @@ _CPU_CHECK = textwrap.dedent("""
 
 @pytest.mark.parametrize("mode", ["force", "0"])
 def test_cpu_path_with_and_without_cuda_variants(mode, tmp_path):
-    """SHARK_EXPORT_CUDA=force registers the CUDA kernel variants even without a driver (ORT then holds
-    four variants per op name); CPU sessions must behave exactly as before. =0 never registers them."""
+    """Session config shark_export.cuda=force registers the CUDA kernel variants even without a driver (ORT
+    then holds four variants per op name); CPU sessions must behave exactly as before. =0 never registers them."""
     pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(shark_export.__file__)))
-    env = dict(os.environ, SHARK_EXPORT_CUDA=mode,
-               PYTHONPATH=os.pathsep.join([pkg_root, os.environ.get("PYTHONPATH", "")]))
-    code = _CPU_CHECK.format(tests=os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([pkg_root, os.environ.get("PYTHONPATH", "")]))
+    code = _CPU_CHECK.format(tests=os.path.dirname(os.path.abspath(__file__)), mode=mode)
     # cwd outside the checkout: `python -c` puts cwd first on sys.path, which would shadow the installed package
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert res.returncode == 0 and "CPU OK" in res.stdout, res.stdout + res.stderr

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Fetch ONNX Runtime C/C++ headers (Debian 13 "trixie" package libonnxruntime-dev) into a cache dir.
-# No pip wheel ships the headers. We reuse the Debian archive this machine is already configured
-# with (read from its apt sources), switch the suite to trixie in a private apt state directory,
-# download the .deb and extract it. Nothing is installed system-wide.
+# Fetch ONNX Runtime C/C++ headers into a cache dir (no pip wheel ships them), from one of:
+#  1. an official ONNX Runtime release archive (onnxruntime-<os>-<arch>-<version>.tgz), given as a local
+#     path or a URL in SHARK_ORT_ARCHIVE, checked against SHARK_ORT_ARCHIVE_SHA256 (required): works on
+#     any Linux or macOS machine with tar;
+#  2. otherwise Debian 13 "trixie"'s libonnxruntime-dev: we reuse the Debian archive this machine is already
+#     configured with (read from its apt sources), switch the suite to trixie in a private apt state
+#     directory, download the .deb and extract it.
+# Nothing is installed system-wide.
 #
 # Usage: fetch_ort_headers.sh CACHE_DIR      prints the include dir on stdout (last line)
 set -euo pipefail
@@ -11,6 +15,42 @@ pkg="${SHARK_ORT_DEB_PACKAGE:-libonnxruntime-dev}"
 suite="${SHARK_ORT_DEB_SUITE:-trixie}"
 mkdir -p "$cache"
 cache="$(cd "$cache" && pwd)"
+
+if [ -n "${SHARK_ORT_ARCHIVE:-}" ]; then
+  want="${SHARK_ORT_ARCHIVE_SHA256:-}"
+  if [ -z "$want" ]; then
+    echo "fetch_ort_headers: SHARK_ORT_ARCHIVE needs SHARK_ORT_ARCHIVE_SHA256 (the archive's sha256)" >&2
+    exit 1
+  fi
+  dest="$cache/release-$want"
+  found=$(find "$dest" -name onnxruntime_c_api.h -print -quit 2> /dev/null || true)
+  if [ -n "$found" ]; then dirname "$found"; exit 0; fi
+  tgz="$cache/release-$want.tgz"
+  python3 - "$SHARK_ORT_ARCHIVE" "$tgz" "$want" <<'PY'
+import hashlib, shutil, sys, urllib.request
+src, dst, want = sys.argv[1:4]
+if "://" in src:
+    with urllib.request.urlopen(src, timeout=300) as r, open(dst, "wb") as f:
+        shutil.copyfileobj(r, f)
+else:
+    shutil.copyfile(src, dst)
+got = hashlib.sha256(open(dst, "rb").read()).hexdigest()
+if got != want.lower():
+    sys.exit(f"fetch_ort_headers: {src} has sha256 {got}, expected {want}")
+PY
+  rm -rf "$dest.partial" && mkdir -p "$dest.partial"
+  tar -xzf "$tgz" -C "$dest.partial"
+  found=$(find "$dest.partial" -name onnxruntime_c_api.h -print -quit)
+  if [ -z "$found" ]; then
+    echo "fetch_ort_headers: $SHARK_ORT_ARCHIVE has no onnxruntime_c_api.h" >&2
+    exit 1
+  fi
+  mv "$dest.partial" "$dest"
+  rm -f "$tgz"
+  dirname "$(find "$dest" -name onnxruntime_c_api.h -print -quit)"
+  exit 0
+fi
+
 inc="$cache/root/usr/include/onnxruntime"
 if [ -f "$inc/onnxruntime_c_api.h" ]; then echo "$inc"; exit 0; fi
 

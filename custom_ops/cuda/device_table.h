@@ -5,11 +5,18 @@
 
 #include <cstdint>
 
+#include "../kernels/format_core.h"
+
 namespace shark_cuda {
 
-// Tier codes (docs/FORMAT.md); the same numbers as shark::Tier.
-constexpr int kFp32 = 0, kFp16 = 1, kInt8 = 2, kInt4 = 3, kInt2 = 4, kDropped = 5;
-constexpr int kMixed = -1;  // uniform_tier of a mixed table
+// Tier codes and strides: the one definition in kernels/format_core.h.
+using shark_format::kDropped;
+using shark_format::kFp16;
+using shark_format::kFp32;
+using shark_format::kInt2;
+using shark_format::kInt4;
+using shark_format::kInt8;
+using shark_format::kMixed;
 constexpr unsigned long long kNoError = ~0ull;
 
 // A validated table (shark::validate_table passed on its host-side description). All pointers are
@@ -63,8 +70,7 @@ struct BagParams {
 
 // Per-tier row strides of a table of `dim` dims (FORMAT.md: the row bytes, rounded up to 4 in v1).
 inline void fill_strides(uint32_t dim, uint32_t stride[8], int64_t format_version) {
-  const uint32_t b[6] = {4 * dim, 2 * dim, 4 + dim, 4 + (dim + 1) / 2, 4 + (dim + 3) / 4, 0};
-  for (int k = 0; k < 8; ++k) stride[k] = k < 6 ? (format_version == 1 ? (b[k] + 3u) & ~3u : b[k]) : 0u;
+  shark_format::fill_strides(dim, format_version, stride);
 }
 
 }  // namespace shark_cuda

@@ -221,19 +221,6 @@ SHARK_HD float div_rn(float a, float b) {
 #endif
 }
 
-SHARK_HD uint32_t popc64(uint64_t x) {
-#if defined(__CUDA_ARCH__)
-  return static_cast<uint32_t>(__popcll(x));
-#elif defined(__GNUC__) || defined(__clang__)
-  return static_cast<uint32_t>(__builtin_popcountll(x));
-#else
-  x = x - ((x >> 1) & 0x5555555555555555ull);
-  x = (x & 0x3333333333333333ull) + ((x >> 2) & 0x3333333333333333ull);
-  x = (x + (x >> 4)) & 0x0f0f0f0f0f0f0f0full;
-  return static_cast<uint32_t>((x * 0x0101010101010101ull) >> 56);
-#endif
-}
-
 // Lowest position wins (atomicMin on the device; the host emulation runs one lane at a time).
 SHARK_HD void record_min(unsigned long long* slot, unsigned long long pos) {
 #if defined(__CUDA_ARCH__)
@@ -260,16 +247,8 @@ SHARK_HD RowRef locate_row(const DeviceTable& t, uint64_t r) {
     const uint64_t* blk = t.meta + (r >> 6) * 4;
     const unsigned j = static_cast<unsigned>(r & 63u);
     const uint64_t base = ld_u64(blk), p0 = ld_u64(blk + 1), p1 = ld_u64(blk + 2), p2 = ld_u64(blk + 3);
-    const int tier = static_cast<int>(((p0 >> j) & 1u) | (((p1 >> j) & 1u) << 1) | (((p2 >> j) & 1u) << 2));
-    const uint64_t below = (uint64_t{1} << j) - 1;
-    const uint64_t n0 = ~p0 & below, n1 = ~p1, n2 = ~p2, q0 = p0 & below;
-    uint64_t off = base;
-    off += uint64_t{t.stride[kFp32]} * popc64(n0 & n1 & n2);
-    off += uint64_t{t.stride[kFp16]} * popc64(q0 & n1 & n2);
-    off += uint64_t{t.stride[kInt8]} * popc64(n0 & p1 & n2);
-    off += uint64_t{t.stride[kInt4]} * popc64(q0 & p1 & n2);
-    off += uint64_t{t.stride[kInt2]} * popc64(n0 & n1 & p2);
-    return RowRef{t.payload + off, tier};
+    return RowRef{t.payload + shark_format::offset_in_block(base, p0, p1, p2, j, t.stride),
+                  shark_format::tier_in_block(p0, p1, p2, j)};
   }
 }
 

@@ -1,7 +1,5 @@
 #include "cpu_features.h"
 
-#include <cstdlib>
-#include <cstring>
 
 namespace shark {
 
@@ -15,24 +13,9 @@ static bool cpu_has_avx2_set() {
 #endif
 }
 
-static CpuIsa detect() {
-  const char* env = std::getenv("SHARK_EXPORT_CPU_ISA");
-  if (env && std::strcmp(env, "generic") == 0) return CpuIsa::kGeneric;
-  return cpu_has_avx2_set() ? CpuIsa::kAvx2 : CpuIsa::kGeneric;
-}
-
 CpuIsa cpu_isa() {
-  static const CpuIsa isa = detect();
+  static const CpuIsa isa = cpu_has_avx2_set() ? CpuIsa::kAvx2 : CpuIsa::kGeneric;
   return isa;
-}
-
-unsigned long long stream_threshold_bytes() {
-  static const unsigned long long v = [] {
-    const char* env = std::getenv("SHARK_EXPORT_STREAM_BYTES");
-    if (env && *env) return std::strtoull(env, nullptr, 10);
-    return 8ull << 20;
-  }();
-  return v;
 }
 
 const char* cpu_isa_name(CpuIsa isa) { return isa == CpuIsa::kAvx2 ? "avx2" : "generic"; }

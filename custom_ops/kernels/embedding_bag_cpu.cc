@@ -132,7 +132,7 @@ LookupError embedding_bag_cpu(const TableView& t, const BagArgs& a, ParallelFor&
   TaskFn fn = nullptr;
   const bool weighted = a.weights != nullptr;
 #if SHARK_X86_AVX2_PATH
-  if (cpu_isa() == CpuIsa::kAvx2) fn = avx2::select_bag(t.uniform_tier, t.dim, a.index_type, a.out_type, weighted);
+  if (cpu_isa() == CpuIsa::kAvx2 && !a.generic_only) fn = avx2::select_bag(t.uniform_tier, t.dim, a.index_type, a.out_type, weighted);
 #endif
   if (!fn) fn = generic::select_bag(t.uniform_tier, t.dim, a.index_type, a.out_type, weighted);
 

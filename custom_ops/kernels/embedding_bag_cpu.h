@@ -26,6 +26,7 @@ struct BagArgs {
   int64_t padding_idx = -1;  // entries equal to it neither add nor count; -1 for none
   void* out = nullptr;       // [n_bags, dim] float or fp16 (uint16 bits)
   OutType out_type = OutType::kFloat32;
+  bool generic_only = false;  // the portable path even where AVX2 runs
 };
 
 // Bag bounds from a 1-D `offsets` tensor (torch convention). Returns "" or an error message that

@@ -47,12 +47,12 @@ LookupError gather_cpu(const TableView& t, const GatherArgs& a, ParallelFor& pf)
   if (a.count == 0) return err;
   TaskFn fn = nullptr;
 #if SHARK_X86_AVX2_PATH
-  if (cpu_isa() == CpuIsa::kAvx2) {
+  if (cpu_isa() == CpuIsa::kAvx2 && !a.generic_only) {
     // Large outputs go out with non-temporal stores (no read-for-ownership of the output lines,
     // which would not stay in cache anyway); needs whole 8-lane rows and an aligned output.
     const uint64_t out_bytes = a.count * t.dim * (a.out_type == OutType::kFloat32 ? 4 : 2);
     const bool stream = t.dim % 8 == 0 && (reinterpret_cast<uintptr_t>(a.out) & 15) == 0 &&
-                        (a.stream < 0 ? out_bytes >= stream_threshold_bytes() : a.stream > 0);
+                        (a.stream < 0 ? out_bytes >= a.stream_bytes : a.stream > 0);
     fn = stream ? avx2::select_gather<true>(t.uniform_tier, a.index_type, a.out_type)
                 : avx2::select_gather<false>(t.uniform_tier, a.index_type, a.out_type);
   }

@@ -15,7 +15,9 @@ struct GatherArgs {
   uint64_t count = 0;  // number of indices (product of the indices shape)
   void* out = nullptr;  // [count, dim] of float or fp16 (uint16 bits)
   OutType out_type = OutType::kFloat32;
-  int stream = -1;  // non-temporal output stores: -1 auto (large outputs), 0 never, 1 when possible
+  int stream = -1;  // non-temporal output stores: -1 auto (outputs of stream_bytes or more), 0 never, 1 when possible
+  uint64_t stream_bytes = uint64_t{8} << 20;
+  bool generic_only = false;  // the portable path even where AVX2 runs
 };
 
 // `t` must have passed validate_table(). Every index is range-checked while the rows are copied;

@@ -1,8 +1,6 @@
 #include "memory_hints.h"
 
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -18,12 +16,8 @@ namespace shark {
 
 void advise_huge_pages(const void* p, size_t n) {
 #if defined(__linux__)
-  static const bool enabled = [] {
-    const char* env = std::getenv("SHARK_EXPORT_HUGEPAGES");
-    return !(env && std::strcmp(env, "0") == 0);
-  }();
   constexpr uintptr_t kHuge = uintptr_t{2} << 20;
-  if (!enabled || !p || n < 4 * kHuge) return;
+  if (!p || n < 4 * kHuge) return;
   const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
   const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + n) & ~(kHuge - 1);
   if (end <= begin) return;

@@ -48,7 +48,7 @@ TableView make_table_view(const TableAttrs& a) {
   t.dim = static_cast<uint32_t>(a.dim);
   t.uniform_tier = static_cast<int>(a.uniform_tier);
   t.format_version = a.format_version;
-  for (int k = 0; k < kNumTiers; ++k) t.stride[k] = static_cast<uint32_t>(tier_stride(k, t.dim, a.format_version));
+  shark_format::fill_strides(t.dim, a.format_version, t.stride);
   return t;
 }
 
@@ -114,16 +114,13 @@ std::string validate_table(const TableView& t, const TableShapes& s) {
     if (bad) {
       unsigned j = 0;
       while (!((bad >> j) & 1u)) ++j;
-      const unsigned code = static_cast<unsigned>(((p0 >> j) & 1u) | (((p1 >> j) & 1u) << 1) | (((p2 >> j) & 1u) << 2));
+      const unsigned code = static_cast<unsigned>(shark_format::tier_in_block(p0, p1, p2, j));
       e << "row " << b * kRowsPerBlock + j << " has invalid tier code " << code << " in row_meta";
       return e.str();
     }
     // Bytes of the block's rows (rows past R have code bits 0 and are masked out by `valid`).
-    const uint64_t n0 = ~p0 & valid, n1 = ~p1, n2 = ~p2, q0 = p0 & valid;
-    dropped += popcount64(q0 & n1 & p2);
-    expect += t.stride[kFp32] * popcount64(n0 & n1 & n2) + t.stride[kFp16] * popcount64(q0 & n1 & n2) +
-              t.stride[kInt8] * popcount64(n0 & p1 & n2) + t.stride[kInt4] * popcount64(q0 & p1 & n2) +
-              t.stride[kInt2] * popcount64(n0 & n1 & p2);
+    dropped += shark_format::dropped_in_block(p0, p1, p2, valid);
+    expect += shark_format::block_bytes(p0, p1, p2, valid, t.stride);
   }
   if (t.payload_bytes != expect) {
     e << "payload has " << t.payload_bytes << " bytes but row_meta describes " << expect << " bytes of rows";

@@ -8,40 +8,36 @@
 #include <string>
 #include <vector>
 
+#include "format_core.h"
+
 namespace shark {
 
 constexpr int64_t kFormatVersion = 2;     // what the converter writes
 constexpr int64_t kOldestFormatVersion = 1;  // still read
 constexpr uint64_t kMaxRows = uint64_t{1} << 40;
 constexpr int64_t kMaxDim = 65536;
-constexpr int kRowsPerBlock = 64;
-constexpr int kMetaWords = 4;  // row_meta is uint64[blocks, 4]
+constexpr int kRowsPerBlock = shark_format::kRowsPerBlock;
+constexpr int kMetaWords = shark_format::kMetaWords;
 
-enum Tier : int { kFp32 = 0, kFp16 = 1, kInt8 = 2, kInt4 = 3, kInt2 = 4, kDropped = 5 };
-constexpr int kNumTiers = 6;
-constexpr int kMixed = -1;  // uniform_tier attribute of a mixed table
+enum Tier : int {
+  kFp32 = shark_format::kFp32,
+  kFp16 = shark_format::kFp16,
+  kInt8 = shark_format::kInt8,
+  kInt4 = shark_format::kInt4,
+  kInt2 = shark_format::kInt2,
+  kDropped = shark_format::kDropped,
+};
+constexpr int kNumTiers = shark_format::kNumTiers;
+constexpr int kMixed = shark_format::kMixed;
 
 enum class OutType : int { kFloat32 = 1, kFloat16 = 10 };  // ONNX element type numbers
 
 const char* tier_name(int tier);
 
-// Bytes of a row before padding.
-inline uint64_t tier_row_bytes(int tier, uint64_t dim) {
-  switch (tier) {
-    case kFp32: return 4 * dim;
-    case kFp16: return 2 * dim;
-    case kInt8: return 4 + dim;
-    case kInt4: return 4 + (dim + 1) / 2;
-    case kInt2: return 4 + (dim + 3) / 4;
-    default: return 0;
-  }
-}
-
-// Stored size of a row: v1 rounds its bytes up to a multiple of 4; v2 stores them unpadded (a D = 1
-// fp16 row is 2 bytes, a D = 5 int8 row 9), so rows need not be aligned.
+// Bytes of a row before padding, and its stored size per format version (format_core.h).
+inline uint64_t tier_row_bytes(int tier, uint64_t dim) { return shark_format::row_bytes(tier, dim); }
 inline uint64_t tier_stride(int tier, uint64_t dim, int64_t format_version = kFormatVersion) {
-  const uint64_t bytes = tier_row_bytes(tier, dim);
-  return format_version == 1 ? (bytes + 3) & ~uint64_t{3} : bytes;
+  return shark_format::row_stride(tier, dim, format_version);
 }
 
 // Attributes every op node that reads a table carries.
@@ -91,16 +87,7 @@ std::string validate_table(const TableView& t, const TableShapes& shapes);
 #endif
 
 // Always inlined, so that inside the AVX2 kernels (target popcnt) it compiles to POPCNT.
-static SHARK_ALWAYS_INLINE uint64_t popcount64(uint64_t x) {
-#if defined(__GNUC__) || defined(__clang__)
-  return static_cast<uint64_t>(__builtin_popcountll(x));
-#else
-  x = x - ((x >> 1) & 0x5555555555555555ull);
-  x = (x & 0x3333333333333333ull) + ((x >> 2) & 0x3333333333333333ull);
-  x = (x + (x >> 4)) & 0x0f0f0f0f0f0f0f0full;
-  return (x * 0x0101010101010101ull) >> 56;
-#endif
-}
+static SHARK_ALWAYS_INLINE uint64_t popcount64(uint64_t x) { return shark_format::popcount64(x); }
 
 struct RowLoc {
   uint64_t offset;
@@ -111,17 +98,7 @@ struct RowLoc {
 // record. Valid only for a validated table and r < num_rows.
 static SHARK_ALWAYS_INLINE RowLoc locate_mixed_row(const uint64_t* block, unsigned j, const uint32_t* stride) {
   const uint64_t p0 = block[1], p1 = block[2], p2 = block[3];
-  const int tier = static_cast<int>(((p0 >> j) & 1u) | (((p1 >> j) & 1u) << 1) | (((p2 >> j) & 1u) << 2));
-  const uint64_t below = (uint64_t{1} << j) - 1;
-  const uint64_t n0 = ~p0 & below, n1 = ~p1, n2 = ~p2;
-  const uint64_t q0 = p0 & below;
-  uint64_t off = block[0];
-  off += stride[kFp32] * popcount64(n0 & n1 & n2);
-  off += stride[kFp16] * popcount64(q0 & n1 & n2);
-  off += stride[kInt8] * popcount64(n0 & p1 & n2);
-  off += stride[kInt4] * popcount64(q0 & p1 & n2);
-  off += stride[kInt2] * popcount64(n0 & n1 & p2);
-  return RowLoc{off, tier};
+  return RowLoc{shark_format::offset_in_block(block[0], p0, p1, p2, j, stride), shark_format::tier_in_block(p0, p1, p2, j)};
 }
 
 }  // namespace shark

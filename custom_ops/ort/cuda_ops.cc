@@ -20,16 +20,16 @@
 // compute stream and synchronizes that stream (cudaStreamSynchronize, never the device): the run then
 // fails with the same message as the CPU kernel (node, value, position, R). Cost: one 16-byte memset and
 // one 16-byte copy on the stream, and the host waits for the stream to drain (a few microseconds plus the
-// queued GPU work: ORT cannot enqueue the nodes after this one while it runs). SHARK_EXPORT_CUDA_CHECK=0
-// turns the readback off (no synchronization; bad indices then read as zero rows / skipped entries,
-// silently); it is also skipped while the stream is being captured into a CUDA graph (a synchronize
-// is illegal there).
+// queued GPU work: ORT cannot enqueue the nodes after this one while it runs). The readback is skipped
+// only while the stream is being captured into a CUDA graph, where a synchronize is illegal (bad indices
+// then read as zero rows / skipped entries: validate inputs before replaying a captured graph). No switch
+// turns the check off.
 //
 // Runtime. The CUDA runtime is linked statically (it loads libcuda.so.1 itself on first use), so the
 // library loads and runs its CPU kernels on hosts without a GPU or CUDA libraries. The CUDA variants are
 // registered only when the driver supports this library's CUDA runtime version (else the nodes stay on
-// the CPU EP, and a line on stderr says why when a driver was found); SHARK_EXPORT_CUDA=0 never registers
-// them, SHARK_EXPORT_CUDA=force always does (for tests).
+// the CPU EP, and a line on stderr says why when a driver was found); the session config entry
+// shark_export.cuda=0 never registers them, =force always does (for tests).
 #include <cuda_runtime_api.h>
 
 #include <cstdio>
@@ -52,16 +52,6 @@ constexpr const char* kCudaEp = "CUDAExecutionProvider";
 
 std::string cuda_message(cudaError_t e) {
   return std::string(cudaGetErrorName(e)) + " (" + cudaGetErrorString(e) + ")";
-}
-
-bool env_is(const char* name, const char* value) {
-  const char* v = std::getenv(name);
-  return v && std::strcmp(v, value) == 0;
-}
-
-bool index_check_enabled() {
-  static const bool on = !env_is("SHARK_EXPORT_CUDA_CHECK", "0");
-  return on;
 }
 
 // Makes `device` current for the scope (ORT normally has it current already) and restores the previous one.
@@ -132,7 +122,7 @@ class SlotPool {
     std::lock_guard<std::mutex> lock(mu_);
     free_.push_back(s);
   }
-  // A slot for launches whose errors are never read (SHARK_EXPORT_CUDA_CHECK=0, CUDA graph capture):
+  // A slot for launches whose errors cannot be read (CUDA graph capture):
   // one per device, never handed to a checked run, so a replayed graph cannot touch a checked run's slot.
   cudaError_t unchecked(int device, Slot* out) {
     {
@@ -236,7 +226,7 @@ class CudaTableKernel : public TableKernel {
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
     if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess) capture = cudaStreamCaptureStatusNone;
     // No synchronize inside a CUDA graph capture (illegal there): errors cannot be reported then.
-    if (!index_check_enabled() || capture != cudaStreamCaptureStatusNone) {
+    if (capture != cudaStreamCaptureStatusNone) {
       Slot slot;
       e = slots_.unchecked(device, &slot);
       if (e == cudaSuccess) e = launch(slot.dev);
@@ -301,17 +291,7 @@ class CudaTableKernel : public TableKernel {
   // `cache`, remembers a valid table's pointers and sizes.
   OrtStatus* check_table(const Input& payload, const Input& meta, const Input& dflt, cudaStream_t stream,
                          bool at_creation, bool cache, shark_cuda::DeviceTable* t) {
-    static const char* const kNames[3] = {"payload", "row_meta", "default_row"};
-    static const ONNXTensorElementDataType kTypes[3] = {
-        ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT64, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT};
-    const Input* in[3] = {&payload, &meta, &dflt};
-    for (int i = 0; i < 3; ++i) {
-      if (!in[i]->present) return error(std::string("input '") + kNames[i] + "' is missing");
-      if (in[i]->type != kTypes[i]) {
-        return error(std::string("input '") + kNames[i] + "' must be " + element_type_name(kTypes[i]) + ", got " +
-                     element_type_name(in[i]->type));
-      }
-    }
+    SHARK_RETURN_IF_STATUS(check_table_inputs(payload, meta, dflt));
     *t = shark_cuda::DeviceTable{};
     t->payload = static_cast<const uint8_t*>(payload.data);
     t->meta = meta.count ? static_cast<const uint64_t*>(meta.data) : nullptr;
@@ -321,11 +301,8 @@ class CudaTableKernel : public TableKernel {
     t->uniform_tier = static_cast<int32_t>(attrs_.uniform_tier);
     shark_cuda::fill_strides(t->dim, t->stride, attrs_.format_version);
 
-    const TableKey key{payload.data, payload.count, meta.data, meta.count, dflt.data, dflt.count};
-    if (cache) {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (validated_ && validated_key_ == key) return nullptr;
-    }
+    const TableKey key = table_key(payload, meta, dflt);
+    if (cache && validated_.hit(key)) return nullptr;
     shark::TableView host = proto_;  // validate_table reads sizes and row_meta, never payload or default_row
     host.payload_bytes = payload.count;
     host.meta_blocks = meta.shape.size() == 2 ? static_cast<uint64_t>(meta.shape[0]) : 0;
@@ -341,11 +318,7 @@ class CudaTableKernel : public TableKernel {
     }
     const std::string bad = shark::validate_table(host, shark::TableShapes{payload.shape, meta.shape, dflt.shape});
     if (!bad.empty()) return error("invalid table: " + bad);
-    if (cache) {
-      std::lock_guard<std::mutex> lock(mu_);
-      validated_ = true;
-      validated_key_ = key;
-    }
+    if (cache) validated_.remember(key);
     return nullptr;
   }
 
@@ -383,9 +356,7 @@ class CudaTableKernel : public TableKernel {
   }
 
   bool constant_inputs_ = false;
-  std::mutex mu_;
-  bool validated_ = false;
-  TableKey validated_key_;
+  ValidationCache validated_;
   SlotPool slots_;
 };
 
@@ -482,9 +453,9 @@ class BagCudaKernel : public CudaTableKernel {
 
 }  // namespace
 
-bool cuda_ops_enabled() {
-  if (env_is("SHARK_EXPORT_CUDA", "0")) return false;
-  if (env_is("SHARK_EXPORT_CUDA", "force")) return true;
+bool cuda_ops_enabled(const shark::KernelConfig& config) {
+  if (config.cuda < 0) return false;
+  if (config.cuda > 0) return true;
   int driver = 0;
   if (cudaDriverGetVersion(&driver) != cudaSuccess || driver == 0) return false;  // no NVIDIA driver: CPU-only host
   if (driver < CUDART_VERSION) {
@@ -497,15 +468,15 @@ bool cuda_ops_enabled() {
   return true;
 }
 
-void add_gather_cuda_ops(OpList* ops, uint32_t api_version) {
+void add_gather_cuda_ops(OpList* ops, uint32_t api_version, const shark::KernelConfig& config) {
   for (auto out : {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16}) {
-    ops->push_back(std::make_shared<CustomOp<GatherCudaKernel>>(gather_spec(out, kCudaEp), api_version));
+    ops->push_back(std::make_shared<CustomOp<GatherCudaKernel>>(gather_spec(out, kCudaEp, config), api_version));
   }
 }
 
-void add_embedding_bag_cuda_ops(OpList* ops, uint32_t api_version) {
+void add_embedding_bag_cuda_ops(OpList* ops, uint32_t api_version, const shark::KernelConfig& config) {
   for (auto out : {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16}) {
-    ops->push_back(std::make_shared<CustomOp<BagCudaKernel>>(bag_spec(out, kCudaEp), api_version));
+    ops->push_back(std::make_shared<CustomOp<BagCudaKernel>>(bag_spec(out, kCudaEp, config), api_version));
   }
 }
 

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "../kernels/config.h"
 #include "ort_utils.h"
 
 namespace shark_ort {
@@ -18,6 +19,7 @@ struct OpSpec {
   std::vector<ONNXTensorElementDataType> inputs;  // UNDEFINED: any type, checked by the kernel
   std::vector<OrtCustomOpInputOutputCharacteristic> input_kinds;
   ONNXTensorElementDataType output = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  shark::KernelConfig config;  // the session's settings (session config entries shark_export.*)
 };
 
 // Kernel must provide:
@@ -29,14 +31,14 @@ class CustomOp : public OrtCustomOp {
  public:
   CustomOp(OpSpec spec, uint32_t api_version) : OrtCustomOp(), spec_(std::move(spec)) {
     version = api_version;
-    CreateKernel = &CreateKernelV1;
+    CreateKernel = nullptr;  // the V1 entry points cannot return an error: ORT >= 1.17 uses V2 only
     GetName = &GetNameImpl;
     GetExecutionProviderType = &GetProvider;
     GetInputType = &GetInputTypeImpl;
     GetInputTypeCount = &GetInputCount;
     GetOutputType = &GetOutputTypeImpl;
     GetOutputTypeCount = &GetOutputCount;
-    KernelCompute = &ComputeV1;
+    KernelCompute = nullptr;
     KernelDestroy = &Destroy;
     GetInputCharacteristic = &GetInputKind;
     GetOutputCharacteristic = &GetOutputKind;
@@ -92,17 +94,6 @@ class CustomOp : public OrtCustomOp {
   }
   static OrtStatusPtr ORT_API_CALL InferShapeImpl(const OrtCustomOp* op, OrtShapeInferContext* ctx) noexcept {
     return guarded([&]() -> OrtStatus* { return Kernel::InferShape(self(op).spec_, ctx); });
-  }
-  // Only used by ORT versions without the V2 entry points (older than the API this library needs).
-  static void* ORT_API_CALL CreateKernelV1(const OrtCustomOp* op, const OrtApi* a, const OrtKernelInfo* info) noexcept {
-    void* k = nullptr;
-    OrtStatus* s = CreateKernelV2Impl(op, a, info, &k);
-    if (s) api().ReleaseStatus(s);
-    return k;
-  }
-  static void ORT_API_CALL ComputeV1(void* kernel, OrtKernelContext* ctx) noexcept {
-    OrtStatus* s = ComputeV2(kernel, ctx);
-    if (s) api().ReleaseStatus(s);
   }
   static void ORT_API_CALL Destroy(void* kernel) noexcept { delete static_cast<Kernel*>(kernel); }
 

@@ -77,6 +77,7 @@ class BagKernel : public TableKernel {
  public:
   static OrtStatus* Create(const OpSpec& spec, const OrtKernelInfo* info, std::unique_ptr<BagKernel>* out) {
     auto k = std::make_unique<BagKernel>();
+    k->config_ = spec.config;
     SHARK_RETURN_IF_STATUS(k->init(spec.name, info, out_type_of(spec.output)));
     SHARK_RETURN_IF_STATUS(read_bag_attrs(*k, info, &k->bag_));
     *out = std::move(k);
@@ -117,8 +118,10 @@ class BagKernel : public TableKernel {
     a.padding_idx = bag_.padding_idx;
     a.out = out;
     a.out_type = out_type_;
+    a.generic_only = config_.generic_only;
     OrtParallelFor pf(ctx);
     const shark::LookupError e = shark::embedding_bag_cpu(t, a, pf);
+    SHARK_RETURN_IF_STATUS(pf.take_status());
     if (!e.ok()) return index_error(e);
     return nullptr;
   }
@@ -157,8 +160,9 @@ OrtStatus* bag_infer_shape(OrtShapeInferContext* ctx) {
   return infer_set_output(ctx, infer_output_type(ctx), {b, dim}, {b_sym, std::string()});
 }
 
-OpSpec bag_spec(ONNXTensorElementDataType out, const char* provider) {
+OpSpec bag_spec(ONNXTensorElementDataType out, const char* provider, const shark::KernelConfig& config) {
   OpSpec s;
+  s.config = config;
   s.name = kBagOp;
   s.provider = provider;
   s.inputs = {ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT64,
@@ -170,9 +174,9 @@ OpSpec bag_spec(ONNXTensorElementDataType out, const char* provider) {
   return s;
 }
 
-void add_embedding_bag_cpu_ops(OpList* ops, uint32_t api_version) {
+void add_embedding_bag_cpu_ops(OpList* ops, uint32_t api_version, const shark::KernelConfig& config) {
   for (auto out : {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16}) {
-    ops->push_back(std::make_shared<CustomOp<BagKernel>>(bag_spec(out, nullptr), api_version));
+    ops->push_back(std::make_shared<CustomOp<BagKernel>>(bag_spec(out, nullptr, config), api_version));
   }
 }
 

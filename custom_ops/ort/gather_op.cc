@@ -15,6 +15,7 @@ class GatherKernel : public TableKernel {
  public:
   static OrtStatus* Create(const OpSpec& spec, const OrtKernelInfo* info, std::unique_ptr<GatherKernel>* out) {
     auto k = std::make_unique<GatherKernel>();
+    k->config_ = spec.config;
     SHARK_RETURN_IF_STATUS(k->init(spec.name, info, out_type_of(spec.output)));
     SHARK_RETURN_IF_STATUS(k->check_index_type(info, kInIndices, "indices"));
     *out = std::move(k);
@@ -37,8 +38,11 @@ class GatherKernel : public TableKernel {
     a.count = idx.count;
     a.out = out;
     a.out_type = out_type_;
+    a.generic_only = config_.generic_only;
+    a.stream_bytes = config_.stream_bytes;
     OrtParallelFor pf(ctx);
     const shark::LookupError e = shark::gather_cpu(t, a, pf);
+    SHARK_RETURN_IF_STATUS(pf.take_status());
     if (!e.ok()) return index_error(e);
     return nullptr;
   }
@@ -48,8 +52,9 @@ class GatherKernel : public TableKernel {
 
 }  // namespace
 
-OpSpec gather_spec(ONNXTensorElementDataType out, const char* provider) {
+OpSpec gather_spec(ONNXTensorElementDataType out, const char* provider, const shark::KernelConfig& config) {
   OpSpec s;
+  s.config = config;
   s.name = kGatherOp;
   s.provider = provider;
   s.inputs = {ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT64,
@@ -76,9 +81,9 @@ OrtStatus* gather_infer_shape(OrtShapeInferContext* ctx) {
   return infer_set_output(ctx, out_type, in.dims, in.symbols);
 }
 
-void add_gather_cpu_ops(OpList* ops, uint32_t api_version) {
+void add_gather_cpu_ops(OpList* ops, uint32_t api_version, const shark::KernelConfig& config) {
   for (auto out : {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16}) {
-    ops->push_back(std::make_shared<CustomOp<GatherKernel>>(gather_spec(out, nullptr), api_version));
+    ops->push_back(std::make_shared<CustomOp<GatherKernel>>(gather_spec(out, nullptr, config), api_version));
   }
 }
 

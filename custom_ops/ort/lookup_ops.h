@@ -17,8 +17,8 @@ inline shark::OutType out_type_of(ONNXTensorElementDataType t) {
 }
 
 // provider: null for the CPU EP, else e.g. "CUDAExecutionProvider".
-OpSpec gather_spec(ONNXTensorElementDataType out, const char* provider);
-OpSpec bag_spec(ONNXTensorElementDataType out, const char* provider);
+OpSpec gather_spec(ONNXTensorElementDataType out, const char* provider, const shark::KernelConfig& config);
+OpSpec bag_spec(ONNXTensorElementDataType out, const char* provider, const shark::KernelConfig& config);
 
 OrtStatus* gather_infer_shape(OrtShapeInferContext* ctx);
 OrtStatus* bag_infer_shape(OrtShapeInferContext* ctx);

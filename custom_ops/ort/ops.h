@@ -4,6 +4,7 @@
 #include <memory>
 #include <vector>
 
+#include "../kernels/config.h"
 #include "ort_api.h"
 
 namespace shark_ort {
@@ -14,17 +15,17 @@ constexpr const char* kBagOp = "RowwiseDequantEmbeddingBag";
 
 using OpList = std::vector<std::shared_ptr<OrtCustomOp>>;
 
-// CPU variants: each op once per output element type (float32, float16).
-void add_gather_cpu_ops(OpList* ops, uint32_t api_version);
-void add_embedding_bag_cpu_ops(OpList* ops, uint32_t api_version);
+// CPU variants: each op once per output element type (float32, float16), with the session's settings.
+void add_gather_cpu_ops(OpList* ops, uint32_t api_version, const shark::KernelConfig& config);
+void add_embedding_bag_cpu_ops(OpList* ops, uint32_t api_version, const shark::KernelConfig& config);
 
 #ifdef SHARK_WITH_CUDA
 // CUDA variants (CUDAExecutionProvider), added next to the CPU ones in the same domain (cuda_ops.cc),
-// when cuda_ops_enabled(): the driver can run this library's CUDA runtime (SHARK_EXPORT_CUDA=0 / force
-// override).
-bool cuda_ops_enabled();
-void add_gather_cuda_ops(OpList* ops, uint32_t api_version);
-void add_embedding_bag_cuda_ops(OpList* ops, uint32_t api_version);
+// when cuda_ops_enabled(): the driver can run this library's CUDA runtime (session config entry
+// shark_export.cuda = 0 never registers them, = force always does).
+bool cuda_ops_enabled(const shark::KernelConfig& config);
+void add_gather_cuda_ops(OpList* ops, uint32_t api_version, const shark::KernelConfig& config);
+void add_embedding_bag_cuda_ops(OpList* ops, uint32_t api_version, const shark::KernelConfig& config);
 #endif
 
 }  // namespace shark_ort

@@ -1,5 +1,8 @@
 // Library entry point: ORT calls RegisterCustomOps when a session registers this library.
-// One domain (`shark_export`), created once per process and added to every session's options.
+// One domain (`shark_export`) per distinct set of the library's session config entries (custom_ops/README.md),
+// created once per process and added to the options of every session with those settings.
+#include <cstdlib>
+#include <map>
 #include <mutex>
 #include <string>
 
@@ -21,7 +24,7 @@ struct Registry {
   std::string error;
 };
 
-Registry* build_registry(uint32_t api_version) {
+Registry* build_registry(uint32_t api_version, const shark::KernelConfig& config) {
   auto* r = new Registry();  // lives for the process: sessions keep pointers to the ops
   OrtStatus* s = api().CreateCustomOpDomain(kDomain, &r->domain);
   if (s) {
@@ -29,12 +32,12 @@ Registry* build_registry(uint32_t api_version) {
     api().ReleaseStatus(s);
     return r;
   }
-  add_gather_cpu_ops(&r->ops, api_version);
-  add_embedding_bag_cpu_ops(&r->ops, api_version);
+  add_gather_cpu_ops(&r->ops, api_version, config);
+  add_embedding_bag_cpu_ops(&r->ops, api_version, config);
 #ifdef SHARK_WITH_CUDA
-  if (cuda_ops_enabled()) {
-    add_gather_cuda_ops(&r->ops, api_version);
-    add_embedding_bag_cuda_ops(&r->ops, api_version);
+  if (cuda_ops_enabled(config)) {
+    add_gather_cuda_ops(&r->ops, api_version, config);
+    add_embedding_bag_cuda_ops(&r->ops, api_version, config);
   }
 #endif
   for (auto& op : r->ops) {
@@ -46,6 +49,53 @@ Registry* build_registry(uint32_t api_version) {
     }
   }
   return r;
+}
+
+// The value of session config entry `key`, or "" when it is not set.
+OrtStatus* config_entry(const OrtSessionOptions* options, const char* key, std::string* value) {
+  value->clear();
+  int has = 0;
+  SHARK_RETURN_IF_STATUS(api().HasSessionConfigEntry(options, key, &has));
+  if (!has) return nullptr;
+  size_t size = 0;
+  SHARK_RETURN_IF_STATUS(api().GetSessionConfigEntry(options, key, nullptr, &size));
+  std::string buf(size, '\0');
+  SHARK_RETURN_IF_STATUS(api().GetSessionConfigEntry(options, key, buf.data(), &size));
+  value->assign(buf.c_str());
+  return nullptr;
+}
+
+// The library's session config entries (custom_ops/README.md); an unknown value is an error naming it.
+OrtStatus* read_config(const OrtSessionOptions* options, shark::KernelConfig* c) {
+  std::string v;
+  SHARK_RETURN_IF_STATUS(config_entry(options, "shark_export.cpu_isa", &v));
+  if (v == "generic") {
+    c->generic_only = true;
+  } else if (!v.empty() && v != "auto") {
+    return make_status(ORT_INVALID_ARGUMENT, "shark_export.cpu_isa must be 'auto' or 'generic', got '" + v + "'");
+  }
+  SHARK_RETURN_IF_STATUS(config_entry(options, "shark_export.stream_bytes", &v));
+  if (!v.empty()) {
+    char* end = nullptr;
+    const unsigned long long n = std::strtoull(v.c_str(), &end, 10);
+    if (!end || *end || v[0] == '-') {
+      return make_status(ORT_INVALID_ARGUMENT, "shark_export.stream_bytes must be a byte count, got '" + v + "'");
+    }
+    c->stream_bytes = n;
+  }
+  SHARK_RETURN_IF_STATUS(config_entry(options, "shark_export.huge_pages", &v));
+  if (v == "0" || v == "1") {
+    c->huge_pages = v == "1";
+  } else if (!v.empty()) {
+    return make_status(ORT_INVALID_ARGUMENT, "shark_export.huge_pages must be '0' or '1', got '" + v + "'");
+  }
+  SHARK_RETURN_IF_STATUS(config_entry(options, "shark_export.cuda", &v));
+  if (v == "0" || v == "force" || v == "auto" || v.empty()) {
+    c->cuda = v == "0" ? -1 : v == "force" ? 1 : 0;
+  } else {
+    return make_status(ORT_INVALID_ARGUMENT, "shark_export.cuda must be 'auto', '0' or 'force', got '" + v + "'");
+  }
+  return nullptr;
 }
 
 }  // namespace
@@ -69,9 +119,17 @@ extern "C" SHARK_EXPORT_API OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSession
   }
   Ort::InitApi(a);
   return guarded([&]() -> OrtStatus* {
-    static std::once_flag once;
-    static Registry* registry = nullptr;
-    std::call_once(once, [&] { registry = build_registry(version); });
+    shark::KernelConfig config;
+    SHARK_RETURN_IF_STATUS(read_config(options, &config));
+    static std::mutex mu;
+    static std::map<shark::KernelConfig, Registry*> registries;  // one domain per distinct setting
+    Registry* registry = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      Registry*& slot = registries[config];
+      if (!slot) slot = build_registry(version, config);
+      registry = slot;
+    }
     if (!registry->error.empty()) {
       return make_status(ORT_FAIL, "shark_export: could not create the custom-op domain: " + registry->error);
     }

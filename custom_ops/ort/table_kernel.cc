@@ -77,7 +77,7 @@ OrtStatus* TableKernel::init(const char* op_name, const OrtKernelInfo* info, sha
   if (constant_inputs_) {
     shark::TableView t;
     SHARK_RETURN_IF_STATUS(check_table(constant[0], constant[1], constant[2], &t, true));
-    shark::advise_huge_pages(t.payload, t.payload_bytes);
+    if (config_.huge_pages) shark::advise_huge_pages(t.payload, t.payload_bytes);
   }
   return nullptr;
 }
@@ -86,8 +86,11 @@ static const char* const kTableInputNames[3] = {"payload", "row_meta", "default_
 static const ONNXTensorElementDataType kTableInputTypes[3] = {
     ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT64, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT};
 
-OrtStatus* TableKernel::check_table(const Input& payload, const Input& meta, const Input& dflt, shark::TableView* t,
-                                    bool cache) {
+TableKey table_key(const Input& payload, const Input& meta, const Input& dflt) {
+  return TableKey{payload.data, payload.count, meta.data, meta.count, dflt.data, dflt.count};
+}
+
+OrtStatus* TableKernel::check_table_inputs(const Input& payload, const Input& meta, const Input& dflt) const {
   const Input* in[3] = {&payload, &meta, &dflt};
   for (int i = 0; i < 3; ++i) {
     if (!in[i]->present) return error(std::string("input '") + kTableInputNames[i] + "' is missing");
@@ -96,6 +99,12 @@ OrtStatus* TableKernel::check_table(const Input& payload, const Input& meta, con
                    ", got " + element_type_name(in[i]->type));
     }
   }
+  return nullptr;
+}
+
+OrtStatus* TableKernel::check_table(const Input& payload, const Input& meta, const Input& dflt, shark::TableView* t,
+                                    bool cache) {
+  SHARK_RETURN_IF_STATUS(check_table_inputs(payload, meta, dflt));
   *t = proto_;
   t->payload = static_cast<const uint8_t*>(payload.data);
   t->payload_bytes = payload.count;
@@ -103,25 +112,12 @@ OrtStatus* TableKernel::check_table(const Input& payload, const Input& meta, con
   t->meta_blocks = meta.shape.size() == 2 ? static_cast<uint64_t>(meta.shape[0]) : 0;
   t->default_row = dflt.count ? static_cast<const float*>(dflt.data) : nullptr;
 
-  TableKey key;
-  key.payload = payload.data;
-  key.payload_bytes = payload.count;
-  key.meta = meta.data;
-  key.meta_count = meta.count;
-  key.dflt = dflt.data;
-  key.dflt_count = dflt.count;
-  if (cache) {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (validated_ && validated_key_ == key) return nullptr;
-  }
+  const TableKey key = table_key(payload, meta, dflt);
+  if (cache && validated_.hit(key)) return nullptr;
   shark::TableShapes shapes{payload.shape, meta.shape, dflt.shape};
   const std::string bad = shark::validate_table(*t, shapes);
   if (!bad.empty()) return error("invalid table: " + bad);
-  if (cache) {
-    std::lock_guard<std::mutex> lock(mu_);
-    validated_ = true;
-    validated_key_ = key;
-  }
+  if (cache) validated_.remember(key);
   return nullptr;
 }
 
@@ -175,11 +171,18 @@ OrtStatus* TableKernel::check_index_type(const OrtKernelInfo* info, size_t index
 }
 
 void OrtParallelFor::run(size_t n_tasks, void (*fn)(void*, size_t), void* ctx) {
-  OrtStatus* s = api().KernelContext_ParallelFor(ctx_, fn, n_tasks, 0, ctx);
-  if (s) {  // no pool available: run serially (tasks are idempotent)
-    api().ReleaseStatus(s);
-    for (size_t i = 0; i < n_tasks; ++i) fn(ctx, i);
-  }
+  if (status_) return;  // an earlier run already failed: the kernel reports that one
+  status_ = api().KernelContext_ParallelFor(ctx_, fn, n_tasks, 0, ctx);
+}
+
+OrtStatus* OrtParallelFor::take_status() {
+  OrtStatus* s = status_;
+  status_ = nullptr;
+  return s;
+}
+
+OrtParallelFor::~OrtParallelFor() {
+  if (status_) api().ReleaseStatus(status_);
 }
 
 bool infer_int_attr(const OrtShapeInferContext* ctx, const char* name, int64_t* out) {

@@ -6,6 +6,7 @@
 #include <mutex>
 #include <string>
 
+#include "../kernels/config.h"
 #include "../kernels/lookup.h"
 #include "../kernels/parallel.h"
 #include "../kernels/table.h"
@@ -34,6 +35,28 @@ struct TableKey {
   }
 };
 
+// The one table a kernel last validated: a run whose tensors match skips the validation. Thread-safe
+// (sessions run concurrently). Used by the CPU and CUDA kernels alike.
+class ValidationCache {
+ public:
+  bool hit(const TableKey& key) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return valid_ && key_ == key;
+  }
+  void remember(const TableKey& key) {
+    std::lock_guard<std::mutex> lock(mu_);
+    valid_ = true;
+    key_ = key;
+  }
+
+ private:
+  std::mutex mu_;
+  bool valid_ = false;
+  TableKey key_;
+};
+
+TableKey table_key(const Input& payload, const Input& meta, const Input& dflt);
+
 class TableKernel {
  public:
   // Reads and checks the table attributes; `out_type` is the output element type of the kernel
@@ -51,6 +74,9 @@ class TableKernel {
   OrtStatus* error(const std::string& msg, OrtErrorCode code = ORT_INVALID_ARGUMENT) const;
   std::string where() const;
 
+  // The three table inputs are present and of their dtypes (uint8, uint64, float32).
+  OrtStatus* check_table_inputs(const Input& payload, const Input& meta, const Input& dflt) const;
+
   // Error for an out-of-range index.
   OrtStatus* index_error(const shark::LookupError& e) const;
 
@@ -62,6 +88,8 @@ class TableKernel {
   OrtStatus* check_index_type(const OrtKernelInfo* info, size_t index, const char* name) const;
 
   const shark::TableAttrs& attrs() const { return attrs_; }
+
+  shark::KernelConfig config_;  // the session's settings, set by the op before init()
 
   OrtStatus* int_attr(const OrtKernelInfo* info, const char* name, bool required, int64_t dflt, int64_t* out) const;
 
@@ -77,19 +105,22 @@ class TableKernel {
   OrtStatus* check_table(const Input& payload, const Input& meta, const Input& dflt, shark::TableView* t, bool cache);
 
   bool constant_inputs_ = false;  // all three table tensors are constant initializers
-  std::mutex mu_;
-  bool validated_ = false;
-  TableKey validated_key_;
+  ValidationCache validated_;
 };
 
 // shark::ParallelFor over ORT's intra-op thread pool.
+// ORT's intra-op pool. When ORT cannot run the tasks, nothing runs and `take_status()` returns the error:
+// the kernel fails the run with it (no silent fallback).
 class OrtParallelFor final : public shark::ParallelFor {
  public:
   explicit OrtParallelFor(const OrtKernelContext* ctx) : ctx_(ctx) {}
+  ~OrtParallelFor() override;
   void run(size_t n_tasks, void (*fn)(void*, size_t), void* ctx) override;
+  OrtStatus* take_status();
 
  private:
   const OrtKernelContext* ctx_;
+  OrtStatus* status_ = nullptr;
 };
 
 // Reads an int attribute from a shape-inference context; false when absent.
