@@ -16,7 +16,7 @@ from torch.utils import _pytree as pytree
 
 from .errors import ParityError, SharkExportError, UnsupportedModelError
 from .export import ExampleInputs, export_to_ir
-from .fields import find_fields, find_tables
+from .fields import find_fields, find_tables, has_stock_forward
 from .quantize import quantize_tables
 from .integrity import CHECKSUMS_KEY, checksums_of
 from .model_file import stage
@@ -217,7 +217,8 @@ def _convert(
             report.faithfulness, report.impact = check_converted(
                 model, staged.path, calibration[:_PARITY_BATCHES], fields=fields, tables=quantized,
                 pruned_means=pruned_means, labels=label_list, impact_atol=impact_atol, impact_rtol=impact_rtol,
-                dequantized=set(found.dense_uses) | {l.table for l in found.lookups if l.field in found.functional_fields},
+                dequantized=set(found.dense_uses) | {l.table for l in found.lookups if l.field in found.functional_fields}
+                | _tables_of_custom_modules(model, tables),
             )
             if not report.faithfulness and not keep_unfaithful:
                 raise ParityError(
@@ -242,7 +243,7 @@ def _row_priorities(model, config: QuantConfig, calibration, label_list) -> RowP
 
 def _export(model, example: ExampleInputs, tables: dict) -> tuple[ir.Model, dict]:
     """The graph with staging lookups, tidied; staging node → the exported lookups it stands for."""
-    ir_model, origins = export_to_ir(model, example, {path for t in tables.values() for path in t.module_paths})
+    ir_model, origins = export_to_ir(model, example)
     tidy = TidyExportPass()
     tidy(ir_model)
     node_origins = {node: [origin] for node, origin in origins.items() if node not in tidy.merged}
@@ -267,6 +268,12 @@ def _find_lookups(ir_model: ir.Model, model, tables: dict, fields: dict, node_or
         )
     weights.update({n: parameters[n] for n in found.functional_tables})
     return found, weights
+
+
+def _tables_of_custom_modules(model, tables: dict) -> set[str]:
+    """Tables read by an embedding subclass with its own forward: torch reads them dequantized in the check."""
+    modules = dict(model.named_modules())
+    return {t.name for t in tables.values() if any(not has_stock_forward(modules[p]) for p in t.module_paths)}
 
 
 def _dense_bytes(ir_model: ir.Model, quantized: dict) -> int:

@@ -211,29 +211,46 @@ class ExportedLookup:
 _LOOKUP_TARGETS = frozenset(_TRANSLATIONS)
 
 
-def _module_call(node: torch.fx.Node, embedding_paths: set[str]) -> tuple[str | None, int]:
+def _calling_module(node: torch.fx.Node, canonical: dict[str, str]) -> str | None:
+    """The embedding module whose call made this op (innermost of torch.export's module stack), by the
+    path the converter names it with (an aliased module, registered under several paths, has one)."""
     stack = node.meta.get("nn_module_stack") or {}
     if not stack:
-        return None, 0
-    key, (path, _) = list(stack.items())[-1]
-    if path not in embedding_paths:
-        return None, 0
-    _, _, count = key.rpartition("@")
-    return path, int(count) if count.isdigit() and "@" in key else 0
+        return None
+    _, (path, _) = list(stack.items())[-1]
+    return canonical.get(path)
 
 
-def exported_lookups(program: torch.export.ExportedProgram, embedding_paths: set[str]) -> dict[str, ExportedLookup]:
-    """Every embedding op of `program` by FX node name (the ONNX exporter scopes its nodes by that name)."""
+def exported_lookups(program: torch.export.ExportedProgram, canonical: dict[str, str]) -> dict[str, ExportedLookup]:
+    """Every embedding op of `program` by FX node name (the ONNX exporter scopes its nodes by that name).
+
+    `canonical`: every path of an embedding module (aliases included) → the path the converter uses. A
+    module's call index counts its ops in program order, which is call order (the forward hooks count the
+    same way; torch.export keeps unused calls in the program)."""
     parameters = dict(program.graph_signature.inputs_to_parameters)
+    calls: dict[str, int] = {}
     found = {}
     for node in program.graph.nodes:
         if node.op != "call_function" or node.target not in _LOOKUP_TARGETS:
             continue
         weight = node.args[0]
         parameter = parameters.get(weight.name) if isinstance(weight, torch.fx.Node) else None
-        path, index = _module_call(node, embedding_paths)
+        path = _calling_module(node, canonical)
+        index = calls.get(path, 0)
+        if path is not None:
+            calls[path] = index + 1
         found[node.name] = ExportedLookup(node.name, path, index, parameter)
     return found
+
+
+def embedding_module_paths(model: torch.nn.Module) -> dict[str, str]:
+    """Every path of an embedding module, aliases included → its first path (what named_modules() gives)."""
+    first: dict[int, str] = {}
+    paths = {}
+    for path, module in model.named_modules(remove_duplicate=False):
+        if isinstance(module, (torch.nn.Embedding, torch.nn.EmbeddingBag)):
+            paths[path] = first.setdefault(id(module), path)
+    return paths
 
 
 def fx_node_of(node: ir.Node) -> str | None:
@@ -249,7 +266,7 @@ def fx_node_of(node: ir.Node) -> str | None:
     return None
 
 
-def export_to_ir(model: torch.nn.Module, example: ExampleInputs, embedding_paths: set[str] = frozenset()):
+def export_to_ir(model: torch.nn.Module, example: ExampleInputs):
     """Export to an onnx-ir model whose lookups are staging nodes; initializers keep parameter names.
 
     Returns (model, lookups) where `lookups` maps each staging node to the `ExportedLookup` it came from.
@@ -257,10 +274,12 @@ def export_to_ir(model: torch.nn.Module, example: ExampleInputs, embedding_paths
     kept a division finite. Only rewrites we vouch for run afterwards (see `passes.tidy`).
     """
     program = export_program(model, example)
-    fx_lookups = exported_lookups(program, set(embedding_paths))
-    registration_log = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = registration_log.level
-    registration_log.setLevel(logging.ERROR)  # "torchvision is not installed" notes are noise here
+    fx_lookups = exported_lookups(program, embedding_module_paths(model))
+    # "torchvision is not installed", "Output node output has None output": notes, not problems, here
+    quiet = [logging.getLogger(f"torch.onnx._internal.exporter.{name}") for name in ("_registration", "_core")]
+    levels = [log.level for log in quiet]
+    for log in quiet:
+        log.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
@@ -275,7 +294,8 @@ def export_to_ir(model: torch.nn.Module, example: ExampleInputs, embedding_paths
     except Exception as exc:  # noqa: BLE001 - any exporter failure is reported as ours, with its cause
         raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: {type(exc).__name__}: {exc}") from exc
     finally:
-        registration_log.setLevel(level)
+        for log, level in zip(quiet, levels):
+            log.setLevel(level)
     ir_model = onnx_program.model
     by_node = {}
     for node in ir_model.graph:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from . import reference
-from .fields import fields_by_call, lookup_arguments, lookup_hooks
+from .fields import fields_by_call, has_stock_forward, lookup_arguments, lookup_hooks
 from .format import QuantizedTable
 from .parity import ParityReport, check_parity
 
@@ -28,8 +28,8 @@ def serving_lookups(model: torch.nn.Module, fields: dict, tables: dict[str, Quan
 
     def serve(path, index, module, args, kwargs, output):
         f = by_call.get((path, index))
-        if f is None:
-            return None
+        if f is None or not has_stock_forward(module):
+            return None  # a subclass's forward changes the lookup: its table is served dequantized instead
         if f.name in means:
             return torch.as_tensor(np.asarray(means[f.name]), dtype=output.dtype).expand_as(output).clone()
         if f.pruned or f.table not in tables:

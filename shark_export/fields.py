@@ -34,6 +34,12 @@ class Table:
     aliases: tuple[str, ...] = ()  # every parameter name of the weight (tied modules have several)
 
 
+def has_stock_forward(module: nn.Module) -> bool:
+    """Whether the module's forward is nn.Embedding's / nn.EmbeddingBag's own: its output is the lookup itself
+    (a subclass may scale or mix it, as a `ScaledEmbedding` does)."""
+    return type(module).forward in (nn.Embedding.forward, nn.EmbeddingBag.forward)
+
+
 def find_tables(model: nn.Module) -> dict[str, Table]:
     """Tables by parameter name, found by module type. Raises when the model has none or one we cannot serve."""
     parameter_names = {id(p): name for name, p in model.named_parameters()}

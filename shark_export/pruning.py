@@ -20,7 +20,7 @@ from torch import nn
 from .errors import SharkExportError, UnknownFieldError, UnsupportedModelError
 from .lookup_stats import mean_stats
 from .fields import PRUNED_CALLS_ATTRIBUTE as _CALLS
-from .fields import Field, find_fields, resolve_field
+from .fields import Field, find_fields, has_stock_forward, resolve_field
 
 _COUNT = "_shark_call_count"
 _MEAN = "_shark_pruned_mean_{}"
@@ -87,6 +87,13 @@ def resolve_prune(prune: Any, fields: dict[str, Field], model: nn.Module, calibr
             raise UnknownFieldError(f"cannot prune unknown field {name!r}; the model's fields are: {', '.join(fields)}")
         if f.pruned:
             raise SharkExportError(f"field {name!r} is already pruned in the model (prune_fields); do not prune it again")
+        custom = [p for p, _ in f.calls if not has_stock_forward(model.get_submodule(p))]
+        if custom:
+            raise UnsupportedModelError(
+                f"field {name!r} is read through {type(model.get_submodule(custom[0])).__name__}.forward ({custom[0]!r}), "
+                "which changes the lookup's output: pruning it in the graph is not supported; prune it in torch "
+                "(prune_fields), fine-tune, and convert that copy"
+            )
         resolved.setdefault(f.name, means.get(name, means.get(f.name)))
     missing = [n for n, mean in resolved.items() if mean is None]
     if missing:

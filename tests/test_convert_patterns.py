@@ -362,3 +362,42 @@ def test_scores_over_many_items_get_one_auc(tmp_path):
     report = convert(model, batches[0], tmp_path / "m.onnx", calibration=batches, labels=labels)
     (metric,) = report.impact.metrics
     assert metric.output == "output" and metric.auc_reference > 0.99
+
+
+# --------------------------------------------------------------------------------------------------
+# Embedding subclasses with their own forward; one module registered under two paths
+# --------------------------------------------------------------------------------------------------
+class ScaledEmbedding(nn.Embedding):
+    """A transformer's token embedding: the lookup times sqrt(D)."""
+
+    def forward(self, ids):
+        return super().forward(ids) * self.embedding_dim ** 0.5
+
+
+class Subclassed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.tokens = ScaledEmbedding(100, 8)
+        self.shared = nn.Embedding(50, 8)
+        self.left = self.shared  # the same module under two more paths
+        self.right = self.shared
+        self.head = nn.Linear(8, 1)
+
+    def forward(self, x, y):
+        return self.head(self.tokens(x).mean(1) + self.left(y) + self.right(y + 1)).squeeze(1)
+
+    @staticmethod
+    def batch(n, seed=0):
+        return (_ids(n, 100, seed, (n, 4)), _ids(n, 40, seed + 1))
+
+
+def test_subclass_forward_and_aliased_modules(tmp_path):
+    model = Subclassed().eval()
+    calibration = _calibration(Subclassed)
+    report = convert(model, Subclassed.batch(8), tmp_path / "m.onnx", quant="int8", calibration=calibration)
+    assert report.fields == ["tokens", "shared#0", "shared#1"] and not report.unused_fields  # named by module calls
+    assert report.faithfulness, str(report.faithfulness)  # the scaling stays in the graph, applied to stored rows
+    with pytest.raises(shark_export.errors.UnsupportedModelError, match=r"'tokens' is read through ScaledEmbedding\.forward"):
+        convert(model, Subclassed.batch(8), tmp_path / "p.onnx", prune=["tokens"], calibration=calibration)
+    report = convert(model, Subclassed.batch(8), tmp_path / "q.onnx", prune=["shared#1"], calibration=calibration)
+    assert report.pruned_fields == ["shared#1"] and report.faithfulness

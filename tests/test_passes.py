@@ -68,7 +68,7 @@ def _exported(cls):
     tables = find_tables(model)
     weights = {n: p.detach().numpy() for n, p in model.named_parameters() if n in tables}
     fields = find_fields(model, example)
-    ir_model, origins = export_to_ir(model, example, {p for t in tables.values() for p in t.module_paths})
+    ir_model, origins = export_to_ir(model, example)
     tidy = TidyExportPass()
     tidy(ir_model)
     node_origins = {node: [origin] for node, origin in origins.items() if node not in tidy.merged}
@@ -128,7 +128,7 @@ def test_prune_pass_keeps_the_index_input_when_no_live_input_has_the_batch_symbo
     model = OnlyEmbeddings().eval()
     example = ExampleInputs.of((torch.tensor([1, 2, 3]), torch.tensor([4, 5])))
     tables = find_tables(model)
-    ir_model, origins = export_to_ir(model, example, {"a", "b"})
+    ir_model, origins = export_to_ir(model, example)
     weights = {n: p.detach().numpy() for n, p in model.named_parameters()}
     lookups = find_lookups(ir_model, find_fields(model, example), tables, weights, {k: [v] for k, v in origins.items()}).lookups
     PruneFieldsPass(lookups, {"b": np.ones(3, np.float32)})(ir_model)
