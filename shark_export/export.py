@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import functools
 import io
 import logging
 import warnings
@@ -266,6 +267,31 @@ def fx_node_of(node: ir.Node) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=1)
+def _translation_registry():
+    """torch's ONNX translation registry with our lookup translations, built once per process: building it
+    reads the source of ~1,500 torchlib functions (over a second), which torch.onnx.export does on every call.
+    None where this torch has no such internal API (then torch.onnx.export builds its own each time)."""
+    try:
+        from torch.onnx._internal.exporter import _core, _registration
+
+        registry = _registration.ONNXRegistry.from_torchlib(opset_version=EXPORT_OPSET)
+        for op, translation in _TRANSLATIONS.items():
+            registry.register_op(op, translation, is_complex=False)
+        return _core, registry
+    except (ImportError, AttributeError, TypeError):
+        return None
+
+
+def _onnx_export(program: torch.export.ExportedProgram):
+    cached = _translation_registry()
+    if cached is None:
+        return torch.onnx.export(program, dynamo=True, custom_translation_table=_TRANSLATIONS,
+                                 opset_version=EXPORT_OPSET, optimize=False, verbose=False)
+    core, registry = cached
+    return core.export(program, registry=registry, optimize=False, opset_version=EXPORT_OPSET, verbose=False)
+
+
 def export_to_ir(model: torch.nn.Module, example: ExampleInputs):
     """Export to an onnx-ir model whose lookups are staging nodes; initializers keep parameter names.
 
@@ -283,14 +309,7 @@ def export_to_ir(model: torch.nn.Module, example: ExampleInputs):
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
-            onnx_program = torch.onnx.export(
-                program,
-                dynamo=True,
-                custom_translation_table=_TRANSLATIONS,
-                opset_version=EXPORT_OPSET,
-                optimize=False,
-                verbose=False,
-            )
+            onnx_program = _onnx_export(program)
     except Exception as exc:  # noqa: BLE001 - any exporter failure is reported as ours, with its cause
         raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: {type(exc).__name__}: {exc}") from exc
     finally:
