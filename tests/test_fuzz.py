@@ -14,6 +14,8 @@ import pytest
 DRIVER = os.path.join(os.path.dirname(__file__), "fuzz_driver.py")
 CASES = int(os.environ.get("SHARK_FUZZ_CASES", "500"))
 
+pytestmark = pytest.mark.slow  # the slow tier: the fast one is `pytest -m "not slow"`
+
 
 def _run(target: str, seed: int) -> dict:
     try:

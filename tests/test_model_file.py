@@ -68,6 +68,7 @@ _CONVERT_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a second process converts too
 def test_same_model_gives_the_same_bytes_in_two_places_and_two_processes(tmp_path, monkeypatch):
     monkeypatch.setattr(model_file, "EXTERNAL_DATA_BYTES", 1000)  # external data too
     script = _CONVERT_SCRIPT.format(tests=os.path.dirname(__file__))

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # the slow tier: the fast one is `pytest -m "not slow"`
+
 SAMPLES_DIR = Path(__file__).resolve().parents[1] / "samples"
 if str(SAMPLES_DIR) not in sys.path:
     sys.path.insert(0, str(SAMPLES_DIR))
