@@ -210,6 +210,28 @@ def test_no_cuda_or_onnxruntime_dependency():
     assert not any("cuda" in n or "onnxruntime" in n for n in needed), needed
 
 
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.skipif(not (shutil.which("g++") and shutil.which("nm")), reason="needs g++ and nm to compile and read an object")
+@pytest.mark.skipif(os.uname().machine not in ("x86_64", "AMD64"), reason="the AVX2 loops exist on x86-64 only")
+def test_avx2_object_cannot_replace_a_portable_function(tmp_path):
+    """isa_avx2.cc is compiled with AVX2 flags. A weak or global symbol it defines that the portable code
+    also uses (an inline helper shared through a header) could be the copy the linker keeps, and a CPU
+    without AVX2 would then run AVX2 instructions. At -O0 nothing but always_inline code is inlined, so
+    every helper it uses shows up: each must be local, or be tied to Avx2Rows / shark::avx2."""
+    obj = tmp_path / "isa_avx2.o"
+    subprocess.run(["g++", "-std=c++17", "-O0", "-DSHARK_X86_AVX2_PATH=1", "-mavx2", "-mfma", "-mf16c", "-mpopcnt",
+                    "-I", os.path.join(_REPO, "custom_ops"), "-c",
+                    os.path.join(_REPO, "custom_ops", "kernels", "isa_avx2.cc"), "-o", str(obj)], check=True)
+    listing = subprocess.run(["nm", "-C", "--defined-only", str(obj)], check=True, capture_output=True,
+                             text=True).stdout.splitlines()
+    shared = [line for line in listing if len(line.split()) >= 3 and line.split()[1] not in "trbdn"]
+    assert shared, "nm listed no global symbol at all: the check would pass vacuously"
+    strays = [line for line in shared if "Avx2Rows" not in line and "shark::avx2::" not in line]
+    assert not strays, "AVX2-compiled symbols a portable caller could bind to:\n" + "\n".join(strays)
+
+
 # ----------------------------------------------------------------------------------------------
 # Lookups
 # ----------------------------------------------------------------------------------------------

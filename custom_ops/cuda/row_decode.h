@@ -9,7 +9,7 @@
 // stored bytes: a unit reads exactly the bytes of its elements (ld_bytes), with word loads only where
 // the address is aligned (v1 rows always are; v2 rows start at any byte and carry no padding).
 //
-// Numbers are bit-identical to the CPU kernels (custom_ops/kernels/rows.inc, FORMAT.md):
+// Numbers are bit-identical to the CPU kernels (custom_ops/kernels/row_scalar.h and rows_avx2.h, FORMAT.md):
 //   quantized: x = fma(float(q), scale, bias) in float32 (the CPU's float(q) * scale + bias with an
 //              exact product, one rounding: same value); fp16 rows widen exactly; fp32 rows copy bits;
 //   fp16 output: round to nearest even (__float2half_rn); fp16 rows to fp16 output copy bits;

@@ -1,10 +1,11 @@
 #include "cpu_features.h"
 
+#include "isa_kernels.h"  // SHARK_X86_AVX2_PATH: whether this build has the AVX2 loops
 
 namespace shark {
 
 static bool cpu_has_avx2_set() {
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#if SHARK_X86_AVX2_PATH
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c") &&
          __builtin_cpu_supports("popcnt");

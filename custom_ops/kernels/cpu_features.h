@@ -5,8 +5,8 @@ namespace shark {
 
 enum class CpuIsa { kGeneric = 0, kAvx2 = 1 };
 
-// The path the CPU can run: AVX2+FMA+F16C+POPCNT when it has them, else portable C++ (a session can
-// ask for the portable path: KernelConfig::generic_only).
+// The path the CPU runs: AVX2+FMA+F16C+POPCNT when it has them and the build has the AVX2 loops, else
+// portable C++ (a session can ask for the portable path: KernelConfig::generic_only).
 CpuIsa cpu_isa();
 const char* cpu_isa_name(CpuIsa isa);
 

@@ -1,53 +1,17 @@
 #include "embedding_bag_cpu.h"
 
 #include <atomic>
-#include <cstring>
 #include <sstream>
-#include <type_traits>
 #include <vector>
 
 #include "cpu_features.h"
-#include "half.h"
-#include "isa_region.h"
+#include "isa_kernels.h"
 
 namespace shark {
 namespace {
 
-constexpr uint32_t kBagStackAcc = 2048;      // fp16 output: float accumulator on the stack up to this dim
 constexpr uint64_t kBagTaskLookups = 2048;   // a task closes after this many lookups ...
 constexpr uint64_t kBagTaskMaxBags = 1024;   // ... or this many bags
-
-struct BagJob {
-  const TableView* t;
-  const void* indices;
-  const uint64_t* bounds;
-  const float* weights;
-  int64_t padding_idx;
-  bool mean;
-  void* out;
-  uint32_t dim;
-  const uint64_t* task_bags;  // task i covers bags [task_bags[i], task_bags[i + 1])
-  float* heap_scratch;        // fp16 output with dim > kBagStackAcc: dim floats per task
-  std::atomic<uint64_t>* first_error;
-};
-
-namespace generic {
-#define SHARK_ISA_AVX2 0
-#include "rows.inc"
-#include "bag_loops.inc"
-#undef SHARK_ISA_AVX2
-}  // namespace generic
-
-#if SHARK_X86_AVX2_PATH
-SHARK_AVX2_REGION_BEGIN
-namespace avx2 {
-#define SHARK_ISA_AVX2 1
-#include "rows.inc"
-#include "bag_loops.inc"
-#undef SHARK_ISA_AVX2
-}  // namespace avx2
-SHARK_AVX2_REGION_END
-#endif
 
 }  // namespace
 
@@ -134,7 +98,7 @@ LookupError embedding_bag_cpu(const TableView& t, const BagArgs& a, ParallelFor&
 #if SHARK_X86_AVX2_PATH
   if (cpu_isa() == CpuIsa::kAvx2 && !a.generic_only) fn = avx2::select_bag(t.uniform_tier, t.dim, a.index_type, a.out_type, weighted);
 #endif
-  if (!fn) fn = generic::select_bag(t.uniform_tier, t.dim, a.index_type, a.out_type, weighted);
+  if (!fn) fn = portable::select_bag(t.uniform_tier, t.dim, a.index_type, a.out_type, weighted);
 
   std::atomic<uint64_t> first_error{kNoError};
   BagJob job{&t,     a.indices,         a.bounds,         a.weights,           a.padding_idx,

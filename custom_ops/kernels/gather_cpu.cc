@@ -1,46 +1,13 @@
 #include "gather_cpu.h"
 
 #include <atomic>
-#include <cstring>
-#include <type_traits>
 #include <vector>
 
 #include "cpu_features.h"
 #include "half.h"
-#include "isa_region.h"
+#include "isa_kernels.h"
 
 namespace shark {
-namespace {
-
-struct GatherJob {
-  const TableView* t;
-  const void* indices;
-  uint64_t count;
-  void* out;
-  const void* dflt_out;  // default_row in the output type
-  uint64_t chunk;
-  std::atomic<uint64_t>* first_error;
-};
-
-namespace generic {
-#define SHARK_ISA_AVX2 0
-#include "rows.inc"
-#include "gather_loops.inc"
-#undef SHARK_ISA_AVX2
-}  // namespace generic
-
-#if SHARK_X86_AVX2_PATH
-SHARK_AVX2_REGION_BEGIN
-namespace avx2 {
-#define SHARK_ISA_AVX2 1
-#include "rows.inc"
-#include "gather_loops.inc"
-#undef SHARK_ISA_AVX2
-}  // namespace avx2
-SHARK_AVX2_REGION_END
-#endif
-
-}  // namespace
 
 LookupError gather_cpu(const TableView& t, const GatherArgs& a, ParallelFor& pf) {
   LookupError err;
@@ -53,11 +20,10 @@ LookupError gather_cpu(const TableView& t, const GatherArgs& a, ParallelFor& pf)
     const uint64_t out_bytes = a.count * t.dim * (a.out_type == OutType::kFloat32 ? 4 : 2);
     const bool stream = t.dim % 8 == 0 && (reinterpret_cast<uintptr_t>(a.out) & 15) == 0 &&
                         (a.stream < 0 ? out_bytes >= a.stream_bytes : a.stream > 0);
-    fn = stream ? avx2::select_gather<true>(t.uniform_tier, a.index_type, a.out_type)
-                : avx2::select_gather<false>(t.uniform_tier, a.index_type, a.out_type);
+    fn = avx2::select_gather(t.uniform_tier, a.index_type, a.out_type, stream);
   }
 #endif
-  if (!fn) fn = generic::select_gather<false>(t.uniform_tier, a.index_type, a.out_type);
+  if (!fn) fn = portable::select_gather(t.uniform_tier, a.index_type, a.out_type, false);
 
   std::vector<uint16_t> dflt16;
   const void* dflt_out = t.default_row;

@@ -1,4 +1,5 @@
-// Shared types of the lookup kernels. No ORT header.
+// Shared types of the lookup kernels. No ORT header. read_index has internal linkage: each instruction
+// set's translation unit (isa_kernels.h) compiles its own copy with its own flags.
 #pragma once
 
 #include <atomic>
@@ -18,7 +19,7 @@ struct LookupError {
   bool ok() const { return position == kNoError; }
 };
 
-inline int64_t read_index(const void* p, IndexType t, uint64_t i) {
+static inline int64_t read_index(const void* p, IndexType t, uint64_t i) {
   return t == IndexType::kInt64 ? static_cast<const int64_t*>(p)[i]
                                 : static_cast<int64_t>(static_cast<const int32_t*>(p)[i]);
 }
@@ -26,11 +27,8 @@ inline int64_t read_index(const void* p, IndexType t, uint64_t i) {
 // A parallel task of a lookup kernel: fn(job, task_index).
 using TaskFn = void (*)(void*, size_t);
 
-// Keeps the lowest failing flat position seen by any task (so errors name the first bad index).
-inline void record_error(std::atomic<uint64_t>* first, uint64_t pos) {
-  uint64_t cur = first->load(std::memory_order_relaxed);
-  while (pos < cur && !first->compare_exchange_weak(cur, pos, std::memory_order_relaxed)) {
-  }
-}
+// Keeps the lowest failing flat position seen by any task (so errors name the first bad index). Out of
+// line (lookup.cc): it runs once per failing task, and its std::atomic code then stays in one object.
+void record_error(std::atomic<uint64_t>* first, uint64_t pos);
 
 }  // namespace shark

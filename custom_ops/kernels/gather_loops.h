@@ -1,0 +1,101 @@
+// The gather loop, once for every instruction set: a template over the row class (PortableRows or
+// Avx2Rows), instantiated by isa_portable.cc and isa_avx2.cc. No ORT header.
+#pragma once
+
+#include <cstdint>
+
+#include "isa_kernels.h"
+#include "lookahead.h"
+
+namespace shark {
+
+// Mixed tables: a row's tier is known at run time only.
+template <class Rows, bool STREAM, typename OutT>
+static inline void emit_row_any(int tier, const uint8_t* row, uint32_t D, const float* dflt, const OutT* dflt_out,
+                                OutT* out) {
+  switch (tier) {
+    case kFp32: Rows::template emit_row<kFp32, STREAM>(row, D, dflt, dflt_out, out); break;
+    case kFp16: Rows::template emit_row<kFp16, STREAM>(row, D, dflt, dflt_out, out); break;
+    case kInt8: Rows::template emit_row<kInt8, STREAM>(row, D, dflt, dflt_out, out); break;
+    case kInt4: Rows::template emit_row<kInt4, STREAM>(row, D, dflt, dflt_out, out); break;
+    case kInt2: Rows::template emit_row<kInt2, STREAM>(row, D, dflt, dflt_out, out); break;
+    default: Rows::template emit_row<kDropped, STREAM>(row, D, dflt, dflt_out, out); break;
+  }
+}
+
+// Lookups [begin, end): out row i = row idx[i]. Returns kNoError or the first position whose index is
+// out of range (the rows before it are written). TIER: the table's uniform tier, or kMixed (tier and
+// offset from each row's 32-byte block record, see mixed_step).
+template <class Rows, int TIER, bool STREAM, typename IdxT, typename OutT>
+static uint64_t gather_range(const TableView& t, const IdxT* idx, uint64_t begin, uint64_t end, OutT* out,
+                             const OutT* dflt_out) {
+  const uint64_t R = t.num_rows;
+  const uint32_t D = t.dim;
+  const uint8_t* payload = t.payload;
+  const float* dflt = t.default_row;
+  if constexpr (TIER == kMixed) {
+    RowLoc ring[kAhead];
+    for (uint64_t i = begin; i < end; ++i) {
+      const int64_t r = static_cast<int64_t>(idx[i]);
+      if (static_cast<uint64_t>(r) >= R) return i;
+      const RowLoc l = mixed_step(t, idx, i, begin, end, static_cast<uint64_t>(r), ring);
+      emit_row_any<Rows, STREAM>(l.tier, payload + l.offset, D, dflt, dflt_out, out + i * D);
+    }
+  } else {
+    const uint64_t stride = t.stride[TIER];
+    const uintptr_t base = reinterpret_cast<uintptr_t>(payload);
+    // The loop body, with the row length a compile-time constant when the common D = 64 is given.
+    auto body = [&](uint64_t i, uint32_t dim) -> bool {
+      if constexpr (TIER != kDropped) uniform_ahead(idx, i, end, base, stride);
+      const int64_t r = static_cast<int64_t>(idx[i]);
+      if (static_cast<uint64_t>(r) >= R) return false;
+      Rows::template emit_row<TIER, STREAM>(payload + static_cast<uint64_t>(r) * stride, dim, dflt, dflt_out,
+                                            out + i * dim);
+      return true;
+    };
+    if (D == 64) {
+      for (uint64_t i = begin; i < end; ++i)
+        if (!body(i, 64)) return i;
+    } else {
+      for (uint64_t i = begin; i < end; ++i)
+        if (!body(i, D)) return i;
+    }
+  }
+  return kNoError;
+}
+
+template <class Rows, int TIER, bool STREAM, typename IdxT, typename OutT>
+static void gather_task(void* p, size_t task) {
+  const GatherJob& j = *static_cast<const GatherJob*>(p);
+  const uint64_t begin = task * j.chunk;
+  const uint64_t end = begin + j.chunk < j.count ? begin + j.chunk : j.count;
+  const uint64_t bad = gather_range<Rows, TIER, STREAM>(*j.t, static_cast<const IdxT*>(j.indices), begin, end,
+                                                        static_cast<OutT*>(j.out), static_cast<const OutT*>(j.dflt_out));
+  if constexpr (STREAM) Rows::stream_fence();
+  if (bad != kNoError) record_error(j.first_error, bad);
+}
+
+template <class Rows, bool STREAM, typename IdxT, typename OutT>
+static TaskFn gather_task_for_tier(int tier) {
+  switch (tier) {
+    case kFp32: return &gather_task<Rows, kFp32, STREAM, IdxT, OutT>;
+    case kFp16: return &gather_task<Rows, kFp16, STREAM, IdxT, OutT>;
+    case kInt8: return &gather_task<Rows, kInt8, STREAM, IdxT, OutT>;
+    case kInt4: return &gather_task<Rows, kInt4, STREAM, IdxT, OutT>;
+    case kInt2: return &gather_task<Rows, kInt2, STREAM, IdxT, OutT>;
+    case kDropped: return &gather_task<Rows, kDropped, STREAM, IdxT, OutT>;
+    default: return &gather_task<Rows, kMixed, STREAM, IdxT, OutT>;
+  }
+}
+
+template <class Rows, bool STREAM>
+static TaskFn gather_task_for(int tier, IndexType it, OutType ot) {
+  if (it == IndexType::kInt32) {
+    return ot == OutType::kFloat32 ? gather_task_for_tier<Rows, STREAM, int32_t, float>(tier)
+                                   : gather_task_for_tier<Rows, STREAM, int32_t, uint16_t>(tier);
+  }
+  return ot == OutType::kFloat32 ? gather_task_for_tier<Rows, STREAM, int64_t, float>(tier)
+                                 : gather_task_for_tier<Rows, STREAM, int64_t, uint16_t>(tier);
+}
+
+}  // namespace shark

@@ -1,0 +1,62 @@
+// Scalar row primitives shared by every instruction set: element j of a stored row as float32, and a
+// float32 value stored as the output type. The vector paths use them for row tails. No ORT header.
+//
+// Exactness: a quantized element is x = float(q) * scale + bias. q has at most 8 significant bits and
+// scale (an fp16 value) 11, so the product is exact in float32 and the single rounding of the addition
+// gives exactly fma(q, scale, bias), as FORMAT.md requires: a multiply and an add here (the build uses
+// -ffp-contract=off), the FMA instruction on AVX2, the same bits. fp16 rows widen exactly, fp32 rows
+// copy; fp16 output rounds to nearest even.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "half.h"
+#include "table.h"
+
+namespace shark {
+
+// Internal linkage throughout: these are compiled into each instruction set's translation unit, with
+// its flags, and one must never stand in for another at link time.
+static inline void put(float* o, float x) { *o = x; }
+static inline void put(uint16_t* o, float x) { *o = float_to_half(x); }
+
+static inline int load_i32(const uint8_t* p) {
+  int v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+// A quantized row starts with its fp16 scale and bias.
+static inline void scale_bias(const uint8_t* row, float* s, float* b) {
+  uint16_t h[2];
+  std::memcpy(h, row, 4);
+  *s = half_to_float(h[0]);
+  *b = half_to_float(h[1]);
+}
+
+static inline uint32_t code_at(int tier, const uint8_t* c, uint32_t j) {
+  if (tier == kInt8) return c[j];
+  if (tier == kInt4) return (c[j >> 1] >> ((j & 1u) * 4)) & 0xfu;
+  return (c[j >> 2] >> ((j & 3u) * 2)) & 0x3u;
+}
+
+// Element j of a row as float32 (`dflt`: default_row, read by dropped rows; s, b: a quantized row's
+// scale and bias).
+template <int TIER>
+static inline float load1(const uint8_t* row, const float* dflt, uint32_t j, float s, float b) {
+  if constexpr (TIER == kFp32) {
+    float v;
+    std::memcpy(&v, row + 4 * static_cast<size_t>(j), 4);
+    return v;
+  }
+  if constexpr (TIER == kFp16) {
+    uint16_t h;
+    std::memcpy(&h, row + 2 * static_cast<size_t>(j), 2);
+    return half_to_float(h);
+  }
+  if constexpr (TIER == kDropped) return dflt[j];
+  return static_cast<float>(code_at(TIER, row + 4, j)) * s + b;
+}
+
+}  // namespace shark
