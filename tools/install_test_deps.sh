@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-python -m pip install ".[test,zoo]"
+# constraints.txt: the torch the whole suite is tested with (pyproject.toml accepts a range).
+python -m pip install -c constraints.txt ".[test,zoo]"
 # These libraries declare dependencies that would replace torch 2.13 (a multi-GB CUDA build), pull
 # fbgemm-gpu (CUDA) or install text/image stacks the tests never touch: they go in without their
 # dependencies; what they really import is in the `zoo` extra.
@@ -13,6 +14,6 @@ python -m pip install --no-deps -r tests/zoo/requirements-nodeps.txt
 python - <<'PY'
 import torch
 import fbgemm_gpu  # noqa: F401  (loads its operators: fails when the build does not match torch)
-assert torch.__version__.startswith("2.13.0"), f"torch {torch.__version__} replaced the pinned 2.13.0"
+assert torch.__version__.startswith("2.13.0"), f"torch {torch.__version__} is not constraints.txt's 2.13.0"
 print(f"test dependencies installed (torch {torch.__version__})")
 PY
