@@ -196,3 +196,27 @@ def test_pass_conditions_name_what_is_wrong():
         ReplaceLookupsPass(lookups, {"user.weight": quantize_table(weights["user.weight"], "int8")})(ir_model)
     with pytest.raises(ir.passes.PreconditionError, match="exported graph has 1 outputs, torch returned 2"):
         NameOutputsPass(["a", "b"])(ir_model)
+
+
+def test_lookup_rewrite_rule_checks_before_it_rewrites():
+    """The rule's check names what our op cannot serve (a stored table of another shape), and a refused
+    lookup leaves the model untouched: no lookup of the model was rewritten."""
+    from shark_export.passes.replace_lookups import LookupRewrite
+
+    _, ir_model, lookups, tables, weights = _exported(TupleInputs)
+    quantized = {n: quantize_table(weights[n], "int8", name=n) for n in tables}
+    rule = LookupRewrite(quantized)
+    assert [rule.pattern(lookup) for lookup in lookups] == [True] * len(lookups)
+    assert [rule.check(lookup) for lookup in lookups] == [None] * len(lookups)
+
+    short = dict(quantized)
+    rows, dim = weights["item.weight"].shape
+    short["item.weight"] = quantize_table(weights["item.weight"][: rows - 1], "int8", name="item.weight")
+    before = [node.op_type for node in ir_model.graph]
+    with pytest.raises(ExportError, match=rf"reads 'item.weight' of shape \[{rows}, {dim}\], but the stored table is "
+                                          rf"\[{rows - 1}, {dim}\]"):
+        ReplaceLookupsPass(lookups, short)(ir_model)
+    assert [node.op_type for node in ir_model.graph] == before
+
+    lookups[0].node.inputs[1].dtype = ir.DataType.FLOAT  # a hand-made graph could look rows up with floats
+    assert "FLOAT indices; the op reads int32 or int64" in rule.check(lookups[0])

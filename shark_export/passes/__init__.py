@@ -4,7 +4,8 @@
 1. `lookups.find_lookups` (analysis): staging lookup nodes ↔ tables ↔ fields (by the module call that
    made each), weights verified by value, dense uses of tables recorded.
 2. `prune.PruneFieldsPass`: a pruned field's lookup becomes its mean embedding, broadcast to the lookup's shape.
-3. `replace_lookups.ReplaceLookupsPass`: staging lookups → our RowwiseDequant* ops on quantized storage;
+3. `replace_lookups.ReplaceLookupsPass`: staging lookups → our RowwiseDequant* ops on quantized storage,
+   each through the `LookupRewrite` rule (pattern, check, rewrite; every check before any rewrite);
    dense uses read one dequantized view of the same storage.
 4. `cleanup.RemoveDeadPass`: drop nodes, initializers, graph inputs and opset imports nothing reads.
 5. `finalize.FinalizeVersionsPass`: IR version and opsets ORT reads; no staging node left.
