@@ -54,7 +54,7 @@ from shark_export.format import Tier, row_stride  # noqa: E402
 from shark_export.quantize import quantize_table  # noqa: E402
 from shark_export.metrics import auc  # noqa: E402
 from shark_export.pruning import prune_fields  # noqa: E402
-from shark_export.quant_config import QuantConfig, assign_tiers  # noqa: E402
+from shark_export.quant_config import QuantConfig, assign_tiers, promote_rows  # noqa: E402
 from shark_export.reference import dequantize  # noqa: E402
 from shark_export.row_priority import score_rows  # noqa: E402
 
@@ -144,7 +144,7 @@ def calibration_loss(model, cal_b, cal_y) -> float:
 
 
 def low_budget_tiers(tables: dict, priorities: dict, ratio: float, ladder=LOW_LADDER) -> dict:
-    """Tiers for budgets below the int4 floor: the greedy of quant_config._budget_tiers (every row starts at
+    """Tiers for budgets below the int4 floor: quant_config's budget greedy (promote_rows: every row starts at
     ladder[0], then rows are promoted rung by rung in global priority order while the budget lasts; the budget
     reserves 0.5 B/row of row_meta and the default row), over a ladder that QuantConfig does not accept
     (dropped → int2 → int4 → int8)."""
@@ -152,23 +152,9 @@ def low_budget_tiers(tables: dict, priorities: dict, ratio: float, ladder=LOW_LA
     dims = np.concatenate([np.full(tables[n].num_rows, tables[n].dim) for n in names])
     fp32 = float(sum(t.num_rows * t.dim * 4 for t in tables.values()))
     metadata = float(sum(t.num_rows * 0.5 + t.dim * 4 for t in tables.values()))
-    budget = ratio * fp32 - metadata
     priority = np.concatenate([priorities[n].astype(np.float64) for n in names])
-
-    def cost(tier):
-        return np.array([row_stride(tier, int(d)) for d in dims], dtype=np.float64)
-
-    tiers = np.full(priority.shape[0], ladder[0], dtype=np.uint8)
-    spent = float(cost(ladder[0]).sum())
-    order = np.argsort(-priority, kind="stable")
-    for low, high in zip(ladder, ladder[1:]):
-        candidates = order[tiers[order] == low]
-        delta = (cost(high) - cost(low))[candidates]
-        fits = int(np.searchsorted(np.cumsum(delta), budget - spent, side="right"))
-        tiers[candidates[:fits]] = high
-        spent += float(delta[:fits].sum())
-        if fits < candidates.shape[0]:
-            break
+    tiers = promote_rows(priority, dims, list(ladder), np.full(priority.shape[0], ladder[0], dtype=np.uint8),
+                         ratio * fp32 - metadata)
     bounds = np.cumsum([0] + [tables[n].num_rows for n in names])
     return {n: tiers[bounds[i]: bounds[i + 1]] for i, n in enumerate(names)}
 

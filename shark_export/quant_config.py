@@ -115,30 +115,17 @@ def _mixed_tiers_by_rank(priorities: dict[str, np.ndarray], fractions: tuple[flo
     return {n: tiers[bounds[i] : bounds[i + 1]] for i, n in enumerate(names)}
 
 
-def _budget_tiers(config: QuantConfig, shapes: dict[str, tuple[int, int]], priorities: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Promote rows rung by rung in global priority order while the byte budget lasts."""
-    names = list(shapes)
-    fp32_bytes = sum(rows * dim * 4 for rows, dim in shapes.values())
-    # row_meta of a mixed table (32 bytes per block of 64 rows) and the default row, per FORMAT.md
-    metadata = sum(-(-rows // 64) * 32 + dim * 4 for rows, dim in shapes.values())
-    budget = config.target_ratio * fp32_bytes - metadata
-    priority = np.concatenate([priorities[n].astype(np.float64) for n in names])
-    dims = np.concatenate([np.full(shapes[n][0], shapes[n][1], dtype=np.int64) for n in names])
+def promote_rows(priority: np.ndarray, dims: np.ndarray, ladder: list[Tier], tiers: np.ndarray, budget: float) -> np.ndarray:
+    """The budget greedy: rows at `ladder[k]` move up to `ladder[k + 1]`, rung by rung, in descending priority
+    (ties in row order), while the stored bytes stay within `budget`; a rung that does not fit whole ends
+    the climb. `tiers` (one per row, each a rung or DROPPED) is updated in place and returned. `dims`: each
+    row's dimension."""
     unique_dims, dim_index = np.unique(dims, return_inverse=True)
 
     def cost(tier: Tier) -> np.ndarray:
         return np.array([row_stride(tier, int(d)) for d in unique_dims], dtype=np.int64)[dim_index]
 
-    ladder = [_RUNGS[r] for r in config.ladder]
-    tiers = np.full(priority.shape[0], ladder[0], dtype=np.uint8)
-    if config.drop_unseen:
-        tiers[priority <= 0] = Tier.DROPPED
-    spent = float(np.where(tiers == Tier.DROPPED, 0, cost(ladder[0])).sum())
-    if spent > budget:
-        raise QuantConfigError(
-            f"target_ratio {config.target_ratio} is too small: the lowest rung {config.ladder[0]} alone needs "
-            f"{(spent + metadata) / fp32_bytes:.4f} of the fp32 bytes"
-        )
+    spent = stored_bytes(tiers, dims)
     order = np.argsort(-priority, kind="stable")
     for low, high in zip(ladder, ladder[1:]):
         candidates = order[tiers[order] == low]
@@ -148,6 +135,35 @@ def _budget_tiers(config: QuantConfig, shapes: dict[str, tuple[int, int]], prior
         spent += float(delta[:fits].sum())
         if fits < candidates.shape[0]:
             break
+    return tiers
+
+
+def stored_bytes(tiers: np.ndarray, dims: np.ndarray) -> float:
+    """Payload bytes of rows stored at `tiers` (one per row) with dimensions `dims` (dropped rows: none)."""
+    pairs, counts = np.unique(np.stack([tiers.astype(np.int64), dims.astype(np.int64)]), axis=1, return_counts=True)
+    return float(sum(row_stride(Tier(int(t)), int(d)) * int(n) for t, d, n in zip(pairs[0], pairs[1], counts)))
+
+
+def _budget_tiers(config: QuantConfig, shapes: dict[str, tuple[int, int]], priorities: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Promote rows rung by rung in global priority order while the byte budget lasts."""
+    names = list(shapes)
+    fp32_bytes = sum(rows * dim * 4 for rows, dim in shapes.values())
+    # row_meta of a mixed table (32 bytes per block of 64 rows) and the default row, per FORMAT.md
+    metadata = sum(-(-rows // 64) * 32 + dim * 4 for rows, dim in shapes.values())
+    budget = config.target_ratio * fp32_bytes - metadata
+    priority = np.concatenate([priorities[n].astype(np.float64) for n in names])
+    dims = np.concatenate([np.full(shapes[n][0], shapes[n][1], dtype=np.int64) for n in names])
+    ladder = [_RUNGS[r] for r in config.ladder]
+    tiers = np.full(priority.shape[0], ladder[0], dtype=np.uint8)
+    if config.drop_unseen:
+        tiers[priority <= 0] = Tier.DROPPED
+    floor = stored_bytes(tiers, dims)
+    if floor > budget:
+        raise QuantConfigError(
+            f"target_ratio {config.target_ratio} is too small: the lowest rung {config.ladder[0]} alone needs "
+            f"{(floor + metadata) / fp32_bytes:.4f} of the fp32 bytes"
+        )
+    tiers = promote_rows(priority, dims, ladder, tiers, budget)
     bounds = np.cumsum([0] + [shapes[n][0] for n in names])
     return {n: tiers[bounds[i] : bounds[i + 1]] for i, n in enumerate(names)}
 

@@ -93,3 +93,41 @@ def test_errors():
         assign_tiers(QuantConfig(target_ratio=0.3), TABLES, None)
     with pytest.raises(QuantConfigError, match=r"unknown table\(s\) \['c'\]"):
         assign_tiers(QuantConfig(overrides={"c": "fp16"}), TABLES, None)
+
+
+def test_budget_greedy_matches_a_row_by_row_reference():
+    """promote_rows (used by target_ratio and by benchmarks/bench_scoring.py's low budgets) against a plain
+    loop: rung by rung, rows in descending priority (ties in row order), each promoted while the bytes fit;
+    the first row that does not fit ends the climb."""
+    from shark_export.format import Tier, row_stride
+    from shark_export.quant_config import promote_rows, stored_bytes
+
+    rng = np.random.default_rng(5)
+    for trial in range(20):
+        n = int(rng.integers(1, 300))
+        dims = rng.choice([3, 8, 16, 64], size=n)
+        priority = rng.integers(0, 6, size=n).astype(np.float64)  # many ties
+        ladder = [Tier.DROPPED, Tier.INT2, Tier.INT4, Tier.INT8] if trial % 2 else [Tier.INT4, Tier.INT8, Tier.FP16]
+        start = np.full(n, ladder[0], dtype=np.uint8)
+        floor = stored_bytes(start, dims)
+        budget = floor + float(rng.uniform(0, 1)) * sum(row_stride(ladder[-1], int(d)) for d in dims)
+
+        want = start.copy()
+        spent = float(sum(row_stride(Tier(int(t)), int(d)) for t, d in zip(want, dims)))
+        order = sorted(range(n), key=lambda r: (-priority[r], r))
+        stopped = False
+        for low, high in zip(ladder, ladder[1:]):
+            for r in order:
+                if want[r] != low:
+                    continue
+                delta = row_stride(high, int(dims[r])) - row_stride(low, int(dims[r]))
+                if spent + delta > budget:
+                    stopped = True
+                    break
+                want[r] = high
+                spent += delta
+            if stopped:
+                break
+        got = promote_rows(priority, dims, ladder, start.copy(), budget)
+        np.testing.assert_array_equal(got, want)
+        assert stored_bytes(got, dims) <= budget
