@@ -148,7 +148,8 @@ def row_stride(tier: Any, dim: int, format_version: int = FORMAT_VERSION) -> int
     return (n + 3) & ~3 if format_version == 1 else n
 
 
-def _check_version(version: Any, where: str) -> int:
+def check_version(version: Any, where: str) -> int:
+    """`version` as an int when this reader knows it, else FormatError naming `where` and the value."""
     if isinstance(version, (bool, np.bool_)) or not isinstance(version, (int, np.integer)) or int(version) not in READABLE_VERSIONS:
         raise FormatError(
             f"{where}: format_version {version} is not supported (this reader knows versions "
@@ -321,7 +322,7 @@ class QuantizedTable:
             if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
                 raise FormatError(f"{n}: {attr} must be an integer, got {v!r}")
         R, D, u = int(self.num_rows), int(self.dim), int(self.uniform_tier)
-        version = _check_version(self.format_version, n)
+        version = check_version(self.format_version, n)
         if not 1 <= R <= MAX_ROWS:
             raise FormatError(f"{n}: num_rows {R} is outside 1..2^40")
         if not 1 <= D <= MAX_DIM:

@@ -19,7 +19,7 @@ from .format import (
     MAX_ROWS,
     QuantizedTable,
     Tier,
-    _check_version,
+    check_version,
     _stride_lut,
     row_bytes,
 )
@@ -280,7 +280,7 @@ def quantize_table(
     stored as fp16/int8/int4/int2, a bad ``tiers`` array or a bad ``default_row``.
     """
     name = str(name)
-    format_version = _check_version(format_version, f"table {name!r}")
+    format_version = check_version(format_version, f"table {name!r}")
     if clip not in ("none", "l2"):
         raise FormatError(f"table {name!r}: clip must be 'none' or 'l2', got {clip!r}")
     if hasattr(weight, "detach") and hasattr(weight, "cpu"):  # a torch tensor, possibly a trainable parameter

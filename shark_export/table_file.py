@@ -9,7 +9,7 @@ import tempfile
 import numpy as np
 
 from .errors import FormatError
-from .format import QuantizedTable, Tier, _check_version
+from .format import QuantizedTable, Tier, check_version
 
 _FILE_MAGIC = "shark-export.table"
 _FILE_KEYS = (
@@ -78,7 +78,7 @@ def load_table(path: str | os.PathLike) -> QuantizedTable:
                 raise FormatError(f"{path}: not a shark-export table file (missing {', '.join(missing)})")
             if str(data["magic"][()]) != _FILE_MAGIC:
                 raise FormatError(f"{path}: not a shark-export table file (magic {data['magic'][()]!r})")
-            version = _check_version(int(data["format_version"][()]), path)
+            version = check_version(int(data["format_version"][()]), path)
             arrays = {k: data[k] for k in _FILE_KEYS}  # reads (and CRC-checks) every member
     except FormatError:
         raise
