@@ -75,13 +75,14 @@ template <class Rows, typename OutT, bool WEIGHTED>
 struct MemoryAcc {
   static constexpr bool kWeighted = WEIGHTED;
   OutT* out;
+  uint64_t out_stride;
   float* scratch;
   uint32_t D;
   float* acc = nullptr;
 
   void start(uint64_t b) {
     if constexpr (std::is_same<OutT, float>::value) {
-      acc = out + b * D;
+      acc = out + b * out_stride;
     } else {
       acc = scratch;
     }
@@ -96,7 +97,7 @@ struct MemoryAcc {
       const float c = static_cast<float>(count);
       for (uint32_t d = 0; d < D; ++d) acc[d] = acc[d] / c;
     }
-    if constexpr (!std::is_same<OutT, float>::value) Rows::store_row(acc, D, out + b * D);
+    if constexpr (!std::is_same<OutT, float>::value) Rows::store_row(acc, D, out + b * out_stride);
   }
 };
 
@@ -107,7 +108,7 @@ static void bag_task(void* p, size_t task) {
   alignas(32) float local[std::is_same<OutT, float>::value ? 1 : kBagStackAcc];
   float* scratch = std::is_same<OutT, float>::value ? nullptr  // sums straight into the output rows
                    : j.dim <= kBagStackAcc ? local : j.heap_scratch + static_cast<uint64_t>(task) * j.dim;
-  MemoryAcc<Rows, OutT, WEIGHTED> acc{static_cast<OutT*>(j.out), scratch, j.dim};
+  MemoryAcc<Rows, OutT, WEIGHTED> acc{static_cast<OutT*>(j.out), j.out_stride, scratch, j.dim};
   const uint64_t bad = bag_range<TIER, IdxT>(j, b0, b1, acc);
   if (bad != kNoError) record_error(j.first_error, bad);
 }
@@ -115,7 +116,7 @@ static void bag_task(void* p, size_t task) {
 template <class Rows, int TIER, int NV, typename IdxT, typename OutT, bool WEIGHTED>
 static void bag_task_regs(void* p, size_t task) {
   const BagJob& j = *static_cast<const BagJob*>(p);
-  typename Rows::template RegisterAcc<NV, OutT, WEIGHTED> acc{static_cast<OutT*>(j.out), {}};
+  typename Rows::template RegisterAcc<NV, OutT, WEIGHTED> acc{static_cast<OutT*>(j.out), j.out_stride, {}};
   const uint64_t bad = bag_range<TIER, IdxT>(j, j.task_bags[task], j.task_bags[task + 1], acc);
   if (bad != kNoError) record_error(j.first_error, bad);
 }

@@ -27,4 +27,9 @@ LookupError gather_cpu(const TableView& t, const GatherArgs& a, ParallelFor& pf)
 // Lookups per parallel task (exposed for tests/benchmarks).
 constexpr uint64_t kGatherChunk = 1024;
 
+// Whether output rows of `dim` elements starting at `first_row`, `row_stride` elements apart, go out with
+// non-temporal stores: `stream` -1 decides by size (out_bytes >= stream_bytes), 0 never, 1 when possible.
+bool stream_output(uint32_t dim, OutType out_type, const void* first_row, uint64_t row_stride, uint64_t out_bytes,
+                   int stream, uint64_t stream_bytes);
+
 }  // namespace shark

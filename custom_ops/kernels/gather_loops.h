@@ -23,11 +23,39 @@ static inline void emit_row_any(int tier, const uint8_t* row, uint32_t D, const 
   }
 }
 
-// Lookups [begin, end): out row i = row idx[i]. Returns kNoError or the first position whose index is
-// out of range (the rows before it are written). TIER: the table's uniform tier, or kMixed (tier and
-// offset from each row's 32-byte block record, see mixed_step).
+namespace {  // internal linkage: each instruction set's translation unit has its own copy
+
+// Where lookup i's row goes (GatherJob): walks the rows of a run of lookups in order.
+template <typename OutT>
+struct OutCursor {
+  OutT* row;       // lookup i's output row
+  uint64_t slot;   // i % per_sample
+  uint64_t per_sample;
+  uint64_t skip;   // out_stride - per_sample * dim: from a sample's last row to the next sample's first
+  uint32_t dim;
+
+  OutCursor(OutT* out, uint64_t first, uint64_t per_sample_, uint64_t out_stride, uint32_t dim_)
+      : row(out + (first / per_sample_) * out_stride + (first % per_sample_) * dim_),
+        slot(first % per_sample_),
+        per_sample(per_sample_),
+        skip(out_stride - per_sample_ * dim_),
+        dim(dim_) {}
+  void next() {
+    row += dim;
+    if (++slot == per_sample) {
+      slot = 0;
+      row += skip;
+    }
+  }
+};
+
+}  // namespace
+
+// Lookups [begin, end) of a job: row idx[i] to its output row. Returns kNoError or the first position
+// whose index is out of range (the rows before it are written). TIER: the table's uniform tier, or kMixed
+// (tier and offset from each row's 32-byte block record, see mixed_step).
 template <class Rows, int TIER, bool STREAM, typename IdxT, typename OutT>
-static uint64_t gather_range(const TableView& t, const IdxT* idx, uint64_t begin, uint64_t end, OutT* out,
+static uint64_t gather_range(const TableView& t, const IdxT* idx, uint64_t begin, uint64_t end, OutCursor<OutT> out,
                              const OutT* dflt_out) {
   const uint64_t R = t.num_rows;
   const uint32_t D = t.dim;
@@ -35,11 +63,11 @@ static uint64_t gather_range(const TableView& t, const IdxT* idx, uint64_t begin
   const float* dflt = t.default_row;
   if constexpr (TIER == kMixed) {
     RowLoc ring[kAhead];
-    for (uint64_t i = begin; i < end; ++i) {
+    for (uint64_t i = begin; i < end; ++i, out.next()) {
       const int64_t r = static_cast<int64_t>(idx[i]);
       if (static_cast<uint64_t>(r) >= R) return i;
       const RowLoc l = mixed_step(t, idx, i, begin, end, static_cast<uint64_t>(r), ring);
-      emit_row_any<Rows, STREAM>(l.tier, payload + l.offset, D, dflt, dflt_out, out + i * D);
+      emit_row_any<Rows, STREAM>(l.tier, payload + l.offset, D, dflt, dflt_out, out.row);
     }
   } else {
     const uint64_t stride = t.stride[TIER];
@@ -49,8 +77,8 @@ static uint64_t gather_range(const TableView& t, const IdxT* idx, uint64_t begin
       if constexpr (TIER != kDropped) uniform_ahead(idx, i, end, base, stride);
       const int64_t r = static_cast<int64_t>(idx[i]);
       if (static_cast<uint64_t>(r) >= R) return false;
-      Rows::template emit_row<TIER, STREAM>(payload + static_cast<uint64_t>(r) * stride, dim, dflt, dflt_out,
-                                            out + i * dim);
+      Rows::template emit_row<TIER, STREAM>(payload + static_cast<uint64_t>(r) * stride, dim, dflt, dflt_out, out.row);
+      out.next();
       return true;
     };
     if (D == 64) {
@@ -69,8 +97,9 @@ static void gather_task(void* p, size_t task) {
   const GatherJob& j = *static_cast<const GatherJob*>(p);
   const uint64_t begin = task * j.chunk;
   const uint64_t end = begin + j.chunk < j.count ? begin + j.chunk : j.count;
-  const uint64_t bad = gather_range<Rows, TIER, STREAM>(*j.t, static_cast<const IdxT*>(j.indices), begin, end,
-                                                        static_cast<OutT*>(j.out), static_cast<const OutT*>(j.dflt_out));
+  const OutCursor<OutT> out(static_cast<OutT*>(j.out), begin, j.per_sample, j.out_stride, j.t->dim);
+  const uint64_t bad = gather_range<Rows, TIER, STREAM>(*j.t, static_cast<const IdxT*>(j.indices), begin, end, out,
+                                                        static_cast<const OutT*>(j.dflt_out));
   if constexpr (STREAM) Rows::stream_fence();
   if (bad != kNoError) record_error(j.first_error, bad);
 }

@@ -18,6 +18,9 @@
 
 namespace shark {
 
+// Lookup i (of `count`) is row i % per_sample of sample i / per_sample: it is written at
+// out + (i / per_sample) * out_stride + (i % per_sample) * dim (elements). A plain gather has
+// per_sample = 1 and out_stride = dim; a field of a lookup group writes its block of every output row.
 struct GatherJob {
   const TableView* t;
   const void* indices;
@@ -25,6 +28,8 @@ struct GatherJob {
   void* out;
   const void* dflt_out;  // default_row in the output type
   uint64_t chunk;        // lookups per task
+  uint64_t per_sample;   // rows per sample (>= 1)
+  uint64_t out_stride;   // elements from one sample's output to the next (>= per_sample * dim)
   std::atomic<uint64_t>* first_error;
 };
 
@@ -37,7 +42,8 @@ struct BagJob {
   const float* weights;
   int64_t padding_idx;
   bool mean;
-  void* out;
+  void* out;             // bag b is written at out + b * out_stride (elements)
+  uint64_t out_stride;   // >= dim
   uint32_t dim;
   const uint64_t* task_bags;  // task i covers bags [task_bags[i], task_bags[i + 1])
   float* heap_scratch;        // fp16 output with dim > kBagStackAcc: dim floats per task
@@ -54,7 +60,7 @@ TaskFn select_bag(int tier, uint32_t dim, IndexType it, OutType ot, bool weighte
 
 #if SHARK_X86_AVX2_PATH
 namespace avx2 {
-// stream: non-temporal output stores (needs dim % 8 == 0 and a 16-byte aligned output).
+// stream: non-temporal output stores (needs dim % 8 == 0 and 16-byte aligned output rows).
 TaskFn select_gather(int tier, IndexType it, OutType ot, bool stream);
 TaskFn select_bag(int tier, uint32_t dim, IndexType it, OutType ot, bool weighted);
 }  // namespace avx2

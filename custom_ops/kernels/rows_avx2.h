@@ -145,6 +145,7 @@ struct Avx2Rows {
   struct RegisterAcc {
     static constexpr bool kWeighted = WEIGHTED;
     OutT* out;
+    uint64_t out_stride;  // elements from one bag's output row to the next
     __m256 acc[NV];
 
     void start(uint64_t) {
@@ -166,7 +167,7 @@ struct Avx2Rows {
         const __m256 c = _mm256_set1_ps(static_cast<float>(count));
         for (int v = 0; v < NV; ++v) acc[v] = _mm256_div_ps(acc[v], c);
       }
-      OutT* o = out + b * (8 * NV);
+      OutT* o = out + b * out_stride;
       for (int v = 0; v < NV; ++v) put8(o + 8 * v, acc[v]);
     }
   };
