@@ -332,3 +332,29 @@ def embedding_bag(
         if mean:
             out[nonempty] /= counts[nonempty, None]
     return out.astype(np.float32).astype(dt, copy=False)
+
+
+def multi_lookup(fields: list[dict], output_dtype: Any = np.float32) -> np.ndarray:
+    """``[B, W]``: several fields' lookups side by side, in field order (``RowwiseDequantMultiLookup``).
+
+    Each field is a dict: ``table``, ``indices`` and, for a bag, ``bag=True`` with the arguments of
+    :func:`embedding_bag` (``offsets``, ``per_sample_weights``, ``mode``, ``include_last_offset``,
+    ``padding_idx``). A gather with indices ``[B, L...]`` fills ``L... * D`` columns, a bag ``D``. Every
+    field must give the same B (a :class:`FormatError` naming both fields otherwise)."""
+    dt = _output_dtype(output_dtype)
+    blocks = []
+    for k, f in enumerate(fields):
+        table = f["table"]
+        if f.get("bag", False):
+            out = embedding_bag(table, f["indices"], f.get("offsets"), f.get("per_sample_weights"), f.get("mode", 0),
+                                bool(f.get("include_last_offset", False)), f.get("padding_idx", -1))
+        else:
+            out = gather(table, f["indices"])
+            if out.ndim < 2:
+                raise FormatError(f"field {k} ({_label(table)}): indices must have a batch dimension, got a scalar")
+        if blocks and out.shape[0] != blocks[0].shape[0]:
+            raise FormatError(f"field {k} ({_label(table)}) has {out.shape[0]} samples, field 0 has {blocks[0].shape[0]}")
+        blocks.append(out.reshape(out.shape[0], -1))
+    if not blocks:
+        raise FormatError("multi_lookup needs at least one field")
+    return np.concatenate(blocks, axis=1).astype(dt, copy=False)

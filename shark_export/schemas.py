@@ -16,6 +16,16 @@ from .ops import DOMAIN_VERSION as OPSET_VERSION
 
 GATHER_OP = "RowwiseDequantGather"
 BAG_OP = "RowwiseDequantEmbeddingBag"
+MULTI_OP = "RowwiseDequantMultiLookup"
+
+#: RowwiseDequantMultiLookup field kinds (attribute `kinds`).
+GATHER_FIELD, BAG_2D_FIELD, BAG_OFFSETS_FIELD = 0, 1, 2
+
+
+def multi_field_inputs(kind: int, has_weights: bool) -> int:
+    """How many of RowwiseDequantMultiLookup's inputs a field takes: payload, row_meta, default_row,
+    indices, then offsets (bags with offsets) and per_sample_weights (when it has them)."""
+    return 4 + (kind == BAG_OFFSETS_FIELD) + bool(has_weights)
 
 _INDEX_TYPES = ["tensor(int32)", "tensor(int64)"]
 _OUTPUT_TYPES = ["tensor(float)", "tensor(float16)"]
@@ -148,8 +158,120 @@ def _bag_schema() -> OpSchema:
     return schema
 
 
+def _ints_attribute(ctx, name: str, n: int, default: int | None = None) -> list[int]:
+    attribute = ctx.get_attribute(name)
+    if attribute is None:
+        if default is None:
+            raise onnx.shape_inference.InferenceError(f"{ctx.get_display_name()}: missing attribute {name!r}")
+        return [default] * n
+    values = list(attribute.ints)
+    if n >= 0 and len(values) != n:
+        raise onnx.shape_inference.InferenceError(
+            f"{ctx.get_display_name()}: attribute {name!r} has {len(values)} entries, kinds has {n} (one per field)"
+        )
+    return values
+
+
+def _infer_multi(ctx) -> None:
+    kinds = _ints_attribute(ctx, "kinds", -1)
+    n = len(kinds)
+    for version in _ints_attribute(ctx, "format_versions", n):
+        if version not in (1, 2):
+            raise onnx.shape_inference.InferenceError(
+                f"{ctx.get_display_name()}: format_version {version} is not supported (this build reads versions 1 and 2)"
+            )
+    dims = _ints_attribute(ctx, "dims", n)
+    weights = _ints_attribute(ctx, "has_weights", n, 0)
+    lasts = _ints_attribute(ctx, "include_last_offsets", n, 0)
+    needed = sum(multi_field_inputs(k, w) for k, w in zip(kinds, weights))
+    if ctx.get_num_inputs() != needed:
+        raise onnx.shape_inference.InferenceError(
+            f"{ctx.get_display_name()}: the fields' kinds and has_weights need {needed} inputs, the node has "
+            f"{ctx.get_num_inputs()}"
+        )
+    out = onnx.TypeProto()
+    out.tensor_type.elem_type = _output_elem_type(ctx)
+    batch, width = None, 0
+    first = 0
+    for kind, dim, w, last in zip(kinds, dims, weights, lasts):
+        indices = ctx.get_input_type(first + 3)
+        shape = indices.tensor_type.shape if indices is not None and indices.tensor_type.HasField("shape") else None
+        samples = None
+        if kind == GATHER_FIELD:
+            if shape is None or not shape.dim or any(not d.HasField("dim_value") for d in shape.dim[1:]):
+                width = None
+            elif width is not None:
+                per_sample = 1
+                for d in shape.dim[1:]:
+                    per_sample *= d.dim_value
+                width += per_sample * dim
+            samples = shape.dim[0] if shape is not None and shape.dim else None
+        else:
+            width = None if width is None else width + dim
+            if kind == BAG_2D_FIELD and shape is not None and len(shape.dim) == 2:
+                samples = shape.dim[0]
+            elif kind == BAG_OFFSETS_FIELD:
+                offsets = ctx.get_input_type(first + 4)
+                if offsets is not None and offsets.tensor_type.HasField("shape") and len(offsets.tensor_type.shape.dim) == 1:
+                    (n_offsets,) = offsets.tensor_type.shape.dim
+                    if n_offsets.HasField("dim_value"):
+                        samples = onnx.TensorShapeProto.Dimension(dim_value=n_offsets.dim_value - last)
+                    elif not last:
+                        samples = n_offsets
+        if batch is None and samples is not None:
+            batch = samples
+        first += multi_field_inputs(kind, w)
+    shape = out.tensor_type.shape
+    b = shape.dim.add()
+    if batch is not None:
+        b.CopyFrom(batch)
+    w_dim = shape.dim.add()
+    if width is not None:
+        w_dim.dim_value = width
+    ctx.set_output_type(0, out)
+
+
+def _multi_schema() -> OpSchema:
+    attr = OpSchema.Attribute
+    ints = OpSchema.AttrType.INTS
+    schema = OpSchema(
+        MULTI_OP,
+        DOMAIN,
+        OPSET_VERSION,
+        "The lookups of several fields, each on its own row-wise mixed-precision table, written side by side into "
+        "one output [B, W] (what the single lookups followed by Concat along axis 1 compute).",
+        inputs=[
+            OpSchema.FormalParameter(
+                "inputs", "T_in",
+                "per field: payload, row_meta, default_row, indices, then offsets (kind 2), per_sample_weights",
+                param_option=OpSchema.FormalParameterOption.Variadic, is_homogeneous=False, min_arity=4,
+            )
+        ],
+        outputs=[OpSchema.FormalParameter("output", "T_out", "[B, W]: field k in its W_k columns, in field order")],
+        type_constraints=[
+            ("T_in", ["tensor(uint8)", "tensor(uint64)", "tensor(float)", *_INDEX_TYPES], "the fields' inputs"),
+            ("T_out", _OUTPUT_TYPES, "output type"),
+        ],
+        attributes=[
+            attr("kinds", ints, "per field: 0 gather, 1 bag over 2-D indices [B, L], 2 bag with offsets"),
+            attr("format_versions", ints, "per field: storage format version"),
+            attr("num_rows", ints, "per field: rows R of its table"),
+            attr("dims", ints, "per field: embedding dimension D"),
+            attr("uniform_tiers", ints, "per field: tier code of a uniform table, -1 when mixed"),
+            attr("modes", onnx.helper.make_attribute("modes", [0]), "per field (bags): 0 sum, 1 mean"),
+            attr("include_last_offsets", onnx.helper.make_attribute("include_last_offsets", [0]), "per field (bags)"),
+            attr("padding_idxs", onnx.helper.make_attribute("padding_idxs", [-1]), "per field (bags): skipped row, -1 none"),
+            attr("has_weights", onnx.helper.make_attribute("has_weights", [0]), "per field (bags): per_sample_weights given"),
+            attr("output_dtype", onnx.helper.make_attribute("output_dtype", TensorProto.FLOAT), "1 float32, 10 float16"),
+            attr("field_names", onnx.helper.make_attribute("field_names", ""), "the fields' names, one per line"),
+        ],
+    )
+    schema.set_type_and_shape_inference_function(_infer_multi)
+    return schema
+
+
 def register_schemas() -> None:
     """Make onnx's checker and shape inference know our ops (safe to call more than once)."""
-    for schema in (_gather_schema(), _bag_schema()):
+    for schema in (_gather_schema(), _bag_schema(), _multi_schema()):
         if not onnx.defs.has(schema.name, schema.domain):
             onnx.defs.register_schema(schema)

@@ -168,3 +168,74 @@ def table_feeds(table: QuantizedTable, **override: np.ndarray) -> dict[str, np.n
     feeds = {"payload": table.payload, "row_meta": table.row_meta, "default_row": table.default_row}
     feeds.update(override)
     return feeds
+
+
+MULTI = "RowwiseDequantMultiLookup"
+
+
+def multi_model(
+    fields: list[dict],
+    *,
+    out_dtype: Any = np.float32,
+    attrs: Mapping[str, Any] | None = None,
+    name: str = "multi_node",
+    check: bool = True,
+    extra_inputs: int = 0,
+) -> onnx.ModelProto:
+    """``RowwiseDequantMultiLookup`` over ``fields``: dicts with ``table`` (a QuantizedTable; fields that
+    pass the same object share its initializers), ``kind`` (0 gather, 1 bag over 2-D indices, 2 bag with
+    offsets), ``index_rank`` (gather; default 1), ``index_dtype``, ``weights`` (bool), ``mode``,
+    ``include_last_offset``, ``padding_idx``, ``index_dims`` (declared dims). Field k's graph inputs are ``indices{k}``, ``offsets{k}``,
+    ``weights{k}``. ``attrs`` overrides node attributes; ``extra_inputs`` appends that many unused inputs
+    (to break the input count)."""
+    inputs, inits, node_inputs = [], [], []
+    stored: dict[int, str] = {}
+    lists: dict[str, list] = {key: [] for key in ("kinds", "format_versions", "num_rows", "dims", "uniform_tiers",
+                                                    "modes", "include_last_offsets", "padding_idxs", "has_weights")}
+    for k, f in enumerate(fields):
+        table = f["table"]
+        prefix = stored.get(id(table))
+        if prefix is None:
+            prefix = stored[id(table)] = f"table{len(stored)}"
+            for tname, arr in (("payload", table.payload), ("row_meta", table.row_meta), ("default_row", table.default_row)):
+                inits.append(numpy_helper.from_array(np.asarray(arr), f"{prefix}.{tname}"))
+        node_inputs += [f"{prefix}.payload", f"{prefix}.row_meta", f"{prefix}.default_row", f"indices{k}"]
+        kind = f.get("kind", 0)
+        idx_elem = elem_type(f.get("index_dtype", np.int64))
+        rank = f.get("index_rank", 1) if kind == 0 else (2 if kind == 1 else 1)
+        dims = ([f"b{k}" if kind != 2 else f"n{k}"] + [f"l{k}_{a}" for a in range(1, rank)]) if rank else []
+        dims = f.get("index_dims", dims)
+        inputs.append(helper.make_tensor_value_info(f"indices{k}", idx_elem, dims))
+        if kind == 2:
+            node_inputs.append(f"offsets{k}")
+            inputs.append(helper.make_tensor_value_info(f"offsets{k}", idx_elem, [f"o{k}"]))
+        if f.get("weights", False):
+            node_inputs.append(f"weights{k}")
+            inputs.append(helper.make_tensor_value_info(f"weights{k}", TensorProto.FLOAT, dims))
+        attributes = table.op_attributes()
+        lists["kinds"].append(kind)
+        lists["format_versions"].append(attributes["format_version"])
+        lists["num_rows"].append(attributes["num_rows"])
+        lists["dims"].append(attributes["dim"])
+        lists["uniform_tiers"].append(attributes["uniform_tier"])
+        lists["modes"].append(f.get("mode", 0))
+        lists["include_last_offsets"].append(f.get("include_last_offset", 0))
+        lists["padding_idxs"].append(f.get("padding_idx", -1))
+        lists["has_weights"].append(int(f.get("weights", False)))
+    for j in range(extra_inputs):
+        node_inputs.append(f"extra{j}")
+        inputs.append(helper.make_tensor_value_info(f"extra{j}", TensorProto.INT64, ["e"]))
+    out_elem = OUT_DTYPES[np.dtype(out_dtype)]
+    all_attrs: dict[str, Any] = dict(lists)
+    all_attrs["output_dtype"] = out_elem
+    all_attrs["field_names"] = "\n".join(f.get("name", f"f{k}") for k, f in enumerate(fields))
+    all_attrs.update(attrs or {})
+    node = helper.make_node(MULTI, node_inputs, ["output"], domain=ops.DOMAIN, name=name, **all_attrs)
+    graph = helper.make_graph([node], "multi_test", inputs,
+                              [helper.make_tensor_value_info("output", out_elem, ["batch", "width"])], inits)
+    model = helper.make_model(
+        graph, ir_version=10, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(ops.DOMAIN, 1)]
+    )
+    if check:
+        onnx.checker.check_model(model, full_check=True)
+    return model

@@ -19,6 +19,9 @@ struct OpSpec {
   std::vector<ONNXTensorElementDataType> inputs;  // UNDEFINED: any type, checked by the kernel
   std::vector<OrtCustomOpInputOutputCharacteristic> input_kinds;
   ONNXTensorElementDataType output = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  // A variadic last input: its fewest values, and whether they must share one element type.
+  int variadic_min_arity = 1;
+  bool variadic_homogeneous = true;
   shark::KernelConfig config;  // the session's settings (session config entries shark_export.*)
 };
 
@@ -43,8 +46,8 @@ class CustomOp : public OrtCustomOp {
     GetInputCharacteristic = &GetInputKind;
     GetOutputCharacteristic = &GetOutputKind;
     GetInputMemoryType = &GetInputMemType;
-    GetVariadicInputMinArity = &MinArity;
-    GetVariadicInputHomogeneity = &Homogeneous;
+    GetVariadicInputMinArity = &InputMinArity;
+    GetVariadicInputHomogeneity = &InputHomogeneous;
     GetVariadicOutputMinArity = &MinArity;
     GetVariadicOutputHomogeneity = &Homogeneous;
     CreateKernelV2 = &CreateKernelV2Impl;
@@ -77,6 +80,8 @@ class CustomOp : public OrtCustomOp {
   static OrtMemType ORT_API_CALL GetInputMemType(const OrtCustomOp*, size_t) { return OrtMemTypeDefault; }
   static int ORT_API_CALL MinArity(const OrtCustomOp*) { return 1; }
   static int ORT_API_CALL Homogeneous(const OrtCustomOp*) { return 1; }
+  static int ORT_API_CALL InputMinArity(const OrtCustomOp* op) { return self(op).spec_.variadic_min_arity; }
+  static int ORT_API_CALL InputHomogeneous(const OrtCustomOp* op) { return self(op).spec_.variadic_homogeneous ? 1 : 0; }
 
   static OrtStatusPtr ORT_API_CALL CreateKernelV2Impl(const OrtCustomOp* op, const OrtApi*, const OrtKernelInfo* info,
                                                       void** kernel) noexcept {

@@ -60,6 +60,42 @@ bool read_int_attr(const OrtKernelInfo* info, const char* name, int64_t* out) {
   return true;
 }
 
+bool read_ints_attr(const OrtKernelInfo* info, const char* name, std::vector<int64_t>* out) {
+  size_t size = 0;
+  OrtStatus* s = api().KernelInfoGetAttributeArray_int64(info, name, nullptr, &size);
+  if (s) {
+    api().ReleaseStatus(s);
+    return false;
+  }
+  out->assign(size, 0);
+  if (size == 0) return true;
+  s = api().KernelInfoGetAttributeArray_int64(info, name, out->data(), &size);
+  if (s) {
+    api().ReleaseStatus(s);
+    return false;
+  }
+  out->resize(size);
+  return true;
+}
+
+bool read_string_attr(const OrtKernelInfo* info, const char* name, std::string* out) {
+  size_t size = 0;
+  OrtStatus* s = api().KernelInfoGetAttribute_string(info, name, nullptr, &size);
+  if (s) {
+    api().ReleaseStatus(s);
+    return false;
+  }
+  std::string v(size, '\0');
+  s = api().KernelInfoGetAttribute_string(info, name, &v[0], &size);
+  if (s) {
+    api().ReleaseStatus(s);
+    return false;
+  }
+  v.resize(size > 0 ? size - 1 : 0);  // size counts the terminating NUL
+  *out = v;
+  return true;
+}
+
 OrtStatus* get_input(OrtKernelContext* ctx, size_t index, Input* in) {
   *in = Input();
   size_t n = 0;

@@ -27,6 +27,12 @@ std::string node_name(const OrtKernelInfo* info);
 // Reads an int attribute. Returns false (and leaves *out untouched) when missing or not an int.
 bool read_int_attr(const OrtKernelInfo* info, const char* name, int64_t* out);
 
+// Reads an int-list attribute. Returns false when missing or not an int list.
+bool read_ints_attr(const OrtKernelInfo* info, const char* name, std::vector<int64_t>* out);
+
+// Reads a string attribute. Returns false when missing or not a string.
+bool read_string_attr(const OrtKernelInfo* info, const char* name, std::string* out);
+
 // A kernel-context input (or an absent optional one: present == false).
 struct Input {
   bool present = false;

@@ -34,6 +34,7 @@ Registry* build_registry(uint32_t api_version, const shark::KernelConfig& config
   }
   add_gather_cpu_ops(&r->ops, api_version, config);
   add_embedding_bag_cpu_ops(&r->ops, api_version, config);
+  add_multi_lookup_cpu_ops(&r->ops, api_version, config);
 #ifdef SHARK_WITH_CUDA
   if (cuda_ops_enabled(config)) {
     add_gather_cuda_ops(&r->ops, api_version, config);

@@ -13,10 +13,10 @@ OrtStatus* TableKernel::error(const std::string& msg, OrtErrorCode code) const {
   return make_status(code, where() + msg);
 }
 
-OrtStatus* TableKernel::index_error(const shark::LookupError& e) const {
+OrtStatus* TableKernel::index_error(const shark::LookupError& e, const std::string& label, int64_t num_rows) const {
   std::ostringstream o;
-  o << "index " << e.value << " at position " << e.position << " is out of range for table with "
-    << attrs_.num_rows << " rows";
+  o << label << "index " << e.value << " at position " << e.position << " is out of range for table with "
+    << (num_rows < 0 ? attrs_.num_rows : num_rows) << " rows";
   return error(o.str());
 }
 
@@ -47,12 +47,12 @@ OrtStatus* TableKernel::init_attrs(const char* op_name, const OrtKernelInfo* inf
   return nullptr;
 }
 
-OrtStatus* constant_table_inputs(const OrtKernelInfo* info, Input constant[3], bool* all_constant) {
+OrtStatus* constant_table_inputs(const OrtKernelInfo* info, Input constant[3], bool* all_constant, size_t first) {
   *all_constant = true;
-  for (size_t i = kInPayload; i <= kInDefaultRow; ++i) {
+  for (size_t i = 0; i < 3; ++i) {
     int is_constant = 0;
     const OrtValue* v = nullptr;
-    OrtStatus* s = api().KernelInfoGetConstantInput_tensor(info, i, &is_constant, &v);
+    OrtStatus* s = api().KernelInfoGetConstantInput_tensor(info, first + i, &is_constant, &v);
     if (s) {
       api().ReleaseStatus(s);
       is_constant = 0;
@@ -61,50 +61,48 @@ OrtStatus* constant_table_inputs(const OrtKernelInfo* info, Input constant[3], b
       *all_constant = false;
       continue;
     }
-    SHARK_RETURN_IF_STATUS(describe_value(v, i, &constant[i]));
+    SHARK_RETURN_IF_STATUS(describe_value(v, first + i, &constant[i]));
   }
   return nullptr;
 }
 
 OrtStatus* TableKernel::init(const char* op_name, const OrtKernelInfo* info, shark::OutType out_type) {
   SHARK_RETURN_IF_STATUS(init_attrs(op_name, info, out_type));
+  return slot_.init(*this, attrs_, kInPayload, std::string(), info);
+}
 
+OrtStatus* TableKernel::table(OrtKernelContext* ctx, shark::TableView* t) { return slot_.view(*this, ctx, t); }
+
+OrtStatus* TableSlot::init(const TableKernel& k, const shark::TableAttrs& attrs, size_t first_input, std::string label,
+                           const OrtKernelInfo* info) {
+  attrs_ = attrs;
+  proto_ = shark::make_table_view(attrs);
+  first_ = first_input;
+  label_ = std::move(label);
   // Table tensors stored as constant initializers cannot change between runs: validate them now
   // (errors at session creation) and then once per data pointer. Anything else (graph inputs) is
   // validated on every run.
   Input constant[3];
-  SHARK_RETURN_IF_STATUS(constant_table_inputs(info, constant, &constant_inputs_));
-  if (constant_inputs_) {
+  SHARK_RETURN_IF_STATUS(constant_table_inputs(info, constant, &constant_, first_));
+  if (constant_) {
     shark::TableView t;
-    SHARK_RETURN_IF_STATUS(check_table(constant[0], constant[1], constant[2], &t, true));
-    if (config_.huge_pages) shark::advise_huge_pages(t.payload, t.payload_bytes);
+    SHARK_RETURN_IF_STATUS(check(k, constant[0], constant[1], constant[2], &t, true));
+    if (k.config_.huge_pages) shark::advise_huge_pages(t.payload, t.payload_bytes);
   }
   return nullptr;
 }
 
-static const char* const kTableInputNames[3] = {"payload", "row_meta", "default_row"};
-static const ONNXTensorElementDataType kTableInputTypes[3] = {
-    ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT64, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT};
-
-TableKey table_key(const Input& payload, const Input& meta, const Input& dflt) {
-  return TableKey{payload.data, payload.count, meta.data, meta.count, dflt.data, dflt.count};
+OrtStatus* TableSlot::view(const TableKernel& k, OrtKernelContext* ctx, shark::TableView* t) {
+  Input payload, meta, dflt;
+  SHARK_RETURN_IF_STATUS(get_input(ctx, first_ + kInPayload, &payload));
+  SHARK_RETURN_IF_STATUS(get_input(ctx, first_ + kInRowMeta, &meta));
+  SHARK_RETURN_IF_STATUS(get_input(ctx, first_ + kInDefaultRow, &dflt));
+  return check(k, payload, meta, dflt, t, constant_);
 }
 
-OrtStatus* TableKernel::check_table_inputs(const Input& payload, const Input& meta, const Input& dflt) const {
-  const Input* in[3] = {&payload, &meta, &dflt};
-  for (int i = 0; i < 3; ++i) {
-    if (!in[i]->present) return error(std::string("input '") + kTableInputNames[i] + "' is missing");
-    if (in[i]->type != kTableInputTypes[i]) {
-      return error(std::string("input '") + kTableInputNames[i] + "' must be " + element_type_name(kTableInputTypes[i]) +
-                   ", got " + element_type_name(in[i]->type));
-    }
-  }
-  return nullptr;
-}
-
-OrtStatus* TableKernel::check_table(const Input& payload, const Input& meta, const Input& dflt, shark::TableView* t,
-                                    bool cache) {
-  SHARK_RETURN_IF_STATUS(check_table_inputs(payload, meta, dflt));
+OrtStatus* TableSlot::check(const TableKernel& k, const Input& payload, const Input& meta, const Input& dflt,
+                            shark::TableView* t, bool cache) {
+  SHARK_RETURN_IF_STATUS(k.check_table_inputs(payload, meta, dflt, label_));
   *t = proto_;
   t->payload = static_cast<const uint8_t*>(payload.data);
   t->payload_bytes = payload.count;
@@ -116,34 +114,48 @@ OrtStatus* TableKernel::check_table(const Input& payload, const Input& meta, con
   if (cache && validated_.hit(key)) return nullptr;
   shark::TableShapes shapes{payload.shape, meta.shape, dflt.shape};
   const std::string bad = shark::validate_table(*t, shapes);
-  if (!bad.empty()) return error("invalid table: " + bad);
+  if (!bad.empty()) return k.error(label_ + "invalid table: " + bad);
   if (cache) validated_.remember(key);
   return nullptr;
 }
 
-OrtStatus* TableKernel::table(OrtKernelContext* ctx, shark::TableView* t) {
-  Input payload, meta, dflt;
-  SHARK_RETURN_IF_STATUS(get_input(ctx, kInPayload, &payload));
-  SHARK_RETURN_IF_STATUS(get_input(ctx, kInRowMeta, &meta));
-  SHARK_RETURN_IF_STATUS(get_input(ctx, kInDefaultRow, &dflt));
-  return check_table(payload, meta, dflt, t, constant_inputs_);
+static const char* const kTableInputNames[3] = {"payload", "row_meta", "default_row"};
+static const ONNXTensorElementDataType kTableInputTypes[3] = {
+    ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT64, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT};
+
+TableKey table_key(const Input& payload, const Input& meta, const Input& dflt) {
+  return TableKey{payload.data, payload.count, meta.data, meta.count, dflt.data, dflt.count};
+}
+
+OrtStatus* TableKernel::check_table_inputs(const Input& payload, const Input& meta, const Input& dflt,
+                                           const std::string& label) const {
+  const Input* in[3] = {&payload, &meta, &dflt};
+  for (int i = 0; i < 3; ++i) {
+    if (!in[i]->present) return error(label + "input '" + kTableInputNames[i] + "' is missing");
+    if (in[i]->type != kTableInputTypes[i]) {
+      return error(label + "input '" + kTableInputNames[i] + "' must be " + element_type_name(kTableInputTypes[i]) +
+                   ", got " + element_type_name(in[i]->type));
+    }
+  }
+  return nullptr;
 }
 
 OrtStatus* TableKernel::index_input(OrtKernelContext* ctx, size_t index, const char* name, bool required, Input* in,
-                                    shark::IndexType* type) const {
+                                    shark::IndexType* type, const std::string& label) const {
   SHARK_RETURN_IF_STATUS(get_input(ctx, index, in));
-  if (!in->present) return required ? error(std::string("input '") + name + "' is missing") : nullptr;
+  if (!in->present) return required ? error(label + "input '" + name + "' is missing") : nullptr;
   if (in->type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32) {
     *type = shark::IndexType::kInt32;
   } else if (in->type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64) {
     *type = shark::IndexType::kInt64;
   } else {
-    return error(std::string("input '") + name + "' must be int32 or int64, got " + element_type_name(in->type));
+    return error(label + "input '" + name + "' must be int32 or int64, got " + element_type_name(in->type));
   }
   return nullptr;
 }
 
-OrtStatus* TableKernel::check_index_type(const OrtKernelInfo* info, size_t index, const char* name) const {
+OrtStatus* TableKernel::check_index_type(const OrtKernelInfo* info, size_t index, const char* name,
+                                         const std::string& label) const {
   size_t n = 0;
   OrtStatus* s = api().KernelInfo_GetInputCount(info, &n);
   if (s) {
@@ -167,7 +179,7 @@ OrtStatus* TableKernel::check_index_type(const OrtKernelInfo* info, size_t index
       t == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64) {
     return nullptr;
   }
-  return error(std::string("input '") + name + "' must be int32 or int64, got " + element_type_name(t));
+  return error(label + "input '" + name + "' must be int32 or int64, got " + element_type_name(t));
 }
 
 void OrtParallelFor::run(size_t n_tasks, void (*fn)(void*, size_t), void* ctx) {
@@ -200,6 +212,30 @@ bool infer_int_attr(const OrtShapeInferContext* ctx, const char* name, int64_t* 
     return false;
   }
   *out = v;
+  return true;
+}
+
+bool infer_ints_attr(const OrtShapeInferContext* ctx, const char* name, std::vector<int64_t>* out) {
+  const OrtOpAttr* attr = nullptr;
+  OrtStatus* s = api().ShapeInferContext_GetAttribute(ctx, name, &attr);
+  if (s || !attr) {
+    if (s) api().ReleaseStatus(s);
+    return false;
+  }
+  size_t size = 0;
+  s = api().ReadOpAttr(attr, ORT_OP_ATTR_INTS, nullptr, 0, &size);  // asks for the size in bytes
+  if (s) {
+    api().ReleaseStatus(s);
+    if (size == 0) return false;
+  }
+  out->assign(size / sizeof(int64_t), 0);
+  if (out->empty()) return true;
+  size_t got = 0;
+  s = api().ReadOpAttr(attr, ORT_OP_ATTR_INTS, out->data(), out->size() * sizeof(int64_t), &got);
+  if (s) {
+    api().ReleaseStatus(s);
+    return false;
+  }
   return true;
 }
 

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "../kernels/config.h"
 #include "../kernels/lookup.h"
@@ -16,9 +17,9 @@ namespace shark_ort {
 
 constexpr size_t kInPayload = 0, kInRowMeta = 1, kInDefaultRow = 2, kInIndices = 3;
 
-// At kernel creation: describes the three table tensors when all are constant initializers (sets
-// *all_constant); tables fed as graph inputs are only known at run time.
-OrtStatus* constant_table_inputs(const OrtKernelInfo* info, Input constant[3], bool* all_constant);
+// At kernel creation: describes the three table tensors (inputs first, first + 1, first + 2) when all are
+// constant initializers (sets *all_constant); tables fed as graph inputs are only known at run time.
+OrtStatus* constant_table_inputs(const OrtKernelInfo* info, Input constant[3], bool* all_constant, size_t first = 0);
 
 // Identity of a validated table (its tensors' pointers and sizes): a run whose tensors match skips the
 // validation. Shared by the CPU and CUDA kernels.
@@ -57,6 +58,32 @@ class ValidationCache {
 
 TableKey table_key(const Input& payload, const Input& meta, const Input& dflt);
 
+class TableKernel;
+
+// One table a node reads: its attributes, where its three tensors are among the node's inputs, and their
+// validation (at kernel creation for constant initializers, then once per data pointer; on every run
+// for tables fed as graph inputs). A one-table op has one; RowwiseDequantMultiLookup one per field.
+class TableSlot {
+ public:
+  // `label` prefixes this table's messages ("" for a one-table op, "field 'x': " in a group).
+  OrtStatus* init(const TableKernel& k, const shark::TableAttrs& attrs, size_t first_input, std::string label,
+                  const OrtKernelInfo* info);
+  // The validated table of this run.
+  OrtStatus* view(const TableKernel& k, OrtKernelContext* ctx, shark::TableView* t);
+  const shark::TableAttrs& attrs() const { return attrs_; }
+
+ private:
+  OrtStatus* check(const TableKernel& k, const Input& payload, const Input& meta, const Input& dflt,
+                   shark::TableView* t, bool cache);
+
+  shark::TableAttrs attrs_;
+  shark::TableView proto_;
+  size_t first_ = 0;
+  std::string label_;
+  bool constant_ = false;  // all three tensors are constant initializers
+  ValidationCache validated_;
+};
+
 class TableKernel {
  public:
   // Reads and checks the table attributes; `out_type` is the output element type of the kernel
@@ -74,18 +101,22 @@ class TableKernel {
   OrtStatus* error(const std::string& msg, OrtErrorCode code = ORT_INVALID_ARGUMENT) const;
   std::string where() const;
 
-  // The three table inputs are present and of their dtypes (uint8, uint64, float32).
-  OrtStatus* check_table_inputs(const Input& payload, const Input& meta, const Input& dflt) const;
+  // The three table inputs are present and of their dtypes (uint8, uint64, float32); `label` prefixes
+  // the message.
+  OrtStatus* check_table_inputs(const Input& payload, const Input& meta, const Input& dflt,
+                                const std::string& label = std::string()) const;
 
-  // Error for an out-of-range index.
-  OrtStatus* index_error(const shark::LookupError& e) const;
+  // Error for an out-of-range index of a table of `num_rows` rows (default: this op's table).
+  OrtStatus* index_error(const shark::LookupError& e, const std::string& label = std::string(),
+                         int64_t num_rows = -1) const;
 
-  // Reads an input that must be an int32 or int64 tensor.
+  // Reads an input that must be an int32 or int64 tensor (`label` prefixes the messages).
   OrtStatus* index_input(OrtKernelContext* ctx, size_t index, const char* name, bool required, Input* in,
-                         shark::IndexType* type) const;
+                         shark::IndexType* type, const std::string& label = std::string()) const;
 
   // At kernel creation: fails when input `index` has a known element type other than int32/int64.
-  OrtStatus* check_index_type(const OrtKernelInfo* info, size_t index, const char* name) const;
+  OrtStatus* check_index_type(const OrtKernelInfo* info, size_t index, const char* name,
+                              const std::string& label = std::string()) const;
 
   const shark::TableAttrs& attrs() const { return attrs_; }
 
@@ -101,11 +132,7 @@ class TableKernel {
   shark::OutType out_type_ = shark::OutType::kFloat32;
 
  private:
-  // Checks dtypes and the table; with `cache`, remembers a valid table's pointers and sizes.
-  OrtStatus* check_table(const Input& payload, const Input& meta, const Input& dflt, shark::TableView* t, bool cache);
-
-  bool constant_inputs_ = false;  // all three table tensors are constant initializers
-  ValidationCache validated_;
+  TableSlot slot_;  // the one table of RowwiseDequantGather / RowwiseDequantEmbeddingBag (CPU)
 };
 
 // shark::ParallelFor over ORT's intra-op thread pool.
@@ -125,6 +152,8 @@ class OrtParallelFor final : public shark::ParallelFor {
 
 // Reads an int attribute from a shape-inference context; false when absent.
 bool infer_int_attr(const OrtShapeInferContext* ctx, const char* name, int64_t* out);
+// Reads an int-list attribute from a shape-inference context; false when absent.
+bool infer_ints_attr(const OrtShapeInferContext* ctx, const char* name, std::vector<int64_t>* out);
 
 // Output element type named by the node's output_dtype attribute (float32 when absent or invalid;
 // an invalid value fails later, at kernel creation, with a message naming the node).

@@ -1,0 +1,64 @@
+#include "lookup_group_cpu.h"
+
+#include <algorithm>
+#include <memory>
+
+#include "lookup_plan.h"
+
+namespace shark {
+namespace {
+
+struct GroupRun {
+  std::vector<std::unique_ptr<LookupPlan>> plans;
+  std::vector<uint64_t> first_task;  // plans[k] owns tasks [first_task[k], first_task[k + 1])
+};
+
+void group_task(void* p, size_t task) {
+  GroupRun& g = *static_cast<GroupRun*>(p);
+  const size_t k = static_cast<size_t>(std::upper_bound(g.first_task.begin(), g.first_task.end(), task) -
+                                       g.first_task.begin()) - 1;
+  g.plans[k]->run_task(task - g.first_task[k]);
+}
+
+}  // namespace
+
+GroupError lookup_group_cpu(const std::vector<GroupField>& fields, const GroupArgs& a, ParallelFor& pf) {
+  GroupError result;
+  const uint64_t esize = a.out_type == OutType::kFloat32 ? 4 : 2;
+  const uint64_t out_bytes = a.n_samples * a.width * esize;
+  GroupRun g;
+  g.first_task.push_back(0);
+  for (const GroupField& f : fields) {
+    OutLayout out;
+    out.out = static_cast<char*>(a.out) + f.column * esize;
+    out.type = a.out_type;
+    out.out_stride = a.width;
+    if (f.is_bag) {
+      g.plans.push_back(std::make_unique<BagPlan>(*f.table, f.bag, out));
+    } else {
+      out.per_sample = f.per_sample;
+      const bool stream = stream_output(f.table->dim, a.out_type, out.out, a.width, out_bytes, a.stream, a.stream_bytes);
+      g.plans.push_back(std::make_unique<GatherPlan>(*f.table, f.gather.indices, f.gather.index_type, f.gather.count,
+                                                     out, stream, a.generic_only));
+    }
+    g.first_task.push_back(g.first_task.back() + g.plans.back()->n_tasks());
+  }
+  const uint64_t n_tasks = g.first_task.back();
+  g.first_task.pop_back();  // upper_bound over the starts only
+  if (n_tasks == 1) {
+    group_task(&g, 0);
+  } else if (n_tasks > 1) {
+    pf.run(static_cast<size_t>(n_tasks), &group_task, &g);
+  }
+  for (size_t k = 0; k < g.plans.size(); ++k) {
+    const LookupError e = g.plans[k]->error();
+    if (!e.ok()) {
+      result.field = k;
+      result.error = e;
+      return result;
+    }
+  }
+  return result;
+}
+
+}  // namespace shark
