@@ -25,6 +25,7 @@ from .faithfulness import check_converted
 from .report import ConvertReport, table_reports
 from .passes import (
     FinalizeVersionsPass,
+    GroupLookupsPass,
     NameOutputsPass,
     PruneFieldsPass,
     RemoveDeadPass,
@@ -87,6 +88,7 @@ def convert(
     impact_rtol: float = 1e-2,
     show_progress: bool = False,
     keep_unfaithful: bool = False,
+    fuse_lookups: bool = True,
 ) -> ConvertReport:
     """Convert `model` to an ONNX model at `output_path` whose embedding lookups run our ops.
 
@@ -107,7 +109,7 @@ def convert(
                 model, adapt(example_inputs), output_path, quant=quant, prune=prune,
                 calibration=None if calibration is None else [adapt(b) for b in calibration],
                 labels=labels, example_kwargs=example_kwargs, impact_atol=impact_atol, impact_rtol=impact_rtol,
-                show_progress=show_progress, keep_unfaithful=keep_unfaithful,
+                show_progress=show_progress, keep_unfaithful=keep_unfaithful, fuse_lookups=fuse_lookups,
             )
     finally:
         model.train(was_training)
@@ -143,7 +145,7 @@ def _torchrec_compat(model: torch.nn.Module, example_inputs: Any):
 
 def _convert(
     model, example_inputs, output_path, *, quant, prune, calibration, labels, example_kwargs, impact_atol,
-    impact_rtol, show_progress, keep_unfaithful,
+    impact_rtol, show_progress, keep_unfaithful, fuse_lookups,
 ) -> ConvertReport:
     config = QuantConfig.of(quant)
     example = ExampleInputs.of(example_inputs, example_kwargs)
@@ -181,11 +183,14 @@ def _convert(
     quantized = quantize_tables(weights, {n: t for n, (t, _) in storage.items()}, config.clip, show_progress)
     steps.update()
 
-    # 5. the graph passes: prune → replace lookups → remove dead code → versions → output names
+    # 5. the graph passes: prune → replace lookups → fuse the lookups of one Concat → remove dead code →
+    #    versions → output names
     cleanup = RemoveDeadPass()
+    grouping = GroupLookupsPass()
     ir.passes.PassManager([
         PruneFieldsPass(found.lookups, pruned_means),
         ReplaceLookupsPass(found.lookups, quantized, config.output_onnx_dtype, found.dense_uses),
+        *([grouping] if fuse_lookups else []),
         cleanup,
         FinalizeVersionsPass(),
         NameOutputsPass(output_names),
@@ -198,6 +203,7 @@ def _convert(
         fields=list({**fields, **found.functional_fields}), dense_bytes=_dense_bytes(ir_model, quantized),
         merged_fields={f.name: list(f.names[1:]) for f in fields.values() if len(f.names) > 1},
         unused_fields=[f.name for f in fields.values() if f.name not in looked_up and not f.pruned],
+        fused_lookups=grouping.groups,
     )
     # Nothing in the file depends on where or when it was written: the path is not stored.
     ir_model.metadata_props.update({
@@ -219,6 +225,7 @@ def _convert(
                 pruned_means=pruned_means, labels=label_list, impact_atol=impact_atol, impact_rtol=impact_rtol,
                 dequantized=set(found.dense_uses) | {l.table for l in found.lookups if l.field in found.functional_fields}
                 | _tables_of_custom_modules(model, tables),
+                lookup_dtype=np.float16 if config.output_onnx_dtype == 10 else np.float32,
             )
             if not report.faithfulness and not keep_unfaithful:
                 raise ParityError(

@@ -21,9 +21,11 @@ from .parity import ParityReport, check_parity
 
 
 @contextlib.contextmanager
-def serving_lookups(model: torch.nn.Module, fields: dict, tables: dict[str, QuantizedTable], means: dict[str, np.ndarray]):
+def serving_lookups(model: torch.nn.Module, fields: dict, tables: dict[str, QuantizedTable], means: dict[str, np.ndarray],
+                    lookup_dtype=np.float32):
     """While active, the model's lookups return what the converted graph computes: rows read from the stored
-    tables by the numpy reference, and pruned fields' means. No copy of the model or its tables is made."""
+    tables by the numpy reference (rounded to `lookup_dtype`, the ops' output type, then read at the model's
+    dtype as the graph's Cast does), and pruned fields' means. No copy of the model or its tables is made."""
     by_call = fields_by_call(fields)
 
     def serve(path, index, module, args, kwargs, output):
@@ -38,7 +40,7 @@ def serving_lookups(model: torch.nn.Module, fields: dict, tables: dict[str, Quan
         indices, offsets, weights = lookup_arguments(args, kwargs)
         ids = indices.detach().cpu().numpy()
         if isinstance(module, torch.nn.Embedding):
-            return torch.from_numpy(reference.gather(table, ids)).to(output.dtype)
+            return torch.from_numpy(reference.gather(table, ids, output_dtype=lookup_dtype)).to(output.dtype)
         pooled = reference.embedding_bag(
             table, ids,
             offsets=None if offsets is None else offsets.detach().cpu().numpy(),
@@ -46,7 +48,7 @@ def serving_lookups(model: torch.nn.Module, fields: dict, tables: dict[str, Quan
             mode=module.mode, include_last_offset=module.include_last_offset,
             padding_idx=-1 if module.padding_idx is None else module.padding_idx,
         )
-        return torch.from_numpy(pooled).to(output.dtype)
+        return torch.from_numpy(pooled.astype(lookup_dtype)).to(output.dtype)
 
     with lookup_hooks(model, serve):
         yield
@@ -79,13 +81,14 @@ def labels_array(label_list: list | None, batches: int):
 def check_converted(
     model: torch.nn.Module, path: Path, batches: list, *, fields: dict, tables: dict[str, QuantizedTable],
     pruned_means: dict[str, np.ndarray], dequantized: set[str], labels: list | None, impact_atol: float,
-    impact_rtol: float,
+    impact_rtol: float, lookup_dtype=np.float32,
 ) -> tuple[ParityReport, ParityReport]:
     """(faithfulness, impact) of the model file at `path` on `batches`. `dequantized`: the tables read by
-    functional lookups or dense uses, which torch then reads dequantized from the stored tables."""
+    functional lookups or dense uses, which torch then reads dequantized from the stored tables;
+    `lookup_dtype`: the lookup ops' output type."""
     overrides = {n: torch.from_numpy(reference.dequantize(tables[n])) for n in sorted(dequantized) if n in tables}
     reference_model = WithStoredWeights(model, overrides) if overrides else model
-    with serving_lookups(model, fields, tables, pruned_means):
+    with serving_lookups(model, fields, tables, pruned_means, lookup_dtype):
         faithfulness = check_parity(reference_model, path, batches, atol=1e-5, rtol=1e-4)
     impact = check_parity(model, path, batches, labels=labels_array(labels, len(batches)), atol=impact_atol, rtol=impact_rtol)
     return faithfulness, impact

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import onnx
 from onnx import numpy_helper
 
 from .errors import FormatError, SharkExportError
 from .format import QuantizedTable
-from .schemas import DOMAIN
+from .schemas import DOMAIN, MULTI_OP, multi_field_inputs
 
 
 def table_from_node_inputs(name: str, attributes: dict[str, int], payload, row_meta, default_row) -> QuantizedTable:
@@ -41,23 +42,64 @@ def read_tables(path) -> tuple[dict[str, QuantizedTable], list[tuple[str, str, s
     return tables, lookups
 
 
+def _int_attributes(node) -> dict[str, Any]:
+    """The node's int and int-list attributes (a string attribute names fields only)."""
+    attributes: dict[str, Any] = {}
+    for attribute in node.attribute:
+        if attribute.type == onnx.AttributeProto.INT:
+            attributes[attribute.name] = attribute.i
+        elif attribute.type == onnx.AttributeProto.INTS:
+            attributes[attribute.name] = list(attribute.ints)
+        elif not (attribute.type == onnx.AttributeProto.STRING and attribute.name == "field_names"):
+            raise FormatError(f"node {node.name!r}: attribute {attribute.name!r} must be an int")
+    return attributes
+
+
 def _read_node(node, initializers: dict, tables: dict[str, QuantizedTable], lookups: list) -> None:
-    if len(node.input) < 4 or not all(isinstance(name, str) for name in node.input):
-        raise FormatError(f"node {node.name!r}: expected payload, row_meta, default_row and indices inputs")
-    table_name = node.input[0].removesuffix(".payload")
-    lookups.append((node.name, node.op_type, table_name))
+    if not all(isinstance(name, str) for name in node.input):
+        raise FormatError(f"node {node.name!r}: input names must be strings")
+    attributes = _int_attributes(node)
+    if node.op_type != MULTI_OP:
+        if len(node.input) < 4 or any(isinstance(v, list) for v in attributes.values()):
+            raise FormatError(f"node {node.name!r}: expected payload, row_meta, default_row and indices inputs and int attributes")
+        _read_table(node, node.input[:3], attributes, initializers, tables)
+        lookups.append((node.name, node.op_type, node.input[0].removesuffix(".payload")))
+        return
+    kinds = attributes.get("kinds")
+    if not isinstance(kinds, list) or not kinds:
+        raise FormatError(f"node {node.name!r}: attribute 'kinds' must be a non-empty int list")
+    per_field = {}
+    for key, name in (("format_versions", "format_version"), ("num_rows", "num_rows"), ("dims", "dim"),
+                      ("uniform_tiers", "uniform_tier")):
+        values = attributes.get(key)
+        if not isinstance(values, list) or len(values) != len(kinds):
+            raise FormatError(f"node {node.name!r}: attribute {key!r} must list one int per field ({len(kinds)})")
+        per_field[name] = values
+    weights = attributes.get("has_weights", [0] * len(kinds))
+    if not isinstance(weights, list) or len(weights) != len(kinds):
+        raise FormatError(f"node {node.name!r}: attribute 'has_weights' must list one int per field ({len(kinds)})")
+    names = {a.name: a.s.decode("utf-8", "replace") for a in node.attribute if a.type == onnx.AttributeProto.STRING}
+    fields = names.get("field_names", "").split("\n")
+    first = 0
+    for k, kind in enumerate(kinds):
+        storage = node.input[first:first + 3]
+        if len(storage) < 3:
+            raise FormatError(f"node {node.name!r}: field {k} has no storage inputs (the node has {len(node.input)} inputs)")
+        _read_table(node, storage, {name: values[k] for name, values in per_field.items()}, initializers, tables)
+        field = fields[k] if k < len(fields) and fields[k] else f"#{k}"
+        lookups.append((f"{node.name}[{field}]", node.op_type, storage[0].removesuffix(".payload")))
+        first += multi_field_inputs(kind, weights[k])
+
+
+def _read_table(node, storage: list[str], attributes: dict, initializers: dict, tables: dict[str, QuantizedTable]) -> None:
+    table_name = storage[0].removesuffix(".payload")
     if table_name in tables:
         return
     arrays = []
-    for input_name in node.input[:3]:
+    for input_name in storage:
         if input_name not in initializers:
             raise FormatError(f"node {node.name!r}: storage input {input_name!r} is not an initializer")
         arrays.append(numpy_helper.to_array(initializers[input_name]))
-    attributes = {}
-    for attribute in node.attribute:
-        if attribute.type != onnx.AttributeProto.INT:
-            raise FormatError(f"node {node.name!r}: attribute {attribute.name!r} must be an int")
-        attributes[attribute.name] = attribute.i
     tables[table_name] = table_from_node_inputs(table_name, attributes, *arrays)
 
 

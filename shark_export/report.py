@@ -49,6 +49,7 @@ class ConvertReport:
     notes: list[str] = field(default_factory=list)
     merged_fields: dict[str, list[str]] = field(default_factory=dict)  # field → the other calls it stands for
     unused_fields: list[str] = field(default_factory=list)  # called in torch, absent from the exported graph
+    fused_lookups: list[list[str]] = field(default_factory=list)  # per RowwiseDequantMultiLookup node, its fields
 
     @property
     def fp32_bytes(self) -> int:
@@ -90,6 +91,8 @@ class ConvertReport:
             lines.append(f"field {name} also stands for {', '.join(others)} (equal inputs: one lookup)")
         if self.unused_fields:
             lines.append(f"unused fields (no lookup in the exported graph): {', '.join(self.unused_fields)}")
+        for group in self.fused_lookups:
+            lines.append(f"fused lookups (one node, one output row per sample): {', '.join(group)}")
         lines.extend(f"note: {n}" for n in self.notes)
         if self.faithfulness is not None:
             lines.append("faithfulness (ONNX vs torch with the same pruning and dequantized weights):")
@@ -108,6 +111,7 @@ class ConvertReport:
             "removed_inputs": self.removed_inputs,
             "merged_fields": self.merged_fields,
             "unused_fields": self.unused_fields,
+            "fused_lookups": self.fused_lookups,
             "tables": [{**asdict(t), "bytes_after": t.bytes_after, "ratio": t.ratio} for t in self.tables],
             "fp32_bytes": self.fp32_bytes,
             "bytes_after": self.bytes_after,

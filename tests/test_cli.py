@@ -50,7 +50,7 @@ def test_convert_check_inspect(files, capsys):
 
     assert main(["inspect", str(files / "m.onnx")]) == 0
     out = capsys.readouterr().out
-    assert "user.weight" in out and "int4:" in out and "lookup/user" in out
+    assert "user.weight" in out and "int4:" in out and "[user] (MultiLookup on user.weight)" in out
 
 
 def test_npz_inputs_make_a_dict_argument(tmp_path, capsys):

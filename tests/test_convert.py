@@ -85,14 +85,20 @@ def test_model_is_not_modified(tmp_path):
     assert not model.training
 
 
-def test_shared_table_is_stored_once_and_named_per_lookup(tmp_path):
+@pytest.mark.parametrize("fuse", [True, False])
+def test_shared_table_is_stored_once_and_named_per_lookup(tmp_path, fuse):
     model = built(SharedTable)
     path = tmp_path / "m.onnx"
-    report = convert(model, SharedTable.batch(4), path, quant="int8")
+    report = convert(model, SharedTable.batch(4), path, quant="int8", fuse_lookups=fuse)
     assert report.fields == ["ids#0", "ids#1", "tied", "other"]
     tables, lookups = read_tables(path)
     assert sorted(tables) == ["ids.weight", "other.weight"]
-    assert sorted(name for name, _, _ in lookups) == ["lookup/ids#0", "lookup/ids#1", "lookup/other", "lookup/tied"]
+    if fuse:  # the four lookups feed one torch.cat: one node, the fields named in order
+        assert report.fused_lookups == [["ids#0", "ids#1", "tied", "other"]]
+        assert [(name, op) for name, op, _ in lookups] == [
+            (f"lookups/node_cat[{f}]", "RowwiseDequantMultiLookup") for f in ("ids#0", "ids#1", "tied", "other")]
+    else:
+        assert sorted(name for name, _, _ in lookups) == ["lookup/ids#0", "lookup/ids#1", "lookup/other", "lookup/tied"]
     payloads = [i for i in onnx.load(str(path)).graph.initializer if i.name.endswith(".payload")]
     assert len(payloads) == 2
 

@@ -7,6 +7,8 @@
 3. `replace_lookups.ReplaceLookupsPass`: staging lookups → our RowwiseDequant* ops on quantized storage,
    each through the `LookupRewrite` rule (pattern, check, rewrite; every check before any rewrite);
    dense uses read one dequantized view of the same storage.
+3b. `group_lookups.GroupLookupsPass`: the lookups feeding one Concat (axis 1) → one RowwiseDequantMultiLookup
+   writing every field's rows into one output row per sample (`convert(fuse_lookups=False)` skips it).
 4. `cleanup.RemoveDeadPass`: drop nodes, initializers, graph inputs and opset imports nothing reads.
 5. `finalize.FinalizeVersionsPass`: IR version and opsets ORT reads; no staging node left.
 6. `outputs.NameOutputsPass`: graph outputs named after torch's output tree.
@@ -17,6 +19,7 @@ Steps 2-6 run under onnx-ir's `PassManager`; each pass checks its pre- and post-
 
 from .cleanup import RemoveDeadPass
 from .finalize import FinalizeVersionsPass
+from .group_lookups import GroupLookupsPass
 from .outputs import NameOutputsPass, check_output_count
 from .lookups import Lookup, LookupMap, find_lookups, lower_computed_weight_gathers, raise_table_gathers
 from .prune import PruneFieldsPass
@@ -25,6 +28,6 @@ from .tidy import TidyExportPass
 
 __all__ = [
     "Lookup", "LookupMap", "find_lookups", "lower_computed_weight_gathers", "raise_table_gathers", "TidyExportPass",
-    "PruneFieldsPass", "ReplaceLookupsPass", "RemoveDeadPass", "FinalizeVersionsPass", "NameOutputsPass",
+    "PruneFieldsPass", "ReplaceLookupsPass", "GroupLookupsPass", "RemoveDeadPass", "FinalizeVersionsPass", "NameOutputsPass",
     "check_output_count",
 ]
