@@ -24,6 +24,7 @@ from .model_io import INPUTS_KEY, OUTPUTS_KEY, REPORT_KEY
 from .faithfulness import check_converted
 from .report import ConvertReport, table_reports
 from .passes import (
+    DenseOpsPass,
     FinalizeVersionsPass,
     GroupLookupsPass,
     NameOutputsPass,
@@ -89,6 +90,7 @@ def convert(
     show_progress: bool = False,
     keep_unfaithful: bool = False,
     fuse_lookups: bool = True,
+    optimize_dense: bool = True,
 ) -> ConvertReport:
     """Convert `model` to an ONNX model at `output_path` whose embedding lookups run our ops.
 
@@ -110,6 +112,7 @@ def convert(
                 calibration=None if calibration is None else [adapt(b) for b in calibration],
                 labels=labels, example_kwargs=example_kwargs, impact_atol=impact_atol, impact_rtol=impact_rtol,
                 show_progress=show_progress, keep_unfaithful=keep_unfaithful, fuse_lookups=fuse_lookups,
+                optimize_dense=optimize_dense,
             )
     finally:
         model.train(was_training)
@@ -145,7 +148,7 @@ def _torchrec_compat(model: torch.nn.Module, example_inputs: Any):
 
 def _convert(
     model, example_inputs, output_path, *, quant, prune, calibration, labels, example_kwargs, impact_atol,
-    impact_rtol, show_progress, keep_unfaithful, fuse_lookups,
+    impact_rtol, show_progress, keep_unfaithful, fuse_lookups, optimize_dense,
 ) -> ConvertReport:
     config = QuantConfig.of(quant)
     example = ExampleInputs.of(example_inputs, example_kwargs)
@@ -183,14 +186,16 @@ def _convert(
     quantized = quantize_tables(weights, {n: t for n, (t, _) in storage.items()}, config.clip, show_progress)
     steps.update()
 
-    # 5. the graph passes: prune → replace lookups → fuse the lookups of one Concat → remove dead code →
-    #    versions → output names
+    # 5. the graph passes: prune → replace lookups → fuse the lookups of one Concat → cheaper dense ops →
+    #    remove dead code → versions → output names
     cleanup = RemoveDeadPass()
     grouping = GroupLookupsPass()
+    dense_ops = DenseOpsPass()
     ir.passes.PassManager([
         PruneFieldsPass(found.lookups, pruned_means),
         ReplaceLookupsPass(found.lookups, quantized, config.output_onnx_dtype, found.dense_uses),
         *([grouping] if fuse_lookups else []),
+        *([dense_ops] if optimize_dense else []),
         cleanup,
         FinalizeVersionsPass(),
         NameOutputsPass(output_names),
@@ -204,6 +209,7 @@ def _convert(
         merged_fields={f.name: list(f.names[1:]) for f in fields.values() if len(f.names) > 1},
         unused_fields=[f.name for f in fields.values() if f.name not in looked_up and not f.pruned],
         fused_lookups=grouping.groups,
+        dense_rewrites={k: v for k, v in dense_ops.rewritten.items() if v},
     )
     # Nothing in the file depends on where or when it was written: the path is not stored.
     ir_model.metadata_props.update({

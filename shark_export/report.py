@@ -50,6 +50,7 @@ class ConvertReport:
     merged_fields: dict[str, list[str]] = field(default_factory=dict)  # field → the other calls it stands for
     unused_fields: list[str] = field(default_factory=list)  # called in torch, absent from the exported graph
     fused_lookups: list[list[str]] = field(default_factory=list)  # per RowwiseDequantMultiLookup node, its fields
+    dense_rewrites: dict[str, int] = field(default_factory=dict)  # DenseOpsPass: rewrite → how many
 
     @property
     def fp32_bytes(self) -> int:
@@ -93,6 +94,8 @@ class ConvertReport:
             lines.append(f"unused fields (no lookup in the exported graph): {', '.join(self.unused_fields)}")
         for group in self.fused_lookups:
             lines.append(f"fused lookups (one node, one output row per sample): {', '.join(group)}")
+        if self.dense_rewrites:
+            lines.append("dense ops rewritten for ONNX Runtime: " + ", ".join(f"{k} ({n})" for k, n in self.dense_rewrites.items()))
         lines.extend(f"note: {n}" for n in self.notes)
         if self.faithfulness is not None:
             lines.append("faithfulness (ONNX vs torch with the same pruning and dequantized weights):")
@@ -112,6 +115,7 @@ class ConvertReport:
             "merged_fields": self.merged_fields,
             "unused_fields": self.unused_fields,
             "fused_lookups": self.fused_lookups,
+            "dense_rewrites": self.dense_rewrites,
             "tables": [{**asdict(t), "bytes_after": t.bytes_after, "ratio": t.ratio} for t in self.tables],
             "fp32_bytes": self.fp32_bytes,
             "bytes_after": self.bytes_after,

@@ -9,6 +9,8 @@
    dense uses read one dequantized view of the same storage.
 3b. `group_lookups.GroupLookupsPass`: the lookups feeding one Concat (axis 1) → one RowwiseDequantMultiLookup
    writing every field's rows into one output row per sample (`convert(fuse_lookups=False)` skips it).
+3c. `dense_ops.DenseOpsPass`: cheaper ORT equivalents of the exporter's dense arithmetic (squares and sums of
+   squares), measured with ORT's profiler (`convert(optimize_dense=False)` skips it).
 4. `cleanup.RemoveDeadPass`: drop nodes, initializers, graph inputs and opset imports nothing reads.
 5. `finalize.FinalizeVersionsPass`: IR version and opsets ORT reads; no staging node left.
 6. `outputs.NameOutputsPass`: graph outputs named after torch's output tree.
@@ -18,6 +20,7 @@ Steps 2-6 run under onnx-ir's `PassManager`; each pass checks its pre- and post-
 """
 
 from .cleanup import RemoveDeadPass
+from .dense_ops import DenseOpsPass
 from .finalize import FinalizeVersionsPass
 from .group_lookups import GroupLookupsPass
 from .outputs import NameOutputsPass, check_output_count
@@ -28,6 +31,6 @@ from .tidy import TidyExportPass
 
 __all__ = [
     "Lookup", "LookupMap", "find_lookups", "lower_computed_weight_gathers", "raise_table_gathers", "TidyExportPass",
-    "PruneFieldsPass", "ReplaceLookupsPass", "GroupLookupsPass", "RemoveDeadPass", "FinalizeVersionsPass", "NameOutputsPass",
+    "PruneFieldsPass", "ReplaceLookupsPass", "GroupLookupsPass", "DenseOpsPass", "RemoveDeadPass", "FinalizeVersionsPass", "NameOutputsPass",
     "check_output_count",
 ]
