@@ -99,3 +99,15 @@ def test_square_that_is_a_graph_output_keeps_its_name():
     assert _types(result.model) == ["Mul"] and result.model.graph.outputs[0].name == "y"
     x = np.array([-1.5, 0.0, 3.0], dtype=np.float32)
     np.testing.assert_array_equal(_run(result.model, {"x": x})[0], x * x)
+
+
+def test_nodes_without_inputs_and_other_ops_pass_through():
+    """A Constant (no inputs) and a Pow with a computed exponent: nothing to rewrite, nothing breaks."""
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])
+    y_info = helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])
+    nodes = [helper.make_node("Constant", [], ["c"], value=helper.make_tensor("v", TensorProto.FLOAT, [3], [1.0, 2.0, 2.0])),
+             helper.make_node("Pow", ["x", "c"], ["y"])]
+    result = DenseOpsPass()(_model(nodes, [x_info], [y_info]))
+    assert not result.modified and _types(result.model) == ["Constant", "Pow"]
+    x = np.array([3.0, 2.0, -1.5], dtype=np.float32)
+    np.testing.assert_allclose(_run(result.model, {"x": x})[0], x ** np.array([1.0, 2.0, 2.0], np.float32), rtol=1e-6)

@@ -30,9 +30,10 @@ def _scalar(value: ir.Value | None) -> float | None:
 
 
 def _is_float_square(node: ir.Node) -> bool:
+    if node.op_type != "Pow" or node.domain not in _ONNX or len(node.inputs) != 2:
+        return False
     x = node.inputs[0]
-    return (node.op_type == "Pow" and node.domain in _ONNX and x is not None and x.dtype in _FLOATS
-            and _scalar(node.inputs[1]) == 2.0)
+    return x is not None and x.dtype in _FLOATS and _scalar(node.inputs[1]) == 2.0
 
 
 class DenseOpsPass(ir.passes.InPlacePass):
