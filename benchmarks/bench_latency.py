@@ -1,7 +1,7 @@
-"""Whole-model ONNX Runtime latency: converted models (int8, mixed) against the plain fp32 ONNX export.
+"""Whole-model ONNX Runtime latency and throughput: converted models (int8, mixed) against the plain fp32 ONNX export.
 
-    python benchmarks/bench_latency.py                          # both models, batch 512 and 4096, 1 and 2 threads
-    python benchmarks/bench_latency.py --models embedding --batches 4096 --threads 1
+    python benchmarks/bench_latency.py --plots benchmarks/figures     # everything below (≈ 35 min here)
+    python benchmarks/bench_latency.py --sections latency --models embedding --batches 4096 --threads 1
 
 Models (DeepFM-style, shark_export.example_models.DeepFM, D = 64, hidden (64, 32), random weights, one
 dict batch as input):
@@ -12,22 +12,32 @@ dict batch as input):
   (`fp32`) ~30x slower than anything else; so this model also gets `fp32-2d`, the same weights with each
   bag fed as padded 2-D ids [B, max_bag] plus a 0/1 mask and computed as Gather · mask → ReduceSum, which
   is what one would deploy without a bag op.
+- `sweep` models (section `sweep`): two tables of N rows (user, item), one of N/10, one of 1k and one of
+  24, for N = 10k .. 10M (`--sweep-rows`): what the speed-up does as the tables outgrow the caches.
 
 Contenders: `fp32` = `torch.export.export` → `torch.onnx.export(..., dynamo=True)`, no custom ops
 (Gather per Embedding, Loop per EmbeddingBag); `int8` and `mixed` = `shark_export.convert` (mixed with
 row priorities from synthetic calibration batches). Ids are Zipf(1.1) per table with the hot ids spread by
 a random permutation (shark_export.synthetic); 8 distinct batches per batch size, cycled.
 
-Timing: ORT CPU sessions, intra_op_num_threads 1 or 2, inter_op 1, sequential execution, all graph
-optimizations. Contenders are interleaved: each round runs every contender `--iters` times (default 1),
-the first contender rotating from round to round; reported: median per-call latency over all rounds (with
-the 10th percentile and interquartile range), and as speed-up the median over rounds of the paired ratio
-baseline / ours within the same round, which stays meaningful when the machine's load drifts. Before timing, every contender's output is compared with torch (fp32 exports: max abs
-error ≤ 1e-4; converted models: ≤ 0.05, their quantization error).
+Sections (`--sections`, default all three):
+- `latency`: ORT CPU sessions, intra_op_num_threads 1 or 2, inter_op 1, sequential execution, all graph
+  optimizations, batches 1, 16, 128, 512, 4096. Contenders are interleaved: each round runs every contender
+  `--iters` times, the first contender rotating from round to round; small batches get more rounds (up to
+  10× `--rounds`) so that p99 rests on ≥ 300 calls there. Reported: p50 and p99 per-call latency (p10 and
+  IQR in the JSON), and as speed-up the median over rounds of the paired ratio baseline / ours within the
+  same round, which stays meaningful when the machine's load drifts.
+- `throughput`: one session per contender (intra_op_num_threads 1: the callers are the parallelism), 1, 2
+  and 4 caller threads calling `run` on it for `--throughput-seconds` each, batch `--throughput-batch`;
+  samples/s, median over `--throughput-rounds` rounds with the contenders interleaved.
+- `sweep`: latency at batch `--sweep-batch` (512), 1 thread, for each table size.
+Before timing, every contender's output is compared with torch (fp32 exports: max abs error ≤ 1e-4;
+converted models: ≤ 0.05, their quantization error).
 
 `--profile` (default on) also splits ORT's node time at the largest batch into the lookup nodes (our ops;
 in the fp32 exports the Gathers reading a table and the bag Loops) and all other nodes, from ORT's
 profiler (the Loop contender is left out of the profile: its per-iteration events overflow the profiler).
+`--plots DIR` writes latency_vs_batch.png, throughput_vs_callers.png and speedup_vs_table_rows.png.
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -69,6 +80,25 @@ BAG_FIELDS = EMBEDDING_FIELDS + (
     SyntheticField(FieldSpec("tags", 10_000, multi_hot=True), 0.2, max_bag=4),
 )
 MODELS = {"embedding": EMBEDDING_FIELDS, "bags": BAG_FIELDS}
+
+
+def sweep_fields(rows: int) -> tuple[SyntheticField, ...]:
+    """Two tables of `rows` rows, one of rows/10 and two small ones: the lookups dominated by the big tables."""
+    return (
+        SyntheticField(FieldSpec("user", rows), 0.5),
+        SyntheticField(FieldSpec("item", rows), 0.5),
+        SyntheticField(FieldSpec("ad", max(rows // 10, 24)), 0.4),
+        SyntheticField(FieldSpec("device", 1_000), 0.1),
+        SyntheticField(FieldSpec("hour", 24), 0.1),
+    )
+
+
+def scaled(fields: tuple[SyntheticField, ...], scale: float) -> tuple[SyntheticField, ...]:
+    """The same fields with tables `scale` times as large (at least 24 rows): for a quick dry run."""
+    if scale == 1.0:
+        return fields
+    return tuple(SyntheticField(FieldSpec(f.spec.name, max(24, int(f.spec.cardinality * scale)), f.spec.multi_hot),
+                                f.signal, f.max_bag) for f in fields)
 
 
 def machine() -> str:
@@ -154,8 +184,9 @@ class Contender:
         return dict(zip(names, arrays))
 
 
-def build(model_name: str, dim: int, batches: list[int], workdir: Path, seed: int = 0):
-    fields = MODELS[model_name]
+def build(model_name: str, dim: int, batches: list[int], workdir: Path, seed: int = 0,
+          fields: tuple[SyntheticField, ...] | None = None):
+    fields = MODELS[model_name] if fields is None else fields
     n = max(batches) * 8
     columns, labels, specs = generate(n + 8 * 4096, fields, n_dense=0, seed=seed)
     torch.manual_seed(seed)
@@ -247,9 +278,68 @@ def time_interleaved(sessions: dict, feeds: dict, rounds: int, iters: int) -> di
             round_means[n].append(sum(times) / len(times))
     out = {}
     for n, s in samples.items():
-        q = np.quantile(s, [0.1, 0.25, 0.5, 0.75])
-        out[n] = {"median_ms": q[2] * 1e3, "p10_ms": q[0] * 1e3, "p25_ms": q[1] * 1e3, "p75_ms": q[3] * 1e3, "n": len(s),
+        q = np.quantile(s, [0.1, 0.25, 0.5, 0.75, 0.99])
+        out[n] = {"median_ms": q[2] * 1e3, "p10_ms": q[0] * 1e3, "p25_ms": q[1] * 1e3, "p75_ms": q[3] * 1e3,
+                  "p99_ms": q[4] * 1e3, "n": len(s),
                   "paired_speedup": {m: float(np.median(np.array(round_means[m]) / np.array(round_means[n]))) for m in names if m != n}}
+    return out
+
+
+def rounds_for(batch: int, rounds: int) -> int:
+    """More rounds for small batches (cheap calls), so their p99 rests on enough calls."""
+    return rounds * int(min(10, max(1, 4096 // max(batch, 1) // 2)))
+
+
+def throughput(sessions: dict, feeds: dict, batch: int, callers: int, seconds: float) -> dict[str, float]:
+    """samples/s of each session with `callers` threads calling run() on it for `seconds` (one contender at a
+    time; ORT releases the GIL inside run)."""
+    out = {}
+    for name, sess in sessions.items():
+        fs = feeds[name]
+        counts = [0] * callers
+        start = threading.Barrier(callers + 1)
+        stop_at = [0.0]
+
+        def call_loop(k: int) -> None:
+            start.wait()
+            i = k
+            while time.perf_counter() < stop_at[0]:
+                sess.run(None, fs[i % len(fs)])
+                counts[k] += 1
+                i += callers
+
+        threads = [threading.Thread(target=call_loop, args=(k,)) for k in range(callers)]
+        for t in threads:
+            t.start()
+        stop_at[0] = time.perf_counter() + seconds
+        t0 = time.perf_counter()
+        start.wait()
+        for t in threads:
+            t.join()
+        out[name] = sum(counts) * batch / (time.perf_counter() - t0)
+    return out
+
+
+def measure_throughput(contenders: list[Contender], inputs: list[dict], batch: int, callers_list: list[int],
+                       seconds: float, rounds: int, spin: bool) -> dict:
+    """Per caller count: median samples/s over rounds (contender order rotating) and the paired ratios."""
+    sessions = {c.name: session(c, 1, spin) for c in contenders}
+    feeds = {c.name: [c.feeds(sessions[c.name], x) for x in inputs] for c in contenders}
+    names = list(sessions)
+    for n in names:
+        for f in feeds[n]:
+            sessions[n].run(None, f)
+    out = {}
+    for callers in callers_list:
+        per_round = []
+        for r in range(rounds):
+            order = names[r % len(names):] + names[: r % len(names)]
+            per_round.append(throughput({n: sessions[n] for n in order}, feeds, batch, callers, seconds))
+        out[callers] = {
+            n: {"samples_per_s": float(np.median([pr[n] for pr in per_round])),
+                "paired_speedup": {m: float(np.median([pr[n] / pr[m] for pr in per_round])) for m in names if m != n}}
+            for n in names
+        }
     return out
 
 
@@ -290,14 +380,48 @@ def profile_split(contenders: list[Contender], batches: list[dict], threads: int
 # --------------------------------------------------------------------------------------------------
 
 
+def latency_rows(model_name, model, rows, inputs, contenders, sizes, args, tmp: Path) -> tuple[list, list]:
+    rows_out, prof_rows = [], []
+    names = [c.name for c in contenders]
+    for threads in args.threads:
+        sessions = {c.name: session(c, threads, args.spin) for c in contenders}
+        for b in args.batches:
+            errors = check_outputs(model, contenders, sessions, inputs[b][0])
+            feeds = {c.name: [c.feeds(sessions[c.name], x) for x in inputs[b]] for c in contenders}
+            res = time_interleaved(sessions, feeds, rounds_for(b, args.rounds), args.iters)
+            rows_out.append({"model": model_name, "rows": rows, "dim": args.dim, "batch": b, "threads": threads,
+                             "timings": res, "max_abs_vs_torch": errors, "file_bytes": sizes})
+            print(f"  threads {threads} batch {b:>5}: " + "  ".join(
+                f"{n} p50 {res[n]['median_ms']:.3f} p99 {res[n]['p99_ms']:.3f} ms" for n in names)
+                + "  paired speed-up vs fp32: " + ", ".join(
+                f"{n} {res[n]['paired_speedup']['fp32']:.2f}x" for n in names if n != "fp32"), flush=True)
+        del sessions
+        if args.profile:
+            b = max(args.batches)
+            split = profile_split(contenders, inputs[b], threads, args.spin, args.profile_runs, tmp)
+            prof_rows.append({"model": model_name, "batch": b, "threads": threads, "split": split})
+            print(f"  threads {threads} batch {b:>5} node time (profiled): " + "  ".join(
+                f"{n} lookups {v['lookup_ms']:.2f} + other {v['other_ms']:.2f} ms" for n, v in split.items()), flush=True)
+    return rows_out, prof_rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--sections", nargs="+", choices=["latency", "throughput", "sweep"], default=["latency", "throughput", "sweep"])
     p.add_argument("--models", nargs="+", choices=list(MODELS), default=["embedding", "bags"])
-    p.add_argument("--batches", type=int, nargs="+", default=[512, 4096])
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 16, 128, 512, 4096])
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--rounds", type=int, default=60)
+    p.add_argument("--rounds", type=int, default=60, help="rounds at the largest batch (smaller batches: up to 10x)")
     p.add_argument("--iters", type=int, default=1, help="calls per contender per round")
+    p.add_argument("--callers", type=int, nargs="+", default=[1, 2, 4], help="throughput: concurrent callers of one session")
+    p.add_argument("--throughput-batch", type=int, default=512)
+    p.add_argument("--throughput-seconds", type=float, default=1.0, help="per contender, caller count and round")
+    p.add_argument("--throughput-rounds", type=int, default=5)
+    p.add_argument("--sweep-rows", type=int, nargs="+", default=[10_000, 100_000, 1_000_000, 10_000_000])
+    p.add_argument("--sweep-batch", type=int, default=512)
+    p.add_argument("--sweep-threads", type=int, nargs="+", default=[1])
+    p.add_argument("--scale", type=float, default=1.0, help="multiply every table size (a quick dry run: 0.001)")
     p.add_argument("--spin", action=argparse.BooleanOptionalAction, default=True,
                    help="ORT intra-op spin-waiting (its default); --no-spin is kinder to a machine shared with others")
     p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
@@ -305,64 +429,85 @@ def main(argv=None) -> int:
     p.add_argument("--profile-runs", type=int, default=30)
     p.add_argument("--tmp", default=None, help="where the ONNX files go (a temporary folder, deleted after)")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--plots", type=Path, default=None, help="folder for the PNG plots (none without it)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     print(machine(), flush=True)
-    rows_out, prof_rows = [], []
-    for model_name in args.models:
+    rows_out, prof_rows, tput_rows, sweep_rows = [], [], [], []
+    for model_name in args.models if {"latency", "throughput"} & set(args.sections) else []:
+        batches = sorted(set(args.batches if "latency" in args.sections else []) | ({args.throughput_batch} if "throughput" in args.sections else set()))
         with tempfile.TemporaryDirectory(prefix="bench_latency_", dir=args.tmp) as tmp:
-            model, specs, rows, inputs, contenders, sizes, timings = build(model_name, args.dim, args.batches, Path(tmp))
+            model, specs, rows, inputs, contenders, sizes, timings = build(
+                model_name, args.dim, batches, Path(tmp), fields=scaled(MODELS[model_name], args.scale))
             print(f"\nmodel {model_name}: {len(specs)} fields ({sum(f.multi_hot for f in specs)} bags), {rows:,} rows × {args.dim}; files "
                   + ", ".join(f"{k} {v / 1e6:.0f} MB" for k, v in sizes.items()) + "; "
                   + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()), flush=True)
-            names = [c.name for c in contenders]
-            for threads in args.threads:
-                sessions = {c.name: session(c, threads, args.spin) for c in contenders}
-                for b in args.batches:
+            if "latency" in args.sections:
+                lat, prof = latency_rows(model_name, model, rows, inputs, contenders, sizes, args, Path(tmp))
+                rows_out += lat
+                prof_rows += prof
+            if "throughput" in args.sections:
+                b = args.throughput_batch
+                tput = measure_throughput(contenders, inputs[b], b, args.callers, args.throughput_seconds,
+                                          args.throughput_rounds, args.spin)
+                for callers, res in tput.items():
+                    tput_rows.append({"model": model_name, "batch": b, "callers": callers, "throughput": res})
+                    print(f"  throughput batch {b} callers {callers}: " + "  ".join(
+                        f"{n} {v['samples_per_s']:,.0f}/s" for n, v in res.items()), flush=True)
+    if "sweep" in args.sections:
+        for n_rows in args.sweep_rows:
+            with tempfile.TemporaryDirectory(prefix="bench_latency_sweep_", dir=args.tmp) as tmp:
+                b = args.sweep_batch
+                fields = scaled(sweep_fields(n_rows), args.scale)
+                model, specs, rows, inputs, contenders, sizes, timings = build("sweep", args.dim, [b], Path(tmp), fields=fields)
+                print(f"\nsweep {n_rows:,} rows per big table: {rows:,} rows; files "
+                      + ", ".join(f"{k} {v / 1e6:.0f} MB" for k, v in sizes.items()), flush=True)
+                for threads in args.sweep_threads:
+                    sessions = {c.name: session(c, threads, args.spin) for c in contenders}
                     errors = check_outputs(model, contenders, sessions, inputs[b][0])
                     feeds = {c.name: [c.feeds(sessions[c.name], x) for x in inputs[b]] for c in contenders}
-                    res = time_interleaved(sessions, feeds, args.rounds, args.iters)
-                    rows_out.append({"model": model_name, "rows": rows, "dim": args.dim, "batch": b, "threads": threads,
-                                     "timings": res, "max_abs_vs_torch": errors, "file_bytes": sizes})
-                    print(f"  threads {threads} batch {b:>5}: " + "  ".join(
-                        f"{n} {res[n]['median_ms']:.2f} ms [{res[n]['p25_ms']:.2f}-{res[n]['p75_ms']:.2f}]" for n in names)
-                        + "  paired speed-up vs fp32: " + ", ".join(
-                        f"{n} {res[n]['paired_speedup']['fp32']:.2f}x" for n in names if n != "fp32"), flush=True)
-                del sessions, feeds
-                if args.profile:
-                    b = max(args.batches)
-                    split = profile_split(contenders, inputs[b], threads, args.spin, args.profile_runs, Path(tmp))
-                    prof_rows.append({"model": model_name, "batch": b, "threads": threads, "split": split})
-                    print(f"  threads {threads} batch {b:>5} node time (profiled): " + "  ".join(
-                        f"{n} lookups {v['lookup_ms']:.2f} + other {v['other_ms']:.2f} ms" for n, v in split.items()), flush=True)
-    print()
-    print(table(rows_out))
-    if prof_rows:
-        print()
-        print(profile_table(prof_rows))
+                    res = time_interleaved(sessions, feeds, rounds_for(b, args.rounds), args.iters)
+                    del sessions
+                    sweep_rows.append({"table_rows": n_rows, "rows": rows, "batch": b, "threads": threads, "timings": res,
+                                       "max_abs_vs_torch": errors, "file_bytes": sizes})
+                    print(f"  threads {threads}: " + "  ".join(f"{n} p50 {v['median_ms']:.3f} ms" for n, v in res.items())
+                          + "  paired speed-up vs fp32: " + ", ".join(
+                          f"{n} {v['paired_speedup']['fp32']:.2f}x" for n, v in res.items() if n != "fp32"), flush=True)
+                del model, inputs
+    for text in (table(rows_out) if rows_out else "", profile_table(prof_rows) if prof_rows else "",
+                 throughput_table(tput_rows) if tput_rows else "", sweep_table(sweep_rows) if sweep_rows else ""):
+        if text:
+            print()
+            print(text)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": machine(), "args": vars(args) | {"json": str(args.json)}, "rows": rows_out,
-                                         "profile": prof_rows}, indent=2, default=str))
+        args.json.write_text(json.dumps({"machine": machine(), "args": vars(args) | {"json": str(args.json), "plots": str(args.plots)},
+                                         "rows": rows_out, "profile": prof_rows, "throughput": tput_rows, "sweep": sweep_rows},
+                                        indent=2, default=str))
+    if args.plots:
+        for path in plot(rows_out, tput_rows, sweep_rows, args.plots):
+            print(f"wrote {path}")
     return 0
 
 
+def _best_fp32(t: dict) -> str:
+    return min((k for k in t if k.startswith("fp32")), key=lambda k: t[k]["median_ms"])
+
+
 def table(rows: list[dict]) -> str:
-    lines = ["| model | batch | threads | fp32 export (ms) | fp32 2-D bags (ms) | int8 (ms) | mixed (ms) | int8 vs best fp32 "
+    lines = ["| model | batch | threads | fp32 export p50 / p99 (ms) | fp32 2-D bags | int8 | mixed | int8 vs best fp32 "
              "| mixed vs best fp32 | target ≥ 1.3× at 4096 |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         t = r["timings"]
-        med = {k: v["median_ms"] for k, v in t.items()}
-        p10 = {k: v["p10_ms"] for k, v in t.items()}
-        base = min((k for k in med if k.startswith("fp32")), key=med.get)
+        base = _best_fp32(t)
         s8, sm = t["int8"]["paired_speedup"][base], t["mixed"]["paired_speedup"][base]
         target = ("MET" if min(s8, sm) >= 1.3 else ("int8 only" if s8 >= 1.3 else "MISSED")) if r["batch"] == 4096 else ""
-        cell = lambda k: f"{med[k]:.2f} ({p10[k]:.2f})" if k in med else "—"  # noqa: E731
+        cell = lambda k: f"{t[k]['median_ms']:.3f} / {t[k]['p99_ms']:.3f}" if k in t else "—"  # noqa: E731
         lines.append(f"| {r['model']} | {r['batch']} | {r['threads']} | {cell('fp32')} | {cell('fp32-2d')} | {cell('int8')} | {cell('mixed')} "
                      f"| {s8:.2f}× | {sm:.2f}× | {target} |")
     lines.append("")
-    lines.append("Latency: median (10th percentile) per call. Speed-ups: median over rounds of the paired ratio "
+    lines.append("Latency: p50 / p99 per call. Speed-ups: median over rounds of the paired ratio "
                  "(baseline time / ours, same round), against the faster fp32 export of the model.")
     return "\n".join(lines)
 
@@ -380,6 +525,112 @@ def profile_table(rows: list[dict]) -> str:
                      f"| {s[base]['other_ms']:.2f} / {s['int8']['other_ms']:.2f} / {s['mixed']['other_ms']:.2f} "
                      f"| {f / (f + s[base]['other_ms']):.0%} |")
     return "\n".join(lines)
+
+
+def throughput_table(rows: list[dict]) -> str:
+    lines = ["| model | batch | callers | fp32 export (samples/s) | fp32 2-D bags | int8 | mixed | int8 vs best fp32 | mixed vs best fp32 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        t = r["throughput"]
+        base = max((k for k in t if k.startswith("fp32")), key=lambda k: t[k]["samples_per_s"])
+        cell = lambda k: f"{t[k]['samples_per_s']:,.0f}" if k in t else "—"  # noqa: E731
+        lines.append(f"| {r['model']} | {r['batch']} | {r['callers']} | {cell('fp32')} | {cell('fp32-2d')} | {cell('int8')} | {cell('mixed')} "
+                     f"| {t['int8']['paired_speedup'][base]:.2f}× | {t['mixed']['paired_speedup'][base]:.2f}× |")
+    lines.append("")
+    lines.append("One session per contender (intra-op threads 1), `callers` threads calling run() on it; median over "
+                 "rounds; ratios are paired per round (ours / baseline samples/s).")
+    return "\n".join(lines)
+
+
+def sweep_table(rows: list[dict]) -> str:
+    lines = ["| rows per big table | all rows | batch | threads | fp32 file (MB) | int8 file | mixed file | fp32 p50 (ms) | int8 p50 | mixed p50 "
+             "| int8 speed-up | mixed speed-up | target ≥ 1.3× for ≥ 1M rows |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        t, f = r["timings"], r["file_bytes"]
+        s8, sm = t["int8"]["paired_speedup"]["fp32"], t["mixed"]["paired_speedup"]["fp32"]
+        target = ("MET" if min(s8, sm) >= 1.3 else ("int8 only" if s8 >= 1.3 else "MISSED")) if r["table_rows"] >= 1_000_000 else ""
+        lines.append(f"| {r['table_rows']:,} | {r['rows']:,} | {r['batch']} | {r['threads']} | {f['fp32'] / 1e6:,.1f} | {f['int8'] / 1e6:,.1f} "
+                     f"| {f['mixed'] / 1e6:,.1f} | {t['fp32']['median_ms']:.3f} | {t['int8']['median_ms']:.3f} | {t['mixed']['median_ms']:.3f} "
+                     f"| {s8:.2f}× | {sm:.2f}× | {target} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], tput_rows: list[dict], sweep_rows: list[dict], folder: Path) -> list[Path]:
+    import matplotlib
+    import matplotlib.ticker
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    colors = {"fp32": "tab:gray", "fp32-2d": "tab:brown", "int8": "tab:blue", "mixed": "tab:orange"}
+    if rows:
+        panels = sorted({(r["model"], r["threads"]) for r in rows})
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
+        for ax, (model_name, threads) in zip(axes[0], panels):
+            sel = sorted((r for r in rows if r["model"] == model_name and r["threads"] == threads), key=lambda r: r["batch"])
+            batches = [r["batch"] for r in sel]
+            for name in sel[0]["timings"]:
+                if name == "fp32" and "fp32-2d" in sel[0]["timings"]:
+                    continue  # the Loop export is off the chart; the 2-D export is the baseline there
+                ax.plot(batches, [r["timings"][name]["median_ms"] for r in sel], "-o", color=colors.get(name), label=f"{name} p50")
+                ax.plot(batches, [r["timings"][name]["p99_ms"] for r in sel], "--", color=colors.get(name), label=f"{name} p99")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xticks(batches, [str(b) for b in batches])
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.set_xlabel("batch")
+            ax.set_ylabel("ms per call")
+            ax.set_title(f"{model_name}, {threads} thread(s)")
+            ax.grid(True, which="both", alpha=0.3)
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        written.append(folder / "latency_vs_batch.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    if tput_rows:
+        models = sorted({r["model"] for r in tput_rows})
+        fig, axes = plt.subplots(1, len(models), figsize=(4.5 * len(models), 4), squeeze=False)
+        for ax, model_name in zip(axes[0], models):
+            sel = sorted((r for r in tput_rows if r["model"] == model_name), key=lambda r: r["callers"])
+            for name in sel[0]["throughput"]:
+                if name == "fp32" and "fp32-2d" in sel[0]["throughput"]:
+                    continue
+                ax.plot([r["callers"] for r in sel], [r["throughput"][name]["samples_per_s"] for r in sel], "-o", color=colors.get(name), label=name)
+            ax.set_xlabel("concurrent callers (one session, 1 intra-op thread)")
+            ax.set_ylabel("samples / s")
+            ax.set_title(f"{model_name}, batch {sel[0]['batch']}")
+            ax.set_ylim(bottom=0)
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        written.append(folder / "throughput_vs_callers.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    if sweep_rows:
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for threads in sorted({r["threads"] for r in sweep_rows}):
+            sel = sorted((r for r in sweep_rows if r["threads"] == threads), key=lambda r: r["table_rows"])
+            for name in ("int8", "mixed"):
+                ax.plot([r["table_rows"] for r in sel], [r["timings"][name]["paired_speedup"]["fp32"] for r in sel], "-o",
+                        color=colors[name], label=f"{name}, {threads} thread(s)")
+        ax.axhline(1.3, color="tab:red", ls=":", label="goal 1.3×")
+        ax.axhline(1.0, color="black", lw=0.8)
+        ax.set_xscale("log")
+        sizes = sorted({r["table_rows"] for r in sweep_rows})
+        ax.set_xticks(sizes, [f"{n:,}" for n in sizes], fontsize=7)
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel("rows per big table (2 big tables)")
+        ax.set_ylabel("speed-up vs fp32 export")
+        ax.set_title(f"batch {sweep_rows[0]['batch']}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        written.append(folder / "speedup_vs_table_rows.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    return written
 
 
 if __name__ == "__main__":
