@@ -130,6 +130,7 @@ def _cmd_convert(args) -> int:
         labels=labels,
         show_progress=not args.quiet,
         keep_unfaithful=args.keep_unfaithful,
+        dense=args.dense,
     )
     print(report)
     if args.report:
@@ -220,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help=".pt file with a list of label tensors, one per calibration batch")
     p.add_argument("--keep-unfaithful", action="store_true",
                    help="write the model even when it fails the faithfulness check (exit status 1)")
+    p.add_argument("--dense", default="fp32", choices=["fp32", "int8"],
+                   help="int8: also quantize the MatMul/Gemm with ONNX Runtime's dynamic quantization (impact reported separately)")
     p.add_argument("--report", help="write the report as JSON here")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_cmd_convert)

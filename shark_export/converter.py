@@ -21,7 +21,9 @@ from .quantize import quantize_tables
 from .integrity import CHECKSUMS_KEY, checksums_of
 from .model_file import stage
 from .model_io import INPUTS_KEY, OUTPUTS_KEY, REPORT_KEY
-from .faithfulness import check_converted
+from .dense_int8 import DENSE_CHOICES, quantize_dense
+from .faithfulness import check_converted, labels_array
+from .parity import check_parity
 from .report import ConvertReport, table_reports
 from .passes import (
     DenseOpsPass,
@@ -91,6 +93,7 @@ def convert(
     keep_unfaithful: bool = False,
     fuse_lookups: bool = True,
     optimize_dense: bool = True,
+    dense: str = "fp32",
 ) -> ConvertReport:
     """Convert `model` to an ONNX model at `output_path` whose embedding lookups run our ops.
 
@@ -99,7 +102,9 @@ def convert(
     written unless every step succeeds: the file is staged next to `output_path`, checked with onnx's full
     checker and, with `calibration`, against torch (faithfulness, atol 1e-5), then moved into place. A failed
     faithfulness check raises `ParityError` (its `.report` is the ConvertReport) and leaves no file, unless
-    `keep_unfaithful=True`.
+    `keep_unfaithful=True`. `fuse_lookups`: one multi-table lookup per concatenation of lookups;
+    `optimize_dense`: DenseOpsPass; `dense="int8"`: ORT's dynamic quantization of the MatMul/Gemm after the
+    faithfulness check, its impact reported as `report.dense_impact` (shark_export.dense_int8).
     """
     if not isinstance(model, torch.nn.Module):
         raise UnsupportedModelError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -112,7 +117,7 @@ def convert(
                 calibration=None if calibration is None else [adapt(b) for b in calibration],
                 labels=labels, example_kwargs=example_kwargs, impact_atol=impact_atol, impact_rtol=impact_rtol,
                 show_progress=show_progress, keep_unfaithful=keep_unfaithful, fuse_lookups=fuse_lookups,
-                optimize_dense=optimize_dense,
+                optimize_dense=optimize_dense, dense=dense,
             )
     finally:
         model.train(was_training)
@@ -148,8 +153,10 @@ def _torchrec_compat(model: torch.nn.Module, example_inputs: Any):
 
 def _convert(
     model, example_inputs, output_path, *, quant, prune, calibration, labels, example_kwargs, impact_atol,
-    impact_rtol, show_progress, keep_unfaithful, fuse_lookups, optimize_dense,
+    impact_rtol, show_progress, keep_unfaithful, fuse_lookups, optimize_dense, dense,
 ) -> ConvertReport:
+    if dense not in DENSE_CHOICES:
+        raise ValueError(f"dense={dense!r}: expected one of {', '.join(DENSE_CHOICES)}")
     config = QuantConfig.of(quant)
     example = ExampleInputs.of(example_inputs, example_kwargs)
     label_list = list(labels) if labels is not None else None
@@ -239,7 +246,20 @@ def _convert(
                     f"{str(output_path)!r} was not written (keep_unfaithful=True writes it anyway):\n{report.faithfulness}",
                     report=report,
                 )
-        staged.commit()
+        if dense == "fp32":
+            staged.commit()
+    if dense == "int8":
+        # 7. opt-in: the checked model's MatMul/Gemm through ORT's dynamic quantization, its own impact reported
+        report.dense = "int8"
+        dense_model, report.dense_int8_nodes = quantize_dense(ir_model)
+        dense_model.metadata_props[REPORT_KEY] = json.dumps({k: v for k, v in report.to_dict().items() if k != "output_path"})
+        with stage(dense_model, output_path) as staged:
+            report.file_bytes = _file_bytes(staged.path, staged.data_name)
+            if calibration is not None:
+                batches = calibration[:_PARITY_BATCHES]
+                report.dense_impact = check_parity(model, staged.path, batches, labels=labels_array(label_list, len(batches)),
+                                                   atol=impact_atol, rtol=impact_rtol)
+            staged.commit()
     report.output_path = str(output_path)
     steps.update()
     steps.close()

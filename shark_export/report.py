@@ -51,6 +51,9 @@ class ConvertReport:
     unused_fields: list[str] = field(default_factory=list)  # called in torch, absent from the exported graph
     fused_lookups: list[list[str]] = field(default_factory=list)  # per RowwiseDequantMultiLookup node, its fields
     dense_rewrites: dict[str, int] = field(default_factory=dict)  # DenseOpsPass: rewrite → how many
+    dense: str = "fp32"  # "int8": MatMul/Gemm through onnxruntime.quantization.quantize_dynamic
+    dense_int8_nodes: int = 0  # how many MatMul/Gemm it quantized
+    dense_impact: ParityReport | None = None  # the int8-dense file vs the original float model
 
     @property
     def fp32_bytes(self) -> int:
@@ -101,8 +104,13 @@ class ConvertReport:
             lines.append("faithfulness (ONNX vs torch with the same pruning and dequantized weights):")
             lines.extend("  " + line for line in str(self.faithfulness).splitlines())
         if self.impact is not None:
-            lines.append("impact (ONNX vs the original float model):")
+            lines.append("impact (ONNX vs the original float model" + (", before the dense int8 step):" if self.dense == "int8" else "):"))
             lines.extend("  " + line for line in str(self.impact).splitlines())
+        if self.dense == "int8":
+            lines.append(f"dense int8 (onnxruntime.quantization.quantize_dynamic): {self.dense_int8_nodes} MatMul/Gemm quantized")
+        if self.dense_impact is not None:
+            lines.append("impact of the written file, dense layers in int8 (ONNX vs the original float model):")
+            lines.extend("  " + line for line in str(self.dense_impact).splitlines())
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -116,6 +124,8 @@ class ConvertReport:
             "unused_fields": self.unused_fields,
             "fused_lookups": self.fused_lookups,
             "dense_rewrites": self.dense_rewrites,
+            "dense": self.dense,
+            "dense_int8_nodes": self.dense_int8_nodes,
             "tables": [{**asdict(t), "bytes_after": t.bytes_after, "ratio": t.ratio} for t in self.tables],
             "fp32_bytes": self.fp32_bytes,
             "bytes_after": self.bytes_after,
@@ -124,7 +134,7 @@ class ConvertReport:
             "file_bytes": self.file_bytes,
             "notes": self.notes,
         }
-        for name in ("faithfulness", "impact"):
+        for name in ("faithfulness", "impact", "dense_impact"):
             report = getattr(self, name)
             data[name] = None if report is None else json.loads(report.to_json())
         return data

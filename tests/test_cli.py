@@ -53,6 +53,20 @@ def test_convert_check_inspect(files, capsys):
     assert "user.weight" in out and "int4:" in out and "[user] (MultiLookup on user.weight)" in out
 
 
+def test_convert_dense_int8_reports_its_own_impact(files, capsys):
+    assert _convert(files, "--quant", "int8", "--dense", "int8", "--calibration", str(files / "cal.pt"), "--labels",
+                    str(files / "cal_labels.pt"), "--report", str(files / "report.json")) == 0
+    report = json.loads((files / "report.json").read_text())
+    assert report["dense"] == "int8" and report["dense_int8_nodes"] >= 1
+    assert report["faithfulness"]["passed"] is True and report["dense_impact"]["outputs"][0]["max_abs"] > 0
+    assert "dense layers in int8" in capsys.readouterr().out
+    assert main(["inspect", str(files / "m.onnx")]) == 0
+    assert "user.weight" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:  # argparse: not a choice
+        _convert(files, "--dense", "int4")
+    assert exc.value.code == 2 and "invalid choice: 'int4'" in capsys.readouterr().err
+
+
 def test_npz_inputs_make_a_dict_argument(tmp_path, capsys):
     batch = DictInput.batch(6)
     np.savez(tmp_path / "example.npz", **{k: v.numpy() for k, v in batch.items()})
