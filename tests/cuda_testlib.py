@@ -69,6 +69,10 @@ class TestLib:
         lib.shark_emu_gather.restype = _I
         lib.shark_emu_bag.argtypes = _TABLE + _BAG + [_P]
         lib.shark_emu_bag.restype = _I
+        lib.shark_emu_gather_strided.argtypes = _TABLE + _GATHER + [_U64, _U64, _P]
+        lib.shark_emu_gather_strided.restype = _I
+        lib.shark_emu_bag_strided.argtypes = _TABLE + _BAG + [_U64, _P]
+        lib.shark_emu_bag_strided.restype = _I
         lib.shark_testlib_has_cuda.restype = _I
         lib.shark_emu_misaligned_loads.restype = _U64
         self.has_cuda = bool(lib.shark_testlib_has_cuda())
@@ -77,6 +81,10 @@ class TestLib:
             lib.shark_cuda_gather.restype = _I
             lib.shark_cuda_bag.argtypes = _TABLE + _BAG + [_P, _P]
             lib.shark_cuda_bag.restype = _I
+            lib.shark_cuda_gather_strided.argtypes = _TABLE + _GATHER + [_U64, _U64, _P, _P]
+            lib.shark_cuda_gather_strided.restype = _I
+            lib.shark_cuda_bag_strided.argtypes = _TABLE + _BAG + [_U64, _P, _P]
+            lib.shark_cuda_bag_strided.restype = _I
             lib.shark_cuda_error_string.argtypes = [_I]
             lib.shark_cuda_error_string.restype = ctypes.c_char_p
             lib.shark_cuda_runtime_version.restype = _I
@@ -99,31 +107,57 @@ class TestLib:
         return [_ptr(payload), _ptr(meta) if int(table.uniform_tier) < 0 else None, _ptr(dflt),
                 int(table.num_rows), int(table.dim), int(table.uniform_tier), int(table.format_version)], keep
 
-    def emu_gather(self, table, indices, out_dtype=np.float32) -> tuple[np.ndarray, tuple[int, int]]:
+    def emu_gather(self, table, indices, out_dtype=np.float32, out=None, column=0,
+                   out_stride=None) -> tuple[np.ndarray, tuple[int, int]]:
+        """Gathers into a fresh [*indices.shape, D] array, or, with ``out`` (a C-contiguous [B, W] array
+        of the output dtype), into columns [column, column + L * D) of its rows as a field of
+        RowwiseDequantMultiLookup: indices [B, ...] give L = indices.size // B rows per sample, and
+        ``out_stride`` (default W) is passed as the elements from one sample's row to the next."""
         idx = np.ascontiguousarray(indices)
         assert idx.dtype in (np.int32, np.int64), idx.dtype
-        out = np.full((*idx.shape, int(table.dim)), 0x7F, dtype=np.dtype(out_dtype))  # garbage: every element must be written
+        if out is None:
+            out = np.full((*idx.shape, int(table.dim)), 0x7F, dtype=np.dtype(out_dtype))  # garbage: every element must be written
+            target, per_sample, stride = _ptr(out), 1, 0
+        else:
+            per_sample = idx.size // idx.shape[0] if idx.shape[0] else 1
+            target, stride = self._block(out, column, per_sample * int(table.dim), out_stride)
         err = np.zeros(2, np.uint64)
         targs, _keep = self._table_args(table)
-        rc = self.lib.shark_emu_gather(*targs, _ptr(idx), int(idx.dtype == np.int64), idx.size, _ptr(out),
-                                       int(out.dtype == np.float16), _ptr(err))
+        rc = self.lib.shark_emu_gather_strided(*targs, _ptr(idx), int(idx.dtype == np.int64), idx.size, target,
+                                               int(out.dtype == np.float16), per_sample, stride, _ptr(err))
         assert rc == 0, rc
         return out, (int(err[0]), int(err[1]))
 
     def emu_bag(self, table, indices, offsets=None, per_sample_weights=None, mode=0, include_last_offset=0,
-                padding_idx=-1, out_dtype=np.float32, offsets_dtype=None) -> tuple[np.ndarray, tuple[int, int]]:
+                padding_idx=-1, out_dtype=np.float32, offsets_dtype=None, out=None, column=0,
+                out_stride=None) -> tuple[np.ndarray, tuple[int, int]]:
+        """Bags into a fresh [B, D] array, or, with ``out`` (C-contiguous [B, W]), into its columns
+        [column, column + D) (``out_stride`` default W), as a field of RowwiseDequantMultiLookup."""
         idx = np.ascontiguousarray(indices)
         n_bags, bag_len, off, n_off = _bag_shape(idx, offsets, include_last_offset, offsets_dtype)
         w = None if per_sample_weights is None else np.ascontiguousarray(per_sample_weights, dtype=np.float32)
-        out = np.full((n_bags, int(table.dim)), 0x7F, dtype=np.dtype(out_dtype))
+        if out is None:
+            out = np.full((n_bags, int(table.dim)), 0x7F, dtype=np.dtype(out_dtype))
+            target, stride = _ptr(out), 0
+        else:
+            assert out.shape[0] == n_bags, (out.shape, n_bags)
+            target, stride = self._block(out, column, int(table.dim), out_stride)
         err = np.zeros(2, np.uint64)
         targs, _keep = self._table_args(table)
-        rc = self.lib.shark_emu_bag(*targs, _ptr(idx), int(idx.dtype == np.int64), idx.size, _ptr(off),
-                                    int(off is not None and off.dtype == np.int64), n_off, int(include_last_offset),
-                                    bag_len, n_bags, _ptr(w), int(mode), int(padding_idx), _ptr(out),
-                                    int(out.dtype == np.float16), _ptr(err))
+        rc = self.lib.shark_emu_bag_strided(*targs, _ptr(idx), int(idx.dtype == np.int64), idx.size, _ptr(off),
+                                            int(off is not None and off.dtype == np.int64), n_off,
+                                            int(include_last_offset), bag_len, n_bags, _ptr(w), int(mode),
+                                            int(padding_idx), target, int(out.dtype == np.float16), stride, _ptr(err))
         assert rc == 0, rc
         return out, (int(err[0]), int(err[1]))
+
+    @staticmethod
+    def _block(out: np.ndarray, column: int, block_width: int, out_stride) -> tuple[int | None, int]:
+        """Address of column ``column`` of ``out``'s first row, and the row stride in elements."""
+        assert out.ndim == 2 and out.flags.c_contiguous and out.dtype in (np.float32, np.float16), (out.shape, out.dtype)
+        assert 0 <= column and column + block_width <= out.shape[1], (column, block_width, out.shape)
+        stride = out.shape[1] if out_stride is None else int(out_stride)
+        return (out.ctypes.data + column * out.itemsize if out.size else None), stride
 
     # ---- CUDA launchers (torch CUDA tensors) --------------------------------------------------------------
     def _check(self, rc: int, what: str) -> None:
@@ -141,7 +175,9 @@ class TestLib:
         self._check(rc, "shark_cuda_gather")
 
     def cuda_bag(self, dev_table: "DeviceTable", idx, out, err_slot, offsets=None, per_sample_weights=None, mode=0,
-                 include_last_offset=0, padding_idx=-1, stream: int | None = None) -> None:
+                 include_last_offset=0, padding_idx=-1, stream: int | None = None, column: int | None = None) -> None:
+        """With ``column``: a bag field of RowwiseDequantMultiLookup, into columns [column, column + D) of
+        ``out`` (a contiguous CUDA [B, W] tensor)."""
         import torch
 
         s = torch.cuda.current_stream().cuda_stream if stream is None else stream
@@ -150,13 +186,30 @@ class TestLib:
         else:
             n_off = offsets.numel()
             n_bags, bag_len = (n_off - 1 if include_last_offset else n_off), 0
-        rc = self.lib.shark_cuda_bag(
+        target, stride = out.data_ptr(), 0
+        if column is not None:
+            target, stride = out.data_ptr() + column * out.element_size(), out.shape[1]
+        rc = self.lib.shark_cuda_bag_strided(
             *dev_table.args(), idx.data_ptr(), int(idx.dtype == torch.int64), idx.numel(),
             None if offsets is None else offsets.data_ptr(), int(offsets is not None and offsets.dtype == torch.int64),
             n_off, int(include_last_offset), bag_len, n_bags,
             None if per_sample_weights is None else per_sample_weights.data_ptr(), int(mode), int(padding_idx),
-            out.data_ptr(), int(out.dtype == torch.float16), err_slot.data_ptr(), s)
+            target, int(out.dtype == torch.float16), stride, err_slot.data_ptr(), s)
         self._check(rc, "shark_cuda_bag")
+
+    def cuda_gather_block(self, dev_table: "DeviceTable", idx, out, column: int, err_slot,
+                          stream: int | None = None) -> None:
+        """A gather field of RowwiseDequantMultiLookup: torch CUDA ``idx`` [B, ...] into columns
+        [column, column + L * D) of ``out`` (a contiguous CUDA [B, W] tensor)."""
+        import torch
+
+        s = torch.cuda.current_stream().cuda_stream if stream is None else stream
+        per_sample = idx.numel() // idx.shape[0] if idx.shape[0] else 1
+        rc = self.lib.shark_cuda_gather_strided(
+            *dev_table.args(), idx.data_ptr(), int(idx.dtype == torch.int64), idx.numel(),
+            out.data_ptr() + column * out.element_size(), int(out.dtype == torch.float16), per_sample, out.shape[1],
+            err_slot.data_ptr(), s)
+        self._check(rc, "shark_cuda_gather_strided")
 
 
 class DeviceTable:

@@ -27,7 +27,7 @@ import textwrap
 import numpy as np
 import pytest
 from cuda_testlib import NO_ERROR, TESTLIB_ENV, DeviceTable, build_testlib, load
-from op_models import bag_model, gather_model
+from op_models import bag_model, gather_model, multi_model
 from test_ops import as_mixed, assert_bits_equal, make_table, random_bags, run_bag, run_gather
 
 import shark_export
@@ -98,7 +98,7 @@ _CPU_CHECK = textwrap.dedent("""
     import shark_export
     from shark_export import reference as ref
     from shark_export.quantize import quantize_table
-    from op_models import bag_model, gather_model
+    from op_models import bag_model, gather_model, multi_model
     config = {{"cuda": {mode!r}}}
     rng = np.random.default_rng(0)
     codes = rng.integers(0, 6, size=300)
@@ -269,6 +269,189 @@ def test_emu_bag_errors_name_the_cpu_positions(testlib):
             sess.run(None, {"indices": idx, "offsets": np.array(offsets, np.int64)})
 
 
+# RowwiseDequantMultiLookup on CUDA: one gather / bag launch per field into the field's column block of
+# the [B, W] output (GatherParams / BagParams out_stride). Emulated here field by field into one array.
+MULTI_B = 203
+
+
+def _multi_case(rng, index_dtype=np.int64, B=MULTI_B):
+    """(fields for op_models.multi_model, feeds per field): every kind, tiers uniform / mixed / v1, dims that
+    put blocks at unaligned columns (13, 5, 7, 3), a [B, 3] and a [B, 1] gather, weighted and mean bags,
+    include_last_offset with trailing indices in no bag, padding, empty bags."""
+    t_mixed = make_table(300, 20, "all6", seed=11)[0]
+    t_int8 = make_table(150, 13, "int8", seed=12)[0]
+    t_int4 = as_mixed(make_table(120, 5, "int4", seed=13)[0])
+    w16 = make_table(90, 7, "fp16", seed=14)[1]
+    t_fp16_v1 = quantize_table(w16, "fp16", name="fp16_v1", format_version=1)
+    t_int2 = make_table(200, 64, "int2", seed=15)[0]
+    t_skew = make_table(250, 3, "skewed", seed=16)[0]
+    ids = lambda t, shape: rng.integers(0, t.num_rows, size=shape).astype(index_dtype)  # noqa: E731
+    lengths = rng.integers(0, 6, size=B)
+    lengths[[0, B // 2, B - 1]] = 0
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(index_dtype)
+    n_bag = int(lengths.sum())
+    lengths2 = rng.integers(0, 4, size=B)
+    offsets2 = np.concatenate([[0], np.cumsum(lengths2)]).astype(index_dtype)  # B + 1 entries
+    fields = [
+        dict(table=t_mixed, kind=0, name="user"),
+        dict(table=t_int8, kind=0, index_rank=2, name="history"),                              # [B, 3]
+        dict(table=t_int2, kind=2, weights=True, name="tags"),                                 # weighted sum
+        dict(table=t_fp16_v1, kind=1, mode=1, padding_idx=5, name="slots"),                    # 2-D mean
+        dict(table=t_int4, kind=0, index_rank=2, name="item"),                                 # [B, 1], mixed
+        dict(table=t_skew, kind=2, mode=1, include_last_offset=1, name="pages"),
+        dict(table=t_mixed, kind=1, name="user_bag"),                                          # shares a table
+    ]
+    feeds = [
+        dict(indices=ids(t_mixed, B)),
+        dict(indices=ids(t_int8, (B, 3))),
+        dict(indices=ids(t_int2, n_bag), offsets=offsets, weights=rng.standard_normal(n_bag).astype(np.float32)),
+        dict(indices=ids(t_fp16_v1, (B, 4))),
+        dict(indices=ids(t_int4, (B, 1))),
+        dict(indices=ids(t_skew, int(lengths2.sum()) + 2), offsets=offsets2),
+        dict(indices=ids(t_mixed, (B, 2))),
+    ]
+    feeds[3]["indices"][::5, 2] = 5  # padding entries
+    for f in fields:
+        f["index_dtype"] = index_dtype
+    return fields, feeds
+
+
+def _multi_graph_feeds(feeds):
+    out = {}
+    for k, f in enumerate(feeds):
+        out[f"indices{k}"] = f["indices"]
+        if "offsets" in f:
+            out[f"offsets{k}"] = f["offsets"]
+        if "weights" in f:
+            out[f"weights{k}"] = f["weights"]
+    return out
+
+
+def _block_width(field, feed):
+    idx = feed["indices"]
+    return (idx.size // idx.shape[0] if field["kind"] == 0 else 1) * int(field["table"].dim)
+
+
+def _emu_field(testlib, field, feed, out, column):
+    """Field `field` emulated into columns [column, column + width) of `out`; its error slot."""
+    if field["kind"] == 0:
+        _, err = testlib.emu_gather(field["table"], feed["indices"], out=out, column=column)
+    else:
+        _, err = testlib.emu_bag(field["table"], feed["indices"], offsets=feed.get("offsets"),
+                                 per_sample_weights=feed.get("weights"), mode=field.get("mode", 0),
+                                 include_last_offset=field.get("include_last_offset", 0),
+                                 padding_idx=field.get("padding_idx", -1), out=out, column=column)
+    return err
+
+
+def _emu_multi(testlib, fields, feeds, out_dtype, fill=0x7F):
+    """The CUDA multi lookup emulated: every field into one [B, W] array (filled with garbage first, so
+    every element must be written); the error slot of each field."""
+    widths = [_block_width(f, feed) for f, feed in zip(fields, feeds)]
+    B = feeds[0]["indices"].shape[0] if fields[0]["kind"] != 2 else len(feeds[0]["offsets"]) - fields[0].get(
+        "include_last_offset", 0)
+    out = np.full((B, sum(widths)), fill, dtype=np.dtype(out_dtype))
+    errs, column = [], 0
+    for f, feed, w in zip(fields, feeds, widths):
+        errs.append(_emu_field(testlib, f, feed, out, column))
+        column += w
+    return out, errs
+
+
+def _reference_multi(fields, feeds):
+    entries = []
+    for f, feed in zip(fields, feeds):
+        e = dict(table=f["table"], indices=feed["indices"], bag=f["kind"] != 0)
+        if e["bag"]:
+            e.update(offsets=feed.get("offsets"), per_sample_weights=feed.get("weights"), mode=f.get("mode", 0),
+                     include_last_offset=f.get("include_last_offset", 0), padding_idx=f.get("padding_idx", -1))
+        entries.append(e)
+    return ref.multi_lookup(entries, output_dtype=np.float32)
+
+
+@pytest.mark.parametrize("out_dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("index_dtype", [np.int64, np.int32])
+def test_emu_multi_lookup_equals_cpu_op_and_reference(testlib, aligned_loads_only, index_dtype, out_dtype):
+    """Each field emulated into its block of one [B, W] array: the whole array equals the CPU
+    RowwiseDequantMultiLookup bit for bit; gather blocks equal shark_export.reference bit for bit, bag blocks
+    agree with it within float32 summation error (the CPU op and the kernels sum in index order)."""
+    rng = np.random.default_rng(21)
+    fields, feeds = _multi_case(rng, index_dtype)
+    got, errs = _emu_multi(testlib, fields, feeds, out_dtype)
+    assert errs == [(NO_ERROR, NO_ERROR)] * len(fields)
+    (cpu,) = shark_export.session(multi_model(fields, out_dtype=out_dtype)).run(None, _multi_graph_feeds(feeds))
+    assert got.shape == cpu.shape == (MULTI_B, 20 + 3 * 13 + 64 + 7 + 5 + 3 + 20)
+    assert_bits_equal(got, cpu, f"emulated multi lookup vs CPU op -> {np.dtype(out_dtype)}")
+    want = _reference_multi(fields, feeds)
+    column = 0
+    for f, feed in zip(fields, feeds):
+        w = _block_width(f, feed)
+        block, want_block = got[:, column:column + w], want[:, column:column + w].astype(out_dtype)
+        if f["kind"] == 0:
+            assert_bits_equal(np.ascontiguousarray(block), want_block, f"gather field {f['name']}")
+        else:
+            scale = np.abs(want_block.astype(np.float64)).max() + 1e-30
+            np.testing.assert_allclose(block.astype(np.float64), want_block.astype(np.float64),
+                                       rtol=2e-3 if out_dtype == np.float16 else 1e-5, atol=1e-6 * scale,
+                                       err_msg=f"bag field {f['name']}")
+        column += w
+    assert column == got.shape[1]
+
+
+@pytest.mark.parametrize("out_dtype", [np.float32, np.float16])
+def test_emu_field_writes_only_its_block(testlib, out_dtype):
+    """A field alone into a sentinel-filled [B, W] array: its block equals the field's own op (bits), every
+    column outside it keeps the sentinel (no store strays into a neighbour's block, partial units included)."""
+    rng = np.random.default_rng(22)
+    fields, feeds = _multi_case(rng)
+    widths = [_block_width(f, feed) for f, feed in zip(fields, feeds)]
+    W = sum(widths) + 3  # 3 spare columns at the end of every row, never written
+    sentinel = np.array(0x7BCD if out_dtype == np.float16 else 0x7FC0BEEF,
+                        np.uint16 if out_dtype == np.float16 else np.uint32)
+    column = 0
+    for f, feed, w in zip(fields, feeds, widths):
+        out = np.full((MULTI_B, W), sentinel).view(np.dtype(out_dtype))
+        err = _emu_field(testlib, f, feed, out, column)
+        assert err == (NO_ERROR, NO_ERROR)
+        alone = _emu_multi(testlib, [f], [feed], out_dtype)[0]  # the field written back to back
+        assert_bits_equal(np.ascontiguousarray(out[:, column:column + w]), alone, f"block of {f['name']}")
+        outside = np.concatenate([out[:, :column], out[:, column + w:]], axis=1).view(sentinel.dtype)
+        assert outside.size and (outside == sentinel).all(), f"{f['name']} wrote outside columns [{column}, {column + w})"
+        column += w
+
+
+def test_emu_multi_lookup_errors_per_field_match_cpu_op(testlib):
+    """One error slot per field: a bad index of a [B, 3] gather and bad offsets of a later bag are each
+    reported in their own field's slot, at the positions the CPU op names (it reports bad offsets of any
+    field before out-of-range indices; so must the CUDA op from the slots)."""
+    rng = np.random.default_rng(23)
+    fields, feeds = _multi_case(rng)
+    feeds[1]["indices"][[40, 100], [2, 0]] = [150, -4]  # "history": flat positions 122 and 300
+    _, errs = _emu_multi(testlib, fields, feeds, np.float32)
+    assert errs == [(NO_ERROR, NO_ERROR), (122, NO_ERROR)] + [(NO_ERROR, NO_ERROR)] * (len(fields) - 2)
+    session = shark_export.session(multi_model(fields))
+    with pytest.raises(Exception, match=r"RowwiseDequantMultiLookup node 'multi_node': field 'history': index 150 at "
+                                        r"position 122 is out of range for table with 150 rows"):
+        session.run(None, _multi_graph_feeds(feeds))
+    feeds[5]["offsets"][7] = feeds[5]["offsets"][6] - 1  # "pages": decreasing offsets at 7
+    _, errs = _emu_multi(testlib, fields, feeds, np.float32)
+    assert errs[1] == (122, NO_ERROR) and errs[5][1] == 7
+    with pytest.raises(Exception, match=r"field 'pages': offsets\[7\] = -?\d+ is less than offsets\[6\]"):
+        session.run(None, _multi_graph_feeds(feeds))
+
+
+def test_emu_refuses_overlapping_layouts(testlib):
+    """An out_stride smaller than the rows it must hold is refused before anything is written."""
+    table, _ = make_table(50, 8, "int8", seed=4)
+    idx = np.zeros((4, 2), np.int64)
+    out = np.zeros((4, 16), np.float32)
+    with pytest.raises(AssertionError, match="-2"):
+        testlib.emu_gather(table, idx, out=out, column=0, out_stride=15)  # 2 rows of 8 need 16
+    with pytest.raises(AssertionError, match="-2"):
+        testlib.emu_bag(table, idx, out=out, column=0, out_stride=7)
+    assert not out.any()
+
+
 # --------------------------------------------------------------------------------------------------
 # 3. GPU
 # --------------------------------------------------------------------------------------------------
@@ -335,6 +518,49 @@ def test_ort_cuda_ep_errors_match_cpu():
         sess.run(None, {"indices": np.array([1, 2, 200, 3]), "offsets": np.array([0, 2])})
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("out_dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("index_dtype", [np.int64, np.int32])
+def test_ort_cuda_multi_lookup_matches_cpu_bitwise(index_dtype, out_dtype):
+    rng = np.random.default_rng(31)
+    fields, feeds = _multi_case(rng, index_dtype, B=2500)
+    model = multi_model(fields, out_dtype=out_dtype)
+    (got,) = _ort_cuda_session(model).run(None, _multi_graph_feeds(feeds))
+    (want,) = shark_export.session(model).run(None, _multi_graph_feeds(feeds))
+    assert_bits_equal(got, want, f"ORT CUDA multi lookup -> {np.dtype(out_dtype)}")
+
+
+@pytest.mark.cuda
+def test_ort_cuda_multi_lookup_errors_match_cpu():
+    rng = np.random.default_rng(32)
+    fields, feeds = _multi_case(rng)
+    model = multi_model(fields)
+    sess = _ort_cuda_session(model)
+    cpu = shark_export.session(model)
+
+    def both(feed_list):
+        msgs = []
+        for s in (sess, cpu):
+            with pytest.raises(Exception) as info:
+                s.run(None, _multi_graph_feeds(feed_list))
+            msgs.append(re.search(r"RowwiseDequantMultiLookup node .*", str(info.value)).group(0))
+        return msgs
+
+    feeds[1]["indices"][[40, 100], [2, 0]] = [150, -4]
+    got, want = both(feeds)
+    assert got == want and "field 'history': index 150 at position 122" in got
+    feeds[5]["offsets"][7] = feeds[5]["offsets"][6] - 1
+    got, want = both(feeds)
+    assert got == want and "field 'pages': offsets[7]" in got
+    feeds[1]["indices"][:] = 0
+    feeds[5]["offsets"][7] = feeds[5]["offsets"][6]
+    feeds[6]["indices"][3, 1] = 300
+    got, want = both(feeds)
+    assert got == want and "field 'user_bag': index 300 at position 7" in got
+    feeds[6]["indices"][3, 1] = 0
+    assert sess.run(None, _multi_graph_feeds(feeds))[0].shape == (MULTI_B, 158)  # still usable
+
+
 @pytest.fixture(scope="session")
 def cuda_testlib(tmp_path_factory):
     torch = pytest.importorskip("torch")
@@ -381,6 +607,35 @@ def test_cuda_launchers_match_host_emulation_bitwise(cuda_testlib, D):
                 got_err = tuple(int(x) & NO_ERROR for x in err.cpu().numpy())
                 assert got_err == want_err
                 assert_bits_equal(out.cpu().numpy(), want, f"CUDA bag {name} D={D} {sorted(case)}")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("out_dtype", [np.float32, np.float16])
+def test_cuda_launchers_write_field_blocks_as_emulated(cuda_testlib, out_dtype):
+    """The strided launchers, field by field into one CUDA [B, W] tensor, against the host emulation."""
+    import torch
+
+    lib = cuda_testlib
+    fields, feeds = _multi_case(np.random.default_rng(33))
+    want, want_errs = _emu_multi(lib, fields, feeds, out_dtype)
+    tdt = torch.float16 if out_dtype == np.float16 else torch.float32
+    out = torch.full(want.shape, 7.0, dtype=tdt, device="cuda")
+    err = torch.empty(2, dtype=torch.int64, device="cuda")
+    column = 0
+    for f, feed, want_err in zip(fields, feeds, want_errs):
+        dt = DeviceTable.from_table(f["table"])
+        idx = torch.from_numpy(np.ascontiguousarray(feed["indices"])).cuda()
+        if f["kind"] == 0:
+            lib.cuda_gather_block(dt, idx, out, column, err)
+        else:
+            off, psw = feed.get("offsets"), feed.get("weights")
+            lib.cuda_bag(dt, idx, out, err, offsets=None if off is None else torch.from_numpy(off).cuda(),
+                         per_sample_weights=None if psw is None else torch.from_numpy(psw).cuda(),
+                         mode=f.get("mode", 0), include_last_offset=f.get("include_last_offset", 0),
+                         padding_idx=f.get("padding_idx", -1), column=column)
+        assert tuple(int(x) & NO_ERROR for x in err.cpu().numpy()) == want_err
+        column += _block_width(f, feed)
+    assert_bits_equal(out.cpu().numpy(), want, "CUDA field blocks")
 
 
 def test_gpu_harness_dry_run_on_host(testlib, tmp_path):

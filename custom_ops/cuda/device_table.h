@@ -45,8 +45,14 @@ struct GatherParams {
   const void* indices;  // [count] int32/int64 (device)
   IndexKind index_kind;
   uint64_t count;
-  void* out;  // [count, dim] float32 or float16 bits (device)
+  void* out;  // [count, dim] float32 or float16 bits (device); see the layout below
   OutKind out_kind;
+  // Output layout. A plain gather writes its rows back to back (the defaults). A field of
+  // RowwiseDequantMultiLookup writes its column block of the wider [B, W] output (out = the block's first
+  // column, out_stride = W): lookup i is row i % rows_per_sample of sample i / rows_per_sample, written at
+  // out + (i / rows_per_sample) * out_stride + (i % rows_per_sample) * dim (elements), as the CPU's GatherJob.
+  uint64_t rows_per_sample = 1;  // >= 1 (indices [B, L] of a field: L)
+  uint64_t out_stride = 0;       // elements from one sample's first row to the next; 0: rows_per_sample * dim
 };
 
 struct BagParams {
@@ -64,9 +70,22 @@ struct BagParams {
   const float* weights;         // per_sample_weights [n_indices] (device) or null; sum mode only
   int32_t mode;                 // 0 sum, 1 mean
   int64_t padding_idx;          // -1: none
-  void* out;                    // [n_bags, dim] float32 or float16 bits (device)
+  void* out;                    // [n_bags, dim] float32 or float16 bits (device), bag b at out + b * out_stride
   OutKind out_kind;
+  uint64_t out_stride = 0;      // elements from one bag's output row to the next (>= dim); 0: dim
 };
+
+// The output strides with their defaults resolved (elements).
+inline uint64_t gather_out_stride(const GatherParams& p, uint32_t dim) {
+  return p.out_stride ? p.out_stride : p.rows_per_sample * dim;
+}
+inline uint64_t bag_out_stride(const BagParams& p, uint32_t dim) { return p.out_stride ? p.out_stride : dim; }
+
+// A layout whose rows cannot overlap: the launchers refuse anything else (cudaErrorInvalidValue).
+inline bool gather_layout_ok(const GatherParams& p, uint32_t dim) {
+  return p.rows_per_sample >= 1 && gather_out_stride(p, dim) >= p.rows_per_sample * dim;
+}
+inline bool bag_layout_ok(const BagParams& p, uint32_t dim) { return bag_out_stride(p, dim) >= dim; }
 
 // Per-tier row strides of a table of `dim` dims (FORMAT.md: the row bytes, rounded up to 4 in v1).
 inline void fill_strides(uint32_t dim, uint32_t stride[8], int64_t format_version) {

@@ -1,4 +1,5 @@
-// RowwiseDequantGather on the GPU: one group of G lanes per output row (see lookup_body.h).
+// RowwiseDequantGather on the GPU (and a gather field of RowwiseDequantMultiLookup, writing its column block
+// of the wider output through GatherParams' layout): one group of G lanes per output row (see lookup_body.h).
 #include "launch_common.cuh"
 #include "lookup_cuda.h"
 
@@ -7,7 +8,7 @@ namespace {
 
 template <int TIER, typename IdxT, typename OutT>
 __global__ void __launch_bounds__(kBlockThreads)
-    gather_kernel(const DeviceTable t, const IdxT* __restrict__ idx, uint64_t count, OutT* __restrict__ out,
+    gather_kernel(const DeviceTable t, const IdxT* __restrict__ idx, uint64_t count, const GatherOut<OutT> out,
                   ErrorSlot* err, uint32_t G) {
   const uint64_t tid = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const uint32_t lane = threadIdx.x & (G - 1);
@@ -25,7 +26,7 @@ struct GatherLaunch {
   cudaError_t run() {
     const uint32_t G = group_size(t.dim);
     gather_kernel<TIER, IdxT, OutT><<<blocks_for(p.count, G), kBlockThreads, 0, stream>>>(
-        t, static_cast<const IdxT*>(p.indices), p.count, static_cast<OutT*>(p.out), err, G);
+        t, static_cast<const IdxT*>(p.indices), p.count, gather_out<OutT>(p, t.dim), err, G);
     return cudaGetLastError();
   }
 };
@@ -41,6 +42,7 @@ cudaError_t gather_idx(const DeviceTable& t, const GatherParams& p, ErrorSlot* e
 cudaError_t gather(const DeviceTable& t, const GatherParams& p, ErrorSlot* err, cudaStream_t stream) {
   cudaError_t e = cudaMemsetAsync(err, 0xff, sizeof(ErrorSlot), stream);
   if (e != cudaSuccess || p.count == 0) return e;
+  if (!gather_layout_ok(p, t.dim)) return cudaErrorInvalidValue;
   if (!table_aligned(t) || !aligned(p.indices, index_align(p.index_kind)) || !aligned(p.out, out_align(p.out_kind))) {
     return cudaErrorMisalignedAddress;
   }

@@ -56,13 +56,30 @@ SHARK_HD void emit_zeros(uint32_t D, OutT* o, uint32_t lane, uint32_t G) {
   for (uint32_t u = lane; u < (D + 3) / 4; u += G) store_unit(o + 4 * u, z, D - 4 * u < 4 ? D - 4 * u : 4);
 }
 
-// out[i, :] = row(indices[i]). An index outside [0, R) is never read: its output row is zeros and the
-// lowest such i goes to err->index_pos.
+// Where gathered row i goes: GatherParams' layout with its defaults resolved (see device_table.h).
+template <typename OutT>
+struct GatherOut {
+  OutT* out;
+  uint64_t rows_per_sample;  // >= 1
+  uint64_t out_stride;       // elements, >= rows_per_sample * dim
+  SHARK_HD OutT* row(uint64_t i, uint32_t D) const {
+    if (rows_per_sample == 1) return out + i * out_stride;  // no 64-bit division for the common case
+    return out + (i / rows_per_sample) * out_stride + (i % rows_per_sample) * D;
+  }
+};
+
+template <typename OutT>
+inline GatherOut<OutT> gather_out(const GatherParams& p, uint32_t dim) {
+  return GatherOut<OutT>{static_cast<OutT*>(p.out), p.rows_per_sample, gather_out_stride(p, dim)};
+}
+
+// Output row i (out.row(i)) = row(indices[i]). An index outside [0, R) is never read: its output row is
+// zeros and the lowest such i goes to err->index_pos. Nothing outside the row's D elements is written.
 template <int TIER, typename IdxT, typename OutT>
-SHARK_HD void gather_group(const DeviceTable& t, const IdxT* idx, uint64_t i, OutT* out, uint32_t lane, uint32_t G,
-                           ErrorSlot* err) {
+SHARK_HD void gather_group(const DeviceTable& t, const IdxT* idx, uint64_t i, const GatherOut<OutT>& out,
+                           uint32_t lane, uint32_t G, ErrorSlot* err) {
   const uint32_t D = t.dim;
-  OutT* o = out + i * D;
+  OutT* o = out.row(i, D);
   const int64_t r = ld_index(idx, i);
   if (static_cast<uint64_t>(r) >= t.num_rows) {
     if (lane == 0) record_min(&err->index_pos, i);
@@ -177,7 +194,7 @@ SHARK_HD void bag_group(const DeviceTable& t, const BagParams& p, uint64_t bag, 
   const bool weighted = p.weights != nullptr;
   uint64_t s, e;
   bag_range(p, bag, &s, &e);
-  OutT* o = static_cast<OutT*>(p.out) + bag * D;
+  OutT* o = static_cast<OutT*>(p.out) + bag * (p.out_stride ? p.out_stride : D);
   for (uint32_t tile = 0; tile < units; tile += G * kBagUnitsPerLane) {
     float acc[kBagUnitsPerLane][4];
     for (uint32_t q = 0; q < kBagUnitsPerLane; ++q)

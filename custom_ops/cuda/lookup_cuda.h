@@ -11,6 +11,11 @@
 // clamped into [0, n_indices] for reading and the lowest bad i goes to err->offset_pos. Either way the
 // caller must treat the output as invalid when a slot word is not kNoError.
 //
+// Output layout: rows back to back by default; GatherParams / BagParams `out_stride` (and the gather's
+// `rows_per_sample`) let a field of RowwiseDequantMultiLookup write its column block of a wider [B, W] output
+// (out = the block's first column, out_stride = W); nothing outside the block's columns is written. A layout
+// whose rows would overlap (out_stride < rows_per_sample * dim) is refused: cudaErrorInvalidValue.
+//
 // Buffers must be naturally aligned (payload 4 bytes, row_meta 8, indices/offsets their element size,
 // output its element size; CUDA allocations are): otherwise cudaErrorMisalignedAddress, nothing launched.
 // Wider loads/stores (8, 16 bytes) are used where the address allows, per unit.

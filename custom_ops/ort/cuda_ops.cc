@@ -1,6 +1,9 @@
-// CUDA variants of RowwiseDequantGather / RowwiseDequantEmbeddingBag (CUDAExecutionProvider), next to
-// the CPU ones in the same domain. ORT adapter only: the kernels are the ORT-free launchers in
-// custom_ops/cuda/ (lookup_cuda.h).
+// CUDA variants of RowwiseDequantGather / RowwiseDequantEmbeddingBag / RowwiseDequantMultiLookup
+// (CUDAExecutionProvider), next to the CPU ones in the same domain. ORT adapter only: the kernels are the
+// ORT-free launchers in custom_ops/cuda/ (lookup_cuda.h). The multi-lookup variant shares its attribute
+// parsing, input checks and messages with the CPU op (multi_lookup.h) and launches the gather / bag
+// kernels once per field into the field's column block of the one output (GatherParams / BagParams
+// out_stride), one error slot per field, all read back with one copy after the last launch.
 //
 // Streams. Every CUDA call of a run goes on ORT's compute stream (KernelContext_GetGPUComputeStream;
 // microsoft/onnxruntime #6952, #17412). No default-stream work, no device-wide synchronization in a run.
@@ -16,9 +19,10 @@
 //
 // Errors. The kernels never read outside the table: an out-of-range index gives a zero row (gather) or
 // is skipped (bag), bad offsets are clamped, and the lowest bad position goes to a 16-byte device
-// ErrorSlot (atomicMin). After the launch the kernel copies the slot into pinned host memory on the
-// compute stream and synchronizes that stream (cudaStreamSynchronize, never the device): the run then
-// fails with the same message as the CPU kernel (node, value, position, R). Cost: one 16-byte memset and
+// ErrorSlot (atomicMin; a multi lookup has one per field). After the launches the kernel copies the
+// slots into pinned host memory on the compute stream and synchronizes that stream (cudaStreamSynchronize,
+// never the device): the run then fails with the same message as the CPU kernel (node, field, value,
+// position, R; a multi lookup reports bad offsets of any field before out-of-range indices, as the CPU op). Cost: one 16-byte memset and
 // one 16-byte copy on the stream, and the host waits for the stream to drain (a few microseconds plus the
 // queued GPU work: ORT cannot enqueue the nodes after this one while it runs). The readback is skipped
 // only while the stream is being captured into a CUDA graph, where a synchronize is illegal (bad indices
@@ -43,6 +47,7 @@
 
 #include "../cuda/lookup_cuda.h"
 #include "lookup_ops.h"
+#include "multi_lookup.h"
 #include "ops.h"
 
 namespace shark_ort {
@@ -74,7 +79,8 @@ class DeviceGuard {
   bool switched_ = false;
 };
 
-// A device ErrorSlot and its pinned host mirror. Slots are pooled per kernel (one per concurrent run).
+// The device ErrorSlots of one run (one per launch: 1 for the single ops, one per field for a multi
+// lookup) and their pinned host mirror. Pooled per kernel (one array per concurrent run).
 struct Slot {
   int device = -1;
   shark_cuda::ErrorSlot* dev = nullptr;
@@ -92,6 +98,10 @@ class SlotPool {
       }
     }
   }
+  // ErrorSlots per run; set once, before the first run.
+  void set_slots_per_run(size_t n) { per_run_ = n ? n : 1; }
+  size_t bytes() const { return per_run_ * sizeof(shark_cuda::ErrorSlot); }
+
   // The device must be current.
   cudaError_t acquire(int device, Slot* out) {
     {
@@ -106,9 +116,9 @@ class SlotPool {
     }
     Slot s;
     s.device = device;
-    cudaError_t e = cudaMalloc(reinterpret_cast<void**>(&s.dev), sizeof(shark_cuda::ErrorSlot));
+    cudaError_t e = cudaMalloc(reinterpret_cast<void**>(&s.dev), bytes());
     if (e != cudaSuccess) return e;
-    e = cudaHostAlloc(reinterpret_cast<void**>(&s.host), sizeof(shark_cuda::ErrorSlot), cudaHostAllocDefault);
+    e = cudaHostAlloc(reinterpret_cast<void**>(&s.host), bytes(), cudaHostAllocDefault);
     if (e != cudaSuccess) {
       cudaFree(s.dev);
       return e;
@@ -122,8 +132,8 @@ class SlotPool {
     std::lock_guard<std::mutex> lock(mu_);
     free_.push_back(s);
   }
-  // A slot for launches whose errors cannot be read (CUDA graph capture):
-  // one per device, never handed to a checked run, so a replayed graph cannot touch a checked run's slot.
+  // Slots for launches whose errors cannot be read (CUDA graph capture):
+  // one array per device, never handed to a checked run, so a replayed graph cannot touch a checked run's slots.
   cudaError_t unchecked(int device, Slot* out) {
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -144,12 +154,15 @@ class SlotPool {
   }
 
  private:
+  size_t per_run_ = 1;
   std::mutex mu_;
   std::vector<Slot> free_, all_, unchecked_;
 };
 
-// What the error messages need to read back from the device after a failed run.
+// What the error messages of one launch need to read back from the device after a failed run.
 struct ErrorSources {
+  std::string label;  // "" for the single ops, "field 'x': " for a field of a multi lookup
+  int64_t num_rows = 0;
   const void* indices = nullptr;
   shark::IndexType index_type = shark::IndexType::kInt64;
   const void* offsets = nullptr;
@@ -194,35 +207,68 @@ int64_t index_at(const void* host_word, shark::IndexType t) {
   return v;
 }
 
-// Table handling, error slots and the checked launch of the two CUDA kernels.
-class CudaTableKernel : public TableKernel {
- protected:
-  OrtStatus* init_cuda(const OpSpec& spec, const OrtKernelInfo* info) {
-    SHARK_RETURN_IF_STATUS(init_attrs(spec.name, info, out_type_of(spec.output)));
-    Input constant[3];
-    SHARK_RETURN_IF_STATUS(constant_table_inputs(info, constant, &constant_inputs_));
-    if (constant_inputs_) {
-      shark_cuda::DeviceTable t;
-      SHARK_RETURN_IF_STATUS(check_table(constant[0], constant[1], constant[2], nullptr, true, true, &t));
-    }
-    return nullptr;
-  }
+// One index/offset word of a device (or host) tensor, copied on the stream.
+OrtStatus* read_word(const TableKernel& k, const void* base, shark::IndexType t, uint64_t pos, cudaStream_t stream,
+                     int64_t* v) {
+  const size_t size = t == shark::IndexType::kInt64 ? 8 : 4;
+  unsigned char word[8] = {0};
+  cudaError_t e = cudaMemcpyAsync(word, static_cast<const unsigned char*>(base) + pos * size, size, cudaMemcpyDefault,
+                                  stream);
+  if (e == cudaSuccess) e = cudaStreamSynchronize(stream);
+  if (e != cudaSuccess) return k.error("could not read back a bad index: " + cuda_message(e), ORT_FAIL);
+  *v = index_at(word, t);
+  return nullptr;
+}
 
-  // The validated table of this run (device pointers).
-  OrtStatus* device_table(OrtKernelContext* ctx, cudaStream_t stream, shark_cuda::DeviceTable* t) {
-    Input payload, meta, dflt;
-    SHARK_RETURN_IF_STATUS(get_input(ctx, kInPayload, &payload));
-    SHARK_RETURN_IF_STATUS(get_input(ctx, kInRowMeta, &meta));
-    SHARK_RETURN_IF_STATUS(get_input(ctx, kInDefaultRow, &dflt));
-    return check_table(payload, meta, dflt, stream, false, constant_inputs_, t);
+// The CPU kernel's message for the first bad offsets[i] (bag_bounds_from_offsets).
+OrtStatus* offsets_error(const TableKernel& k, uint64_t i, const ErrorSources& src, cudaStream_t stream) {
+  int64_t o = 0, prev = 0;
+  SHARK_RETURN_IF_STATUS(read_word(k, src.offsets, src.offsets_type, i, stream, &o));
+  if (i > 0) SHARK_RETURN_IF_STATUS(read_word(k, src.offsets, src.offsets_type, i - 1, stream, &prev));
+  std::ostringstream m;
+  m << src.label;
+  if (i == 0 && o != 0) {
+    m << "offsets[0] is " << o << ", must be 0";
+  } else if (o < prev) {
+    m << "offsets[" << i << "] = " << o << " is less than offsets[" << i - 1 << "] = " << prev
+      << " (offsets must be non-decreasing)";
+  } else {
+    m << "offsets[" << i << "] = " << o << " is greater than the number of indices " << src.n_indices;
   }
+  return k.error(m.str());
+}
 
-  // Runs `launch(ErrorSlot*)` (which enqueues the kernel on `stream`), then reads the error slot back.
+// The run's error from the read-back slots (slot j of the launch that read sources[j]), in the CPU ops'
+// order: bad offsets of any launch first (the CPU ops check every offsets input before any lookup), then
+// the first launch, in order, with an out-of-range index.
+OrtStatus* slots_error(const TableKernel& k, const shark_cuda::ErrorSlot* got, const std::vector<ErrorSources>& sources,
+                       cudaStream_t stream) {
+  for (size_t j = 0; j < sources.size(); ++j) {
+    if (got[j].offset_pos != shark_cuda::kNoError) return offsets_error(k, got[j].offset_pos, sources[j], stream);
+  }
+  for (size_t j = 0; j < sources.size(); ++j) {
+    if (got[j].index_pos == shark_cuda::kNoError) continue;
+    shark::LookupError le;
+    le.position = got[j].index_pos;
+    SHARK_RETURN_IF_STATUS(read_word(k, sources[j].indices, sources[j].index_type, le.position, stream, &le.value));
+    return k.index_error(le, sources[j].label, sources[j].num_rows);
+  }
+  return nullptr;
+}
+
+// Runs `launch(ErrorSlot* slots)` (which enqueues the kernels on `stream`, launch j reporting into
+// slots[j]), then reads all slots back with one copy and one stream synchronize and returns
+// slots_error(). Under CUDA graph capture the launches go to the unchecked slots and nothing is read.
+class CheckedRunner {
+ public:
+  void set_slots_per_run(size_t n) { slots_.set_slots_per_run(n); }
+
   template <class Launch>
-  OrtStatus* run_checked(int device, cudaStream_t stream, Launch&& launch, const ErrorSources& src) {
+  OrtStatus* run(const TableKernel& k, int device, cudaStream_t stream, Launch&& launch,
+                 const std::vector<ErrorSources>& sources) {
     DeviceGuard guard;
     cudaError_t e = guard.enter(device);
-    if (e != cudaSuccess) return error("cudaSetDevice(" + std::to_string(device) + ") failed: " + cuda_message(e), ORT_FAIL);
+    if (e != cudaSuccess) return k.error("cudaSetDevice(" + std::to_string(device) + ") failed: " + cuda_message(e), ORT_FAIL);
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
     if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess) capture = cudaStreamCaptureStatusNone;
     // No synchronize inside a CUDA graph capture (illegal there): errors cannot be reported then.
@@ -230,12 +276,12 @@ class CudaTableKernel : public TableKernel {
       Slot slot;
       e = slots_.unchecked(device, &slot);
       if (e == cudaSuccess) e = launch(slot.dev);
-      if (e != cudaSuccess) return error("CUDA kernel launch failed: " + cuda_message(e), ORT_FAIL);
+      if (e != cudaSuccess) return k.error("CUDA kernel launch failed: " + cuda_message(e), ORT_FAIL);
       return nullptr;
     }
     Slot slot;
     e = slots_.acquire(device, &slot);
-    if (e != cudaSuccess) return error("could not allocate the error slot: " + cuda_message(e), ORT_FAIL);
+    if (e != cudaSuccess) return k.error("could not allocate the error slot: " + cuda_message(e), ORT_FAIL);
     struct Release {
       SlotPool& pool;
       const Slot& slot;
@@ -243,55 +289,53 @@ class CudaTableKernel : public TableKernel {
     } release{slots_, slot};
 
     e = launch(slot.dev);
-    if (e != cudaSuccess) return error("CUDA kernel launch failed: " + cuda_message(e), ORT_FAIL);
-    e = cudaMemcpyAsync(slot.host, slot.dev, sizeof(shark_cuda::ErrorSlot), cudaMemcpyDeviceToHost, stream);
+    if (e != cudaSuccess) return k.error("CUDA kernel launch failed: " + cuda_message(e), ORT_FAIL);
+    e = cudaMemcpyAsync(slot.host, slot.dev, slots_.bytes(), cudaMemcpyDeviceToHost, stream);
     if (e == cudaSuccess) e = cudaStreamSynchronize(stream);
-    if (e != cudaSuccess) return error("CUDA error after the lookup kernel: " + cuda_message(e), ORT_FAIL);
-    const shark_cuda::ErrorSlot got = *slot.host;
-    if (got.offset_pos != shark_cuda::kNoError) return offsets_error(got.offset_pos, src, stream);
-    if (got.index_pos != shark_cuda::kNoError) {
-      shark::LookupError le;
-      le.position = got.index_pos;
-      SHARK_RETURN_IF_STATUS(read_word(src.indices, src.index_type, got.index_pos, stream, &le.value));
-      return index_error(le);
-    }
-    return nullptr;
+    if (e != cudaSuccess) return k.error("CUDA error after the lookup kernel: " + cuda_message(e), ORT_FAIL);
+    return slots_error(k, slot.host, sources, stream);
   }
 
  private:
-  OrtStatus* read_word(const void* base, shark::IndexType t, uint64_t pos, cudaStream_t stream, int64_t* v) {
-    const size_t size = t == shark::IndexType::kInt64 ? 8 : 4;
-    unsigned char word[8] = {0};
-    cudaError_t e = cudaMemcpyAsync(word, static_cast<const unsigned char*>(base) + pos * size, size,
-                                    cudaMemcpyDefault, stream);
-    if (e == cudaSuccess) e = cudaStreamSynchronize(stream);
-    if (e != cudaSuccess) return error("could not read back a bad index: " + cuda_message(e), ORT_FAIL);
-    *v = index_at(word, t);
+  SlotPool slots_;
+};
+
+// One table a CUDA kernel reads (device tensors): where its three tensors are among the node's inputs, and
+// their validation -- at kernel creation for constant initializers (then cached by device pointers and
+// sizes), on every run for tables fed as graph inputs. The CUDA counterpart of TableSlot.
+class CudaTableSlot {
+ public:
+  // `label` prefixes this table's messages ("" for a one-table op, "field 'x': " in a group).
+  OrtStatus* init(const TableKernel& k, const shark::TableAttrs& attrs, size_t first_input, std::string label,
+                  const OrtKernelInfo* info) {
+    attrs_ = attrs;
+    proto_ = shark::make_table_view(attrs);
+    first_ = first_input;
+    label_ = std::move(label);
+    Input constant[3];
+    SHARK_RETURN_IF_STATUS(constant_table_inputs(info, constant, &constant_, first_));
+    if (constant_) {
+      shark_cuda::DeviceTable t;
+      SHARK_RETURN_IF_STATUS(check(k, constant[0], constant[1], constant[2], nullptr, true, true, &t));
+    }
     return nullptr;
   }
 
-  // The CPU kernel's message for the first bad offsets[i] (bag_bounds_from_offsets).
-  OrtStatus* offsets_error(uint64_t i, const ErrorSources& src, cudaStream_t stream) {
-    int64_t o = 0, prev = 0;
-    SHARK_RETURN_IF_STATUS(read_word(src.offsets, src.offsets_type, i, stream, &o));
-    if (i > 0) SHARK_RETURN_IF_STATUS(read_word(src.offsets, src.offsets_type, i - 1, stream, &prev));
-    std::ostringstream m;
-    if (i == 0 && o != 0) {
-      m << "offsets[0] is " << o << ", must be 0";
-    } else if (o < prev) {
-      m << "offsets[" << i << "] = " << o << " is less than offsets[" << i - 1 << "] = " << prev
-        << " (offsets must be non-decreasing)";
-    } else {
-      m << "offsets[" << i << "] = " << o << " is greater than the number of indices " << src.n_indices;
-    }
-    return error(m.str());
+  // The validated table of this run (device pointers).
+  OrtStatus* view(const TableKernel& k, OrtKernelContext* ctx, cudaStream_t stream, shark_cuda::DeviceTable* t) {
+    Input payload, meta, dflt;
+    SHARK_RETURN_IF_STATUS(get_input(ctx, first_ + kInPayload, &payload));
+    SHARK_RETURN_IF_STATUS(get_input(ctx, first_ + kInRowMeta, &meta));
+    SHARK_RETURN_IF_STATUS(get_input(ctx, first_ + kInDefaultRow, &dflt));
+    return check(k, payload, meta, dflt, stream, false, constant_, t);
   }
 
+ private:
   // Dtype/shape/content checks of the table (shark::validate_table on a host copy of row_meta); with
   // `cache`, remembers a valid table's pointers and sizes.
-  OrtStatus* check_table(const Input& payload, const Input& meta, const Input& dflt, cudaStream_t stream,
-                         bool at_creation, bool cache, shark_cuda::DeviceTable* t) {
-    SHARK_RETURN_IF_STATUS(check_table_inputs(payload, meta, dflt));
+  OrtStatus* check(const TableKernel& k, const Input& payload, const Input& meta, const Input& dflt, cudaStream_t stream,
+                   bool at_creation, bool cache, shark_cuda::DeviceTable* t) {
+    SHARK_RETURN_IF_STATUS(k.check_table_inputs(payload, meta, dflt, label_));
     *t = shark_cuda::DeviceTable{};
     t->payload = static_cast<const uint8_t*>(payload.data);
     t->meta = meta.count ? static_cast<const uint64_t*>(meta.data) : nullptr;
@@ -313,18 +357,19 @@ class CudaTableKernel : public TableKernel {
     if (need_meta) {
       meta_host.resize(meta.count);
       SHARK_RETURN_IF_STATUS(
-          copy_to_host(meta_host.data(), meta.data, meta.count * sizeof(uint64_t), stream, at_creation));
+          copy_to_host(k, meta_host.data(), meta.data, meta.count * sizeof(uint64_t), stream, at_creation));
       host.meta = meta_host.data();
     }
     const std::string bad = shark::validate_table(host, shark::TableShapes{payload.shape, meta.shape, dflt.shape});
-    if (!bad.empty()) return error("invalid table: " + bad);
+    if (!bad.empty()) return k.error(label_ + "invalid table: " + bad);
     if (cache) validated_.remember(key);
     return nullptr;
   }
 
   // Device (or host) memory to the host. At kernel creation: synchronous, after a device synchronize so
   // that ORT's upload of the initializers has finished (session creation only); in a run: on the stream.
-  OrtStatus* copy_to_host(void* dst, const void* src, size_t bytes, cudaStream_t stream, bool at_creation) {
+  OrtStatus* copy_to_host(const TableKernel& k, void* dst, const void* src, size_t bytes, cudaStream_t stream,
+                          bool at_creation) {
     cudaPointerAttributes pa{};
     cudaError_t e = cudaPointerGetAttributes(&pa, src);
     if (e != cudaSuccess) {
@@ -344,20 +389,49 @@ class CudaTableKernel : public TableKernel {
       } else {
         cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
         if (cudaStreamIsCapturing(stream, &capture) == cudaSuccess && capture != cudaStreamCaptureStatusNone) {
-          return error("a mixed table fed at run time (not a constant initializer) cannot be validated inside a "
-                       "CUDA graph capture");
+          return k.error(label_ + "a mixed table fed at run time (not a constant initializer) cannot be validated "
+                         "inside a CUDA graph capture");
         }
         e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream);
         if (e == cudaSuccess) e = cudaStreamSynchronize(stream);
       }
     }
-    if (e != cudaSuccess) return error("could not copy row_meta to the host for validation: " + cuda_message(e), ORT_FAIL);
+    if (e != cudaSuccess) {
+      return k.error(label_ + "could not copy row_meta to the host for validation: " + cuda_message(e), ORT_FAIL);
+    }
     return nullptr;
   }
 
-  bool constant_inputs_ = false;
+  shark::TableAttrs attrs_;
+  shark::TableView proto_;
+  size_t first_ = 0;
+  std::string label_;
+  bool constant_ = false;  // all three tensors are constant initializers
   ValidationCache validated_;
-  SlotPool slots_;
+};
+
+// The single ops' one table and checked launch.
+class CudaTableKernel : public TableKernel {
+ protected:
+  OrtStatus* init_cuda(const OpSpec& spec, const OrtKernelInfo* info) {
+    config_ = spec.config;
+    SHARK_RETURN_IF_STATUS(init_attrs(spec.name, info, out_type_of(spec.output)));
+    return table_.init(*this, attrs_, kInPayload, std::string(), info);
+  }
+
+  OrtStatus* device_table(OrtKernelContext* ctx, cudaStream_t stream, shark_cuda::DeviceTable* t) {
+    return table_.view(*this, ctx, stream, t);
+  }
+
+  template <class Launch>
+  OrtStatus* run_checked(int device, cudaStream_t stream, Launch&& launch, ErrorSources src) {
+    src.num_rows = attrs_.num_rows;
+    return runner_.run(*this, device, stream, launch, std::vector<ErrorSources>{src});
+  }
+
+ private:
+  CudaTableSlot table_;
+  CheckedRunner runner_;
 };
 
 class GatherCudaKernel : public CudaTableKernel {
@@ -451,6 +525,106 @@ class BagCudaKernel : public CudaTableKernel {
   BagAttrs bag_;
 };
 
+// RowwiseDequantMultiLookup on the CUDA EP: the CPU op's checks and messages (MultiLookupBase), then one
+// gather / bag launch per field on the compute stream, each writing its column block of every output row
+// (out = the block's first column, out_stride = W) and reporting into its own error slot; one readback.
+class MultiLookupCudaKernel : public MultiLookupBase {
+ public:
+  static OrtStatus* Create(const OpSpec& spec, const OrtKernelInfo* info, std::unique_ptr<MultiLookupCudaKernel>* out) {
+    auto k = std::make_unique<MultiLookupCudaKernel>();
+    k->config_ = spec.config;
+    MultiLookupCudaKernel& kernel = *k;
+    SHARK_RETURN_IF_STATUS(k->init_fields(spec, info, [&](size_t f) -> OrtStatus* {
+      kernel.tables_.push_back(std::make_unique<CudaTableSlot>());
+      const MultiField& field = kernel.fields_[f];
+      return kernel.tables_.back()->init(kernel, field.table, field.first, field.label, info);
+    }));
+    k->runner_.set_slots_per_run(k->fields_.size());
+    *out = std::move(k);
+    return nullptr;
+  }
+
+  OrtStatus* Compute(OrtKernelContext* ctx) {
+    cudaStream_t stream = nullptr;
+    SHARK_RETURN_IF_STATUS(get_stream(ctx, &stream));
+    const size_t n = fields_.size();
+    std::vector<shark_cuda::DeviceTable> tables(n);
+    std::vector<FieldInputs> inputs(n);
+    std::vector<uint64_t> column(n);
+    uint64_t n_samples = 0, width = 0;
+    for (size_t k = 0; k < n; ++k) {  // the CPU op's order: field by field, table then inputs
+      SHARK_RETURN_IF_STATUS(tables_[k]->view(*this, ctx, stream, &tables[k]));
+      SHARK_RETURN_IF_STATUS(field_inputs(ctx, k, &inputs[k]));
+      column[k] = width;
+      width += inputs[k].columns;
+      SHARK_RETURN_IF_STATUS(check_samples(k, inputs[k].samples, &n_samples));
+    }
+    void* out = nullptr;
+    int device = 0;
+    SHARK_RETURN_IF_STATUS(
+        get_device_output(ctx, {static_cast<int64_t>(n_samples), static_cast<int64_t>(width)}, &out, &device));
+    const uint64_t elem_bytes = out_type_ == shark::OutType::kFloat16 ? 2 : 4;
+    std::vector<shark_cuda::GatherParams> gathers(n);
+    std::vector<shark_cuda::BagParams> bags(n);
+    std::vector<ErrorSources> sources(n);
+    for (size_t k = 0; k < n; ++k) {
+      const MultiField& f = fields_[k];
+      const FieldInputs& in = inputs[k];
+      void* block = out ? static_cast<char*>(out) + column[k] * elem_bytes : nullptr;
+      ErrorSources& src = sources[k];
+      src.label = f.label;
+      src.num_rows = f.table.num_rows;
+      src.indices = in.idx.data;
+      src.index_type = in.index_type;
+      src.n_indices = in.idx.count;
+      if (f.kind == kGatherField) {
+        shark_cuda::GatherParams& p = gathers[k];
+        p = shark_cuda::GatherParams{in.idx.data, index_kind(in.index_type), in.idx.count, block, out_kind(out_type_)};
+        p.rows_per_sample = in.rows_per_sample ? in.rows_per_sample : 1;  // 0 only with no lookups at all
+        p.out_stride = width;
+        continue;
+      }
+      shark_cuda::BagParams& p = bags[k];
+      p = shark_cuda::BagParams{};
+      p.indices = in.idx.data;
+      p.index_kind = index_kind(in.index_type);
+      p.n_indices = in.idx.count;
+      if (f.kind == kBagOffsets) {
+        p.offsets = in.offs.data;
+        p.offsets_kind = index_kind(in.offsets_type);
+        p.n_offsets = in.offs.count;
+        p.include_last_offset = static_cast<int32_t>(f.bag.include_last_offset);
+      } else {
+        p.bag_len = n_samples ? in.idx.count / n_samples : 0;
+      }
+      p.n_bags = n_samples;
+      p.weights = in.weights;
+      p.mode = static_cast<int32_t>(f.bag.mode);
+      p.padding_idx = f.bag.padding_idx;
+      p.out = block;
+      p.out_kind = out_kind(out_type_);
+      p.out_stride = width;
+      src.offsets = p.offsets;
+      src.offsets_type = in.offsets_type;
+    }
+    // Every field is launched (a launcher with nothing to do only resets its slot): each slot is then fresh.
+    auto launch = [&](shark_cuda::ErrorSlot* slots) {
+      for (size_t k = 0; k < n; ++k) {
+        const cudaError_t e = fields_[k].kind == kGatherField
+                                  ? shark_cuda::gather(tables[k], gathers[k], slots + k, stream)
+                                  : shark_cuda::embedding_bag(tables[k], bags[k], slots + k, stream);
+        if (e != cudaSuccess) return e;
+      }
+      return cudaSuccess;
+    };
+    return runner_.run(*this, device, stream, launch, sources);
+  }
+
+ private:
+  std::vector<std::unique_ptr<CudaTableSlot>> tables_;  // one per field (not movable: holds a mutex)
+  CheckedRunner runner_;
+};
+
 }  // namespace
 
 bool cuda_ops_enabled(const shark::KernelConfig& config) {
@@ -461,7 +635,7 @@ bool cuda_ops_enabled(const shark::KernelConfig& config) {
   if (driver < CUDART_VERSION) {
     std::fprintf(stderr,
                  "shark_export: the NVIDIA driver supports CUDA %d.%d, the library's CUDA kernels need %d.%d or newer: "
-                 "RowwiseDequantGather/RowwiseDequantEmbeddingBag run on the CPU execution provider\n",
+                 "RowwiseDequantGather/RowwiseDequantEmbeddingBag/RowwiseDequantMultiLookup run on the CPU execution provider\n",
                  driver / 1000, (driver % 1000) / 10, CUDART_VERSION / 1000, (CUDART_VERSION % 1000) / 10);
     return false;
   }
@@ -477,6 +651,12 @@ void add_gather_cuda_ops(OpList* ops, uint32_t api_version, const shark::KernelC
 void add_embedding_bag_cuda_ops(OpList* ops, uint32_t api_version, const shark::KernelConfig& config) {
   for (auto out : {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16}) {
     ops->push_back(std::make_shared<CustomOp<BagCudaKernel>>(bag_spec(out, kCudaEp, config), api_version));
+  }
+}
+
+void add_multi_lookup_cuda_ops(OpList* ops, uint32_t api_version, const shark::KernelConfig& config) {
+  for (auto out : {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16}) {
+    ops->push_back(std::make_shared<CustomOp<MultiLookupCudaKernel>>(multi_spec(out, kCudaEp, config), api_version));
   }
 }
 

@@ -28,6 +28,7 @@ void add_multi_lookup_cpu_ops(OpList* ops, uint32_t api_version, const shark::Ke
 bool cuda_ops_enabled(const shark::KernelConfig& config);
 void add_gather_cuda_ops(OpList* ops, uint32_t api_version, const shark::KernelConfig& config);
 void add_embedding_bag_cuda_ops(OpList* ops, uint32_t api_version, const shark::KernelConfig& config);
+void add_multi_lookup_cuda_ops(OpList* ops, uint32_t api_version, const shark::KernelConfig& config);
 #endif
 
 }  // namespace shark_ort

@@ -39,6 +39,7 @@ Registry* build_registry(uint32_t api_version, const shark::KernelConfig& config
   if (cuda_ops_enabled(config)) {
     add_gather_cuda_ops(&r->ops, api_version, config);
     add_embedding_bag_cuda_ops(&r->ops, api_version, config);
+    add_multi_lookup_cuda_ops(&r->ops, api_version, config);
   }
 #endif
   for (auto& op : r->ops) {

@@ -7,19 +7,34 @@
 
 extern "C" {
 
-int shark_cuda_gather(SHARK_TABLE_ARGS, SHARK_GATHER_ARGS, void* err_slot, void* stream) {
+int shark_cuda_gather_strided(SHARK_TABLE_ARGS, SHARK_GATHER_ARGS, uint64_t rows_per_sample, uint64_t out_stride,
+                              void* err_slot, void* stream) {
   const auto t = shark_test::make_table(payload, meta, default_row, num_rows, dim, uniform_tier, format_version);
-  const auto p = shark_test::make_gather(indices, index_is_64, count, out, out_half);
+  auto p = shark_test::make_gather(indices, index_is_64, count, out, out_half);
+  p.rows_per_sample = rows_per_sample;
+  p.out_stride = out_stride;
   return static_cast<int>(shark_cuda::gather(t, p, static_cast<shark_cuda::ErrorSlot*>(err_slot),
                                              static_cast<cudaStream_t>(stream)));
 }
 
-int shark_cuda_bag(SHARK_TABLE_ARGS, SHARK_BAG_ARGS, void* err_slot, void* stream) {
+int shark_cuda_gather(SHARK_TABLE_ARGS, SHARK_GATHER_ARGS, void* err_slot, void* stream) {
+  return shark_cuda_gather_strided(payload, meta, default_row, num_rows, dim, uniform_tier, format_version, indices,
+                                   index_is_64, count, out, out_half, 1, 0, err_slot, stream);
+}
+
+int shark_cuda_bag_strided(SHARK_TABLE_ARGS, SHARK_BAG_ARGS, uint64_t out_stride, void* err_slot, void* stream) {
   const auto t = shark_test::make_table(payload, meta, default_row, num_rows, dim, uniform_tier, format_version);
-  const auto p = shark_test::make_bag(indices, index_is_64, n_indices, offsets, offsets_is_64, n_offsets,
-                                      include_last_offset, bag_len, n_bags, weights, mode, padding_idx, out, out_half);
+  auto p = shark_test::make_bag(indices, index_is_64, n_indices, offsets, offsets_is_64, n_offsets,
+                                include_last_offset, bag_len, n_bags, weights, mode, padding_idx, out, out_half);
+  p.out_stride = out_stride;
   return static_cast<int>(shark_cuda::embedding_bag(t, p, static_cast<shark_cuda::ErrorSlot*>(err_slot),
                                                     static_cast<cudaStream_t>(stream)));
+}
+
+int shark_cuda_bag(SHARK_TABLE_ARGS, SHARK_BAG_ARGS, void* err_slot, void* stream) {
+  return shark_cuda_bag_strided(payload, meta, default_row, num_rows, dim, uniform_tier, format_version, indices,
+                                index_is_64, n_indices, offsets, offsets_is_64, n_offsets, include_last_offset, bag_len,
+                                n_bags, weights, mode, padding_idx, out, out_half, 0, err_slot, stream);
 }
 
 const char* shark_cuda_error_string(int err) { return cudaGetErrorString(static_cast<cudaError_t>(err)); }

@@ -13,9 +13,10 @@ using namespace shark_cuda;
 template <int TIER, typename IdxT, typename OutT>
 void emu_gather(const DeviceTable& t, const GatherParams& p, ErrorSlot* err) {
   const uint32_t G = group_size(t.dim);
+  const GatherOut<OutT> out = gather_out<OutT>(p, t.dim);
   for (uint64_t i = 0; i < p.count; ++i)
     for (uint32_t lane = 0; lane < G; ++lane)
-      gather_group<TIER, IdxT, OutT>(t, static_cast<const IdxT*>(p.indices), i, static_cast<OutT*>(p.out), lane, G, err);
+      gather_group<TIER, IdxT, OutT>(t, static_cast<const IdxT*>(p.indices), i, out, lane, G, err);
 }
 
 template <int TIER, typename IdxT, typename OutT>
@@ -67,25 +68,43 @@ extern "C" {
 
 uint32_t shark_test_group_size(uint32_t dim) { return shark_cuda::group_size(dim); }
 
-int shark_emu_gather(SHARK_TABLE_ARGS, SHARK_GATHER_ARGS, uint64_t* err2) {
+int shark_emu_gather_strided(SHARK_TABLE_ARGS, SHARK_GATHER_ARGS, uint64_t rows_per_sample, uint64_t out_stride,
+                             uint64_t* err2) {
   const DeviceTable t = shark_test::make_table(payload, meta, default_row, num_rows, dim, uniform_tier, format_version);
-  const GatherParams p = shark_test::make_gather(indices, index_is_64, count, out, out_half);
+  GatherParams p = shark_test::make_gather(indices, index_is_64, count, out, out_half);
+  p.rows_per_sample = rows_per_sample;
+  p.out_stride = out_stride;
   ErrorSlot err{kNoError, kNoError};
+  // The launcher's refusal of overlapping rows (it returns before any kernel).
+  if (p.count > 0 && !gather_layout_ok(p, dim)) return -2;
   const int rc = dispatch<GatherF>(uniform_tier, index_is_64, out_half, t, p, &err);
   err2[0] = err.index_pos;
   err2[1] = err.offset_pos;
   return rc;
 }
 
-int shark_emu_bag(SHARK_TABLE_ARGS, SHARK_BAG_ARGS, uint64_t* err2) {
+int shark_emu_gather(SHARK_TABLE_ARGS, SHARK_GATHER_ARGS, uint64_t* err2) {
+  return shark_emu_gather_strided(payload, meta, default_row, num_rows, dim, uniform_tier, format_version, indices,
+                                  index_is_64, count, out, out_half, 1, 0, err2);
+}
+
+int shark_emu_bag_strided(SHARK_TABLE_ARGS, SHARK_BAG_ARGS, uint64_t out_stride, uint64_t* err2) {
   const DeviceTable t = shark_test::make_table(payload, meta, default_row, num_rows, dim, uniform_tier, format_version);
-  const BagParams p = shark_test::make_bag(indices, index_is_64, n_indices, offsets, offsets_is_64, n_offsets,
-                                           include_last_offset, bag_len, n_bags, weights, mode, padding_idx, out, out_half);
+  BagParams p = shark_test::make_bag(indices, index_is_64, n_indices, offsets, offsets_is_64, n_offsets,
+                                     include_last_offset, bag_len, n_bags, weights, mode, padding_idx, out, out_half);
+  p.out_stride = out_stride;
   ErrorSlot err{kNoError, kNoError};
+  if (!bag_layout_ok(p, dim)) return -2;
   const int rc = dispatch<BagF>(uniform_tier, index_is_64, out_half, t, p, &err);
   err2[0] = err.index_pos;
   err2[1] = err.offset_pos;
   return rc;
+}
+
+int shark_emu_bag(SHARK_TABLE_ARGS, SHARK_BAG_ARGS, uint64_t* err2) {
+  return shark_emu_bag_strided(payload, meta, default_row, num_rows, dim, uniform_tier, format_version, indices,
+                               index_is_64, n_indices, offsets, offsets_is_64, n_offsets, include_last_offset, bag_len,
+                               n_bags, weights, mode, padding_idx, out, out_half, 0, err2);
 }
 
 uint64_t shark_emu_misaligned_loads(void) { return shark_cuda::emu_misaligned_loads(); }

@@ -44,12 +44,23 @@ extern "C" {
 SHARK_TEST_API uint32_t shark_test_group_size(uint32_t dim);
 SHARK_TEST_API int shark_emu_gather(SHARK_TABLE_ARGS, SHARK_GATHER_ARGS, uint64_t *err2);
 SHARK_TEST_API int shark_emu_bag(SHARK_TABLE_ARGS, SHARK_BAG_ARGS, uint64_t *err2);
+// The same with an output layout (GatherParams / BagParams in custom_ops/cuda/device_table.h): a field's
+// column block of a wider [B, W] output (out = the block's first column, out_stride = W; 0 = rows back to
+// back). The plain entry points are these with rows_per_sample = 1, out_stride = 0. A layout whose rows
+// would overlap is refused: the emulation returns -2, the launchers cudaErrorInvalidValue.
+SHARK_TEST_API int shark_emu_gather_strided(SHARK_TABLE_ARGS, SHARK_GATHER_ARGS, uint64_t rows_per_sample,
+                                            uint64_t out_stride, uint64_t *err2);
+SHARK_TEST_API int shark_emu_bag_strided(SHARK_TABLE_ARGS, SHARK_BAG_ARGS, uint64_t out_stride, uint64_t *err2);
 SHARK_TEST_API int shark_testlib_has_cuda(void);
 // Word loads the host emulation made at addresses the GPU would reject (misaligned), on this thread.
 SHARK_TEST_API uint64_t shark_emu_misaligned_loads(void);
 
 SHARK_TEST_API int shark_cuda_gather(SHARK_TABLE_ARGS, SHARK_GATHER_ARGS, void *err_slot, void *stream);
 SHARK_TEST_API int shark_cuda_bag(SHARK_TABLE_ARGS, SHARK_BAG_ARGS, void *err_slot, void *stream);
+SHARK_TEST_API int shark_cuda_gather_strided(SHARK_TABLE_ARGS, SHARK_GATHER_ARGS, uint64_t rows_per_sample,
+                                             uint64_t out_stride, void *err_slot, void *stream);
+SHARK_TEST_API int shark_cuda_bag_strided(SHARK_TABLE_ARGS, SHARK_BAG_ARGS, uint64_t out_stride, void *err_slot,
+                                          void *stream);
 SHARK_TEST_API const char *shark_cuda_error_string(int err);
 SHARK_TEST_API int shark_cuda_runtime_version(void);
 SHARK_TEST_API int shark_cuda_driver_version(void);
