@@ -63,11 +63,21 @@ static uint64_t gather_range(const TableView& t, const IdxT* idx, uint64_t begin
   const float* dflt = t.default_row;
   if constexpr (TIER == kMixed) {
     RowLoc ring[kAhead];
-    for (uint64_t i = begin; i < end; ++i, out.next()) {
+    // As for uniform tables: the row length a compile-time constant for the common D = 64.
+    auto body = [&](uint64_t i, uint32_t dim) -> bool {
       const int64_t r = static_cast<int64_t>(idx[i]);
-      if (static_cast<uint64_t>(r) >= R) return i;
+      if (static_cast<uint64_t>(r) >= R) return false;
       const RowLoc l = mixed_step(t, idx, i, begin, end, static_cast<uint64_t>(r), ring);
-      emit_row_any<Rows, STREAM>(l.tier, payload + l.offset, D, dflt, dflt_out, out.row);
+      emit_row_any<Rows, STREAM>(l.tier, payload + l.offset, dim, dflt, dflt_out, out.row);
+      out.next();
+      return true;
+    };
+    if (D == 64) {
+      for (uint64_t i = begin; i < end; ++i)
+        if (!body(i, 64)) return i;
+    } else {
+      for (uint64_t i = begin; i < end; ++i)
+        if (!body(i, D)) return i;
     }
   } else {
     const uint64_t stride = t.stride[TIER];
