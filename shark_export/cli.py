@@ -203,6 +203,13 @@ def _cmd_inspect(args) -> int:
     return 0
 
 
+def _cmd_optimize(args) -> int:
+    from .ort_offline import optimize_offline
+
+    print(optimize_offline(args.onnx, args.out, level=args.level, inputs=load_batch_file(args.inputs) if args.inputs else None))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shark-export", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -257,6 +264,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("inspect", help="print the tables, tiers and bytes of a converted model")
     p.add_argument("onnx")
     p.set_defaults(run=_cmd_inspect)
+
+    p = commands.add_parser("optimize", help="save ONNX Runtime's graph optimizations into a converted model")
+    p.add_argument("onnx", help="converted .onnx model")
+    p.add_argument("--out", required=True, help="output .onnx path (not the source)")
+    p.add_argument("--level", default="extended", choices=["basic", "extended", "all"],
+                   help="ORT optimization level; 'all' adds layout changes specific to this machine")
+    p.add_argument("--inputs", help="a .pt/.npz batch: the saved model must compute the same bits as the source")
+    p.set_defaults(run=_cmd_optimize)
 
     p = commands.add_parser("demo", help="train, convert and check a model on generated data")
     demo.add_arguments(p)

@@ -90,26 +90,33 @@ class StagedModel:
 
     def commit(self) -> None:
         """Data file first (synced, renamed into place), then the model in one rename; then the old data file."""
-        target_dir = self.output_path.parent
-        previous = data_files_of(self.output_path) if self.output_path.is_file() else set()
-        if self.data_name:
-            staged_data = self._dir / self.data_name
-            _fsync(staged_data)
-            os.replace(staged_data, target_dir / self.data_name)
-        _fsync(self.path)
-        os.replace(self.path, self.output_path)
-        _fsync_dir(target_dir)
-        stale = previous - {self.data_name}
-        if stale:
-            still_named = set()
-            for other in target_dir.glob("*.onnx"):
-                if other != self.output_path:
-                    still_named |= data_files_of(other)
-            for name in stale - still_named:
-                candidate = target_dir / name
-                if candidate.parent == target_dir and candidate.is_file():  # never a path outside the directory
-                    candidate.unlink()
+        commit_files(self._dir, self.path, self.data_name, self.output_path)
         self.discard()
+
+
+def commit_files(stage_dir: Path, staged_model: Path, data_name: str | None, output_path: Path) -> None:
+    """Move a model staged in `stage_dir` (with its data file `data_name`, if any) to `output_path`: the data
+    file first (synced, renamed into place), then the model in one rename; then the replaced model's data
+    file, unless another `.onnx` next to it still names it."""
+    target_dir = output_path.parent
+    previous = data_files_of(output_path) if output_path.is_file() else set()
+    if data_name:
+        staged_data = stage_dir / data_name
+        _fsync(staged_data)
+        os.replace(staged_data, target_dir / data_name)
+    _fsync(staged_model)
+    os.replace(staged_model, output_path)
+    _fsync_dir(target_dir)
+    stale = previous - {data_name}
+    if stale:
+        still_named = set()
+        for other in target_dir.glob("*.onnx"):
+            if other != output_path:
+                still_named |= data_files_of(other)
+        for name in stale - still_named:
+            candidate = target_dir / name
+            if candidate.parent == target_dir and candidate.is_file():  # never a path outside the directory
+                candidate.unlink()
 
 
 def _fsync_dir(directory: Path) -> None:
