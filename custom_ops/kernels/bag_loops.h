@@ -42,7 +42,7 @@ static uint64_t bag_range(const BagJob& j, uint64_t b0, uint64_t b1, Acc& acc) {
   const uint64_t stride = TIER >= 0 ? t.stride[TIER >= 0 ? TIER : 0] : 0;
   const float* dflt = t.default_row;
   const uint64_t k_first = bounds[b0], k_end = bounds[b1];
-  RowLoc ring[kAhead];
+  RowLoc ring[kBagAhead];
   (void)k_first;
   (void)ring;
 
@@ -50,12 +50,12 @@ static uint64_t bag_range(const BagJob& j, uint64_t b0, uint64_t b1, Acc& acc) {
     acc.start(b);
     uint64_t count = 0;
     for (uint64_t k = bounds[b], e = bounds[b + 1]; k < e; ++k) {
-      if constexpr (TIER != kMixed && TIER != kDropped) uniform_ahead(idx, k, k_end, base, stride);
+      if constexpr (TIER != kMixed && TIER != kDropped) uniform_ahead<kBagAhead>(idx, k, k_end, base, stride);
       const int64_t r = static_cast<int64_t>(idx[k]);
       if (static_cast<uint64_t>(r) >= R) return k;
       const uint64_t ru = static_cast<uint64_t>(r);
       RowLoc l{0, 0};
-      if constexpr (TIER == kMixed) l = mixed_step(t, idx, k, k_first, k_end, ru, ring);
+      if constexpr (TIER == kMixed) l = mixed_step<kBagAhead>(t, idx, k, k_first, k_end, ru, ring);
       if (r == pad) continue;
       const float wk = Acc::kWeighted ? w[k] : 1.0f;
       if constexpr (TIER == kMixed) {

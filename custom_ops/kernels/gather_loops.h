@@ -62,12 +62,12 @@ static uint64_t gather_range(const TableView& t, const IdxT* idx, uint64_t begin
   const uint8_t* payload = t.payload;
   const float* dflt = t.default_row;
   if constexpr (TIER == kMixed) {
-    RowLoc ring[kAhead];
+    RowLoc ring[kGatherAhead];
     // As for uniform tables: the row length a compile-time constant for the common D = 64.
     auto body = [&](uint64_t i, uint32_t dim) -> bool {
       const int64_t r = static_cast<int64_t>(idx[i]);
       if (static_cast<uint64_t>(r) >= R) return false;
-      const RowLoc l = mixed_step(t, idx, i, begin, end, static_cast<uint64_t>(r), ring);
+      const RowLoc l = mixed_step<kGatherAhead>(t, idx, i, begin, end, static_cast<uint64_t>(r), ring);
       emit_row_any<Rows, STREAM>(l.tier, payload + l.offset, dim, dflt, dflt_out, out.row);
       out.next();
       return true;
@@ -84,7 +84,7 @@ static uint64_t gather_range(const TableView& t, const IdxT* idx, uint64_t begin
     const uintptr_t base = reinterpret_cast<uintptr_t>(payload);
     // The loop body, with the row length a compile-time constant when the common D = 64 is given.
     auto body = [&](uint64_t i, uint32_t dim) -> bool {
-      if constexpr (TIER != kDropped) uniform_ahead(idx, i, end, base, stride);
+      if constexpr (TIER != kDropped) uniform_ahead<kGatherAhead>(idx, i, end, base, stride);
       const int64_t r = static_cast<int64_t>(idx[i]);
       if (static_cast<uint64_t>(r) >= R) return false;
       Rows::template emit_row<TIER, STREAM>(payload + static_cast<uint64_t>(r) * stride, dim, dflt, dflt_out, out.row);

@@ -9,11 +9,22 @@
 
 namespace shark {
 
-#ifndef SHARK_PREFETCH
-#define SHARK_PREFETCH 16
+// Lookups ahead at which rows are prefetched (powers of two: a mixed table's ring is indexed by k % AHEAD).
+// Measured on the 2M x 64 Zipf benchmark (benchmarks/bench_lookup.py): a gather writes a whole output row
+// per lookup and is best at 16 (32 and 64 measured no better); a bag only adds each row into registers, so
+// a row is consumed in a few nanoseconds and must be asked for further ahead: the pooled int8 bags of 20
+// took 16.7 ms at 16, 12.2 at 32, 9.2 at 64 and 8.8 at 128 rows ahead (1 thread; torch's byte-rowwise bag
+// 14.5-16.7 ms in the same runs).
+#ifndef SHARK_GATHER_PREFETCH
+#define SHARK_GATHER_PREFETCH 16
 #endif
-constexpr uint64_t kAhead = SHARK_PREFETCH;  // lookups ahead: rows are prefetched kAhead ahead
-static_assert((kAhead & (kAhead - 1)) == 0, "SHARK_PREFETCH must be a power of two");
+#ifndef SHARK_BAG_PREFETCH
+#define SHARK_BAG_PREFETCH 64
+#endif
+constexpr uint64_t kGatherAhead = SHARK_GATHER_PREFETCH;
+constexpr uint64_t kBagAhead = SHARK_BAG_PREFETCH;
+static_assert((kGatherAhead & (kGatherAhead - 1)) == 0, "SHARK_GATHER_PREFETCH must be a power of two");
+static_assert((kBagAhead & (kBagAhead - 1)) == 0, "SHARK_BAG_PREFETCH must be a power of two");
 
 // Prefetches [p, p + n) (n > 0) with three branch-free prefetches (first, middle and last byte):
 // every line of a row of up to 3 lines, and a head start for the hardware prefetcher beyond.
@@ -30,7 +41,7 @@ static inline void prefetch_bytes(const void* p, uint64_t n) {
 }
 
 // Uniform table: prefetch the row of lookup k + kAhead (no range check needed to prefetch).
-template <typename IdxT>
+template <uint64_t kAhead, typename IdxT>
 static inline void uniform_ahead(const IdxT* idx, uint64_t k, uint64_t k_end, uintptr_t base, uint64_t stride) {
   if (k + kAhead < k_end) {
     const uint64_t rp = static_cast<uint64_t>(static_cast<int64_t>(idx[k + kAhead]));
@@ -41,7 +52,7 @@ static inline void uniform_ahead(const IdxT* idx, uint64_t k, uint64_t k_end, ui
 // Mixed table, lookup k of [first, k_end) with row ru (already range-checked): its location, and
 // the look-ahead: the block record of lookup k + 2 kAhead is prefetched, lookup k + kAhead is located
 // (kept in `ring` until its turn) and its row prefetched. Each row is located once.
-template <typename IdxT>
+template <uint64_t kAhead, typename IdxT>
 static inline RowLoc mixed_step(const TableView& t, const IdxT* idx, uint64_t k, uint64_t first, uint64_t k_end,
                                 uint64_t ru, RowLoc* ring) {
   const uint64_t R = t.num_rows;
