@@ -29,6 +29,7 @@ from .passes import (
     DenseOpsPass,
     FinalizeVersionsPass,
     GroupLookupsPass,
+    LookupCastsPass,
     NameOutputsPass,
     PruneFieldsPass,
     RemoveDeadPass,
@@ -193,15 +194,17 @@ def _convert(
     quantized = quantize_tables(weights, {n: t for n, (t, _) in storage.items()}, config.clip, show_progress)
     steps.update()
 
-    # 5. the graph passes: prune → replace lookups → fuse the lookups of one Concat → cheaper dense ops →
-    #    remove dead code → versions → output names
+    # 5. the graph passes: prune → replace lookups → fuse the lookups of one Concat → float16 lookups for
+    #    float16 readers → cheaper dense ops → remove dead code → versions → output names
     cleanup = RemoveDeadPass()
     grouping = GroupLookupsPass()
     dense_ops = DenseOpsPass()
+    casts = LookupCastsPass()
     ir.passes.PassManager([
         PruneFieldsPass(found.lookups, pruned_means),
         ReplaceLookupsPass(found.lookups, quantized, config.output_onnx_dtype, found.dense_uses),
         *([grouping] if fuse_lookups else []),
+        casts,
         *([dense_ops] if optimize_dense else []),
         cleanup,
         FinalizeVersionsPass(),
@@ -217,6 +220,7 @@ def _convert(
         unused_fields=[f.name for f in fields.values() if f.name not in looked_up and not f.pruned],
         fused_lookups=grouping.groups,
         dense_rewrites={k: v for k, v in dense_ops.rewritten.items() if v},
+        float16_lookups=casts.folded,
     )
     # Nothing in the file depends on where or when it was written: the path is not stored.
     ir_model.metadata_props.update({

@@ -51,6 +51,7 @@ class ConvertReport:
     unused_fields: list[str] = field(default_factory=list)  # called in torch, absent from the exported graph
     fused_lookups: list[list[str]] = field(default_factory=list)  # per RowwiseDequantMultiLookup node, its fields
     dense_rewrites: dict[str, int] = field(default_factory=dict)  # DenseOpsPass: rewrite → how many
+    float16_lookups: list[str] = field(default_factory=list)  # lookup nodes writing float16 for Cast(float16) readers
     dense: str = "fp32"  # "int8": MatMul/Gemm through onnxruntime.quantization.quantize_dynamic
     dense_int8_nodes: int = 0  # how many MatMul/Gemm it quantized
     dense_impact: ParityReport | None = None  # the int8-dense file vs the original float model
@@ -97,6 +98,8 @@ class ConvertReport:
             lines.append(f"unused fields (no lookup in the exported graph): {', '.join(self.unused_fields)}")
         for group in self.fused_lookups:
             lines.append(f"fused lookups (one node, one output row per sample): {', '.join(group)}")
+        if self.float16_lookups:
+            lines.append("lookups writing float16 for their float16 readers (Cast removed): " + ", ".join(self.float16_lookups))
         if self.dense_rewrites:
             lines.append("dense ops rewritten for ONNX Runtime: " + ", ".join(f"{k} ({n})" for k, n in self.dense_rewrites.items()))
         lines.extend(f"note: {n}" for n in self.notes)
@@ -124,6 +127,7 @@ class ConvertReport:
             "unused_fields": self.unused_fields,
             "fused_lookups": self.fused_lookups,
             "dense_rewrites": self.dense_rewrites,
+            "float16_lookups": self.float16_lookups,
             "dense": self.dense,
             "dense_int8_nodes": self.dense_int8_nodes,
             "tables": [{**asdict(t), "bytes_after": t.bytes_after, "ratio": t.ratio} for t in self.tables],

@@ -9,7 +9,8 @@
    dense uses read one dequantized view of the same storage.
 3b. `group_lookups.GroupLookupsPass`: the lookups feeding one Concat (axis 1) → one RowwiseDequantMultiLookup
    writing every field's rows into one output row per sample (`convert(fuse_lookups=False)` skips it).
-3c. `dense_ops.DenseOpsPass`: cheaper ORT equivalents of the exporter's dense arithmetic (squares and sums of
+3c. `lookup_casts.LookupCastsPass`: a lookup read only through Cast(to=float16) writes float16 itself.
+3d. `dense_ops.DenseOpsPass`: cheaper ORT equivalents of the exporter's dense arithmetic (squares and sums of
    squares), measured with ORT's profiler (`convert(optimize_dense=False)` skips it).
 4. `cleanup.RemoveDeadPass`: drop nodes, initializers, graph inputs and opset imports nothing reads.
 5. `finalize.FinalizeVersionsPass`: IR version and opsets ORT reads; no staging node left.
@@ -23,6 +24,7 @@ from .cleanup import RemoveDeadPass
 from .dense_ops import DenseOpsPass
 from .finalize import FinalizeVersionsPass
 from .group_lookups import GroupLookupsPass
+from .lookup_casts import LookupCastsPass
 from .outputs import NameOutputsPass, check_output_count
 from .lookups import Lookup, LookupMap, find_lookups, lower_computed_weight_gathers, raise_table_gathers
 from .prune import PruneFieldsPass
@@ -31,6 +33,6 @@ from .tidy import TidyExportPass
 
 __all__ = [
     "Lookup", "LookupMap", "find_lookups", "lower_computed_weight_gathers", "raise_table_gathers", "TidyExportPass",
-    "PruneFieldsPass", "ReplaceLookupsPass", "GroupLookupsPass", "DenseOpsPass", "RemoveDeadPass", "FinalizeVersionsPass", "NameOutputsPass",
+    "PruneFieldsPass", "ReplaceLookupsPass", "GroupLookupsPass", "LookupCastsPass", "DenseOpsPass", "RemoveDeadPass", "FinalizeVersionsPass", "NameOutputsPass",
     "check_output_count",
 ]
