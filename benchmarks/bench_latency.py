@@ -63,6 +63,7 @@ import torch.nn.functional as F
 import shark_export
 from shark_export.example_models import DeepFM, FieldSpec, split_batches
 from shark_export.export import ExampleInputs
+from shark_export.model_file import data_files_of
 from shark_export.model_io import OnnxModelRunner
 from shark_export.synthetic import SyntheticField, generate
 
@@ -219,7 +220,8 @@ def build(model_name: str, dim: int, batches: list[int], workdir: Path, seed: in
         timings[f"convert {quant}"] = time.perf_counter() - t
         c.input_map = OnnxModelRunner(c.path).input_map
         contenders.append(c)
-    sizes = {c.name: c.path.stat().st_size + sum(q.stat().st_size for q in workdir.glob(c.path.name + ".data")) for c in contenders}
+    # the .onnx plus the external data files it names (ours are named by content, torch's after the model)
+    sizes = {c.name: c.path.stat().st_size + sum((workdir / d).stat().st_size for d in data_files_of(c.path)) for c in contenders}
     return model, specs, rows, inputs, contenders, sizes, timings
 
 
@@ -598,6 +600,7 @@ def plot(rows: list[dict], tput_rows: list[dict], sweep_rows: list[dict], folder
                 if name == "fp32" and "fp32-2d" in sel[0]["throughput"]:
                     continue
                 ax.plot([r["callers"] for r in sel], [r["throughput"][name]["samples_per_s"] for r in sel], "-o", color=colors.get(name), label=name)
+            ax.set_xticks([r["callers"] for r in sel])
             ax.set_xlabel("concurrent callers (one session, 1 intra-op thread)")
             ax.set_ylabel("samples / s")
             ax.set_title(f"{model_name}, batch {sel[0]['batch']}")
