@@ -22,7 +22,8 @@ a random permutation (shark_export.synthetic); 8 distinct batches per batch size
 
 Sections (`--sections`, default all three):
 - `latency`: ORT CPU sessions, intra_op_num_threads 1 or 2, inter_op 1, sequential execution, all graph
-  optimizations, batches 1, 16, 128, 512, 4096. Contenders are interleaved: each round runs every contender
+  optimizations, intra-op spin-waiting off (`--spin` turns ORT's default back on; on this 2-vCPU VM it made
+  2 threads slower than 1), batches 1, 16, 128, 512, 4096. Contenders are interleaved: each round runs every contender
   `--iters` times, the first contender rotating from round to round; small batches get more rounds (up to
   10× `--rounds`) so that p99 rests on ≥ 300 calls there. Reported: p50 and p99 per-call latency (p10 and
   IQR in the JSON), and as speed-up the median over rounds of the paired ratio baseline / ours within the
@@ -424,8 +425,9 @@ def main(argv=None) -> int:
     p.add_argument("--sweep-batch", type=int, default=512)
     p.add_argument("--sweep-threads", type=int, nargs="+", default=[1])
     p.add_argument("--scale", type=float, default=1.0, help="multiply every table size (a quick dry run: 0.001)")
-    p.add_argument("--spin", action=argparse.BooleanOptionalAction, default=True,
-                   help="ORT intra-op spin-waiting (its default); --no-spin is kinder to a machine shared with others")
+    p.add_argument("--spin", action=argparse.BooleanOptionalAction, default=False,
+                   help="ORT intra-op spin-waiting (ORT's default; off here: on this 2-vCPU VM it made 2 threads slower "
+                        "than 1, fp32 headline at 4096 7.0 ms vs 4.5 ms, and 2.8 ms without it)")
     p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
                    help="split the node time at the largest batch into lookup nodes and the rest (ORT profiler)")
     p.add_argument("--profile-runs", type=int, default=30)

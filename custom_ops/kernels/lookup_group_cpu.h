@@ -15,6 +15,9 @@
 
 namespace shark {
 
+// Below this many rows in all fields together, the tasks run on the calling thread.
+constexpr uint64_t kGroupInlineLookups = 2048;
+
 struct GroupField {
   const TableView* table = nullptr;  // validated
   bool is_bag = false;

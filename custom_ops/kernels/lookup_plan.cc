@@ -42,6 +42,7 @@ GatherPlan::GatherPlan(const TableView& t, const void* indices, IndexType index_
   job_ = GatherJob{&t, indices, count, out.out, dflt_out, kGatherChunk, out.per_sample, stride_of(out, t.dim),
                    &first_error_};
   n_tasks_ = (count + kGatherChunk - 1) / kGatherChunk;
+  lookups_ = count;
 }
 
 LookupError GatherPlan::error() const {
@@ -65,6 +66,7 @@ BagPlan::BagPlan(const TableView& t, const BagArgs& a, const OutLayout& out) : t
     }
     if (task_bags_.back() != a.n_bags) task_bags_.push_back(a.n_bags);
     n_tasks_ = task_bags_.size() - 1;
+    lookups_ = a.bounds[a.n_bags] - a.bounds[0] + a.n_bags;  // + one output row per bag
   }
   if (out.type == OutType::kFloat16 && t.dim > kBagStackAcc) heap_scratch_.resize(n_tasks_ * t.dim);
   const bool weighted = a.weights != nullptr;

@@ -17,12 +17,14 @@ class LookupPlan {
  public:
   virtual ~LookupPlan() = default;
   uint64_t n_tasks() const { return n_tasks_; }
+  uint64_t lookups() const { return lookups_; }  // rows read (gathers: indices; bags: indices in bags)
   virtual void run_task(size_t task) = 0;
   // After every task ran: the first out-of-range index (lowest position), or ok.
   virtual LookupError error() const = 0;
 
  protected:
   uint64_t n_tasks_ = 0;
+  uint64_t lookups_ = 0;
   std::atomic<uint64_t> first_error_{kNoError};
 };
 
