@@ -54,7 +54,7 @@ from shark_export.format import Tier, row_stride  # noqa: E402
 from shark_export.quantize import quantize_table  # noqa: E402
 from shark_export.metrics import auc  # noqa: E402
 from shark_export.pruning import prune_fields  # noqa: E402
-from shark_export.quant_config import QuantConfig, assign_tiers, promote_rows  # noqa: E402
+from shark_export.quant_config import QuantConfig, assign_tiers  # noqa: E402
 from shark_export.reference import dequantize  # noqa: E402
 from shark_export.row_priority import score_rows  # noqa: E402
 
@@ -68,7 +68,7 @@ SPLIT_SEED = 1234  # calibration / evaluation halves of the held-out split
 RATIOS = (0.15, 0.175, 0.20, 0.235, 0.27)
 HEADLINE_RATIOS = (0.15, 0.20, 0.27)
 LOW_RATIOS = (0.03, 0.05, 0.07, 0.10, 0.125)
-LOW_LADDER = (Tier.DROPPED, Tier.INT2, Tier.INT4, Tier.INT8)
+LOW_LADDER = ("dropped", "int2", "int4", "int8")
 POS_WEIGHT, NEG_WEIGHT = 2.0, 1.0
 OLDEST_WEIGHT = 0.1  # decay per batch chosen so that the oldest calibration batch weighs 0.1 of the newest
 
@@ -144,19 +144,9 @@ def calibration_loss(model, cal_b, cal_y) -> float:
 
 
 def low_budget_tiers(tables: dict, priorities: dict, ratio: float, ladder=LOW_LADDER) -> dict:
-    """Tiers for budgets below the int4 floor: quant_config's budget greedy (promote_rows: every row starts at
-    ladder[0], then rows are promoted rung by rung in global priority order while the budget lasts; the budget
-    reserves 0.5 B/row of row_meta and the default row), over a ladder that QuantConfig does not accept
-    (dropped → int2 → int4 → int8)."""
-    names = list(tables)
-    dims = np.concatenate([np.full(tables[n].num_rows, tables[n].dim) for n in names])
-    fp32 = float(sum(t.num_rows * t.dim * 4 for t in tables.values()))
-    metadata = float(sum(t.num_rows * 0.5 + t.dim * 4 for t in tables.values()))
-    priority = np.concatenate([priorities[n].astype(np.float64) for n in names])
-    tiers = promote_rows(priority, dims, list(ladder), np.full(priority.shape[0], ladder[0], dtype=np.uint8),
-                         ratio * fp32 - metadata)
-    bounds = np.cumsum([0] + [tables[n].num_rows for n in names])
-    return {n: tiers[bounds[i]: bounds[i + 1]] for i, n in enumerate(names)}
+    """Tiers for budgets below the int4 floor: the product's budget (QuantConfig target_ratio, the same code
+    convert runs) over the ladder dropped → int2 → int4 → int8."""
+    return assign_tiers(QuantConfig(target_ratio=ratio, ladder=ladder), tables, priorities)
 
 
 def short(name: str) -> str:
@@ -339,7 +329,7 @@ def run_dataset(name: str, args) -> dict:
     quant: dict = {"time_order": time_note, "decay": decay, "pos_weight": POS_WEIGHT, "neg_weight": NEG_WEIGHT,
                    "budget": {}, "uniform": {}}
     for ratio in RATIOS:
-        config = QuantConfig(preset="int4", target_ratio=ratio)
+        config = QuantConfig(preset="int4", target_ratio=ratio, ladder=("int4", "int8", "fp16", "fp32"))
         for pname, prio in priorities.items():
             tiers = assign_tiers(config, tables, prio)
             q, nbytes, fp32, counts = quantized_copy(model, tiers)
@@ -443,9 +433,8 @@ def tables_markdown(results: list[dict], args) -> str:
         out.append("Uniform precision (every row one tier): " + ", ".join(
             f"{k} {v['auc']:.4f} at {v['ratio']:.2%}" for k, v in qd["uniform"].items()) + f"; fp32 {r['base_auc']:.4f} at 100%.\n")
         low = qd["low_budget"]
-        out.append("Below the int4 floor (extra; tiers by this script's copy of the budget greedy over the ladder dropped → "
-                   "int2 → int4 → int8, which QuantConfig's ladder does not accept; dropped rows read the mean of the "
-                   "table's dropped rows):\n")
+        out.append("Below the int4 floor (QuantConfig target_ratio over the ladder dropped → int2 → int4 → int8, as "
+                   "convert --budget does; dropped rows read the mean of the table's dropped rows):\n")
         out.append("| target | " + " | ".join(PRIO_LABELS[p] for p in low) + " |")
         out.append("|---:|" + "---:|" * len(low))
         for i, ratio in enumerate(LOW_RATIOS):
@@ -500,12 +489,12 @@ def plots(results: list[dict], out: Path, suffix: str = "") -> list[str]:
     fig.savefig(p, dpi=90)
     plt.close(fig)
     paths.append(str(p))
-    # size vs AUC: top row the QuantConfig budgets (15-27%), bottom row the extra low budgets (own ladder)
+    # size vs AUC: top row the QuantConfig budgets (15-27%), bottom row the low budgets (ladder from dropped)
     fig, axes = plt.subplots(2, len(results), figsize=(5.5 * len(results), 7.4), squeeze=False)
     for col, r in enumerate(results):
         qd = r["quant"]
         for ax, key, lo, hi, what in ((axes[0][col], "budget", 0.13, 0.30, "QuantConfig target_ratio, int4→int8→fp16→fp32"),
-                                      (axes[1][col], "low_budget", 0.0, 0.15, "extra: dropped→int2→int4→int8")):
+                                      (axes[1][col], "low_budget", 0.0, 0.15, "QuantConfig target_ratio, dropped→int2→int4→int8")):
             for pname, entries in qd[key].items():
                 ax.plot([100 * e["ratio"] for e in entries], [e["auc"] for e in entries], marker="o", ms=4,
                         color=colors.get(pname, "#7f7f7f"), ls=":" if pname == "random" else "-", label=PRIO_LABELS[pname])

@@ -11,7 +11,10 @@ from .format import Tier, row_bytes, row_stride
 
 PRESETS = ("fp32", "fp16", "int8", "int4", "mixed")
 _SINGLE = {"fp32": Tier.FP32, "fp16": Tier.FP16, "int8": Tier.INT8, "int4": Tier.INT4}
-_RUNGS = {**_SINGLE, "int2": Tier.INT2}  # int2 may be a budget rung, not a whole-table preset
+# int2 and dropped (the row reads the table's default row: the mean of its dropped rows) may be budget
+# rungs, not whole-table presets. Listed from the cheapest to the most precise.
+_RUNGS = {"dropped": Tier.DROPPED, "int2": Tier.INT2, "int4": Tier.INT4, "int8": Tier.INT8, "fp16": Tier.FP16,
+          "fp32": Tier.FP32}
 
 
 class QuantConfigError(SharkExportError, ValueError):
@@ -28,9 +31,12 @@ class QuantConfig:
       gets int8).
     - `overrides`: table name (parameter name, e.g. "emb.user.weight") or module path → preset.
     - `target_ratio`: byte budget as a fraction of the fp32 bytes of the tables without an override. Rows
-      start at `ladder[0]` (e.g. ("int2", "int4", "int8", "fp16") reaches below the int4 floor); then, in
-      priority order, rows are promoted one rung at a time (all the rows that fit to the second rung, then to
-      the third, …) while the budget lasts. Needs calibration data.
+      start at `ladder[0]`; then, in priority order, rows are promoted one rung at a time (all the rows that
+      fit to the second rung, then to the third, …) while the budget lasts. The default ladder starts at
+      dropped rows (they read the table's default row, the mean of its dropped rows) and int2, so any budget
+      down to the row metadata (0.5 B/row) can be met; above the int4 floor it gives what a ladder starting
+      at int4 gives. Needs calibration data.
+    - `ladder`: the rungs, cheapest first, from "dropped", "int2", "int4", "int8", "fp16", "fp32".
     - `drop_unseen`: rows never seen in the calibration data are dropped: they read as one shared default
       vector (the mean of the dropped rows) and cost no bytes.
     - `clip`: "none" (min/max) or "l2" (per-row clipping search minimizing the L2 error).
@@ -40,7 +46,7 @@ class QuantConfig:
     preset: str = "int8"
     overrides: dict[str, str] = field(default_factory=dict)
     target_ratio: float | None = None
-    ladder: tuple[str, ...] = ("int4", "int8", "fp16", "fp32")
+    ladder: tuple[str, ...] = ("dropped", "int2", "int4", "int8", "fp16", "fp32")
     mixed_fractions: tuple[float, float] = (0.02, 0.20)
     drop_unseen: bool = False
     clip: str = "none"
@@ -55,6 +61,10 @@ class QuantConfig:
         for rung in self.ladder:
             if rung not in _RUNGS:
                 raise QuantConfigError(f"ladder rung {rung!r} must be one of {', '.join(_RUNGS)}")
+        order = list(_RUNGS)
+        if not self.ladder or [order.index(r) for r in self.ladder] != sorted({order.index(r) for r in self.ladder}):
+            raise QuantConfigError(f"ladder {tuple(self.ladder)} must list distinct rungs from the cheapest up "
+                                   f"(in the order {', '.join(_RUNGS)})")
         hot, warm = self.mixed_fractions
         if not (0 <= hot and 0 <= warm and hot + warm <= 1):
             raise QuantConfigError(f"mixed_fractions {self.mixed_fractions} must be ≥ 0 and sum to ≤ 1")
@@ -155,15 +165,16 @@ def _budget_tiers(config: QuantConfig, shapes: dict[str, tuple[int, int]], prior
     dims = np.concatenate([np.full(shapes[n][0], shapes[n][1], dtype=np.int64) for n in names])
     ladder = [_RUNGS[r] for r in config.ladder]
     tiers = np.full(priority.shape[0], ladder[0], dtype=np.uint8)
-    if config.drop_unseen:
-        tiers[priority <= 0] = Tier.DROPPED
+    # drop_unseen: rows never seen stay dropped, whatever the budget (they take no part in the climb)
+    climbing = priority > 0 if config.drop_unseen else np.ones(priority.shape[0], dtype=bool)
+    tiers[~climbing] = Tier.DROPPED
     floor = stored_bytes(tiers, dims)
     if floor > budget:
         raise QuantConfigError(
             f"target_ratio {config.target_ratio} is too small: the lowest rung {config.ladder[0]} alone needs "
             f"{(floor + metadata) / fp32_bytes:.4f} of the fp32 bytes"
         )
-    tiers = promote_rows(priority, dims, ladder, tiers, budget)
+    tiers[climbing] = promote_rows(priority[climbing], dims[climbing], ladder, tiers[climbing], budget)
     bounds = np.cumsum([0] + [shapes[n][0] for n in names])
     return {n: tiers[bounds[i] : bounds[i + 1]] for i, n in enumerate(names)}
 

@@ -183,6 +183,46 @@ def test_budget_config_hits_target_and_overrides(tmp_path):
     assert 0.36 <= ratio <= 0.4
 
 
+class Wide(torch.nn.Module):
+    """Two D = 64 tables read with Zipf-like ids, so row priorities spread out."""
+
+    def __init__(self):
+        super().__init__()
+        self.user, self.item = torch.nn.Embedding(3000, 64), torch.nn.Embedding(1000, 64)
+
+    def forward(self, user, item):
+        return (self.user(user) * self.item(item)).sum(1)
+
+    @staticmethod
+    def batch(n: int, seed: int):
+        rng = np.random.default_rng(seed)
+        return (torch.from_numpy(np.minimum(rng.zipf(1.3, n) - 1, 2999)), torch.from_numpy(np.minimum(rng.zipf(1.3, n) - 1, 999)))
+
+
+@pytest.mark.parametrize("ratio", [0.05, 0.10])
+def test_budget_below_the_int4_floor_drops_and_int2s_the_coldest_rows(tmp_path, ratio):
+    """At D = 64 int4 rows cost 14% of fp32: a 5% or 10% budget reaches down through int2 and dropped rows,
+    by row priority; the dropped rows read their table's default row, the mean of their float rows."""
+    torch.manual_seed(0)
+    model = Wide().eval()
+    calibration = [Wide.batch(512, s) for s in range(4)]
+    report = convert(model, Wide.batch(4, 9), tmp_path / "m.onnx", quant=QuantConfig(target_ratio=ratio), calibration=calibration)
+    assert report.faithfulness and report.ratio <= ratio
+    assert report.ratio >= ratio - 0.01  # the budget is spent
+    tables, _ = read_tables(tmp_path / "m.onnx")
+    all_codes = np.concatenate([t.tiers() for t in tables.values()])
+    assert (all_codes == Tier.DROPPED).any() == (ratio < 0.09)  # int2 everywhere costs 7.8% + metadata
+    assert (all_codes == Tier.INT2).any() and not (all_codes == Tier.INT8).any()
+    for name, module in (("user.weight", model.user), ("item.weight", model.item)):
+        dropped = tables[name].tiers() == Tier.DROPPED
+        if dropped.any():
+            want = module.weight.detach().numpy()[dropped].mean(0, dtype=np.float64).astype(np.float32)
+            row = int(np.flatnonzero(dropped)[0])
+            np.testing.assert_allclose(shark_export.reference.gather(tables[name], np.array([row]))[0], want, rtol=1e-6, atol=1e-7)
+    # the most often seen ids are never dropped: id 0 is the hottest of both Zipf laws
+    assert all(tables[n].tiers()[0] != Tier.DROPPED for n in tables)
+
+
 def test_float16_outputs(tmp_path):
     model = built(TupleInputs)
     path = tmp_path / "m.onnx"

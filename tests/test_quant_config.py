@@ -53,9 +53,9 @@ def test_budget_is_met_and_spent_on_the_highest_priorities(ratio):
     assert spent >= ratio * fp32 - max(row_stride(Tier.FP32, 64), 2 * row_stride(Tier.FP16, 64))
     all_tiers = np.concatenate([tiers[n] for n in TABLES])
     all_p = np.concatenate([priorities[n] for n in TABLES])
-    rank = {Tier.INT4: 0, Tier.INT8: 1, Tier.FP16: 2, Tier.FP32: 3}
+    rank = {Tier.DROPPED: 0, Tier.INT2: 1, Tier.INT4: 2, Tier.INT8: 3, Tier.FP16: 4, Tier.FP32: 5}
     level = np.vectorize(lambda t: rank[Tier(t)])(all_tiers)
-    for low in range(3):  # every row on a higher rung has priority ≥ every row below it
+    for low in range(5):  # every row on a higher rung has priority ≥ every row below it
         if (level > low).any() and (level <= low).any():
             assert all_p[level > low].min() >= all_p[level <= low].max()
 
@@ -63,11 +63,29 @@ def test_budget_is_met_and_spent_on_the_highest_priorities(ratio):
 def test_int2_rung_reaches_below_the_int4_floor():
     priorities = _priorities(3)
     with pytest.raises(QuantConfigError, match="too small"):
-        assign_tiers(QuantConfig(target_ratio=0.12), TABLES, priorities)
-    tiers = assign_tiers(QuantConfig(target_ratio=0.12, ladder=("int2", "int4", "int8")), TABLES, priorities)
-    a = np.asarray(tiers["a.weight"])
-    assert {Tier(t) for t in np.unique(a)} == {Tier.INT2, Tier.INT4}
-    assert priorities["a.weight"][a == Tier.INT4].min() >= priorities["a.weight"][a == Tier.INT2].max()
+        assign_tiers(QuantConfig(target_ratio=0.12, ladder=("int4", "int8", "fp16")), TABLES, priorities)
+    for ladder in (("int2", "int4", "int8"), QuantConfig().ladder):  # the default ladder starts lower still
+        tiers = assign_tiers(QuantConfig(target_ratio=0.12, ladder=ladder), TABLES, priorities)
+        a = np.asarray(tiers["a.weight"])
+        assert {Tier(t) for t in np.unique(a)} == {Tier.INT2, Tier.INT4}
+        assert priorities["a.weight"][a == Tier.INT4].min() >= priorities["a.weight"][a == Tier.INT2].max()
+
+
+@pytest.mark.parametrize("ratio", [0.01, 0.04, 0.08])
+def test_default_ladder_drops_the_least_important_rows_first(ratio):
+    """Below the int2 floor (8.7% of these tables, metadata included) the lowest-priority rows are dropped; every
+    budget is met and every promotion follows priority."""
+    priorities = _priorities(4)
+    tiers = assign_tiers(QuantConfig(target_ratio=ratio), TABLES, priorities)
+    fp32 = sum(t.num_rows * t.dim * 4 for t in TABLES.values())
+    metadata = sum(-(-t.num_rows // 64) * 32 + t.dim * 4 for t in TABLES.values())
+    assert sum(_bytes(tiers[n], TABLES[n].dim) for n in TABLES) + metadata <= ratio * fp32
+    all_tiers = np.concatenate([tiers[n] for n in TABLES])
+    all_p = np.concatenate([priorities[n] for n in TABLES])
+    dropped = all_tiers == Tier.DROPPED
+    assert dropped.any() and (~dropped).any()
+    assert all_p[~dropped].min() >= all_p[dropped].max()
+    assert set(np.unique(all_tiers[~dropped])) <= {Tier.INT2, Tier.INT4}
 
 
 def test_budget_with_dropped_unseen_rows_and_overrides():
@@ -88,7 +106,13 @@ def test_errors():
     with pytest.raises(QuantConfigError, match="target_ratio must be in"):
         QuantConfig(target_ratio=1.5)
     with pytest.raises(QuantConfigError, match="too small: the lowest rung int4"):
-        assign_tiers(QuantConfig(target_ratio=0.05), TABLES, _priorities())
+        assign_tiers(QuantConfig(target_ratio=0.05, ladder=("int4", "int8")), TABLES, _priorities())
+    with pytest.raises(QuantConfigError, match="too small: the lowest rung dropped"):
+        assign_tiers(QuantConfig(target_ratio=0.0001), TABLES, _priorities())  # not even the row metadata
+    with pytest.raises(QuantConfigError, match=r"ladder \('int8', 'int4'\) must list distinct rungs from the cheapest up"):
+        QuantConfig(ladder=("int8", "int4"))
+    with pytest.raises(QuantConfigError, match="ladder rung 'int3'"):
+        QuantConfig(ladder=("int3", "int8"))
     with pytest.raises(QuantConfigError, match="give calibration data"):
         assign_tiers(QuantConfig(target_ratio=0.3), TABLES, None)
     with pytest.raises(QuantConfigError, match=r"unknown table\(s\) \['c'\]"):
