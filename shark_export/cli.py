@@ -119,7 +119,8 @@ def _cmd_convert(args) -> int:
     example = load_batch_file(args.inputs)
     calibration = _batches(args.calibration)
     labels = _batches(args.labels)
-    quant = QuantConfig(preset=args.quant, target_ratio=args.budget) if args.budget is not None else args.quant
+    quant = (QuantConfig(preset=args.quant, target_ratio=args.budget, clip=args.clip)
+             if args.budget is not None or args.clip != "none" else args.quant)
     report = convert(
         model,
         example,
@@ -223,7 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune-keep", type=int, help="score fields on the calibration data and keep the K best")
     p.add_argument("--prune-drop-fraction", type=float, help="score fields and prune the lowest-scored fraction")
     p.add_argument("--prune-method", default="taylor", choices=["taylor", "permutation", "norm"])
-    p.add_argument("--budget", type=float, help="byte budget as a fraction of fp32 (tiers by row priority)")
+    p.add_argument("--budget", type=float, help="byte budget as a fraction of fp32 (tiers by row priority, "
+                   "down through int2 and dropped rows)")
+    p.add_argument("--clip", default="none", choices=["none", "l2"],
+                   help="l2: per-row clipping range minimizing the L2 error (pays off for int2/int4 rows)")
     p.add_argument("--calibration", help=".pt file with a list of batches")
     p.add_argument("--labels", help=".pt file with a list of label tensors, one per calibration batch")
     p.add_argument("--keep-unfaithful", action="store_true",

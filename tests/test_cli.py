@@ -106,3 +106,10 @@ def test_score_and_convert_with_scored_pruning_and_budget(files, capsys):
     assert report["ratio"] <= 0.5
     assert _convert(files, "--prune-keep", "1") == 2
     assert "--prune-keep/--prune-drop-fraction score fields" in capsys.readouterr().err
+    # a budget below the int4 floor, with the clipping search: int2 and dropped rows, the budget kept
+    assert _convert(files, "--calibration", str(files / "cal.pt"), "--budget", "0.06", "--clip", "l2",
+                    "--report", str(files / "low.json")) == 0
+    low = json.loads((files / "low.json").read_text())
+    assert low["ratio"] <= 0.06 and low["faithfulness"]["passed"]
+    tiers = {k for t in low["tables"] for k, n in t["tiers"].items() if n}
+    assert "int2" in tiers and not tiers & {"int8", "fp16", "fp32"}
