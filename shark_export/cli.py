@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune", nargs="*", help="field names to prune (need --calibration)")
     p.add_argument("--prune-keep", type=int, help="score fields on the calibration data and keep the K best")
     p.add_argument("--prune-drop-fraction", type=float, help="score fields and prune the lowest-scored fraction")
-    p.add_argument("--prune-method", default="taylor", choices=["taylor", "permutation", "norm"])
+    p.add_argument("--prune-method", default="ablation", choices=["ablation", "taylor", "permutation", "norm"])
     p.add_argument("--budget", type=float, help="byte budget as a fraction of fp32 (tiers by row priority, "
                    "down through int2 and dropped rows)")
     p.add_argument("--clip", default="none", choices=["none", "l2"],
@@ -252,7 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     _model_arguments(p)
     p.add_argument("--calibration", required=True, help=".pt file with a list of batches")
     p.add_argument("--labels", required=True, help=".pt file with a list of label tensors, one per batch")
-    p.add_argument("--method", default="taylor", choices=["taylor", "permutation", "norm"])
+    p.add_argument("--method", default="ablation", choices=["ablation", "taylor", "permutation", "norm"],
+                   help="ablation: exact loss change with the field at its mean (default); taylor: SHARK's "
+                        "first-order estimate of it (cheapest); permutation: shuffled field (exact, costliest)")
     p.add_argument("--repeats", type=int, default=3, help="shuffles per field (permutation)")
     p.add_argument("--rows", action="store_true", help="also compute row priorities")
     p.add_argument("--rows-only", action="store_true", help="only row priorities")

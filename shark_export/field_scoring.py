@@ -9,6 +9,11 @@ Methods:
 - ``permutation`` (exact baseline): the mean loss increase when field f's looked-up embeddings are
   shuffled across the batch, averaged over ``repeats`` shuffles: fields × repeats extra forwards.
 - ``norm``: the mean L2 norm of the field's looked-up embeddings (a cheap baseline).
+- ``ablation`` (the default): the exact loss change that taylor linearizes, the mean loss increase when
+  field f's looked-up embeddings are replaced by the field's mean E[v_f] (what pruning f does): one extra
+  forward per field and batch, no shuffles. On MovieLens and Frappe it ranks fields as permutation does
+  (Spearman 0.97 / 0.94, where taylor gets 0.73 / 0.66) at about a quarter of permutation's time with 5
+  shuffles (benchmarks/RESULTS_scoring.md), so it is the default.
 
 All statistics are sums and counts (`FieldStats`), so shards can be scored separately and merged; when
 `torch.distributed` is initialized, `score_fields` all-reduces them across processes.
@@ -30,7 +35,8 @@ from .fields import Field, find_fields, lookup_hooks
 from .lookup_stats import FieldStats, by_call, lookup_stats, mean_stats, per_sample_vectors
 from .pruning import PrunePlan
 
-METHODS = ("taylor", "permutation", "norm")
+METHODS = ("ablation", "taylor", "permutation", "norm")
+DEFAULT_METHOD = "ablation"
 
 
 # --- losses -------------------------------------------------------------------------------------------
@@ -144,6 +150,32 @@ def permutation_stats(
     return stats
 
 
+def ablation_stats(
+    model: nn.Module, fields: dict[str, Field], batches: Iterable, labels: Iterable, means: dict[str, np.ndarray], loss="bce"
+) -> FieldStats:
+    """Sums over samples of (loss with field f's lookups replaced by the field's mean − loss)."""
+    state: dict = {"target": None, "mean": None}
+
+    def replace(path, index, module, args, kwargs, output):
+        if state["target"] is not None and (path, index) in state["target"]:
+            # every call of the field reads the mean row, broadcast as pruning broadcasts it
+            return state["mean"].to(output.dtype).expand_as(output)
+        return None
+
+    stats = FieldStats()
+    with torch.no_grad(), lookup_hooks(model, replace):
+        for batch, y in _zip_labels(batches, labels):
+            example = ExampleInputs.of(batch)
+            y = _as_tensor(y)
+            state["target"] = None
+            base = per_sample_loss(loss, model(*example.args, **example.kwargs), y)
+            for f in fields.values():
+                state["target"], state["mean"] = set(f.calls), torch.as_tensor(means[f.name])
+                ablated = per_sample_loss(loss, model(*example.args, **example.kwargs), y)
+                stats.add(f.name, (ablated - base).double().sum().item(), base.shape[0])
+    return stats
+
+
 def norm_stats(model: nn.Module, fields: dict[str, Field], batches: Iterable) -> FieldStats:
     """Sums and counts of the L2 norms of each field's looked-up embedding vectors."""
     return lookup_stats(model, fields, batches, lambda rows: (rows.norm(dim=1).sum().item(), rows.shape[0]))
@@ -232,7 +264,7 @@ def score_fields(
     labels: Iterable,
     *,
     loss: str | Callable = "bce",
-    method: str = "taylor",
+    method: str = DEFAULT_METHOD,
     repeats: int = 3,
     seed: int = 0,
 ) -> FieldScores:
@@ -251,7 +283,9 @@ def score_fields(
     model.eval()
     try:
         means = mean_stats(model, fields, batches).all_reduce(names).means()
-        if method == "taylor":
+        if method == "ablation":
+            stats = ablation_stats(model, fields, batches, labels, means, loss)
+        elif method == "taylor":
             stats = taylor_stats(model, fields, batches, labels, means, loss)
         elif method == "permutation":
             stats = permutation_stats(model, fields, batches, labels, loss, repeats, seed)

@@ -39,7 +39,7 @@ def trained():
     return model.eval(), batches, labels
 
 
-@pytest.mark.parametrize("method", ["taylor", "permutation"])
+@pytest.mark.parametrize("method", ["ablation", "taylor", "permutation"])
 def test_planted_signal_field_ranks_first_and_noise_last(trained, method):
     model, batches, labels = trained
     scores = score_fields(model, batches, labels, method=method, repeats=2)
@@ -73,6 +73,24 @@ def test_taylor_equals_brute_force_per_sample_gradients(trained):
                 total += abs(float((g.double() * (torch.from_numpy(means[name]) - v.detach().double())).sum()))
                 count += 1
         assert scores.scores[name] == pytest.approx(total / count, rel=1e-6)
+
+
+def test_ablation_equals_the_loss_change_of_the_pruned_model(trained):
+    """ablation: the mean per-sample loss increase when one field reads its mean embedding, which is what
+    prune_fields builds (a model copy that broadcasts the mean), measured here with plain torch."""
+    model, batches, labels = trained
+    scores = score_fields(model, batches, labels, method="ablation")
+    assert scores.method == "ablation" and scores.samples == sum(len(y) for y in labels)
+
+    def mean_loss(m) -> float:
+        with torch.no_grad():
+            total = sum(float(nn.functional.binary_cross_entropy_with_logits(m(b), y, reduction="sum")) for b, y in zip(batches, labels))
+        return total / sum(len(y) for y in labels)
+
+    base = mean_loss(model)
+    for name in ("signal", "noise", "tags", "shared#0", "shared#1"):
+        pruned = prune_fields(model, scores.plan(drop=[name]), batches)
+        assert scores.scores[name] == pytest.approx(mean_loss(pruned) - base, rel=1e-5, abs=1e-9)
 
 
 def test_sharded_statistics_merge_to_the_single_pass(trained):
@@ -117,7 +135,7 @@ def test_results_table_json_plot_and_plans(trained, tmp_path):
     scores = score_fields(model, batches, labels)
     text = str(scores)
     assert text.splitlines()[2].split()[1] == "signal"
-    assert json.loads(scores.to_json())["method"] == "taylor"
+    assert json.loads(scores.to_json())["method"] == "ablation"  # the default
     scores.plot(tmp_path / "scores.png")
     assert (tmp_path / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     ranked = [n for n, _ in scores.sorted()]
