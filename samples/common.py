@@ -28,6 +28,7 @@ import shark_export
 from shark_export.example_models import DeepFM, FieldSpec, split_batches, train
 from shark_export.format import Tier
 from shark_export.inspect_model import read_tables
+from shark_export.metrics import auc
 from shark_export.parity import check_parity
 from shark_export.quant_config import QuantConfig
 from shark_export.reference import dequantize
@@ -102,6 +103,33 @@ def train_model(
     elapsed = time.perf_counter() - started
     test_batches, _ = batches_of(ds.test_columns, ds.test_labels, ds.fields, eval_batch)
     return Trained(ds, model, dim, train_batches, train_labels, test_batches, ds.test_labels, elapsed)
+
+
+def heldout_auc(model: torch.nn.Module, trained: Trained) -> float:
+    with torch.no_grad():
+        scores = np.concatenate([model(b).numpy().reshape(-1) for b in trained.test_batches])
+    return auc(np.asarray(trained.test_labels), scores)
+
+
+def prune_and_finetune(trained: Trained, keep: int, epochs: int, *, lr: float, seed: int = 0,
+                       score_batches: int = 64) -> Trained:
+    """SHARK's order: score the fields (shark_export.score_fields, ablation) on train batches, prune all but the
+    `keep` best (shark_export.prune_fields: a copy whose pruned fields read their mean embedding), fine-tune
+    that copy with the same training loop, and hand it on to be converted (the converter recognizes the
+    pruned fields). Prints the held-out AUC before pruning, after pruning and after fine-tuning."""
+    calib_b, calib_y = trained.train_batches[:score_batches], trained.train_labels[:score_batches]
+    started = time.perf_counter()
+    scores = shark_export.score_fields(trained.model, calib_b, calib_y)
+    plan = scores.plan(keep=keep)
+    pruned = shark_export.prune_fields(trained.model, plan, calib_b)
+    before, after_prune = heldout_auc(trained.model, trained), heldout_auc(pruned, trained)
+    train(pruned, trained.train_batches, trained.train_labels, epochs=epochs, lr=lr, seed=seed)
+    after_ft = heldout_auc(pruned, trained)
+    print(scores)
+    print(f"pruned {len(plan.drop)} field(s) ({', '.join(plan.drop)}), kept {keep}: held-out AUC {before:.5f} (all fields) -> "
+          f"{after_prune:.5f} (pruned) -> {after_ft:.5f} (fine-tuned {epochs} epoch(s)); {time.perf_counter() - started:.1f} s")
+    return Trained(trained.dataset, pruned, trained.dim, trained.train_batches, trained.train_labels,
+                   trained.test_batches, trained.test_labels, trained.train_seconds)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -260,6 +288,10 @@ def parser_for(name: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-train", type=int, default=None, help="keep only the first N train rows")
     p.add_argument("--max-test", type=int, default=None, help="keep only the first N held-out rows")
+    p.add_argument("--prune-keep", type=int, default=None,
+                   help="prune -> fine-tune -> convert: score the fields (ablation), keep the K best, fine-tune the pruned "
+                        "copy (--finetune-epochs) and convert it")
+    p.add_argument("--finetune-epochs", type=int, default=1, help="epochs of fine-tuning after pruning")
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads for training (1 is fastest for these small batches on a shared machine)")
     return p
@@ -278,6 +310,8 @@ def main(name: str, description: str, argv: list[str] | None = None, **load_kwar
     print(ds.describe())
     trained = train_model(ds, args.dim, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     print(f"trained DeepFM (D={args.dim}, {args.epochs} epoch(s), batch {args.batch_size}) in {trained.train_seconds:.1f} s")
+    if args.prune_keep is not None:
+        trained = prune_and_finetune(trained, args.prune_keep, args.finetune_epochs, lr=args.lr, seed=args.seed)
     result = convert_and_check(trained, args.quant, args.out, clip=args.clip)
     print(result.report_text)
     (args.out / f"{Path(result.path).stem}.json").write_text(json.dumps(result.to_dict(), indent=2, default=float))

@@ -204,6 +204,35 @@ def _cmd_inspect(args) -> int:
     return 0
 
 
+def _cmd_prune(args) -> int:
+    """SHARK's order, step 1: the pruned copy (a whole module) for the user's fine-tuning loop."""
+    import os
+    import tempfile
+
+    from .pruning import prune_fields
+
+    model = _load_model(args)
+    calibration, labels = _batches(args.calibration), _batches(args.labels)
+    plan = _prune_from_scores(args, model, calibration, labels)
+    if not plan:
+        raise SharkExportError("name the fields to prune: --prune, --prune-keep or --prune-drop-fraction")
+    pruned = prune_fields(model, plan, calibration)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, staged = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
+    os.close(fd)
+    try:
+        torch.save(pruned, staged)
+        os.replace(staged, out)
+    finally:
+        if os.path.exists(staged):
+            os.unlink(staged)
+    drop = list(getattr(plan, "drop", plan))
+    print(f"pruned {', '.join(drop)}: wrote {out} (the whole module: fine-tune it with your own loop, save it with "
+          f"torch.save(model, path), then `shark-export convert --module path ...` recognizes the pruned fields)")
+    return 0
+
+
 def _cmd_optimize(args) -> int:
     from .ort_offline import optimize_offline
 
@@ -270,6 +299,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("inspect", help="print the tables, tiers and bytes of a converted model")
     p.add_argument("onnx")
     p.set_defaults(run=_cmd_inspect)
+
+    p = commands.add_parser("prune", help="write a copy of the model whose pruned fields read their mean embedding")
+    _model_arguments(p)
+    p.add_argument("--calibration", required=True, help=".pt file with a list of batches (field names and means)")
+    p.add_argument("--labels", help=".pt file with a list of label tensors, one per batch (to score fields)")
+    p.add_argument("--prune", nargs="*", help="field names to prune")
+    p.add_argument("--prune-keep", type=int, help="score fields and keep the K best")
+    p.add_argument("--prune-drop-fraction", type=float, help="score fields and prune the lowest-scored fraction")
+    p.add_argument("--prune-method", default="ablation", choices=["ablation", "taylor", "permutation", "norm"])
+    p.add_argument("--out", required=True, help="where the pruned module goes (torch.save of the whole module)")
+    p.set_defaults(run=_cmd_prune)
 
     p = commands.add_parser("optimize", help="save ONNX Runtime's graph optimizations into a converted model")
     p.add_argument("onnx", help="converted .onnx model")

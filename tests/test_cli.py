@@ -113,3 +113,31 @@ def test_score_and_convert_with_scored_pruning_and_budget(files, capsys):
     assert low["ratio"] <= 0.06 and low["faithfulness"]["passed"]
     tiers = {k for t in low["tables"] for k, n in t["tiers"].items() if n}
     assert "int2" in tiers and not tiers & {"int8", "fp16", "fp32"}
+
+
+def test_prune_then_finetune_then_convert(files, capsys):
+    """SHARK's order from the command line: prune (scores, the pruned copy), the user's fine-tuning, convert."""
+    args = ["--model", "models:tuple_inputs_model", "--state-dict", str(files / "state.pt")]
+    assert main(["prune", *args, "--calibration", str(files / "cal.pt"), "--labels", str(files / "cal_labels.pt"),
+                 "--prune-keep", "1", "--out", str(files / "pruned.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "field scores (ablation" in out and "shark-export convert --module" in out
+    pruned = torch.load(files / "pruned.pt", weights_only=False)
+    batches, labels = torch.load(files / "cal.pt"), torch.load(files / "cal_labels.pt")
+    optimizer = torch.optim.SGD(pruned.parameters(), lr=0.1)
+    for batch, y in zip(batches, labels):  # the user's own loop
+        optimizer.zero_grad()
+        torch.nn.functional.binary_cross_entropy_with_logits(pruned(*batch).reshape(-1), y).backward()
+        optimizer.step()
+    torch.save(pruned.eval(), files / "tuned.pt")
+    assert main(["convert", "--module", str(files / "tuned.pt"), "--inputs", str(files / "example.pt"), "--out",
+                 str(files / "tuned.onnx"), "--calibration", str(files / "cal.pt"), "--quant", "int8", "--quiet",
+                 "--report", str(files / "tuned.json")]) == 0
+    report = json.loads((files / "tuned.json").read_text())
+    assert len(report["pruned_fields"]) == 1 and report["faithfulness"]["passed"]
+    from shark_export.model_io import OnnxModelRunner
+    with torch.no_grad():
+        want = pruned(*batches[0]).numpy()
+    np.testing.assert_allclose(OnnxModelRunner(files / "tuned.onnx").run(batches[0])[0].reshape(want.shape), want, atol=0.02)
+    assert main(["prune", *args, "--calibration", str(files / "cal.pt"), "--out", str(files / "x.pt")]) == 2
+    assert "name the fields to prune" in capsys.readouterr().err and not (files / "x.pt").exists()

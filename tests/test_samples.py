@@ -86,3 +86,25 @@ def test_splits_are_deterministic_and_ids_dense(name):
         train_flat = np.concatenate(a.train_columns[f.name]) if f.multi_hot else a.train_columns[f.name]
         # the vocabulary is built on train: every row 1..n is used by train, row 0 (OOV) never is
         assert set(train_flat.tolist()) == set(range(1, f.cardinality)), f.name
+
+
+def test_prune_finetune_convert_on_movielens(tmp_path, capsys):
+    """The samples' prune -> fine-tune -> convert path: the pruned fields leave the converted graph, the
+    fine-tuned copy converts faithfully, and the AUC before and after is printed."""
+    try:
+        ds = datasets.load("movielens", DATA_ROOT, max_train=20_000, max_test=5_000)
+    except datasets.DataNotFound as exc:
+        pytest.skip(str(exc))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        trained = common.train_model(ds, 8, epochs=1, batch_size=512, lr=1e-2, seed=0)
+        pruned = common.prune_and_finetune(trained, keep=5, epochs=1, lr=1e-2, score_batches=8)
+        result = common.convert_and_check(pruned, "int8", tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "pruned 4 field(s)" in out and "(fine-tuned 1 epoch(s))" in out
+    assert result.faithfulness_passed and result.heldout_faithfulness_passed, result.report_text
+    assert "pruned fields:" in result.report_text
+    assert result.auc_torch == pytest.approx(common.heldout_auc(pruned.model, pruned), abs=1e-6)
