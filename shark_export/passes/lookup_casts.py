@@ -21,7 +21,10 @@ def _narrowing_casts(value: ir.Value) -> list[ir.Node] | None:
     if value.is_graph_output():
         return None
     readers = [use.node for use in value.uses()]
-    if not readers or any(n.op_type != "Cast" or n.domain not in _ONNX or n.attributes.get_int("to", 0) != ir.DataType.FLOAT16
+    graph = value.graph
+    if not readers or any(n.graph is not graph for n in readers):
+        return None  # a reader inside a subgraph (If/Loop body) stays as it is
+    if any(n.op_type != "Cast" or n.domain not in _ONNX or n.attributes.get_int("to", 0) != ir.DataType.FLOAT16
                           for n in readers):
         return None
     if sum(n.outputs[0].is_graph_output() for n in readers) > 1:
