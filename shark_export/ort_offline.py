@@ -124,9 +124,9 @@ def optimize_offline(source, output, *, level: str = "extended", inputs=None) ->
 
         checked = 0
         if inputs is not None:
-            want = OnnxModelRunner(source).run(inputs)
-            got = OnnxModelRunner(staged).run(inputs)
-            for name, a, b in zip(OnnxModelRunner(source).output_names, want, got):
+            source_runner = OnnxModelRunner(source)
+            want, got = source_runner.run(inputs), OnnxModelRunner(staged).run(inputs)
+            for name, a, b in zip(source_runner.output_names, want, got):
                 if a.shape != b.shape or not np.array_equal(a.view(np.uint8), b.view(np.uint8)):
                     raise SharkExportError(f"the optimized model's output {name!r} differs from the source's "
                                            f"(max abs {float(np.abs(a - b).max()) if a.shape == b.shape else 'shape'}): not written")
