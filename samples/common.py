@@ -51,22 +51,22 @@ EVAL_BATCH = 4096
 # --------------------------------------------------------------------------------------------------
 
 
-def parse_quant(spec: str, clip: str = "none") -> str | QuantConfig:
+def parse_quant(spec: str, clip: str = "none", scale_group: str = "auto") -> str | QuantConfig:
     """`fp32|fp16|int8|int4|mixed`, `mixed:HOT,WARM` (fractions of rows fp16 / int8, rest int4),
     `budget:RATIO` (target_ratio over the priority-ordered ladder int4 → int8 → fp16 → fp32), each
-    optionally with per-row L2 clipping (`clip="l2"`)."""
+    optionally with per-row L2 clipping (`clip="l2"`) and a `scale_group` other than "auto"."""
     if spec.startswith("mixed:"):
         hot, warm = (float(x) for x in spec.split(":", 1)[1].split(","))
-        return QuantConfig(preset="mixed", mixed_fractions=(hot, warm), clip=clip)
+        return QuantConfig(preset="mixed", mixed_fractions=(hot, warm), clip=clip, scale_group=scale_group)
     if spec.startswith("budget:"):
-        return QuantConfig(preset="int4", target_ratio=float(spec.split(":", 1)[1]), clip=clip)
-    if clip != "none":
-        return QuantConfig(preset=spec, clip=clip)
+        return QuantConfig(preset="int4", target_ratio=float(spec.split(":", 1)[1]), clip=clip, scale_group=scale_group)
+    if clip != "none" or scale_group != "auto":
+        return QuantConfig(preset=spec, clip=clip, scale_group=scale_group)
     return spec
 
 
-def quant_label(spec: str, clip: str = "none") -> str:
-    return spec + ("+l2" if clip != "none" else "")
+def quant_label(spec: str, clip: str = "none", scale_group: str = "auto") -> str:
+    return spec + ("+l2" if clip != "none" else "") + (f"+groups:{scale_group}" if scale_group != "auto" else "")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -158,16 +158,21 @@ class SizeCheck:
         )
 
 
-def nominal_row_bytes(tier: Tier, dim: int) -> float:
-    return {Tier.FP32: 4 * dim, Tier.FP16: 2 * dim, Tier.INT8: dim + 4, Tier.INT4: dim / 2 + 4, Tier.INT2: dim / 4 + 4, Tier.DROPPED: 0}[Tier(tier)]
+def nominal_row_bytes(tier: Tier, dim: int, grouped: bool = False) -> float:
+    """Bytes of a row by FORMAT.md's table; `grouped` (v3): quantized rows without their 4-byte header."""
+    header = 0 if grouped else 4
+    return {Tier.FP32: 4 * dim, Tier.FP16: 2 * dim, Tier.INT8: dim + header, Tier.INT4: dim / 2 + header,
+            Tier.INT2: dim / 4 + header, Tier.DROPPED: 0}[Tier(tier)]
 
 
 def size_check(path: Path, report) -> SizeCheck:
     tables, _ = read_tables(path)
     stored = sum(int(t.payload.nbytes + t.row_meta.nbytes + t.default_row.nbytes) for t in tables.values())
-    row_bytes = sum(c * nominal_row_bytes(tier, t.dim) for t in tables.values() for tier, c in t.tier_counts.items())
+    row_bytes = sum(c * nominal_row_bytes(tier, t.dim, bool(t.scale_group_rows))
+                    for t in tables.values() for tier, c in t.tier_counts.items())
     formula = row_bytes + sum(
-        (0.5 * t.num_rows if sum(1 for c in t.tier_counts.values() if c) > 1 else 0) + 4 * t.dim for t in tables.values()
+        (0.5 * t.num_rows if sum(1 for c in t.tier_counts.values() if c) > 1 else 0) + 4 * t.dim
+        + (12 * -(-t.num_rows // t.scale_group_rows) if t.scale_group_rows else 0) for t in tables.values()
     )
     rows = sum(t.num_rows for t in tables.values())
     meta = (stored - row_bytes) / rows
@@ -224,15 +229,16 @@ class Result:
         return {**d, "auc_delta": self.auc_delta, "logloss_delta": self.logloss_delta}
 
 
-def convert_and_check(trained: Trained, quant_spec: str, out_dir: Path, *, clip: str = "none", heldout_faithfulness: bool = True) -> Result:
+def convert_and_check(trained: Trained, quant_spec: str, out_dir: Path, *, clip: str = "none", heldout_faithfulness: bool = True,
+                      scale_group: str = "auto") -> Result:
     """Convert `trained.model` with calibration = the train split, then check on the held-out split."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    label = quant_label(quant_spec, clip)
+    label = quant_label(quant_spec, clip, scale_group)
     path = out_dir / f"{trained.dataset.name}_d{trained.dim}_{label.replace(':', '-').replace(',', '_')}.onnx"
     model = trained.model
     started = time.perf_counter()
     report = shark_export.convert(
-        model, (trained.train_batches[0],), path, quant=parse_quant(quant_spec, clip),
+        model, (trained.train_batches[0],), path, quant=parse_quant(quant_spec, clip, scale_group),
         calibration=[(b,) for b in trained.train_batches], labels=trained.train_labels,
     )
     convert_seconds = time.perf_counter() - started
@@ -281,6 +287,8 @@ def parser_for(name: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--quant", default="int8",
                    help="fp32|fp16|int8|int4|mixed, mixed:HOT,WARM (row fractions fp16,int8; rest int4), budget:RATIO")
     p.add_argument("--clip", choices=["none", "l2"], default="none", help="per-row clipping search")
+    p.add_argument("--scale-group", default="auto", metavar="auto|none|G",
+                   help="scale groups (format v3): auto (dim <= 32 in groups of 256 rows), none, or G rows")
     p.add_argument("--out", type=Path, default=Path("out") / "samples", help="output directory for the .onnx and report")
     p.add_argument("--epochs", type=int, default=d["epochs"])
     p.add_argument("--batch-size", type=int, default=d["batch_size"])
@@ -312,7 +320,7 @@ def main(name: str, description: str, argv: list[str] | None = None, **load_kwar
     print(f"trained DeepFM (D={args.dim}, {args.epochs} epoch(s), batch {args.batch_size}) in {trained.train_seconds:.1f} s")
     if args.prune_keep is not None:
         trained = prune_and_finetune(trained, args.prune_keep, args.finetune_epochs, lr=args.lr, seed=args.seed)
-    result = convert_and_check(trained, args.quant, args.out, clip=args.clip)
+    result = convert_and_check(trained, args.quant, args.out, clip=args.clip, scale_group=args.scale_group)
     print(result.report_text)
     (args.out / f"{Path(result.path).stem}.json").write_text(json.dumps(result.to_dict(), indent=2, default=float))
     ok = result.faithfulness_passed and result.heldout_faithfulness_passed and result.size_ok

@@ -1,10 +1,12 @@
-"""Storage format v1/v2 (docs/FORMAT.md): tiers, row strides, the table object and its validation.
+"""Storage format v1/v2/v3 (docs/FORMAT.md): tiers, row strides, the table object and its validation.
 
 A table of ``R`` rows x ``D`` dims is three arrays -- ``payload`` (uint8, every row at the stride of its
 tier, in row order), ``row_meta`` (uint64 ``[ceil(R/64), 4]`` block index for a mixed table, ``[0, 4]``
 for a uniform one) and ``default_row`` (float32 ``[D]``, what dropped rows read as; in v2 ``[0]`` when
 no row is dropped) -- plus the attributes ``format_version``, ``num_rows``, ``dim`` and ``uniform_tier``.
-v1 pads every row to a multiple of 4 bytes; v2 (what is written now) stores rows unpadded.
+v1 pads every row to a multiple of 4 bytes; v2 (what is written by default) stores rows unpadded; v3 is
+v2 with *scale groups*: quantized rows are their codes alone, and each group of ``scale_group_rows`` rows
+shares one fp16 scale and bias per quantized tier, kept in a section at the end of ``payload``.
 
 This module defines and *checks* that layout; `shark_export.quantize` writes it. ``shark_export.reference`` reads it back on an
 independent code path; the C++ kernels are tested against that reader.
@@ -28,15 +30,20 @@ __all__ = [
     "MAX_ROWS",
     "FP16_MAX",
     "BLOCK_ROWS",
+    "GROUP_RECORD_BYTES",
     "Tier",
+    "group_section_bytes",
     "row_stride",
     "row_bytes",
     "TableBytes",
     "QuantizedTable",
 ]
 
-FORMAT_VERSION = 2  # written
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 2  # written for a table without scale groups
+GROUPED_FORMAT_VERSION = 3  # written for a table with scale groups
+READABLE_VERSIONS = (1, 2, 3)
+GROUP_RECORD_BYTES = 12  # v3: one [scale f16][bias f16] slot per quantized tier (int8, int4, int2) per group
+MAX_GROUP_ROWS = 2**40
 MAX_DIM = 65536
 MAX_ROWS = 2**40
 FP16_MAX = 65504.0
@@ -143,9 +150,35 @@ def row_bytes(tier: Any, dim: int) -> int:
 
 
 def row_stride(tier: Any, dim: int, format_version: int = FORMAT_VERSION) -> int:
-    """Stored bytes of one row of ``tier``: :func:`row_bytes` (v2), rounded up to a multiple of 4 in v1."""
+    """Stored bytes of one row of ``tier``: :func:`row_bytes` (v2), rounded up to a multiple of 4 in v1,
+    without the 4-byte scale/bias header of a quantized row in v3 (its group holds them)."""
     n = row_bytes(tier, dim)
-    return (n + 3) & ~3 if format_version == 1 else n
+    if format_version == 1:
+        return (n + 3) & ~3
+    if format_version >= 3 and Tier.parse(tier).is_quantized:
+        return n - 4
+    return n
+
+
+def group_section_bytes(num_rows: int, scale_group_rows: int) -> int:
+    """Bytes of a v3 table's group section: 12 per group of ``scale_group_rows`` rows (0 without groups)."""
+    if not scale_group_rows:
+        return 0
+    return -(-int(num_rows) // int(scale_group_rows)) * GROUP_RECORD_BYTES
+
+
+def check_scale_group(format_version: int, scale_group_rows: Any, where: str) -> int:
+    """``scale_group_rows`` as an int: a power of two in 1..2^40 for v3, 0 before; FormatError otherwise."""
+    g = scale_group_rows
+    if isinstance(g, (bool, np.bool_)) or not isinstance(g, (int, np.integer)):
+        raise FormatError(f"{where}: scale_group_rows must be an integer, got {g!r}")
+    g = int(g)
+    if format_version >= 3:
+        if not 1 <= g <= MAX_GROUP_ROWS or g & (g - 1):
+            raise FormatError(f"{where}: scale_group_rows {g} is not a power of two in 1..2^40 (format_version 3 needs it)")
+    elif g != 0:
+        raise FormatError(f"{where}: scale_group_rows {g} is given, but format_version {format_version} has no scale groups")
+    return g
 
 
 def check_version(version: Any, where: str) -> int:
@@ -176,7 +209,7 @@ class TableBytes:
     """Byte accounting of one table (FORMAT.md "Byte accounting").
 
     ``payload`` are the code/value bytes of the rows (padding included), ``scales`` the 4-byte
-    ``[scale][bias]`` headers of the quantized rows, ``metadata`` is ``row_meta`` plus ``default_row``.
+    ``[scale][bias]`` headers of the quantized rows (v3: the group section), ``metadata`` is ``row_meta`` plus ``default_row``.
     ``total = payload + scales + metadata`` is what the table really occupies; ``fp32 = R*D*4`` is the
     dense float32 table it replaces and ``ratio = total / fp32``.
     """
@@ -197,7 +230,8 @@ class QuantizedTable:
     :meth:`validate` (which :meth:`load` always runs). ``uniform_tier`` is the tier code of a uniform
     table (then ``row_meta`` has shape ``[0, 4]``) or ``-1`` for a mixed table. ``tier_counts`` maps
     every :class:`Tier` to its number of rows. ``format_version`` sets the row strides (v1 padded to 4
-    bytes, v2 unpadded) and whether ``default_row`` may be empty (v2, no dropped row).
+    bytes, v2 unpadded) and whether ``default_row`` may be empty (v2, no dropped row). v3 tables have
+    ``scale_group_rows`` (a power of two; 0 in v1/v2) and end ``payload`` with the group section.
     """
 
     name: str
@@ -209,6 +243,7 @@ class QuantizedTable:
     uniform_tier: int
     tier_counts: Mapping[Tier, int]
     format_version: int = FORMAT_VERSION
+    scale_group_rows: int = 0
 
     # ---- layout -----------------------------------------------------------------------------------
     @property
@@ -218,6 +253,19 @@ class QuantizedTable:
     def stride(self, tier: Any) -> int:
         """Row stride of ``tier`` in this table."""
         return row_stride(tier, self.dim, self.format_version)
+
+    @property
+    def group_bytes(self) -> int:
+        """Bytes of the v3 group section at the end of ``payload`` (0 before v3)."""
+        return group_section_bytes(self.num_rows, self.scale_group_rows)
+
+    def group_scales(self) -> np.ndarray:
+        """float16 ``[groups, 3, 2]``: (scale, bias) of each group's int8, int4 and int2 rows (v3 only)."""
+        if not self.scale_group_rows:
+            raise FormatError(f"table {self.name!r} (format_version {self.format_version}) has no scale groups")
+        n = self.group_bytes
+        section = np.ascontiguousarray(self.payload[self.payload.shape[0] - n:])
+        return section.view("<f2").reshape(-1, 3, 2)
 
     def tiers(self) -> np.ndarray:
         """uint8[R]: the tier code of every row (constant for a uniform table, decoded from the planes otherwise)."""
@@ -262,7 +310,7 @@ class QuantizedTable:
     def byte_report(self) -> TableBytes:
         """Sizes from the stored arrays' nbytes, split as in FORMAT.md (payload / scales / metadata)."""
         n_quantized = sum(int(self.tier_counts.get(t, 0)) for t in Tier if t.is_quantized)
-        scales = 4 * n_quantized
+        scales = self.group_bytes if self.scale_group_rows else 4 * n_quantized
         payload = int(self.payload.nbytes) - scales
         metadata = int(self.row_meta.nbytes) + int(self.default_row.nbytes)
         total = payload + scales + metadata
@@ -271,12 +319,15 @@ class QuantizedTable:
 
     def op_attributes(self) -> dict[str, int]:
         """The table attributes of an op node reading this table (``output_dtype`` is the op's own)."""
-        return {
+        attrs = {
             "format_version": int(self.format_version),
             "num_rows": int(self.num_rows),
             "dim": int(self.dim),
             "uniform_tier": int(self.uniform_tier),
         }
+        if self.scale_group_rows:
+            attrs["scale_group_rows"] = int(self.scale_group_rows)
+        return attrs
 
     # ---- checks -----------------------------------------------------------------------------------
     @classmethod
@@ -290,13 +341,13 @@ class QuantizedTable:
         probe = cls(
             name=str(name), num_rows=attributes["num_rows"], dim=attributes["dim"], payload=payload, row_meta=row_meta,
             default_row=default_row, uniform_tier=attributes["uniform_tier"], tier_counts={},
-            format_version=attributes["format_version"],
+            format_version=attributes["format_version"], scale_group_rows=attributes.get("scale_group_rows", 0),
         )
         counts = probe._stored_tier_counts()
         return cls(
             name=probe.name, num_rows=int(probe.num_rows), dim=int(probe.dim), payload=payload, row_meta=row_meta,
             default_row=default_row, uniform_tier=int(probe.uniform_tier), tier_counts=counts,
-            format_version=int(probe.format_version),
+            format_version=int(probe.format_version), scale_group_rows=int(probe.scale_group_rows),
         )
 
     def validate(self) -> "QuantizedTable":
@@ -323,6 +374,7 @@ class QuantizedTable:
                 raise FormatError(f"{n}: {attr} must be an integer, got {v!r}")
         R, D, u = int(self.num_rows), int(self.dim), int(self.uniform_tier)
         version = check_version(self.format_version, n)
+        G = check_scale_group(version, self.scale_group_rows, n)
         if not 1 <= R <= MAX_ROWS:
             raise FormatError(f"{n}: num_rows {R} is outside 1..2^40")
         if not 1 <= D <= MAX_DIM:
@@ -345,7 +397,12 @@ class QuantizedTable:
         if self.row_meta.shape[1] != 4:
             raise FormatError(f"{n}: row_meta has shape {self.row_meta.shape}, expected [*, 4]")
         lut = _stride_lut(D, version)
-        n_payload = self.payload.shape[0]
+        n_payload = self.payload.shape[0] - group_section_bytes(R, G)
+        if n_payload < 0:
+            raise FormatError(
+                f"{n}: payload has {self.payload.shape[0]} bytes, fewer than its group section "
+                f"({group_section_bytes(R, G)} bytes for {R} rows in groups of {G})"
+            )
         if u >= 0:
             if self.row_meta.shape[0] != 0:
                 raise FormatError(
@@ -354,8 +411,10 @@ class QuantizedTable:
                 )
             expected = R * int(lut[u])
             if n_payload != expected:
+                groups = f" plus {group_section_bytes(R, G)} of scale groups" if G else ""
                 raise FormatError(
-                    f"{n}: payload has {n_payload} bytes, expected {expected} ({R} rows x stride {lut[u]} of {Tier(u)})"
+                    f"{n}: payload has {self.payload.shape[0]} bytes, expected {expected + group_section_bytes(R, G)} "
+                    f"({R} rows x stride {lut[u]} of {Tier(u)}{groups})"
                 )
             counts = {t: (R if t.value == u else 0) for t in Tier}
         else:
@@ -404,7 +463,9 @@ class QuantizedTable:
             )
         end = int(offsets[-1]) + int(sizes[-1])
         if end != n_payload:
-            raise FormatError(f"{n}: payload has {n_payload} bytes, but the rows' strides add up to {end}")
+            groups = (f" (and {group_section_bytes(R, self.scale_group_rows)} of scale groups)"
+                      if self.scale_group_rows else "")
+            raise FormatError(f"{n}: payload has {n_payload} bytes{groups}, but the rows' strides add up to {end}")
         return counts
 
     # ---- files (shark_export.table_file) ----------------------------------------------------------

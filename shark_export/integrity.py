@@ -20,7 +20,10 @@ _ATTRIBUTES = ("format_version", "num_rows", "dim", "uniform_tier")
 def table_digest(attributes: Mapping[str, int], payload: np.ndarray, row_meta: np.ndarray, default_row: np.ndarray) -> str:
     """blake2b-128 of the table's attributes and its three tensors (dtype, shape and bytes of each)."""
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(json.dumps({k: int(attributes[k]) for k in _ATTRIBUTES}, sort_keys=True).encode())
+    fields = {k: int(attributes[k]) for k in _ATTRIBUTES}
+    if int(attributes.get("scale_group_rows", 0)):  # v3 only, so that v1/v2 digests stay what they were
+        fields["scale_group_rows"] = int(attributes["scale_group_rows"])
+    digest.update(json.dumps(fields, sort_keys=True).encode())
     for array in (payload, row_meta, default_row):
         array = np.ascontiguousarray(array)
         digest.update(f"{array.dtype.str}{array.shape}".encode())

@@ -7,9 +7,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import SharkExportError
-from .format import Tier, row_bytes, row_stride
+from .format import FORMAT_VERSION, GROUPED_FORMAT_VERSION, MAX_GROUP_ROWS, Tier, group_section_bytes, row_stride
 
 PRESETS = ("fp32", "fp16", "int8", "int4", "mixed")
+# scale_group="auto": tables of dim <= AUTO_GROUP_MAX_DIM share scales in groups of AUTO_GROUP_ROWS rows. There
+# a row's own 4-byte [scale][bias] is >= 20% of an int4 row; on MovieLens (D = 16) int4 in groups of 256 with
+# the l2 clip search lost no AUC (benchmarks/RESULTS_scoring.md), and the group section costs 12/256 B/row.
+AUTO_GROUP_MAX_DIM = 32
+AUTO_GROUP_ROWS = 256
 _SINGLE = {"fp32": Tier.FP32, "fp16": Tier.FP16, "int8": Tier.INT8, "int4": Tier.INT4}
 # int2 and dropped (the row reads the table's default row: the mean of its dropped rows) may be budget
 # rungs, not whole-table presets. Listed from the cheapest to the most precise.
@@ -41,6 +46,10 @@ class QuantConfig:
       vector (the mean of the dropped rows) and cost no bytes.
     - `clip`: "none" (min/max) or "l2" (per-row clipping search minimizing the L2 error).
     - `output_dtype`: "float32" or "float16" lookup outputs.
+    - `scale_group`: where a quantized row's scale and bias live. "auto" (default): tables of dim ≤ 32 are
+      stored in format v3, one scale and bias per tier shared by each group of 256 rows, and their quantized
+      rows are codes only (an int4 row at D = 16: 8 bytes instead of 12); wider tables keep a header per row
+      (v2). "none" (or 0): a header per row everywhere. A power of two G: groups of G rows for every table.
     """
 
     preset: str = "int8"
@@ -51,6 +60,7 @@ class QuantConfig:
     drop_unseen: bool = False
     clip: str = "none"
     output_dtype: str = "float32"
+    scale_group: int | str = "auto"
 
     def __post_init__(self) -> None:
         for name, preset in [("preset", self.preset), *((f"override {k!r}", v) for k, v in self.overrides.items())]:
@@ -72,6 +82,25 @@ class QuantConfig:
             raise QuantConfigError(f"clip must be 'none' or 'l2', got {self.clip!r}")
         if self.output_dtype not in ("float32", "float16"):
             raise QuantConfigError(f"output_dtype must be 'float32' or 'float16', got {self.output_dtype!r}")
+        g = self.scale_group
+        if isinstance(g, str):
+            if g.strip().lower() not in ("auto", "none") and not g.strip().isdigit():
+                raise QuantConfigError(f"scale_group must be 'auto', 'none' or a power of two, got {g!r}")
+            g = g.strip().lower()
+            self.scale_group = int(g) if g.isdigit() else g
+            g = self.scale_group
+        if not isinstance(g, str):
+            if isinstance(g, bool) or not isinstance(g, (int, np.integer)) or g < 0 or g > MAX_GROUP_ROWS or (g & (g - 1)):
+                raise QuantConfigError(f"scale_group must be 'auto', 'none' (0) or a power of two up to 2^40, got {g!r}")
+            self.scale_group = int(g)
+
+    def group_rows_for(self, dim: int) -> int:
+        """Rows per scale group of a table of `dim` (format v3), or 0 for a header per row (v2)."""
+        if self.scale_group == "auto":
+            return AUTO_GROUP_ROWS if dim <= AUTO_GROUP_MAX_DIM else 0
+        if self.scale_group == "none":
+            return 0
+        return int(self.scale_group)
 
     @staticmethod
     def of(quant: "str | QuantConfig") -> "QuantConfig":
@@ -125,17 +154,24 @@ def _mixed_tiers_by_rank(priorities: dict[str, np.ndarray], fractions: tuple[flo
     return {n: tiers[bounds[i] : bounds[i + 1]] for i, n in enumerate(names)}
 
 
-def promote_rows(priority: np.ndarray, dims: np.ndarray, ladder: list[Tier], tiers: np.ndarray, budget: float) -> np.ndarray:
+def _version(grouped: int) -> int:
+    return GROUPED_FORMAT_VERSION if grouped else FORMAT_VERSION
+
+
+def promote_rows(priority: np.ndarray, dims: np.ndarray, ladder: list[Tier], tiers: np.ndarray, budget: float,
+                 grouped: np.ndarray | None = None) -> np.ndarray:
     """The budget greedy: rows at `ladder[k]` move up to `ladder[k + 1]`, rung by rung, in descending priority
     (ties in row order), while the stored bytes stay within `budget`; a rung that does not fit whole ends
     the climb. `tiers` (one per row, each a rung or DROPPED) is updated in place and returned. `dims`: each
-    row's dimension."""
-    unique_dims, dim_index = np.unique(dims, return_inverse=True)
+    row's dimension; `grouped`: 1 where the row's table shares scales in groups (v3 strides), else 0."""
+    grouped = np.zeros_like(dims) if grouped is None else grouped.astype(np.int64)
+    keys, key_index = np.unique(np.stack([dims.astype(np.int64), grouped]), axis=1, return_inverse=True)
+    key_index = key_index.reshape(-1)
 
     def cost(tier: Tier) -> np.ndarray:
-        return np.array([row_stride(tier, int(d)) for d in unique_dims], dtype=np.int64)[dim_index]
+        return np.array([row_stride(tier, int(d), _version(g)) for d, g in keys.T], dtype=np.int64)[key_index]
 
-    spent = stored_bytes(tiers, dims)
+    spent = stored_bytes(tiers, dims, grouped)
     order = np.argsort(-priority, kind="stable")
     for low, high in zip(ladder, ladder[1:]):
         candidates = order[tiers[order] == low]
@@ -148,33 +184,39 @@ def promote_rows(priority: np.ndarray, dims: np.ndarray, ladder: list[Tier], tie
     return tiers
 
 
-def stored_bytes(tiers: np.ndarray, dims: np.ndarray) -> float:
-    """Payload bytes of rows stored at `tiers` (one per row) with dimensions `dims` (dropped rows: none)."""
-    pairs, counts = np.unique(np.stack([tiers.astype(np.int64), dims.astype(np.int64)]), axis=1, return_counts=True)
-    return float(sum(row_stride(Tier(int(t)), int(d)) * int(n) for t, d, n in zip(pairs[0], pairs[1], counts)))
+def stored_bytes(tiers: np.ndarray, dims: np.ndarray, grouped: np.ndarray | None = None) -> float:
+    """Payload bytes of rows stored at `tiers` (one per row) with dimensions `dims` (dropped rows: none);
+    `grouped` as in `promote_rows`."""
+    grouped = np.zeros_like(dims) if grouped is None else grouped
+    keys, counts = np.unique(np.stack([tiers.astype(np.int64), dims.astype(np.int64), grouped.astype(np.int64)]), axis=1,
+                             return_counts=True)
+    return float(sum(row_stride(Tier(int(t)), int(d), _version(g)) * int(n) for t, d, g, n in zip(*keys, counts)))
 
 
 def _budget_tiers(config: QuantConfig, shapes: dict[str, tuple[int, int]], priorities: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Promote rows rung by rung in global priority order while the byte budget lasts."""
     names = list(shapes)
     fp32_bytes = sum(rows * dim * 4 for rows, dim in shapes.values())
-    # row_meta of a mixed table (32 bytes per block of 64 rows) and the default row, per FORMAT.md
-    metadata = sum(-(-rows // 64) * 32 + dim * 4 for rows, dim in shapes.values())
+    # row_meta of a mixed table (32 bytes per block of 64 rows), the default row and the v3 group section
+    metadata = sum(-(-rows // 64) * 32 + dim * 4 + group_section_bytes(rows, config.group_rows_for(dim))
+                   for rows, dim in shapes.values())
     budget = config.target_ratio * fp32_bytes - metadata
     priority = np.concatenate([priorities[n].astype(np.float64) for n in names])
     dims = np.concatenate([np.full(shapes[n][0], shapes[n][1], dtype=np.int64) for n in names])
+    grouped = np.concatenate([np.full(shapes[n][0], int(config.group_rows_for(shapes[n][1]) > 0), dtype=np.int64)
+                              for n in names])
     ladder = [_RUNGS[r] for r in config.ladder]
     tiers = np.full(priority.shape[0], ladder[0], dtype=np.uint8)
     # drop_unseen: rows never seen stay dropped, whatever the budget (they take no part in the climb)
     climbing = priority > 0 if config.drop_unseen else np.ones(priority.shape[0], dtype=bool)
     tiers[~climbing] = Tier.DROPPED
-    floor = stored_bytes(tiers, dims)
+    floor = stored_bytes(tiers, dims, grouped)
     if floor > budget:
         raise QuantConfigError(
             f"target_ratio {config.target_ratio} is too small: the lowest rung {config.ladder[0]} alone needs "
             f"{(floor + metadata) / fp32_bytes:.4f} of the fp32 bytes"
         )
-    tiers[climbing] = promote_rows(priority[climbing], dims[climbing], ladder, tiers[climbing], budget)
+    tiers[climbing] = promote_rows(priority[climbing], dims[climbing], ladder, tiers[climbing], budget, grouped[climbing])
     bounds = np.cumsum([0] + [shapes[n][0] for n in names])
     return {n: tiers[bounds[i] : bounds[i + 1]] for i, n in enumerate(names)}
 
@@ -223,55 +265,97 @@ _BY_PRECISION = (Tier.FP32, Tier.FP16, Tier.INT8, Tier.INT4, Tier.INT2)  # most 
 _META_BLOCK_BYTES = 32  # one row_meta block (64 rows)
 
 
-def cheapest_tier(tier: Tier, dim: int) -> Tier:
+def cheapest_tier(tier: Tier, dim: int, scale_group_rows: int = 0) -> Tier:
     """The tier with the fewest row bytes among `tier` and the tiers more precise than it (ties go to the more
-    precise one): at D = 1 an int8 row (5 B) becomes fp16 (2 B); at D = 4 int8 (8 B) becomes fp16 (8 B)."""
+    precise one): at D = 1 an int8 row (5 B) becomes fp16 (2 B); at D = 4 int8 (8 B) becomes fp16 (8 B). With
+    scale groups (v3) quantized rows are codes only, so they are never dearer than fp16."""
     tier = Tier(tier)
     if tier is Tier.DROPPED:
         return tier
+    version = _version(scale_group_rows)
     candidates = _BY_PRECISION[: _BY_PRECISION.index(tier) + 1]
-    return min(candidates, key=lambda t: (row_bytes(t, dim), _BY_PRECISION.index(t)))
+    return min(candidates, key=lambda t: (row_stride(t, dim, version), _BY_PRECISION.index(t)))
 
 
-def _table_bytes(counts: dict[Tier, int], rows: int, dim: int) -> int:
-    stored = sum(n * row_bytes(t, dim) for t, n in counts.items())
+def _table_bytes(counts: dict[Tier, int], rows: int, dim: int, scale_group_rows: int = 0) -> int:
+    version = _version(scale_group_rows)
+    stored = sum(n * row_stride(t, dim, version) for t, n in counts.items())
     present = [t for t, n in counts.items() if n]
     meta = 0 if len(present) <= 1 else _META_BLOCK_BYTES * -(-rows // 64)
-    return stored + meta + (4 * dim if counts.get(Tier.DROPPED) else 0)
+    groups = group_section_bytes(rows, scale_group_rows) if any(t.is_quantized for t in present) else 0
+    return stored + meta + groups + (4 * dim if counts.get(Tier.DROPPED) else 0)
 
 
-def plan_storage(tiers: "np.ndarray | Tier", rows: int, dim: int) -> tuple["np.ndarray | Tier", str]:
-    """Tiers as stored, decided from the real row bytes, and a note saying what changed and why.
+def plan_storage(tiers: "np.ndarray | Tier", rows: int, dim: int,
+                 scale_group_rows: int = 0) -> tuple["np.ndarray | Tier", str, int]:
+    """Tiers as stored, decided from the real row bytes, a note saying what changed and why, and the rows per
+    scale group the table is stored with (0: a header per quantized row, format v2).
 
     1. Every row takes the cheapest tier at least as precise as the one it was given (`cheapest_tier`).
     2. A mixed table becomes uniform at its most precise tier when that costs no more than the mixed
        layout (the block index is 32 bytes per 64 rows, the default row 4·D bytes when rows are dropped):
        tiny tables are never made bigger by per-table overhead.
+    3. Scale groups (`scale_group_rows`, v3) are kept only for a table that stores quantized rows and
+       costs fewer bytes with them than with a header per row (the group section is 12 bytes per group).
+    Whatever the tiers, the stored table never takes more bytes than the fp32 table: a plan that would is
+    stored uniform fp32 instead.
     """
+    stored, notes = _plan_tiers(tiers, rows, dim, scale_group_rows)
+    group = scale_group_rows
+    if group:
+        counts = _counts(stored, rows)
+        plain_tiers, plain_notes = _plan_tiers(tiers, rows, dim, 0)
+        plain = _table_bytes(_counts(plain_tiers, rows), rows, dim, 0)
+        grouped = _table_bytes(counts, rows, dim, group)
+        # Ties keep a header per row: as many bytes, each row with its own range.
+        if not any(t.is_quantized for t, n in counts.items() if n) or grouped >= plain:
+            stored, notes, group = plain_tiers, plain_notes, 0
+        else:
+            notes.append(f"v3: scale groups of {group} rows ({grouped} B against {plain} B with a header per row)")
+    total = _table_bytes(_counts(stored, rows), rows, dim, group)
+    if total > 4 * rows * dim:
+        notes.append(f"uniform fp32: the plan's {total} B exceed the fp32 table's {4 * rows * dim} B")
+        return Tier.FP32, "; ".join(notes), 0
+    return stored, "; ".join(notes), group
+
+
+def _counts(tiers: "np.ndarray | Tier", rows: int) -> dict[Tier, int]:
+    if isinstance(tiers, Tier):
+        return {tiers: rows}
+    return {Tier(int(t)): int(n) for t, n in zip(*np.unique(tiers, return_counts=True))}
+
+
+def _plan_tiers(tiers: "np.ndarray | Tier", rows: int, dim: int, scale_group_rows: int) -> tuple["np.ndarray | Tier", list[str]]:
+    """Steps 1 and 2 of `plan_storage` for one storage layout."""
+    version = _version(scale_group_rows)
+
+    def nbytes(t: Tier) -> int:
+        return row_stride(t, dim, version)
+
     notes = []
     if isinstance(tiers, (Tier, int, np.integer)):
         given = Tier(int(tiers))
-        stored = cheapest_tier(given, dim)
+        stored = cheapest_tier(given, dim, scale_group_rows)
         if stored is not given:
-            notes.append(f"{given}→{stored} ({row_bytes(stored, dim)} B/row ≤ {row_bytes(given, dim)} B/row)")
-        return stored, "; ".join(notes)
+            notes.append(f"{given}→{stored} ({nbytes(stored)} B/row ≤ {nbytes(given)} B/row)")
+        return stored, notes
     codes = np.asarray(tiers, dtype=np.uint8).copy()
-    lut = np.array([cheapest_tier(Tier(c), dim) if c <= 5 else c for c in range(8)], dtype=np.uint8)
+    lut = np.array([cheapest_tier(Tier(c), dim, scale_group_rows) if c <= 5 else c for c in range(8)], dtype=np.uint8)
     for code in np.unique(codes):
         if lut[code] != code:
-            notes.append(f"{Tier(int(code))}→{Tier(int(lut[code]))} ({row_bytes(Tier(int(lut[code])), dim)} B/row ≤ "
-                         f"{row_bytes(Tier(int(code)), dim)} B/row)")
+            notes.append(f"{Tier(int(code))}→{Tier(int(lut[code]))} ({nbytes(Tier(int(lut[code])))} B/row ≤ "
+                         f"{nbytes(Tier(int(code)))} B/row)")
     codes = lut[codes]
     present = np.unique(codes)
     if present.shape[0] == 1:
-        return Tier(int(present[0])), "; ".join(notes)
-    counts = {Tier(int(t)): int(n) for t, n in zip(*np.unique(codes, return_counts=True))}
+        return Tier(int(present[0])), notes
+    counts = _counts(codes, rows)
     stored_tiers = [t for t in _BY_PRECISION if counts.get(t)]
     if stored_tiers:
         top = stored_tiers[0]
-        mixed_bytes = _table_bytes(counts, rows, dim)
-        uniform_bytes = rows * row_bytes(top, dim)
+        mixed_bytes = _table_bytes(counts, rows, dim, scale_group_rows)
+        uniform_bytes = _table_bytes({top: rows}, rows, dim, scale_group_rows)
         if uniform_bytes <= mixed_bytes:
             notes.append(f"uniform {top}: {uniform_bytes} B ≤ {mixed_bytes} B mixed")
-            return top, "; ".join(notes)
-    return codes, "; ".join(notes)
+            return top, notes
+    return codes, notes

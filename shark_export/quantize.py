@@ -1,7 +1,8 @@
-"""The row-wise quantizer: float rows in, a table in storage format v1/v2 (docs/FORMAT.md) out.
+"""The row-wise quantizer: float rows in, a table in storage format v1/v2/v3 (docs/FORMAT.md) out.
 
 Asymmetric min/max per row (fp16 scale rounded up, fp16 bias rounded down, round-half-even codes), or the
-clip range that minimizes each row's L2 error (Guan et al. 2019); rows processed in bounded chunks.
+clip range that minimizes each row's L2 error (Guan et al. 2019); rows processed in bounded chunks. In v3
+the same ranges are taken per scale group and tier (all values of the group's rows of that tier).
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ from .format import (
     BLOCK_ROWS,
     FORMAT_VERSION,
     FP16_MAX,
+    GROUPED_FORMAT_VERSION,
     MAX_DIM,
     MAX_ROWS,
     QuantizedTable,
     Tier,
+    check_scale_group,
     check_version,
+    group_section_bytes,
     _stride_lut,
     row_bytes,
 )
@@ -73,19 +77,23 @@ def _codes(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, levels: int) -> n
     return x
 
 
-def _l2_error(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, levels: int) -> np.ndarray:
+def _l2_error(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, levels: int, valid: np.ndarray | None = None) -> np.ndarray:
     """Per-row squared L2 error of storing ``x`` (float64 [n, D]) with range [lo, hi], computed on the
-    exact stored values (fp16 scale/bias, float32 dequantized result)."""
+    exact stored values (fp16 scale/bias, float32 dequantized result). ``valid`` (bool [n, D]) masks out
+    padding (a v3 scale group padded to the longest group of its batch)."""
     scale, bias = _quant_params(lo, hi, levels)
     q = _codes(x.copy(), scale, bias, levels)
     q *= scale.astype(np.float64)[:, None]
     q += bias.astype(np.float64)[:, None]
     xhat = q.astype(np.float32).astype(np.float64)
     xhat -= x
+    if valid is not None:
+        xhat[~valid] = 0.0
     return np.einsum("ij,ij->i", xhat, xhat)
 
 
-def _l2_clip_range(x: np.ndarray, mn: np.ndarray, mx: np.ndarray, tier: Tier) -> tuple[np.ndarray, np.ndarray]:
+def _l2_clip_range(x: np.ndarray, mn: np.ndarray, mx: np.ndarray, tier: Tier,
+                   valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Greedy clipping search of Guan et al. 2019 ("Post-training 4-bit quantization on embedding
     tables"), vectorized across the rows of ``x`` (float64 [n, D]).
 
@@ -107,11 +115,11 @@ def _l2_clip_range(x: np.ndarray, mn: np.ndarray, mx: np.ndarray, tier: Tier) ->
     L = tier.levels
     step = (mx - mn) / bins
     lo, hi = mn.copy(), mx.copy()
-    best = _l2_error(x, lo, hi, L)
+    best = _l2_error(x, lo, hi, L, valid)
     best_lo, best_hi = lo.copy(), hi.copy()
     for _ in range(steps):
-        e_left = _l2_error(x, lo + step, hi, L)
-        e_right = _l2_error(x, lo, hi - step, L)
+        e_left = _l2_error(x, lo + step, hi, L, valid)
+        e_right = _l2_error(x, lo, hi - step, L, valid)
         left = e_left < e_right
         lo = np.where(left, lo + step, lo)
         hi = np.where(left, hi, hi - step)
@@ -140,9 +148,11 @@ def _pack(q: np.ndarray, tier: Tier, out: np.ndarray) -> None:
     out[...] = acc
 
 
-def _encode_rows(x: np.ndarray, mn: np.ndarray, mx: np.ndarray, tier: Tier, clip: str, out: np.ndarray) -> None:
+def _encode_rows(x: np.ndarray, mn: np.ndarray, mx: np.ndarray, tier: Tier, clip: str, out: np.ndarray,
+                 shared: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     """Encode rows ``x`` ([n, D], any float dtype; row min/max ``mn``/``mx``) of ``tier`` into ``out``
-    (uint8 [n, stride], fully written, padding zero)."""
+    (uint8 [n, stride], fully written, padding zero). ``shared``: each row's (scale, bias) from its v3
+    scale group (float16 [n] each); the rows are then written as codes only."""
     n, D = x.shape
     if tier is Tier.FP32:
         out.view("<f4")[...] = x
@@ -153,6 +163,11 @@ def _encode_rows(x: np.ndarray, mn: np.ndarray, mx: np.ndarray, tier: Tier, clip
         return
     L = tier.levels
     xf = x.astype(np.float64)
+    if shared is not None:
+        scale, bias = shared
+        nbytes = row_bytes(tier, D) - 4
+        _pack(_codes(xf, scale, bias, L), tier, out[:, :nbytes])
+        return
     lo, hi = mn.astype(np.float64), mx.astype(np.float64)
     if clip == "l2":
         lo, hi = _l2_clip_range(xf, lo, hi, tier)
@@ -163,6 +178,50 @@ def _encode_rows(x: np.ndarray, mn: np.ndarray, mx: np.ndarray, tier: Tier, clip
     nbytes = row_bytes(tier, D) - 4
     out[:, 4 + nbytes:] = 0
     _pack(_codes(xf, scale, bias, L), tier, out[:, 4: 4 + nbytes])
+
+
+def _group_params(w: np.ndarray, codes: np.ndarray | None, uniform: int, G: int, clip: str) -> np.ndarray:
+    """float16 [groups, 3, 2]: (scale, bias) per v3 scale group of ``G`` rows and quantized tier (int8, int4,
+    int2), from the min/max -- or with ``clip="l2"`` the L2-optimal clip range -- of all the values of the
+    group's rows of that tier; zeros where a group has no row of a tier. Rows are read in bounded batches."""
+    R, D = w.shape
+    n_groups = -(-R // G)
+    params = np.zeros((n_groups, 3, 2), dtype=np.float16)
+    for slot, tier in enumerate((Tier.INT8, Tier.INT4, Tier.INT2)):
+        if uniform >= 0:
+            if uniform != tier:
+                continue
+            rows = None  # every row
+        else:
+            rows = np.flatnonzero(codes == tier)
+            if rows.shape[0] == 0:
+                continue
+        # Groups in batches of about _WORK_ELEMENTS values (at least one group per batch).
+        counts = np.bincount((np.arange(R) if rows is None else rows) // G, minlength=n_groups)
+        present = np.flatnonzero(counts)
+        starts = np.zeros(n_groups + 1, dtype=np.int64)
+        np.cumsum(counts, out=starts[1:])
+        per_batch = max(1, _WORK_ELEMENTS // max(1, int(counts.max()) * D))
+        for i0 in range(0, present.shape[0], per_batch):
+            gs = present[i0: i0 + per_batch]
+            n_rows = counts[gs]
+            width = int(n_rows.max())
+            # Position k of group gs[i] is row rows[starts[gs[i]] + k] (k < n_rows[i]).
+            k = np.arange(width)
+            valid_rows = k[None, :] < n_rows[:, None]
+            pos = np.minimum(starts[gs][:, None] + k[None, :], starts[gs + 1][:, None] - 1)
+            row_ids = pos if rows is None else rows[pos]
+            x = np.asarray(w[row_ids.reshape(-1)], dtype=np.float64).reshape(gs.shape[0], width * D)
+            valid = np.repeat(valid_rows, D, axis=1)
+            mn = np.where(valid, x, np.inf).min(axis=1)
+            mx = np.where(valid, x, -np.inf).max(axis=1)
+            lo, hi = mn, mx
+            if clip == "l2":
+                lo, hi = _l2_clip_range(x, mn, mx, tier, valid if not valid.all() else None)
+            scale, bias = _quant_params(lo, hi, tier.levels)
+            params[gs, slot, 0] = scale
+            params[gs, slot, 1] = bias
+    return params
 
 
 def _parse_tiers(tiers: Any, R: int, name: str) -> tuple[int, np.ndarray | None]:
@@ -260,7 +319,8 @@ def quantize_table(
     default_row: Any = None,
     clip: str = "none",
     chunk_rows: int = 65536,
-    format_version: int = FORMAT_VERSION,
+    format_version: int | None = None,
+    scale_group_rows: int = 0,
 ) -> QuantizedTable:
     """Store ``weight`` ([R, D] float16/32/64, anything ``np.asarray`` takes) in format ``format_version``.
 
@@ -270,6 +330,9 @@ def quantize_table(
     dropped, and (v2) empty when none is.
     ``clip="l2"`` runs the per-row clipping search (see :func:`_l2_clip_range`; ~70-140x slower) for
     quantized rows instead of using their min/max.
+    ``scale_group_rows`` (a power of two; format v3, the default version when it is given) shares one
+    scale and bias per tier among each group of that many rows, and stores quantized rows as codes
+    only; ranges (and the clipping search) then run over the group's rows of a tier.
 
     Rows are processed in chunks of at most ``chunk_rows`` (rounded up to a multiple of 64, and
     reduced so that one chunk holds at most 2^18 elements, but at least 64 rows): the extra memory on top of the output is a
@@ -280,7 +343,10 @@ def quantize_table(
     stored as fp16/int8/int4/int2, a bad ``tiers`` array or a bad ``default_row``.
     """
     name = str(name)
+    if format_version is None:
+        format_version = GROUPED_FORMAT_VERSION if scale_group_rows else FORMAT_VERSION
     format_version = check_version(format_version, f"table {name!r}")
+    G = check_scale_group(format_version, scale_group_rows, f"table {name!r}")
     if clip not in ("none", "l2"):
         raise FormatError(f"table {name!r}: clip must be 'none' or 'l2', got {clip!r}")
     if hasattr(weight, "detach") and hasattr(weight, "cpu"):  # a torch tensor, possibly a trainable parameter
@@ -330,12 +396,26 @@ def quantize_table(
         row_meta, n_payload = _build_row_meta(codes, lut)
         bc = np.bincount(codes, minlength=6)
         counts = {t: int(bc[t.value]) for t in Tier}
-    payload = np.zeros(n_payload, dtype=np.uint8)
+    payload = np.zeros(n_payload + group_section_bytes(R, G), dtype=np.uint8)
     # v1: every offset and stride is a multiple of 4, so rows are scattered as words; v2 rows are bytes.
     words = payload.view(np.uint32) if n_payload and format_version == 1 else None
 
     chunk = max(BLOCK_ROWS, min(int(chunk_rows), _WORK_ELEMENTS // D))
     chunk = -(-chunk // BLOCK_ROWS) * BLOCK_ROWS
+    if G:
+        for r0 in range(0, R, chunk):  # every value checked before any group range is taken from it
+            r1 = min(R, r0 + chunk)
+            _check_chunk(w[r0:r1], None if uniform >= 0 else codes[r0:r1], uniform, r0, name)
+        group_params = _group_params(w, codes, uniform, G, clip)
+        payload[n_payload:] = group_params.reshape(-1).view(np.uint8)
+
+    def shared(rows: np.ndarray, tier: Tier) -> tuple[np.ndarray, np.ndarray] | None:
+        """The v3 group (scale, bias) of each of ``rows`` (absolute row ids) of a quantized ``tier``."""
+        if not G or not tier.is_quantized:
+            return None
+        slot = group_params[rows // G, int(tier) - int(Tier.INT8)]
+        return slot[:, 0], slot[:, 1]
+
     for r0 in range(0, R, chunk):
         r1 = min(R, r0 + chunk)
         x = w[r0:r1]
@@ -345,7 +425,7 @@ def quantize_table(
             s = int(lut[uniform])
             if s:
                 region = payload[r0 * s: r1 * s].reshape(r1 - r0, s)
-                _encode_rows(x, mn, mx, Tier(uniform), clip, region)
+                _encode_rows(x, mn, mx, Tier(uniform), clip, region, shared(np.arange(r0, r1), Tier(uniform)))
             continue
         base = int(row_meta[r0 // BLOCK_ROWS, 0])
         sizes = lut[cc]
@@ -356,7 +436,7 @@ def quantize_table(
             s = int(lut[t])
             if s:
                 region = payload[base: base + int(ends[-1])].reshape(r1 - r0, s)
-                _encode_rows(x, mn, mx, t, clip, region)
+                _encode_rows(x, mn, mx, t, clip, region, shared(np.arange(r0, r1), t))
             continue
         starts = base + ends - sizes
         for code in present:
@@ -366,7 +446,7 @@ def quantize_table(
                 continue
             sel = np.flatnonzero(cc == code)
             buf = np.empty((sel.shape[0], s), dtype=np.uint8)
-            _encode_rows(x[sel], mn[sel], mx[sel], t, clip, buf)
+            _encode_rows(x[sel], mn[sel], mx[sel], t, clip, buf, shared(r0 + sel, t))
             if words is not None:
                 words[(starts[sel] >> 2)[:, None] + np.arange(s >> 2)] = buf.view(np.uint32)
             else:
@@ -382,6 +462,7 @@ def quantize_table(
         uniform_tier=int(uniform),
         tier_counts=counts,
         format_version=format_version,
+        scale_group_rows=G,
     )
 
 
@@ -393,13 +474,16 @@ def _default_row(weight: np.ndarray, tiers: Any) -> np.ndarray | None:
 
 
 def quantize_tables(weights: dict[str, np.ndarray], stored_tiers: dict[str, Any], clip: str = "none",
-                    show_progress: bool = False) -> dict[str, QuantizedTable]:
+                    show_progress: bool = False, scale_groups: dict[str, int] | None = None) -> dict[str, QuantizedTable]:
     """The converter's quantize step: every table at its stored tiers (see quant_config.plan_storage), in
-    name order; dropped rows read the mean of the dropped rows."""
+    name order; dropped rows read the mean of the dropped rows. ``scale_groups``: rows per scale group of
+    the tables stored in format v3 (absent or 0: v2)."""
     from .progress import progress
 
+    groups = scale_groups or {}
     return {
         name: quantize_table(weights[name], stored_tiers[name], name=name,
-                             default_row=_default_row(weights[name], stored_tiers[name]), clip=clip)
+                             default_row=_default_row(weights[name], stored_tiers[name]), clip=clip,
+                             scale_group_rows=int(groups.get(name, 0)))
         for name in progress(sorted(stored_tiers), desc="quantize", enabled=show_progress)
     }

@@ -1,4 +1,4 @@
-"""Pure numpy reference reader of storage formats v1 and v2 -- what the C++ kernels are tested against.
+"""Pure numpy reference reader of storage formats v1, v2 and v3 -- what the C++ kernels are tested against.
 
 Independent of the quantizer: rows are located by walking the bit-planes of ``row_meta`` (decode all 64
 codes of a block, exclusive prefix sum of their strides) rather than the popcount formula used by
@@ -8,7 +8,8 @@ tier codes and the stride formula are shared with ``shark_export.format``.
 Numerics:
 - fp32 rows are copied bit-exactly, fp16 rows widened exactly;
 - quantized rows: ``float32(float64(q) * float64(scale) + float64(bias))`` -- one rounding, equal to the
-  kernels' float32 ``fma``;
+  kernels' float32 ``fma``; ``scale``/``bias`` from the row's header (v1, v2) or from its scale group's
+  slot for its tier in the section at the end of the payload (v3);
 - dropped rows read as ``default_row``;
 - :func:`embedding_bag` accumulates in float64 and rounds once to float32 at the end (mean divides the
   float64 sum by the count first); a float32-accumulating kernel differs from it by float32 summation
@@ -40,9 +41,24 @@ def _strides(dim: int, format_version: int) -> np.ndarray:
     return lut
 
 
-def _value_bytes(code: int, dim: int) -> int:
+def _header_bytes(table: QuantizedTable, code: int) -> int:
+    """The [scale][bias] header in front of a quantized row's codes: 4 bytes, none in v3 (groups hold it)."""
+    return 4 if code in (2, 3, 4) and int(table.format_version) < 3 else 0
+
+
+def _value_bytes(code: int, dim: int, header: int = 4) -> int:
     """Bytes a row of ``code`` really uses (header + values, no padding), from the FORMAT.md table."""
-    return {0: 4 * dim, 1: 2 * dim, 2: 4 + dim, 3: 4 + (dim + 1) // 2, 4: 4 + (dim + 3) // 4, 5: 0}[code]
+    return {0: 4 * dim, 1: 2 * dim, 2: header + dim, 3: header + (dim + 1) // 2, 4: header + (dim + 3) // 4, 5: 0}[code]
+
+
+def _group_section(table: QuantizedTable) -> tuple[int, int]:
+    """(rows per scale group, byte where the v3 group section starts); (0, payload length) before v3."""
+    n = int(table.payload.shape[0])
+    G = int(getattr(table, "scale_group_rows", 0) or 0)
+    if int(table.format_version) < 3:
+        return 0, n
+    groups = -(-int(table.num_rows) // G)
+    return G, n - 12 * groups
 
 
 def _check_rows(table: QuantizedTable, flat: np.ndarray) -> None:
@@ -60,7 +76,7 @@ def _locate(table: QuantizedTable, rows: np.ndarray) -> tuple[np.ndarray, np.nda
     """(tier codes uint8[n], byte offsets int64[n]) of in-range ``rows`` (int64[n])."""
     R, D = int(table.num_rows), int(table.dim)
     lut = _strides(D, int(table.format_version))
-    n_payload = int(table.payload.shape[0])
+    n_payload = _group_section(table)[1]  # the rows end where the v3 group section starts
     if table.uniform_tier >= 0:
         code = int(table.uniform_tier)
         if not 0 <= code <= 5:
@@ -90,7 +106,7 @@ def _locate(table: QuantizedTable, rows: np.ndarray) -> tuple[np.ndarray, np.nda
         before = np.cumsum(sizes, axis=1) - sizes  # exclusive prefix sum inside the block
         offsets = meta[inverse, 0].astype(np.int64) + before[inverse, within]
         codes = block_codes[inverse, within].astype(np.uint8)
-    ends = offsets + np.array([_value_bytes(c, D) for c in range(6)], dtype=np.int64)[codes]
+    ends = offsets + np.array([_value_bytes(c, D, _header_bytes(table, c)) for c in range(6)], dtype=np.int64)[codes]
     overrun = ends > n_payload
     if overrun.any():
         i = int(np.argmax(overrun))
@@ -101,23 +117,31 @@ def _locate(table: QuantizedTable, rows: np.ndarray) -> tuple[np.ndarray, np.nda
     return codes, offsets
 
 
-def _decode(table: QuantizedTable, code: int, offsets: np.ndarray) -> np.ndarray:
-    """float32 [n, D] values of rows of one tier ``code`` at byte ``offsets``."""
+def _decode(table: QuantizedTable, code: int, offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """float32 [n, D] values of ``rows`` of one tier ``code`` at byte ``offsets``."""
     D = int(table.dim)
     n = offsets.shape[0]
     if code == 5:
         if table.default_row.shape != (D,):
             raise FormatError(f"{_label(table)}: {n} dropped row(s) read default_row, which is empty")
         return np.broadcast_to(np.asarray(table.default_row, dtype=np.float32), (n, D))
-    nbytes = _value_bytes(code, D)
-    raw = np.asarray(table.payload)[offsets[:, None] + np.arange(nbytes)]  # [n, nbytes] uint8, contiguous
+    header = _header_bytes(table, code)
+    nbytes = _value_bytes(code, D, header)
+    payload = np.asarray(table.payload)
+    raw = payload[offsets[:, None] + np.arange(nbytes)]  # [n, nbytes] uint8, contiguous
     if code == 0:
         return raw.view("<f4").astype(np.float32)
     if code == 1:
         return raw.view("<f2").astype(np.float32)
-    scale = raw[:, 0:2].copy().view("<f2")[:, 0].astype(np.float64)
-    bias = raw[:, 2:4].copy().view("<f2")[:, 0].astype(np.float64)
-    body = raw[:, 4:]
+    if header:
+        sb = raw[:, 0:4]
+    else:  # v3: the 4-byte slot of the row's tier in its group's 12-byte record
+        G, section = _group_section(table)
+        slot = section + 12 * (rows // G) + 4 * (code - 2)
+        sb = payload[slot[:, None] + np.arange(4)]
+    scale = sb[:, 0:2].copy().view("<f2")[:, 0].astype(np.float64)
+    bias = sb[:, 2:4].copy().view("<f2")[:, 0].astype(np.float64)
+    body = raw[:, header:]
     if code == 2:
         q = body
     else:
@@ -154,6 +178,13 @@ def _checked(table: QuantizedTable) -> QuantizedTable:
     version = table.format_version
     if version not in READABLE_VERSIONS:
         raise FormatError(f"{name}: format_version {version!r} is not supported")
+    G = getattr(table, "scale_group_rows", 0)
+    if version >= 3:
+        if isinstance(G, (bool, np.bool_)) or not isinstance(G, (int, np.integer)) or not 1 <= int(G) <= MAX_ROWS \
+                or int(G) & (int(G) - 1):
+            raise FormatError(f"{name}: scale_group_rows {G!r} is not a power of two in 1..2^40")
+    elif G:
+        raise FormatError(f"{name}: scale_group_rows {G!r} is set on a format_version {version} table")
     arrays = {"payload": (np.uint8, 1), "row_meta": (np.uint64, 2), "default_row": (np.float32, 1)}
     for attr, (dtype, ndim) in arrays.items():
         arr = getattr(table, attr)
@@ -164,9 +195,12 @@ def _checked(table: QuantizedTable) -> QuantizedTable:
         raise FormatError(f"{name}: row_meta has shape {table.row_meta.shape}, expected ({expected_blocks}, 4)")
     if table.default_row.shape not in ((D,), (0,)) or (table.default_row.shape == (0,) and version < 2):
         raise FormatError(f"{name}: default_row has shape {table.default_row.shape}, expected ({D},)")
-    if u >= 0 and table.payload.shape[0] != R * row_stride(u, D, version):
+    groups = 12 * -(-R // int(G)) if version >= 3 else 0
+    if table.payload.shape[0] < groups:
+        raise FormatError(f"{name}: payload has {table.payload.shape[0]} bytes, fewer than its {groups}-byte group section")
+    if u >= 0 and table.payload.shape[0] != R * row_stride(u, D, version) + groups:
         raise FormatError(f"{name}: payload has {table.payload.shape[0]} bytes, a uniform {Tier(u)} table of {R} rows needs "
-                          f"{R * row_stride(u, D, version)}")
+                          f"{R * row_stride(u, D, version) + groups}")
     return table
 
 
@@ -187,7 +221,7 @@ def _dequantize_rows(table: QuantizedTable, rows: Any) -> np.ndarray:
     codes, offsets = _locate(table, r)
     for code in np.unique(codes):
         sel = np.flatnonzero(codes == code)
-        out[sel] = _decode(table, int(code), offsets[sel])
+        out[sel] = _decode(table, int(code), offsets[sel], r[sel])
     return out
 
 

@@ -11,6 +11,7 @@ import onnx
 from onnx import TensorProto
 from onnx.defs import OpSchema
 
+from .format import READABLE_VERSIONS
 from .ops import DOMAIN
 from .ops import DOMAIN_VERSION as OPSET_VERSION
 
@@ -41,11 +42,13 @@ _TABLE_INPUTS = [
 def _table_attributes() -> list[OpSchema.Attribute]:
     attr = OpSchema.Attribute
     return [
-        attr("format_version", OpSchema.AttrType.INT, "storage format version (1 or 2)"),
+        attr("format_version", OpSchema.AttrType.INT, "storage format version (1, 2 or 3)"),
         attr("num_rows", OpSchema.AttrType.INT, "rows R of the table"),
         attr("dim", OpSchema.AttrType.INT, "embedding dimension D"),
         attr("uniform_tier", OpSchema.AttrType.INT, "tier code of a uniform table, -1 when mixed"),
         attr("output_dtype", onnx.helper.make_attribute("output_dtype", TensorProto.FLOAT), "1 float32, 10 float16"),
+        attr("scale_group_rows", onnx.helper.make_attribute("scale_group_rows", 0),
+             "v3: rows per scale group (a power of two); 0 before v3"),
     ]
 
 
@@ -69,9 +72,9 @@ def _output_elem_type(ctx) -> int:
 
 def _check_version(ctx) -> None:
     version = _int_attribute(ctx, "format_version")
-    if version not in (1, 2):
+    if version not in READABLE_VERSIONS:
         raise onnx.shape_inference.InferenceError(
-            f"{ctx.get_display_name()}: format_version {version} is not supported (this build reads versions 1 and 2)"
+            f"{ctx.get_display_name()}: format_version {version} is not supported (this build reads versions 1 to 3)"
         )
 
 
@@ -176,9 +179,9 @@ def _infer_multi(ctx) -> None:
     kinds = _ints_attribute(ctx, "kinds", -1)
     n = len(kinds)
     for version in _ints_attribute(ctx, "format_versions", n):
-        if version not in (1, 2):
+        if version not in READABLE_VERSIONS:
             raise onnx.shape_inference.InferenceError(
-                f"{ctx.get_display_name()}: format_version {version} is not supported (this build reads versions 1 and 2)"
+                f"{ctx.get_display_name()}: format_version {version} is not supported (this build reads versions 1 to 3)"
             )
     dims = _ints_attribute(ctx, "dims", n)
     weights = _ints_attribute(ctx, "has_weights", n, 0)
@@ -262,6 +265,8 @@ def _multi_schema() -> OpSchema:
             attr("include_last_offsets", onnx.helper.make_attribute("include_last_offsets", [0]), "per field (bags)"),
             attr("padding_idxs", onnx.helper.make_attribute("padding_idxs", [-1]), "per field (bags): skipped row, -1 none"),
             attr("has_weights", onnx.helper.make_attribute("has_weights", [0]), "per field (bags): per_sample_weights given"),
+            attr("scale_group_rows", onnx.helper.make_attribute("scale_group_rows", [0]),
+                 "per field: v3 rows per scale group, 0 before v3"),
             attr("output_dtype", onnx.helper.make_attribute("output_dtype", TensorProto.FLOAT), "1 float32, 10 float16"),
             attr("field_names", onnx.helper.make_attribute("field_names", ""), "the fields' names, one per line"),
         ],

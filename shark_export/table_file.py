@@ -45,6 +45,7 @@ def save_table(table: QuantizedTable, path: str | os.PathLike) -> None:
                 dim=np.array(table.dim, dtype=np.int64),
                 uniform_tier=np.array(table.uniform_tier, dtype=np.int64),
                 tier_counts=counts,
+                scale_group_rows=np.array(table.scale_group_rows, dtype=np.int64),
                 payload=table.payload,
                 row_meta=table.row_meta,
                 default_row=table.default_row,
@@ -80,6 +81,8 @@ def load_table(path: str | os.PathLike) -> QuantizedTable:
                 raise FormatError(f"{path}: not a shark-export table file (magic {data['magic'][()]!r})")
             version = check_version(int(data["format_version"][()]), path)
             arrays = {k: data[k] for k in _FILE_KEYS}  # reads (and CRC-checks) every member
+            if "scale_group_rows" in data.files:  # v3 files (older files have no such member)
+                arrays["scale_group_rows"] = data["scale_group_rows"]
     except FormatError:
         raise
     except Exception as e:  # noqa: BLE001
@@ -98,6 +101,7 @@ def load_table(path: str | os.PathLike) -> QuantizedTable:
             uniform_tier=int(arrays["uniform_tier"][()]),
             tier_counts={t: int(counts_arr[t.value]) for t in Tier},
             format_version=version,
+            scale_group_rows=int(arrays["scale_group_rows"][()]) if "scale_group_rows" in arrays else 0,
         )
         return table.validate()
     except FormatError as e:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import shark_export
-from shark_export import check_parity, convert
+from shark_export import QuantConfig, check_parity, convert
 from shark_export.inspect_model import read_tables
 from shark_export.model_io import OnnxModelRunner
 
@@ -131,11 +131,17 @@ class OffsetIds(nn.Module):
 
 def test_offset_ids_into_one_shared_table(tmp_path):
     model = OffsetIds().eval()
-    report = convert(model, OffsetIds.batch(8), tmp_path / "m.onnx", quant="mixed", calibration=_calibration(OffsetIds))
+    mixed = QuantConfig(preset="mixed", scale_group="none")  # a header per quantized row (format v2)
+    report = convert(model, OffsetIds.batch(8), tmp_path / "m.onnx", quant=mixed, calibration=_calibration(OffsetIds))
     assert report.fields == ["embedding", "linear"] and report.faithfulness
     linear = next(t for t in report.tables if t.table == "linear.weight")
     assert linear.tiers == {"fp16": 50} and linear.bytes_after == 50 * 2  # D = 1: fp16 rows, nothing else
     assert "→fp16" in linear.storage
+    # With scale groups (the default) an int8 row of D = 1 is one byte: cheaper than fp16, never above it.
+    report = convert(model, OffsetIds.batch(8), tmp_path / "g.onnx", quant="mixed", calibration=_calibration(OffsetIds))
+    linear = next(t for t in report.tables if t.table == "linear.weight")
+    assert report.faithfulness and "v3: scale groups of 256" in linear.storage
+    assert linear.tiers.get("int8", 0) > 0 and linear.bytes_after < 50 * 2
 
 
 class Functional(nn.Module):
@@ -188,7 +194,9 @@ class TiedProjection(nn.Module):
 def test_tied_projection_reads_the_one_stored_table(tmp_path):
     model = TiedProjection().eval()
     path = tmp_path / "m.onnx"
-    report = convert(model, TiedProjection.batch(4), path, quant="int8", calibration=_calibration(TiedProjection))
+    # A header per row: the impact bound below is int8's per-row error on these N(0, 1) rows.
+    report = convert(model, TiedProjection.batch(4), path, quant=QuantConfig("int8", scale_group="none"),
+                     calibration=_calibration(TiedProjection))
     (table,) = [t for t in report.tables if t.table == "items.weight"]
     assert table.dense_uses and table.dense_uses[0].split()[0] in ("MatMul", "Transpose", "Gemm")
     assert "items.weight" not in _initializer_names(path)  # no fp32 copy next to the quantized one
@@ -240,11 +248,28 @@ def test_no_table_is_bigger_than_its_rules_allow(tmp_path, quant):
 
 def test_int8_rule_picks_fp16_for_small_dims(tmp_path):
     model = Dims((1, 4, 5)).eval()
-    report = convert(model, _ids(8, 200, 0, (8, 2)), tmp_path / "m.onnx", quant="int8")
+    report = convert(model, _ids(8, 200, 0, (8, 2)), tmp_path / "m.onnx", quant=QuantConfig("int8", scale_group="none"))
     tiers = {(t.dim, t.rows): t.tiers for t in report.tables}
     assert tiers[(1, 200)] == {"fp16": 200} and tiers[(4, 200)] == {"fp16": 200} and tiers[(5, 200)] == {"int8": 200}
     assert next(t for t in report.tables if t.dim == 1 and t.rows == 200).bytes_after == 400
     assert report.file_bytes == (tmp_path / "m.onnx").stat().st_size
+
+
+def test_scale_groups_store_small_dims_as_their_codes(tmp_path):
+    """The default scale groups (v3): int8 rows of D = 1, 4, 5 are D bytes of codes, plus 12 bytes per group
+    of 256 rows -- below fp16 and far below fp32 -- and the model stays faithful."""
+    model = Dims((1, 4, 5)).eval()
+    batches = [_ids(64, 200, s, (64, 3)) for s in range(3)]
+    report = convert(model, batches[0], tmp_path / "m.onnx", quant="int8", calibration=batches)
+    assert report.faithfulness, str(report.faithfulness)
+    for t in (t for t in report.tables if t.rows == 200):
+        assert t.tiers == {"int8": t.rows}, t
+        assert t.bytes_after == t.rows * t.dim + 12 * -(-t.rows // 256), t
+        assert t.bytes_after < t.rows * t.dim * 2 and "v3" in t.storage
+    # 3-row tables: a group record costs as much as the headers it replaces, and ties keep the headers (v2).
+    tiny = {t.dim: t for t in report.tables if t.rows == 3}
+    assert tiny[1].tiers == {"fp16": 3} and tiny[4].tiers == {"fp16": 3} and tiny[5].tiers == {"int8": 3}
+    assert all("v3" not in t.storage for t in tiny.values())
 
 
 # --------------------------------------------------------------------------------------------------

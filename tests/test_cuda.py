@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import dataclasses
 import os
 import re
 import shutil
@@ -26,13 +28,15 @@ import textwrap
 
 import numpy as np
 import pytest
-from cuda_testlib import NO_ERROR, TESTLIB_ENV, DeviceTable, build_testlib, load
+from cuda_testlib import (_BAG, _GATHER, _TABLE, NO_ERROR, TESTLIB_ENV, DeviceTable, _bag_shape, _ptr, build_testlib,
+                          load)
+from cuda_testlib import TestLib as _TestLib  # not collected as a test class
 from op_models import bag_model, gather_model, multi_model
 from test_ops import as_mixed, assert_bits_equal, make_table, random_bags, run_bag, run_gather
 
 import shark_export
 from shark_export import reference as ref
-from shark_export.format import Tier
+from shark_export.format import Tier, row_stride
 from shark_export.quantize import quantize_table
 
 TIER_NAMES = [t.name.lower() for t in Tier]
@@ -453,6 +457,226 @@ def test_emu_refuses_overlapping_layouts(testlib):
 
 
 # --------------------------------------------------------------------------------------------------
+# Format v3 (scale groups): the emulated kernels through the test library's *_ex entry points, which
+# also take the payload's length (it ends with the group section) and scale_group_rows.
+# --------------------------------------------------------------------------------------------------
+V3_DIMS = [1, 3, 5, 16, 64]
+V3_GROUPS = [1, 64, 256]
+V3_ROWS = 300  # G = 64: 5 groups, the last one partial; G = 256: 2
+
+
+def _ex_lib(testlib):
+    """The test library's ctypes handle with the *_ex signatures set (cuda_testlib predates them)."""
+    lib = testlib.lib
+    group = [ctypes.c_uint64, ctypes.c_int64]
+    lib.shark_emu_gather_ex.argtypes = _TABLE + group + _GATHER + [ctypes.c_uint64, ctypes.c_uint64, ctypes.c_void_p]
+    lib.shark_emu_gather_ex.restype = ctypes.c_int
+    lib.shark_emu_bag_ex.argtypes = _TABLE + group + _BAG + [ctypes.c_uint64, ctypes.c_void_p]
+    lib.shark_emu_bag_ex.restype = ctypes.c_int
+    if testlib.has_cuda:
+        lib.shark_cuda_gather_ex.argtypes = _TABLE + group + _GATHER + [ctypes.c_uint64, ctypes.c_uint64,
+                                                                         ctypes.c_void_p, ctypes.c_void_p]
+        lib.shark_cuda_gather_ex.restype = ctypes.c_int
+        lib.shark_cuda_bag_ex.argtypes = _TABLE + group + _BAG + [ctypes.c_uint64, ctypes.c_void_p, ctypes.c_void_p]
+        lib.shark_cuda_bag_ex.restype = ctypes.c_int
+    return lib
+
+
+def _group_args(table) -> list[int]:
+    return [int(np.asarray(table.payload).size), int(getattr(table, "scale_group_rows", 0) or 0)]
+
+
+def _emu_gather_ex(testlib, table, indices, out_dtype=np.float32, out=None, column=0):
+    """TestLib.emu_gather through shark_emu_gather_ex (any format version)."""
+    idx = np.ascontiguousarray(indices)
+    if out is None:
+        out = np.full((*idx.shape, int(table.dim)), 0x7F, dtype=np.dtype(out_dtype))
+        target, per_sample, stride = _ptr(out), 1, 0
+    else:
+        per_sample = idx.size // idx.shape[0] if idx.shape[0] else 1
+        target, stride = _TestLib._block(out, column, per_sample * int(table.dim), None)
+    err = np.zeros(2, np.uint64)
+    targs, _keep = _TestLib._table_args(table)
+    rc = _ex_lib(testlib).shark_emu_gather_ex(*targs, *_group_args(table), _ptr(idx), int(idx.dtype == np.int64),
+                                              idx.size, target, int(out.dtype == np.float16), per_sample, stride,
+                                              _ptr(err))
+    assert rc == 0, rc
+    return out, (int(err[0]), int(err[1]))
+
+
+def _emu_bag_ex(testlib, table, indices, offsets=None, per_sample_weights=None, mode=0, include_last_offset=0,
+                padding_idx=-1, out_dtype=np.float32, out=None, column=0):
+    """TestLib.emu_bag through shark_emu_bag_ex (any format version)."""
+    idx = np.ascontiguousarray(indices)
+    n_bags, bag_len, off, n_off = _bag_shape(idx, offsets, include_last_offset, None)
+    w = None if per_sample_weights is None else np.ascontiguousarray(per_sample_weights, dtype=np.float32)
+    if out is None:
+        out = np.full((n_bags, int(table.dim)), 0x7F, dtype=np.dtype(out_dtype))
+        target, stride = _ptr(out), 0
+    else:
+        target, stride = _TestLib._block(out, column, int(table.dim), None)
+    err = np.zeros(2, np.uint64)
+    targs, _keep = _TestLib._table_args(table)
+    rc = _ex_lib(testlib).shark_emu_bag_ex(*targs, *_group_args(table), _ptr(idx), int(idx.dtype == np.int64),
+                                           idx.size, _ptr(off), int(off is not None and off.dtype == np.int64), n_off,
+                                           int(include_last_offset), bag_len, n_bags, _ptr(w), int(mode),
+                                           int(padding_idx), target, int(out.dtype == np.float16), stride, _ptr(err))
+    assert rc == 0, rc
+    return out, (int(err[0]), int(err[1]))
+
+
+def _v3_tables(D: int, G: int, R: int = V3_ROWS):
+    """v3 tables of D dims and G rows per scale group: uniform int8/int4/int2 (also stored mixed) and mixed
+    tables of all six tiers and of a skewed mix, each checked to end with its group section."""
+    for name in ("int8", "int4", "int2", "all6", "skewed"):
+        base, w = make_table(R, D, name, seed=D + G)
+        spec = name if name in TIER_NAMES else base.tiers()
+        t = quantize_table(w, spec, name=f"{name}_v3_g{G}", default_row=base.default_row, format_version=3,
+                           scale_group_rows=G)
+        assert t.format_version == 3 and t.scale_group_rows == G
+        codes = t.tiers().astype(np.int64)
+        rows_bytes = sum(row_stride(Tier(c), D, 3) * int((codes == c).sum()) for c in range(6))
+        assert t.payload.size == rows_bytes + 12 * -(-R // G), (name, t.payload.size, rows_bytes)
+        yield name, t
+        if name in TIER_NAMES:
+            yield name + "_as_mixed", as_mixed(t)
+
+
+@pytest.mark.parametrize("G", V3_GROUPS)
+@pytest.mark.parametrize("D", V3_DIMS)
+def test_emu_v3_gather_matches_reference_and_cpu_op(testlib, aligned_loads_only, D, G):
+    """v3 gathers: the emulated kernel equals shark_export.reference and the CPU op bit for bit, for every
+    index and output dtype (a row's scale and bias come from its group's slot for its tier)."""
+    rng = np.random.default_rng(100 * D + G)
+    for name, table in _v3_tables(D, G):
+        idx = rng.integers(0, table.num_rows, size=401)
+        idx[:4] = [0, table.num_rows - 1, G - 1 if G <= table.num_rows else 1, min(G, table.num_rows - 1)]
+        for out_dtype in (np.float32, np.float16):
+            want = ref.gather(table, idx, out_dtype)
+            assert_bits_equal(run_gather(table, idx, out_dtype), want, f"CPU op v3 gather {name} D={D} G={G}")
+            for index_dtype in (np.int32, np.int64):
+                got, err = _emu_gather_ex(testlib, table, idx.astype(index_dtype), out_dtype)
+                assert err == (NO_ERROR, NO_ERROR)
+                assert_bits_equal(got, want, f"emu v3 gather {name} D={D} G={G} {np.dtype(index_dtype)} -> "
+                                             f"{np.dtype(out_dtype)}")
+
+
+@pytest.mark.parametrize("G", V3_GROUPS)
+@pytest.mark.parametrize("D", V3_DIMS)
+def test_emu_v3_bag_equals_cpu_op_bitwise(testlib, aligned_loads_only, D, G):
+    rng = np.random.default_rng(200 * D + G)
+    for name, table in _v3_tables(D, G):
+        for case in _bag_cases(rng, table.num_rows):
+            for out_dtype in (np.float32, np.float16):
+                got, err = _emu_bag_ex(testlib, table, out_dtype=out_dtype, **case)
+                assert err == (NO_ERROR, NO_ERROR), (name, case.keys())
+                want = run_bag(table, case["indices"], offsets=case.get("offsets"),
+                               psw=case.get("per_sample_weights"), mode=case.get("mode", 0),
+                               include_last_offset=case.get("include_last_offset", 0),
+                               padding_idx=case.get("padding_idx", -1), out_dtype=out_dtype)
+                assert_bits_equal(got, want, f"emu v3 bag {name} D={D} G={G} {sorted(case)} -> {np.dtype(out_dtype)}")
+
+
+def test_emu_v3_reads_the_group_slot_of_the_row_tier(testlib):
+    """Each quantized row reads the slot of its own group and tier: rewriting one slot changes exactly the
+    rows of that group and tier (the reference agrees), and the emulation follows it bit for bit."""
+    D, G = 5, 64
+    table = next(t for name, t in _v3_tables(D, G) if name == "all6")
+    codes = table.tiers().astype(np.int64)
+    idx = np.arange(table.num_rows)
+    before = _emu_gather_ex(testlib, table, idx)[0]
+    payload = table.payload.copy()
+    group, tier = 2, int(Tier.INT4)
+    at = payload.size - 12 * -(-table.num_rows // G) + 12 * group + 4 * (tier - int(Tier.INT8))
+    payload[at:at + 4] = np.array([1.0, -2.0], np.float16).view(np.uint8)  # scale 1, bias -2
+    edited = dataclasses.replace(table, payload=payload)
+    after = _emu_gather_ex(testlib, edited, idx)[0]
+    changed = (before != after).any(axis=1)
+    hit = (idx // G == group) & (codes == tier)
+    assert hit.any() and not (changed & ~hit).any()
+    assert_bits_equal(after, ref.gather(edited, idx), "emu v3 gather after a slot edit")
+
+
+def test_emu_v3_multi_lookup_equals_cpu_op(testlib, aligned_loads_only):
+    """RowwiseDequantMultiLookup over v3 fields of different group sizes (and a v2 field): every field emulated
+    into its block of one [B, W] array equals the CPU op bit for bit, gather blocks the reference too."""
+    rng = np.random.default_rng(41)
+    B = 151
+    tabs = {n: t for n, t in _v3_tables(3, 64) if n in ("all6", "int4_as_mixed")}
+    t1 = next(t for n, t in _v3_tables(16, 1) if n == "int2")
+    t256 = next(t for n, t in _v3_tables(5, 256) if n == "skewed")
+    t_v2 = make_table(V3_ROWS, 7, "int8", seed=3)[0]
+    ids = lambda t, shape: rng.integers(0, t.num_rows, size=shape)  # noqa: E731
+    lengths = rng.integers(0, 5, size=B)
+    lengths[[0, B - 1]] = 0
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    fields = [
+        dict(table=tabs["all6"], kind=0, name="mixed_g64"),
+        dict(table=t1, kind=0, index_rank=2, name="int2_g1"),                            # [B, 2]
+        dict(table=t256, kind=2, weights=True, name="skewed_g256"),                      # weighted sum
+        dict(table=t_v2, kind=1, mode=1, padding_idx=4, name="int8_v2"),                 # 2-D mean
+        dict(table=tabs["int4_as_mixed"], kind=1, name="int4_mixed_g64"),
+        dict(table=tabs["all6"], kind=2, mode=1, name="mixed_g64_bag"),                  # shares a table
+    ]
+    feeds = [
+        dict(indices=ids(tabs["all6"], B)),
+        dict(indices=ids(t1, (B, 2))),
+        dict(indices=ids(t256, int(lengths.sum())), offsets=offsets,
+             weights=rng.standard_normal(int(lengths.sum())).astype(np.float32)),
+        dict(indices=ids(t_v2, (B, 3))),
+        dict(indices=ids(tabs["int4_as_mixed"], (B, 4))),
+        dict(indices=ids(tabs["all6"], int(lengths.sum())), offsets=offsets),
+    ]
+    feeds[3]["indices"][::4, 1] = 4
+    # op_models.multi_model does not write scale_group_rows yet: the per-field list, 0 for the v2 field
+    groups = [int(f["table"].op_attributes().get("scale_group_rows", 0)) for f in fields]
+    assert groups == [64, 1, 256, 0, 64, 64]
+    for out_dtype in (np.float32, np.float16):
+        model = multi_model(fields, out_dtype=out_dtype, attrs={"scale_group_rows": groups})
+        (cpu,) = shark_export.session(model).run(None, _multi_graph_feeds(feeds))
+        widths = [_block_width(f, feed) for f, feed in zip(fields, feeds)]
+        got = np.full((B, sum(widths)), 0x7F, dtype=np.dtype(out_dtype))
+        column = 0
+        for f, feed, w in zip(fields, feeds, widths):
+            if f["kind"] == 0:
+                _, err = _emu_gather_ex(testlib, f["table"], feed["indices"], out=got, column=column)
+                assert_bits_equal(np.ascontiguousarray(got[:, column:column + w]),
+                                  ref.gather(f["table"], feed["indices"], out_dtype).reshape(B, w),
+                                  f"v3 gather field {f['name']}")
+            else:
+                _, err = _emu_bag_ex(testlib, f["table"], feed["indices"], offsets=feed.get("offsets"),
+                                     per_sample_weights=feed.get("weights"), mode=f.get("mode", 0),
+                                     padding_idx=f.get("padding_idx", -1), out=got, column=column)
+            assert err == (NO_ERROR, NO_ERROR), f["name"]
+            column += w
+        assert_bits_equal(got, cpu, f"emulated v3 multi lookup vs CPU op -> {np.dtype(out_dtype)}")
+
+
+def test_emu_v3_out_of_range_and_refusals(testlib):
+    """v3 tables: bad indices are reported at the CPU op's positions; the entry points without the group
+    arguments refuse a v3 table (-3), as do bad group arguments."""
+    table = next(t for n, t in _v3_tables(5, 64) if n == "all6")
+    idx = np.arange(60, dtype=np.int64) * 5
+    idx[[9, 40]] = [table.num_rows, -2]
+    got, err = _emu_gather_ex(testlib, table, idx)
+    assert err == (9, NO_ERROR) and not got[[9, 40]].any()
+    with pytest.raises(Exception, match=rf"index {table.num_rows} at position 9 is out of range"):
+        run_gather(table, idx)
+    _, err = _emu_bag_ex(testlib, table, idx, offsets=np.array([0, 20, 50], np.int64))
+    assert err == (9, NO_ERROR)
+    with pytest.raises(AssertionError, match="-3"):
+        testlib.emu_gather(table, np.zeros(3, np.int64))
+    with pytest.raises(AssertionError, match="-3"):
+        testlib.emu_bag(table, np.zeros((2, 2), np.int64))
+    lib = _ex_lib(testlib)
+    targs, _keep = _TestLib._table_args(table)
+    idx3, out, err2 = np.zeros(3, np.int64), np.zeros((3, 5), np.float32), np.zeros(2, np.uint64)
+    n = int(table.payload.size)
+    for payload_bytes, g in [(n, 0), (n, 48), (n, 2**41), (11, 64)]:
+        assert lib.shark_emu_gather_ex(*targs, payload_bytes, g, _ptr(idx3), 1, 3, _ptr(out), 0, 1, 0, _ptr(err2)) == -3
+
+
+# --------------------------------------------------------------------------------------------------
 # 3. GPU
 # --------------------------------------------------------------------------------------------------
 def _ort_cuda_session(model):
@@ -636,6 +860,96 @@ def test_cuda_launchers_write_field_blocks_as_emulated(cuda_testlib, out_dtype):
         assert tuple(int(x) & NO_ERROR for x in err.cpu().numpy()) == want_err
         column += _block_width(f, feed)
     assert_bits_equal(out.cpu().numpy(), want, "CUDA field blocks")
+
+
+def _cuda_table_args(dev_table: DeviceTable, table) -> list:
+    """DeviceTable.args() with the *_ex group arguments after them."""
+    return [*dev_table.args(), *_group_args(table)]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("G", V3_GROUPS)
+@pytest.mark.parametrize("D", [1, 3, 16, 64])
+def test_cuda_launchers_v3_match_host_emulation_bitwise(cuda_testlib, D, G):
+    """Format v3 tables through shark_cuda_{gather,bag}_ex against the emulation, bits and error slots."""
+    import torch
+
+    lib = _ex_lib(cuda_testlib)
+    rng = np.random.default_rng(300 * D + G)
+    err = torch.empty(2, dtype=torch.int64, device="cuda")
+    stream = lambda: torch.cuda.current_stream().cuda_stream  # noqa: E731
+    for name, table in _v3_tables(D, G):
+        dt = DeviceTable.from_table(table)
+        targs = _cuda_table_args(dt, table)
+        idx = rng.integers(0, table.num_rows, size=999)
+        idx[[5, 700]] = [table.num_rows, -1]
+        ti = torch.from_numpy(idx).cuda()
+        for out_dtype, tdt in ((np.float32, torch.float32), (np.float16, torch.float16)):
+            want, want_err = _emu_gather_ex(cuda_testlib, table, idx, out_dtype)
+            out = torch.full((999, D), 7.0, dtype=tdt, device="cuda")
+            rc = lib.shark_cuda_gather_ex(*targs, ti.data_ptr(), 1, idx.size, out.data_ptr(), int(tdt == torch.float16),
+                                          1, 0, err.data_ptr(), stream())
+            assert rc == 0, cuda_testlib.lib.shark_cuda_error_string(rc)
+            assert tuple(int(x) & NO_ERROR for x in err.cpu().numpy()) == want_err == (5, NO_ERROR)
+            assert_bits_equal(out.cpu().numpy(), want, f"CUDA v3 gather {name} D={D} G={G}")
+            for case in _bag_cases(rng, table.num_rows):
+                want, want_err = _emu_bag_ex(cuda_testlib, table, out_dtype=out_dtype, **case)
+                cidx = np.ascontiguousarray(case["indices"])
+                n_bags, bag_len, off, n_off = _bag_shape(cidx, case.get("offsets"), case.get("include_last_offset", 0),
+                                                         None)
+                t_idx = torch.from_numpy(cidx).cuda()
+                t_off = None if off is None else torch.from_numpy(off).cuda()
+                psw = case.get("per_sample_weights")
+                t_w = None if psw is None else torch.from_numpy(np.ascontiguousarray(psw, np.float32)).cuda()
+                out = torch.full(want.shape, 7.0, dtype=tdt, device="cuda")
+                rc = lib.shark_cuda_bag_ex(
+                    *targs, t_idx.data_ptr(), int(cidx.dtype == np.int64), cidx.size,
+                    None if t_off is None else t_off.data_ptr(), int(off is not None and off.dtype == np.int64), n_off,
+                    int(case.get("include_last_offset", 0)), bag_len, n_bags, None if t_w is None else t_w.data_ptr(),
+                    int(case.get("mode", 0)), int(case.get("padding_idx", -1)), out.data_ptr(),
+                    int(tdt == torch.float16), 0, err.data_ptr(), stream())
+                assert rc == 0, cuda_testlib.lib.shark_cuda_error_string(rc)
+                assert tuple(int(x) & NO_ERROR for x in err.cpu().numpy()) == want_err
+                assert_bits_equal(out.cpu().numpy(), want, f"CUDA v3 bag {name} D={D} G={G} {sorted(case)}")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("D", [3, 16])
+def test_ort_cuda_ep_v3_matches_cpu_bitwise(D):
+    """Format v3 tables on the CUDA EP (scale_group_rows read from the node, the group section from the end
+    of payload): gather, weighted bag and a multi lookup equal the CPU op bit for bit."""
+    rng = np.random.default_rng(400 + D)
+    for G in V3_GROUPS:
+        for name, table in _v3_tables(D, G, R=1000):
+            for out_dtype in (np.float32, np.float16):
+                idx = rng.integers(0, 1000, size=(64, 26))
+                sess = _ort_cuda_session(gather_model(table, index_rank=2, out_dtype=out_dtype))
+                (got,) = sess.run(None, {"indices": idx})
+                assert_bits_equal(got, run_gather(table, idx, out_dtype), f"ORT CUDA v3 gather {name} G={G}")
+                bags, offsets = random_bags(rng, 300, 1000)
+                w = rng.standard_normal(bags.size).astype(np.float32)
+                sess = _ort_cuda_session(bag_model(table, weights=True, padding_idx=2, out_dtype=out_dtype))
+                (got,) = sess.run(None, {"indices": bags, "offsets": offsets, "per_sample_weights": w})
+                want = run_bag(table, bags, offsets=offsets, psw=w, padding_idx=2, out_dtype=out_dtype)
+                assert_bits_equal(got, want, f"ORT CUDA v3 bag {name} G={G}")
+    t64 = next(t for n, t in _v3_tables(D, 64, R=1000) if n == "all6")
+    t1 = next(t for n, t in _v3_tables(D, 1, R=1000) if n == "int4")
+    t_v2 = make_table(1000, D, "int8", seed=D)[0]
+    B = 500
+    lengths = rng.integers(0, 5, size=B)
+    fields = [dict(table=t64, kind=0, index_rank=2, name="g64"), dict(table=t1, kind=1, mode=1, name="g1"),
+              dict(table=t_v2, kind=2, name="v2"), dict(table=t64, kind=2, weights=True, name="g64_bag")]
+    n_bag = int(lengths.sum())
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    feeds = [dict(indices=rng.integers(0, 1000, size=(B, 3))), dict(indices=rng.integers(0, 1000, size=(B, 4))),
+             dict(indices=rng.integers(0, 1000, size=n_bag), offsets=offsets),
+             dict(indices=rng.integers(0, 1000, size=n_bag), offsets=offsets,
+                  weights=rng.standard_normal(n_bag).astype(np.float32))]
+    for out_dtype in (np.float32, np.float16):
+        model = multi_model(fields, out_dtype=out_dtype, attrs={"scale_group_rows": [64, 1, 0, 64]})
+        (got,) = _ort_cuda_session(model).run(None, _multi_graph_feeds(feeds))
+        (want,) = shark_export.session(model).run(None, _multi_graph_feeds(feeds))
+        assert_bits_equal(got, want, f"ORT CUDA v3 multi lookup -> {np.dtype(out_dtype)}")
 
 
 def test_gpu_harness_dry_run_on_host(testlib, tmp_path):

@@ -93,7 +93,7 @@ def test_tier_codes_and_helpers():
     assert [t.is_quantized for t in Tier] == [False, False, True, True, True, False]
     assert [t.levels for t in Tier] == [0, 0, 255, 15, 3, 0]
     assert fmt.FORMAT_VERSION == 2
-    assert fmt.READABLE_VERSIONS == (1, 2)
+    assert fmt.READABLE_VERSIONS == (1, 2, 3) and fmt.GROUPED_FORMAT_VERSION == 3
 
 
 @pytest.mark.parametrize(
@@ -578,7 +578,9 @@ def test_validate_rejects_broken_tables():
     old = quantize_table(np.ones((10, 3), np.float32), "int4", name="u", format_version=1)
     with pytest.raises(FormatError, match=r"table 'u': payload has 76 bytes, expected 80"):
         _replace(old, payload=old.payload[:-4]).validate()
-    expect(r"format_version 3 is not supported", format_version=3)
+    expect(r"format_version 4 is not supported", format_version=4)
+    expect(r"scale_group_rows 0 is not a power of two", format_version=3)
+    expect(r"scale_group_rows 64 is given, but format_version 2", scale_group_rows=64)
 
 
 def test_empty_default_row_only_without_dropped_rows():
@@ -706,10 +708,18 @@ def test_load_wrong_version_and_inconsistent_content(tmp_path):
     table, _ = _mixed()
     good = tmp_path / "good.npz"
     table.save(good)
-    v3 = tmp_path / "v3.npz"
-    _rewrite(good, v3, format_version=np.array(FORMAT_VERSION + 1))
-    with pytest.raises(FormatError, match=r"v3\.npz: format_version 3 is not supported \(this reader knows versions 1, 2\)"):
-        QuantizedTable.load(v3)
+    v4 = tmp_path / "v4.npz"
+    _rewrite(good, v4, format_version=np.array(4))
+    with pytest.raises(FormatError, match=r"v4\.npz: format_version 4 is not supported \(this reader knows versions 1, 2, 3\)"):
+        QuantizedTable.load(v4)
+    grouped = quantize_table(_weights(_rng(9), 300, 5), np.arange(300) % 6, scale_group_rows=64)
+    grouped.save(tmp_path / "g.npz")
+    back = QuantizedTable.load(tmp_path / "g.npz")  # v3 files keep their scale groups
+    assert back.format_version == 3 and back.scale_group_rows == 64
+    np.testing.assert_array_equal(back.payload, grouped.payload)
+    _rewrite(tmp_path / "g.npz", tmp_path / "g0.npz", scale_group_rows=np.array(0))
+    with pytest.raises(FormatError, match=r"g0\.npz: .*scale_group_rows 0 is not a power of two"):
+        QuantizedTable.load(tmp_path / "g0.npz")
     old = quantize_table(_weights(_rng(8), 70, 5), np.arange(70) % 6, format_version=1)
     old.save(tmp_path / "v1.npz")
     back = QuantizedTable.load(tmp_path / "v1.npz")  # version 1 files still read, with their strides

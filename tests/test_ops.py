@@ -102,6 +102,7 @@ def as_mixed(table: QuantizedTable) -> QuantizedTable:
     return QuantizedTable(
         name=table.name + "_mixed", num_rows=R, dim=D, payload=table.payload, row_meta=meta,
         default_row=table.default_row, uniform_tier=-1, tier_counts=counts, format_version=table.format_version,
+        scale_group_rows=table.scale_group_rows,
     ).validate()
 
 
@@ -175,6 +176,9 @@ def assert_within_quantization_error(table: QuantizedTable, weight: np.ndarray, 
         elif t is Tier.DROPPED:
             np.testing.assert_array_equal(got[sel], np.broadcast_to(table.default_row, got[sel].shape))
             continue
+        elif table.scale_group_rows:  # v3: the scale of the row's group and tier
+            scale = table.group_scales()[rows[sel] // table.scale_group_rows, t.value - Tier.INT8.value, 0]
+            bound = scale.astype(np.float64)[:, None] / 2 + 2.0**-23 * np.maximum(np.abs(x[sel]), np.abs(got[sel]))
         else:
             off = table.row_offsets(rows[sel])
             scale = np.stack([table.payload[off], table.payload[off + 1]], 1).copy().view(np.float16)[:, 0]
@@ -463,6 +467,53 @@ def test_format_versions_and_unpadded_rows(version, D):
         check_bag(table, bag_idx, offsets, mode=1, out_dtype=np.float16)
     mixed = as_mixed(quantize_table(w, "int8", format_version=version))  # one tier, block index
     check_gather(mixed, idx)
+
+
+@pytest.mark.parametrize("D", [1, 3, 5, 16, 17, 64])
+@pytest.mark.parametrize("G", [1, 64, 256])
+def test_format_v3_scale_groups(D, G):
+    """v3: quantized rows are codes only, scale and bias come from the row's group and tier. Every tier and
+    mixed tables (also one tier stored mixed), both ops, float16 output: bit-exact against the reference
+    reader, within the group's quantization bound of the weights, and no byte beyond codes + groups."""
+    R = 300
+    w = _weights(R, D, seed=D + G)
+    rng = np.random.default_rng(D * G)
+    idx = rng.integers(0, R, size=257)
+    bag_idx, offsets = random_bags(rng, 40, R)
+    psw = rng.normal(size=bag_idx.shape).astype(np.float32)
+    for spec in (rng.integers(0, 6, R), np.arange(R) % 3 + 2, "int8", "int4", "int2", "fp16"):
+        table = quantize_table(w, spec, name=f"v3d{D}g{G}", scale_group_rows=G)
+        assert table.format_version == 3 and table.op_attributes()["scale_group_rows"] == G
+        groups = 12 * -(-R // G)
+        assert table.payload.nbytes == groups + sum(
+            int(table.tier_counts[t]) * (fmt.row_bytes(t, D) - (4 if t.is_quantized else 0)) for t in Tier)
+        got = check_gather(table, idx)
+        assert_within_quantization_error(table, w, idx, got)
+        check_gather(table, idx.astype(np.int32).reshape(-1, 1), out_dtype=np.float16)
+        check_bag(table, bag_idx, offsets, against_torch=False)
+        check_bag(table, bag_idx, offsets, psw=psw, against_torch=False)
+        check_bag(table, bag_idx, offsets, mode=1, out_dtype=np.float16, against_torch=False)
+        check_bag(table, bag_idx[: 40 * 3].reshape(40, 3), against_torch=False)
+        if table.is_uniform:
+            check_gather(as_mixed(table), idx)
+
+
+def test_format_v3_bad_scale_group_rejected_at_session_creation():
+    """scale_group_rows must be a power of two on a v3 node and absent before v3: the session fails naming it."""
+    table = quantize_table(_weights(100, 8, seed=1), "int4", scale_group_rows=64)
+
+    def run(model):
+        shark_export.session(model).run(None, {"indices": np.arange(5)})
+
+    for bad in (0, 3, 96):
+        with pytest.raises(Exception, match=f"scale_group_rows {bad} is not a power of two"):
+            run(gather_model(table, attrs={"scale_group_rows": bad}, check=False))
+    v2 = quantize_table(_weights(100, 8, seed=1), "int4")
+    with pytest.raises(Exception, match="scale_group_rows 64 is given"):
+        run(gather_model(v2, attrs={"scale_group_rows": 64}, check=False))
+    # A group section cut short: the payload no longer matches what the attributes describe.
+    with pytest.raises(Exception, match="of them scale groups"):
+        run(gather_model(table, payload=table.payload[:-12], check=False))
 
 
 @pytest.mark.parametrize("R", ROWS)

@@ -17,8 +17,19 @@ def _priorities(seed: int = 0) -> dict[str, np.ndarray]:
     return {name: rng.zipf(1.5, t.num_rows).astype(np.float64) * (rng.random(t.num_rows) < 0.8) for name, t in TABLES.items()}
 
 
+def _grouped(dim: int) -> bool:
+    """The default scale_group ("auto"): tables of dim <= 32 share scales per 256 rows (format v3)."""
+    return dim <= 32
+
+
 def _bytes(tiers: np.ndarray, dim: int) -> int:
-    return sum(row_stride(Tier(t), dim) for t in tiers)
+    return sum(row_stride(Tier(t), dim, 3 if _grouped(dim) else 2) for t in tiers)
+
+
+def _metadata(tables) -> int:
+    """Block index, default row and (v3) the 12-byte record per group of 256 rows, as FORMAT.md counts them."""
+    return sum(-(-t.num_rows // 64) * 32 + t.dim * 4 + (12 * -(-t.num_rows // 256) if _grouped(t.dim) else 0)
+               for t in tables.values())
 
 
 def test_single_presets_are_uniform():
@@ -46,7 +57,7 @@ def test_budget_is_met_and_spent_on_the_highest_priorities(ratio):
     priorities = _priorities(1)
     tiers = assign_tiers(QuantConfig(target_ratio=ratio), TABLES, priorities)
     fp32 = sum(t.num_rows * t.dim * 4 for t in TABLES.values())
-    metadata = sum(-(-t.num_rows // 64) * 32 + t.dim * 4 for t in TABLES.values())
+    metadata = _metadata(TABLES)
     spent = sum(_bytes(tiers[n], TABLES[n].dim) for n in TABLES) + metadata
     assert spent <= ratio * fp32
     # the next row that was not promoted would not have fit: the budget is nearly used up
@@ -78,8 +89,7 @@ def test_default_ladder_drops_the_least_important_rows_first(ratio):
     priorities = _priorities(4)
     tiers = assign_tiers(QuantConfig(target_ratio=ratio), TABLES, priorities)
     fp32 = sum(t.num_rows * t.dim * 4 for t in TABLES.values())
-    metadata = sum(-(-t.num_rows // 64) * 32 + t.dim * 4 for t in TABLES.values())
-    assert sum(_bytes(tiers[n], TABLES[n].dim) for n in TABLES) + metadata <= ratio * fp32
+    assert sum(_bytes(tiers[n], TABLES[n].dim) for n in TABLES) + _metadata(TABLES) <= ratio * fp32
     all_tiers = np.concatenate([tiers[n] for n in TABLES])
     all_p = np.concatenate([priorities[n] for n in TABLES])
     dropped = all_tiers == Tier.DROPPED

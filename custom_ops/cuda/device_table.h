@@ -22,13 +22,18 @@ constexpr unsigned long long kNoError = ~0ull;
 // A validated table (shark::validate_table passed on its host-side description). All pointers are
 // device pointers for the CUDA launchers (host pointers for the host emulation in the test library).
 struct DeviceTable {
-  const uint8_t* payload;      // all rows, each at its tier's stride (v1: 4-byte aligned; v2: any byte)
+  const uint8_t* payload;      // all rows, each at its tier's stride (v1: 4-byte aligned; v2, v3: any byte)
   const uint64_t* meta;        // row_meta [ceil(R/64), 4] for a mixed table, else null
   const float* default_row;    // [dim]: what dropped rows read as (null: the table has none)
   uint64_t num_rows;           // R
   uint32_t dim;                // D
   int32_t uniform_tier;        // 0..5, or kMixed (-1)
   uint32_t stride[8];          // bytes per row of each tier code (6, 7: 0)
+  // v3 scale groups: the group section at the end of payload (12 bytes per group, slots int8/int4/int2)
+  // and log2 of the rows per group. group_shift -1 (v1, v2): every quantized row starts with its own
+  // [scale][bias]. Set both with fill_layout.
+  const uint8_t* group_scales = nullptr;
+  int32_t group_shift = -1;
 };
 
 // Filled by the kernels (atomicMin), read back by the caller after the kernel on the same stream.
@@ -90,6 +95,22 @@ inline bool bag_layout_ok(const BagParams& p, uint32_t dim) { return bag_out_str
 // Per-tier row strides of a table of `dim` dims (FORMAT.md: the row bytes, rounded up to 4 in v1).
 inline void fill_strides(uint32_t dim, uint32_t stride[8], int64_t format_version) {
   shark_format::fill_strides(dim, format_version, stride);
+}
+
+// Strides and (v3) the group section of a table whose payload (t->payload, already set) has
+// `payload_bytes` bytes; `scale_group_rows` is the v3 attribute (a power of two, validated by the caller;
+// ignored before v3). The group section is the last 12 * ceil(R / G) bytes of the payload.
+inline void fill_layout(DeviceTable* t, uint64_t payload_bytes, int64_t format_version, int64_t scale_group_rows) {
+  fill_strides(t->dim, t->stride, format_version);
+  t->group_scales = nullptr;
+  t->group_shift = -1;
+  if (format_version < 3) return;
+  int shift = 0;
+  while ((int64_t{1} << shift) < scale_group_rows) ++shift;
+  t->group_shift = shift;
+  const uint64_t group_bytes = shark_format::group_section_bytes(t->num_rows, shift);
+  // A payload too short for its groups fails validation; no pointer before the payload meanwhile.
+  if (t->payload && payload_bytes >= group_bytes) t->group_scales = t->payload + (payload_bytes - group_bytes);
 }
 
 }  // namespace shark_cuda

@@ -48,7 +48,7 @@ cudaError_t embedding_bag(const DeviceTable& t, const BagParams& p, ErrorSlot* e
   if (e != cudaSuccess) return e;
   const bool checks = p.offsets != nullptr && (p.n_offsets > 0 || p.n_indices > 0);
   if (p.n_bags == 0 && !checks) return cudaSuccess;
-  if (!bag_layout_ok(p, t.dim)) return cudaErrorInvalidValue;
+  if (!bag_layout_ok(p, t.dim) || !groups_ok(t)) return cudaErrorInvalidValue;
   if (!table_aligned(t) || !aligned(p.indices, index_align(p.index_kind)) ||
       !aligned(p.offsets, index_align(p.offsets_kind)) || !aligned(p.weights, 4) || !aligned(p.out, out_align(p.out_kind))) {
     return cudaErrorMisalignedAddress;

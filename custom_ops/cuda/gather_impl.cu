@@ -42,7 +42,7 @@ cudaError_t gather_idx(const DeviceTable& t, const GatherParams& p, ErrorSlot* e
 cudaError_t gather(const DeviceTable& t, const GatherParams& p, ErrorSlot* err, cudaStream_t stream) {
   cudaError_t e = cudaMemsetAsync(err, 0xff, sizeof(ErrorSlot), stream);
   if (e != cudaSuccess || p.count == 0) return e;
-  if (!gather_layout_ok(p, t.dim)) return cudaErrorInvalidValue;
+  if (!gather_layout_ok(p, t.dim) || !groups_ok(t)) return cudaErrorInvalidValue;
   if (!table_aligned(t) || !aligned(p.indices, index_align(p.index_kind)) || !aligned(p.out, out_align(p.out_kind))) {
     return cudaErrorMisalignedAddress;
   }

@@ -26,6 +26,8 @@ inline bool aligned(const void* p, uintptr_t a) { return (reinterpret_cast<uintp
 inline bool table_aligned(const DeviceTable& t) {
   return aligned(t.payload, 4) && aligned(t.meta, 8) && aligned(t.default_row, 4);
 }
+// A v3 table (group_shift >= 0) needs its group section (fill_layout); else cudaErrorInvalidValue.
+inline bool groups_ok(const DeviceTable& t) { return t.group_shift < 0 || t.group_scales != nullptr; }
 inline uintptr_t index_align(IndexKind k) { return k == IndexKind::kInt64 ? 8 : 4; }
 inline uintptr_t out_align(OutKind k) { return k == OutKind::kFloat16 ? 2 : 4; }
 

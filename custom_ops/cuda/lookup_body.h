@@ -20,13 +20,13 @@ inline uint32_t group_size(uint32_t dim) {
 
 // ---- gather --------------------------------------------------------------------------------------
 template <int TIER, typename OutT>
-SHARK_HD void emit_row(const uint8_t* row, const float* dflt, uint32_t D, OutT* o, uint32_t lane, uint32_t G) {
+SHARK_HD void emit_row(const RowRef& row, const float* dflt, uint32_t D, OutT* o, uint32_t lane, uint32_t G) {
   float s = 0.f, b = 0.f;
-  if constexpr (is_quantized(TIER)) scale_bias(row, &s, &b);
+  if constexpr (is_quantized(TIER)) scale_bias(row.sb, &s, &b);
   const uint32_t units = (D + 3) / 4;
   for (uint32_t u = lane; u < units; u += G) {
     const uint32_t n = D - 4 * u < 4 ? D - 4 * u : 4;
-    const Raw r = load_unit<TIER>(row, dflt, u, D);
+    const Raw r = load_unit<TIER>(row.data, dflt, u, D);
     if constexpr (TIER == kFp16 && sizeof(OutT) == 2) {
       store_f16_bits(o + 4 * u, r.w, n);  // fp16 row to fp16 output: the stored bits
     } else {
@@ -38,7 +38,7 @@ SHARK_HD void emit_row(const uint8_t* row, const float* dflt, uint32_t D, OutT* 
 }
 
 template <typename OutT>
-SHARK_HD void emit_row_any(int tier, const uint8_t* row, const float* dflt, uint32_t D, OutT* o, uint32_t lane,
+SHARK_HD void emit_row_any(int tier, const RowRef& row, const float* dflt, uint32_t D, OutT* o, uint32_t lane,
                            uint32_t G) {
   switch (tier) {
     case kFp32: emit_row<kFp32>(row, dflt, D, o, lane, G); break;
@@ -88,9 +88,9 @@ SHARK_HD void gather_group(const DeviceTable& t, const IdxT* idx, uint64_t i, co
   }
   const RowRef rr = locate_row<TIER>(t, static_cast<uint64_t>(r));
   if constexpr (TIER == kMixed) {
-    emit_row_any(rr.tier, rr.row, t.default_row, D, o, lane, G);
+    emit_row_any(rr.tier, rr, t.default_row, D, o, lane, G);
   } else {
-    emit_row<TIER>(rr.row, t.default_row, D, o, lane, G);
+    emit_row<TIER>(rr, t.default_row, D, o, lane, G);
   }
 }
 
@@ -210,7 +210,7 @@ SHARK_HD void bag_group(const DeviceTable& t, const BagParams& p, uint64_t bag, 
       for (uint32_t j = 0; j < kBagBatch; ++j) {
         const uint64_t k = k0 + j;
         use[j] = false;
-        rr[j] = RowRef{nullptr, 0};
+        rr[j] = RowRef{nullptr, nullptr, 0};
         w[j] = 1.f;
         if (k < e) {
           const int64_t r = ld_index(idx, k);
@@ -234,10 +234,10 @@ SHARK_HD void bag_group(const DeviceTable& t, const BagParams& p, uint64_t bag, 
         for (uint32_t q = 0; q < kBagUnitsPerLane; ++q) raw[j][q] = Raw{{0u, 0u, 0u, 0u}};
         if (!use[j]) continue;
         const int tier = TIER == kMixed ? rr[j].tier : TIER;
-        if (is_quantized(tier)) scale_bias(rr[j].row, &sc[j], &bi[j]);
+        if (is_quantized(tier)) scale_bias(rr[j].sb, &sc[j], &bi[j]);
         for (uint32_t q = 0; q < kBagUnitsPerLane; ++q) {
           const uint32_t u = tile + lane + q * G;
-          if (u < units) raw[j][q] = load_unit_tier<TIER>(tier, rr[j].row, t.default_row, u, D);
+          if (u < units) raw[j][q] = load_unit_tier<TIER>(tier, rr[j].data, t.default_row, u, D);
         }
       }
 #if defined(__CUDA_ARCH__)

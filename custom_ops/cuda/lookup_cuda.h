@@ -14,7 +14,8 @@
 // Output layout: rows back to back by default; GatherParams / BagParams `out_stride` (and the gather's
 // `rows_per_sample`) let a field of RowwiseDequantMultiLookup write its column block of a wider [B, W] output
 // (out = the block's first column, out_stride = W); nothing outside the block's columns is written. A layout
-// whose rows would overlap (out_stride < rows_per_sample * dim) is refused: cudaErrorInvalidValue.
+// whose rows would overlap (out_stride < rows_per_sample * dim) is refused: cudaErrorInvalidValue, as is a
+// v3 table without its group section (DeviceTable::group_scales; fill_layout sets it).
 //
 // Buffers must be naturally aligned (payload 4 bytes, row_meta 8, indices/offsets their element size,
 // output its element size; CUDA allocations are): otherwise cudaErrorMisalignedAddress, nothing launched.

@@ -7,7 +7,7 @@
 // A unit is first loaded as raw words (`Raw`, at most 16 bytes: fp32/dropped 4 words, fp16 2, int8
 // one 32-bit word, int4 16 bits, int2 8 bits), then decoded to 4 floats. Loads never leave the row's
 // stored bytes: a unit reads exactly the bytes of its elements (ld_bytes), with word loads only where
-// the address is aligned (v1 rows always are; v2 rows start at any byte and carry no padding).
+// the address is aligned (v1 rows always are; v2/v3 rows and v3 group slots start at any byte, no padding).
 //
 // Numbers are bit-identical to the CPU kernels (custom_ops/kernels/row_scalar.h and rows_avx2.h, FORMAT.md):
 //   quantized: x = fma(float(q), scale, bias) in float32 (the CPU's float(q) * scale + bias with an
@@ -231,10 +231,25 @@ SHARK_HD void record_min(unsigned long long* slot, unsigned long long pos) {
 }
 
 // ---- row location --------------------------------------------------------------------------------
+SHARK_HD_CONSTEXPR bool is_quantized(int tier) { return tier == kInt8 || tier == kInt4 || tier == kInt2; }
+
+// A located row: `data` its values (fp32/fp16) or codes (int8/int4/int2), `sb` (quantized tiers only) its
+// [scale f16][bias f16] -- the row's own header in v1/v2 (codes at +4), its group's slot in v3 (the row
+// is its codes alone). The CPU's RowRef (kernels/table.h), plus the tier.
 struct RowRef {
-  const uint8_t* row;
+  const uint8_t* data;
+  const uint8_t* sb;
   int tier;
 };
+
+// Row r of tier `tier` stored at `p`.
+SHARK_HD RowRef row_ref(const DeviceTable& t, const uint8_t* p, int tier, uint64_t r) {
+  if (!is_quantized(tier)) return RowRef{p, p, tier};
+  if (t.group_shift >= 0) {
+    return RowRef{p, t.group_scales + shark_format::group_slot_offset(r, t.group_shift, tier), tier};
+  }
+  return RowRef{p + 4, p, tier};
+}
 
 // Row r (< R, validated table) of a table whose tier is TIER (kMixed: read from row_meta).
 // Mixed: block b = r / 64 holds [offset of row 64b, plane0, plane1, plane2]; bit j of plane k is bit k
@@ -242,13 +257,13 @@ struct RowRef {
 template <int TIER>
 SHARK_HD RowRef locate_row(const DeviceTable& t, uint64_t r) {
   if constexpr (TIER != kMixed) {
-    return RowRef{t.payload + r * t.stride[TIER], TIER};
+    return row_ref(t, t.payload + r * t.stride[TIER], TIER, r);
   } else {
     const uint64_t* blk = t.meta + (r >> 6) * 4;
     const unsigned j = static_cast<unsigned>(r & 63u);
     const uint64_t base = ld_u64(blk), p0 = ld_u64(blk + 1), p1 = ld_u64(blk + 2), p2 = ld_u64(blk + 3);
-    return RowRef{t.payload + shark_format::offset_in_block(base, p0, p1, p2, j, t.stride),
-                  shark_format::tier_in_block(p0, p1, p2, j)};
+    return row_ref(t, t.payload + shark_format::offset_in_block(base, p0, p1, p2, j, t.stride),
+                   shark_format::tier_in_block(p0, p1, p2, j), r);
   }
 }
 
@@ -257,16 +272,15 @@ struct Raw {
   uint32_t w[4];
 };
 
-SHARK_HD_CONSTEXPR bool is_quantized(int tier) { return tier == kInt8 || tier == kInt4 || tier == kInt2; }
-
-// scale and bias (fp16 each) at the start of a quantized row.
-SHARK_HD void scale_bias(const uint8_t* row, float* s, float* b) {
-  const uint32_t sb = ld_bytes(row, 4);
-  *s = half_to_f32(sb & 0xffffu);
-  *b = half_to_f32(sb >> 16);
+// A quantized row's scale and bias (fp16 each) at RowRef::sb: any byte alignment (v2 rows, v3 groups).
+SHARK_HD void scale_bias(const uint8_t* sb, float* s, float* b) {
+  const uint32_t v = ld_bytes(sb, 4);
+  *s = half_to_f32(v & 0xffffu);
+  *b = half_to_f32(v >> 16);
 }
 
-// Raw words of unit u (elements 4u .. min(4u+4, D)) of a row of tier TIER; `dflt` is default_row.
+// Raw words of unit u (elements 4u .. min(4u+4, D)) of a row of tier TIER; `row` is RowRef::data (the
+// values or codes), `dflt` default_row.
 template <int TIER>
 SHARK_HD Raw load_unit(const uint8_t* row, const float* dflt, uint32_t u, uint32_t D) {
   Raw r{{0u, 0u, 0u, 0u}};
@@ -294,11 +308,11 @@ SHARK_HD Raw load_unit(const uint8_t* row, const float* dflt, uint32_t u, uint32
       if (n > 2) r.w[1] = ld_bytes(p + 4, n > 3 ? 4 : 2);  // elements 4u+2, 4u+3
     }
   } else if constexpr (TIER == kInt8) {
-    r.w[0] = ld_bytes(row + 4 + 4 * static_cast<uint64_t>(u), n);
+    r.w[0] = ld_bytes(row + 4 * static_cast<uint64_t>(u), n);
   } else if constexpr (TIER == kInt4) {
-    r.w[0] = ld_bytes(row + 4 + 2 * static_cast<uint64_t>(u), (n + 1) / 2);
+    r.w[0] = ld_bytes(row + 2 * static_cast<uint64_t>(u), (n + 1) / 2);
   } else if constexpr (TIER == kInt2) {
-    r.w[0] = ld_u8(row + 4 + static_cast<uint64_t>(u));
+    r.w[0] = ld_u8(row + static_cast<uint64_t>(u));
   }
   return r;
 }

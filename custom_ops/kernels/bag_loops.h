@@ -13,7 +13,7 @@ namespace shark {
 
 // Mixed tables: acc.add<T> for a tier known at run time only.
 template <class Acc>
-static inline void add_any(Acc& acc, int tier, const uint8_t* row, const float* dflt, float w) {
+static inline void add_any(Acc& acc, int tier, RowRef row, const float* dflt, float w) {
   switch (tier) {
     case kFp32: acc.template add<kFp32>(row, dflt, w); break;
     case kFp16: acc.template add<kFp16>(row, dflt, w); break;
@@ -38,6 +38,7 @@ static uint64_t bag_range(const BagJob& j, uint64_t b0, uint64_t b1, Acc& acc) {
   const float* w = j.weights;
   const int64_t pad = j.padding_idx;
   const uint8_t* payload = t.payload;
+  const uint8_t* gs = group_scales(t);
   const uintptr_t base = reinterpret_cast<uintptr_t>(payload);
   const uint64_t stride = TIER >= 0 ? t.stride[TIER >= 0 ? TIER : 0] : 0;
   const float* dflt = t.default_row;
@@ -59,9 +60,9 @@ static uint64_t bag_range(const BagJob& j, uint64_t b0, uint64_t b1, Acc& acc) {
       if (r == pad) continue;
       const float wk = Acc::kWeighted ? w[k] : 1.0f;
       if constexpr (TIER == kMixed) {
-        add_any(acc, l.tier, payload + l.offset, dflt, wk);
+        add_any(acc, l.tier, row_ref_any(t, gs, l.tier, l.offset, ru), dflt, wk);
       } else {
-        acc.template add<TIER>(payload + ru * stride, dflt, wk);
+        acc.template add<TIER>(row_ref<TIER>(t, gs, ru * stride, ru), dflt, wk);
       }
       ++count;
     }
@@ -89,7 +90,7 @@ struct MemoryAcc {
     std::memset(acc, 0, sizeof(float) * D);
   }
   template <int TIER>
-  void add(const uint8_t* row, const float* dflt, float w) {
+  void add(RowRef row, const float* dflt, float w) {
     Rows::template accum_row<TIER, WEIGHTED>(row, D, dflt, w, acc);
   }
   void finish(uint64_t b, uint64_t count, bool mean) {

@@ -48,10 +48,35 @@ SHARK_FORMAT_FN uint64_t row_bytes(int tier, uint64_t dim) {
   }
 }
 
-// Stored size of a row: v1 rounds the bytes up to a multiple of 4; v2 stores them unpadded.
+SHARK_FORMAT_FN bool is_quantized(int tier) { return tier == kInt8 || tier == kInt4 || tier == kInt2; }
+
+// Bytes in front of a quantized row's codes: its own [scale f16][bias f16] in v1 and v2; none in v3, where
+// scale and bias are shared by a group of rows (group_slot_offset).
+SHARK_FORMAT_FN uint64_t row_header_bytes(int tier, int64_t format_version) {
+  return is_quantized(tier) && format_version < 3 ? 4 : 0;
+}
+
+// Stored size of a row: v1 rounds the bytes up to a multiple of 4; v2 stores them unpadded; v3 stores
+// quantized rows as their codes alone, unpadded.
 SHARK_FORMAT_FN uint64_t row_stride(int tier, uint64_t dim, int64_t format_version) {
   const uint64_t bytes = row_bytes(tier, dim);
-  return format_version == 1 ? (bytes + 3) & ~uint64_t{3} : bytes;
+  if (format_version == 1) return (bytes + 3) & ~uint64_t{3};
+  return format_version >= 3 && is_quantized(tier) ? bytes - 4 : bytes;
+}
+
+// v3 group scales: rows r with equal r >> group_shift form a group; after the rows, `payload` holds one
+// 12-byte record per group, three [scale f16][bias f16] slots for int8, int4 and int2 rows in that order.
+constexpr int kGroupSlotBytes = 4;
+constexpr int kGroupRecordBytes = 12;
+SHARK_FORMAT_FN uint64_t group_count(uint64_t num_rows, int group_shift) {
+  return group_shift < 0 ? 0 : ((num_rows - 1) >> group_shift) + 1;
+}
+SHARK_FORMAT_FN uint64_t group_section_bytes(uint64_t num_rows, int group_shift) {
+  return group_count(num_rows, group_shift) * kGroupRecordBytes;
+}
+// Byte offset, inside the group section, of the scale and bias of row r of a quantized tier.
+SHARK_FORMAT_FN uint64_t group_slot_offset(uint64_t r, int group_shift, int tier) {
+  return (r >> group_shift) * kGroupRecordBytes + static_cast<uint64_t>(tier - kInt8) * kGroupSlotBytes;
 }
 
 // Per-tier strides of a table (codes 6 and 7: 0).

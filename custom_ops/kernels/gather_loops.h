@@ -11,7 +11,7 @@ namespace shark {
 
 // Mixed tables: a row's tier is known at run time only.
 template <class Rows, bool STREAM, typename OutT>
-static inline void emit_row_any(int tier, const uint8_t* row, uint32_t D, const float* dflt, const OutT* dflt_out,
+static inline void emit_row_any(int tier, RowRef row, uint32_t D, const float* dflt, const OutT* dflt_out,
                                 OutT* out) {
   switch (tier) {
     case kFp32: Rows::template emit_row<kFp32, STREAM>(row, D, dflt, dflt_out, out); break;
@@ -60,6 +60,7 @@ static uint64_t gather_range(const TableView& t, const IdxT* idx, uint64_t begin
   const uint64_t R = t.num_rows;
   const uint32_t D = t.dim;
   const uint8_t* payload = t.payload;
+  const uint8_t* gs = group_scales(t);
   const float* dflt = t.default_row;
   if constexpr (TIER == kMixed) {
     RowLoc ring[kGatherAhead];
@@ -68,7 +69,8 @@ static uint64_t gather_range(const TableView& t, const IdxT* idx, uint64_t begin
       const int64_t r = static_cast<int64_t>(idx[i]);
       if (static_cast<uint64_t>(r) >= R) return false;
       const RowLoc l = mixed_step<kGatherAhead>(t, idx, i, begin, end, static_cast<uint64_t>(r), ring);
-      emit_row_any<Rows, STREAM>(l.tier, payload + l.offset, dim, dflt, dflt_out, out.row);
+      emit_row_any<Rows, STREAM>(l.tier, row_ref_any(t, gs, l.tier, l.offset, static_cast<uint64_t>(r)), dim, dflt,
+                                 dflt_out, out.row);
       out.next();
       return true;
     };
@@ -87,7 +89,8 @@ static uint64_t gather_range(const TableView& t, const IdxT* idx, uint64_t begin
       if constexpr (TIER != kDropped) uniform_ahead<kGatherAhead>(idx, i, end, base, stride);
       const int64_t r = static_cast<int64_t>(idx[i]);
       if (static_cast<uint64_t>(r) >= R) return false;
-      Rows::template emit_row<TIER, STREAM>(payload + static_cast<uint64_t>(r) * stride, dim, dflt, dflt_out, out.row);
+      const uint64_t ru = static_cast<uint64_t>(r);
+      Rows::template emit_row<TIER, STREAM>(row_ref<TIER>(t, gs, ru * stride, ru), dim, dflt, dflt_out, out.row);
       out.next();
       return true;
     };

@@ -27,10 +27,10 @@ static inline int load_i32(const uint8_t* p) {
   return v;
 }
 
-// A quantized row starts with its fp16 scale and bias.
-static inline void scale_bias(const uint8_t* row, float* s, float* b) {
+// A quantized row's fp16 scale and bias (RowRef::sb: its own header, or its v3 group's slot).
+static inline void scale_bias(const uint8_t* sb, float* s, float* b) {
   uint16_t h[2];
-  std::memcpy(h, row, 4);
+  std::memcpy(h, sb, 4);
   *s = half_to_float(h[0]);
   *b = half_to_float(h[1]);
 }
@@ -41,8 +41,8 @@ static inline uint32_t code_at(int tier, const uint8_t* c, uint32_t j) {
   return (c[j >> 2] >> ((j & 3u) * 2)) & 0x3u;
 }
 
-// Element j of a row as float32 (`dflt`: default_row, read by dropped rows; s, b: a quantized row's
-// scale and bias).
+// Element j of a row as float32 (`row`: RowRef::data, the values or codes; `dflt`: default_row, read by
+// dropped rows; s, b: a quantized row's scale and bias).
 template <int TIER>
 static inline float load1(const uint8_t* row, const float* dflt, uint32_t j, float s, float b) {
   if constexpr (TIER == kFp32) {
@@ -56,7 +56,7 @@ static inline float load1(const uint8_t* row, const float* dflt, uint32_t j, flo
     return half_to_float(h);
   }
   if constexpr (TIER == kDropped) return dflt[j];
-  return static_cast<float>(code_at(TIER, row + 4, j)) * s + b;
+  return static_cast<float>(code_at(TIER, row, j)) * s + b;
 }
 
 }  // namespace shark

@@ -42,8 +42,8 @@ struct Avx2Rows {
   static inline void stream_fence() { _mm_sfence(); }
 
   // A quantized row's scale and bias, broadcast (and as scalars for the tail).
-  static inline void scale_bias8(const uint8_t* row, float* s, float* b, __m256* vs, __m256* vb) {
-    const __m128 sb = _mm_cvtph_ps(_mm_cvtsi32_si128(load_i32(row)));
+  static inline void scale_bias8(const uint8_t* sbp, float* s, float* b, __m256* vs, __m256* vb) {
+    const __m128 sb = _mm_cvtph_ps(_mm_cvtsi32_si128(load_i32(sbp)));
     *s = _mm_cvtss_f32(sb);
     *b = _mm_cvtss_f32(_mm_movehdup_ps(sb));
     *vs = _mm256_broadcastss_ps(sb);
@@ -73,19 +73,20 @@ struct Avx2Rows {
     }
   }
 
-  // Elements j..j+7 of a row of any stored tier as float32 (dropped rows read `dflt`).
+  // Elements j..j+7 of a row of any stored tier as float32 (`row`: RowRef::data; dropped rows read `dflt`).
   template <int TIER>
   static inline __m256 load8(const uint8_t* row, const float* dflt, uint32_t j, __m256 vs, __m256 vb) {
     if constexpr (TIER == kFp32) return _mm256_loadu_ps(reinterpret_cast<const float*>(row) + j);
     if constexpr (TIER == kFp16) return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * j)));
     if constexpr (TIER == kDropped) return _mm256_loadu_ps(dflt + j);
-    __m256 q = _mm256_cvtepi32_ps(codes8<TIER>(row + 4, j));
+    __m256 q = _mm256_cvtepi32_ps(codes8<TIER>(row, j));
     return _mm256_fmadd_ps(q, vs, vb);  // = mul then add: the product is exact (row_scalar.h)
   }
 
   // out[0..D) = row. STREAM (D % 8 == 0, `out` 16-byte aligned): non-temporal stores.
   template <int TIER, bool STREAM, typename OutT>
-  static inline void emit_row(const uint8_t* row, uint32_t D, const float* dflt, const OutT* dflt_out, OutT* out) {
+  static inline void emit_row(RowRef rr, uint32_t D, const float* dflt, const OutT* dflt_out, OutT* out) {
+    const uint8_t* row = rr.data;
     constexpr bool kF32Out = std::is_same<OutT, float>::value;
     if constexpr (STREAM) {
       if constexpr (TIER == kFp16 && !kF32Out) {  // fp16 row to fp16 output: the bits as they are
@@ -94,7 +95,7 @@ struct Avx2Rows {
       } else {
         float s, b;
         __m256 vs = _mm256_setzero_ps(), vb = _mm256_setzero_ps();
-        if constexpr (TIER >= kInt8 && TIER != kDropped) scale_bias8(row, &s, &b, &vs, &vb);
+        if constexpr (TIER >= kInt8 && TIER != kDropped) scale_bias8(rr.sb, &s, &b, &vs, &vb);
         for (uint32_t j = 0; j < D; j += 8) stream8(out + j, load8<TIER>(row, dflt, j, vs, vb));
       }
     } else if constexpr (TIER == kDropped) {
@@ -104,7 +105,7 @@ struct Avx2Rows {
     } else {
       float s = 0.f, b = 0.f;
       __m256 vs = _mm256_setzero_ps(), vb = _mm256_setzero_ps();
-      if constexpr (TIER >= kInt8) scale_bias8(row, &s, &b, &vs, &vb);
+      if constexpr (TIER >= kInt8) scale_bias8(rr.sb, &s, &b, &vs, &vb);
       uint32_t j = 0;
       for (; j + 8 <= D; j += 8) put8(out + j, load8<TIER>(row, dflt, j, vs, vb));
       for (; j < D; ++j) put(out + j, load1<TIER>(row, dflt, j, s, b));
@@ -113,10 +114,11 @@ struct Avx2Rows {
 
   // acc[0..D) += row (WEIGHTED: acc += w * row, multiply then add, two roundings).
   template <int TIER, bool WEIGHTED>
-  static inline void accum_row(const uint8_t* row, uint32_t D, const float* dflt, float w, float* acc) {
+  static inline void accum_row(RowRef rr, uint32_t D, const float* dflt, float w, float* acc) {
+    const uint8_t* row = rr.data;
     float s = 0.f, b = 0.f;
     __m256 vs = _mm256_setzero_ps(), vb = _mm256_setzero_ps();
-    if constexpr (TIER >= kInt8 && TIER != kDropped) scale_bias8(row, &s, &b, &vs, &vb);
+    if constexpr (TIER >= kInt8 && TIER != kDropped) scale_bias8(rr.sb, &s, &b, &vs, &vb);
     const __m256 vw = _mm256_set1_ps(w);
     uint32_t j = 0;
     for (; j + 8 <= D; j += 8) {
@@ -152,10 +154,11 @@ struct Avx2Rows {
       for (int v = 0; v < NV; ++v) acc[v] = _mm256_setzero_ps();
     }
     template <int TIER>
-    void add(const uint8_t* row, const float* dflt, float w) {
+    void add(RowRef rr, const float* dflt, float w) {
+      const uint8_t* row = rr.data;
       float s, b;
       __m256 vs = _mm256_setzero_ps(), vb = _mm256_setzero_ps();
-      if constexpr (TIER >= kInt8 && TIER != kDropped) scale_bias8(row, &s, &b, &vs, &vb);
+      if constexpr (TIER >= kInt8 && TIER != kDropped) scale_bias8(rr.sb, &s, &b, &vs, &vb);
       for (int v = 0; v < NV; ++v) {
         __m256 x = load8<TIER>(row, dflt, static_cast<uint32_t>(8 * v), vs, vb);
         if constexpr (WEIGHTED) x = _mm256_mul_ps(_mm256_set1_ps(w), x);

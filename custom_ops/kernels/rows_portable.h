@@ -19,7 +19,8 @@ struct PortableRows {
   // out[0..D) = row. `dflt` is default_row as float32, `dflt_out` the same in the output type.
   // STREAM (non-temporal stores) is a request the portable path ignores.
   template <int TIER, bool STREAM, typename OutT>
-  static inline void emit_row(const uint8_t* row, uint32_t D, const float* dflt, const OutT* dflt_out, OutT* out) {
+  static inline void emit_row(RowRef rr, uint32_t D, const float* dflt, const OutT* dflt_out, OutT* out) {
+    const uint8_t* row = rr.data;
     constexpr bool kF32Out = std::is_same<OutT, float>::value;
     if constexpr (TIER == kDropped) {
       std::memcpy(out, dflt_out, sizeof(OutT) * D);
@@ -27,16 +28,17 @@ struct PortableRows {
       std::memcpy(out, row, sizeof(OutT) * D);
     } else {
       float s = 0.f, b = 0.f;
-      if constexpr (TIER >= kInt8) scale_bias(row, &s, &b);
+      if constexpr (TIER >= kInt8) scale_bias(rr.sb, &s, &b);
       for (uint32_t j = 0; j < D; ++j) put(out + j, load1<TIER>(row, dflt, j, s, b));
     }
   }
 
   // acc[0..D) += row (WEIGHTED: acc += w * row, multiply then add, two roundings).
   template <int TIER, bool WEIGHTED>
-  static inline void accum_row(const uint8_t* row, uint32_t D, const float* dflt, float w, float* acc) {
+  static inline void accum_row(RowRef rr, uint32_t D, const float* dflt, float w, float* acc) {
+    const uint8_t* row = rr.data;
     float s = 0.f, b = 0.f;
-    if constexpr (TIER >= kInt8 && TIER != kDropped) scale_bias(row, &s, &b);
+    if constexpr (TIER >= kInt8 && TIER != kDropped) scale_bias(rr.sb, &s, &b);
     for (uint32_t j = 0; j < D; ++j) {
       float x = load1<TIER>(row, dflt, j, s, b);
       if constexpr (WEIGHTED) x = w * x;

@@ -38,6 +38,15 @@ std::string validate_attrs(const TableAttrs& a) {
   } else if (a.output_dtype != static_cast<int64_t>(OutType::kFloat32) &&
              a.output_dtype != static_cast<int64_t>(OutType::kFloat16)) {
     e << "output_dtype " << a.output_dtype << " is not supported (1 = float32 or 10 = float16)";
+  } else if (a.format_version >= 3) {
+    const int64_t g = a.scale_group_rows;
+    if (g < 1 || g > (int64_t{1} << kMaxGroupShift) || (g & (g - 1)) != 0) {
+      e << "scale_group_rows " << g << " is not a power of two in 1 .. 2^" << kMaxGroupShift
+        << " (format_version 3 needs it)";
+    }
+  } else if (a.scale_group_rows != 0) {
+    e << "scale_group_rows " << a.scale_group_rows << " is given, but format_version " << a.format_version
+      << " has no scale groups (only format_version 3 does)";
   }
   return e.str();
 }
@@ -49,6 +58,12 @@ TableView make_table_view(const TableAttrs& a) {
   t.uniform_tier = static_cast<int>(a.uniform_tier);
   t.format_version = a.format_version;
   shark_format::fill_strides(t.dim, a.format_version, t.stride);
+  if (a.format_version >= 3) {
+    int shift = 0;
+    while ((int64_t{1} << shift) < a.scale_group_rows) ++shift;
+    t.group_shift = shift;
+    t.group_bytes = shark_format::group_section_bytes(t.num_rows, shift);
+  }
   return t;
 }
 
@@ -81,10 +96,11 @@ std::string validate_table(const TableView& t, const TableShapes& s) {
       e << "default_row is empty but every row of the table is dropped (dropped rows read default_row)";
       return e.str();
     }
-    const uint64_t need = R * t.stride[t.uniform_tier];
+    const uint64_t need = R * t.stride[t.uniform_tier] + t.group_bytes;
     if (t.payload_bytes != need) {
       e << "payload has " << t.payload_bytes << " bytes but a uniform " << tier_name(t.uniform_tier)
         << " table of " << R << " rows x " << t.dim << " dims needs " << need << " bytes";
+      if (t.group_bytes) e << " (" << t.group_bytes << " of them scale groups)";
       return e.str();
     }
     return std::string();
@@ -122,8 +138,9 @@ std::string validate_table(const TableView& t, const TableShapes& s) {
     dropped += shark_format::dropped_in_block(p0, p1, p2, valid);
     expect += shark_format::block_bytes(p0, p1, p2, valid, t.stride);
   }
-  if (t.payload_bytes != expect) {
+  if (t.payload_bytes != expect + t.group_bytes) {
     e << "payload has " << t.payload_bytes << " bytes but row_meta describes " << expect << " bytes of rows";
+    if (t.group_bytes) e << " and the scale groups take " << t.group_bytes;
     return e.str();
   }
   if (empty_default && dropped) {

@@ -1,4 +1,4 @@
-// Storage format v1 and v2 (docs/FORMAT.md): tiers, strides, the table view the kernels read, row
+// Storage format v1, v2 and v3 (docs/FORMAT.md): tiers, strides, the table view the kernels read, row
 // location, and the validation that makes every later row read stay inside `payload`.
 // Portable C++17, no ONNX Runtime header.
 #pragma once
@@ -12,8 +12,9 @@
 
 namespace shark {
 
-constexpr int64_t kFormatVersion = 2;     // what the converter writes
+constexpr int64_t kFormatVersion = 3;        // the newest version this library reads
 constexpr int64_t kOldestFormatVersion = 1;  // still read
+constexpr int64_t kMaxGroupShift = 40;       // v3 scale groups: 1 .. 2^40 rows
 constexpr uint64_t kMaxRows = uint64_t{1} << 40;
 constexpr int64_t kMaxDim = 65536;
 constexpr int kRowsPerBlock = shark_format::kRowsPerBlock;
@@ -47,6 +48,7 @@ struct TableAttrs {
   int64_t dim = 0;
   int64_t uniform_tier = kMixed;
   int64_t output_dtype = 1;
+  int64_t scale_group_rows = 0;  // v3: rows per scale group (a power of two); 0 (absent) in v1 and v2
 };
 
 // Returns an empty string when the attributes are valid, else a message naming the value.
@@ -64,6 +66,8 @@ struct TableView {
   int uniform_tier = kMixed;
   uint32_t stride[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // per tier code; 6 and 7 are invalid (0)
   int64_t format_version = kFormatVersion;
+  int group_shift = -1;     // v3: log2 of the rows per scale group; -1: every quantized row has its own header
+  uint64_t group_bytes = 0;  // v3: the group section at the end of payload (12 bytes per group)
 
   bool uniform() const { return uniform_tier != kMixed; }
 };
@@ -93,6 +97,42 @@ struct RowLoc {
   uint64_t offset;
   int tier;
 };
+
+// The v3 group section (null before v3): payload ends with it, after the rows. A free function with
+// internal linkage, so that no instruction set's copy can stand in for another's at link time.
+static SHARK_ALWAYS_INLINE const uint8_t* group_scales(const TableView& t) {
+  return t.group_shift < 0 ? nullptr : t.payload + (t.payload_bytes - t.group_bytes);
+}
+
+// A stored row as the row code reads it: `data` its values or codes, `sb` (quantized tiers only) its
+// [scale f16][bias f16] -- the row's own header (v1, v2) or its group's slot (v3).
+struct RowRef {
+  const uint8_t* data;
+  const uint8_t* sb;
+};
+
+// Row r of tier TIER at byte `offset` of the rows; `gs` is group_scales(t), hoisted out of the loop.
+template <int TIER>
+static SHARK_ALWAYS_INLINE RowRef row_ref(const TableView& t, const uint8_t* gs, uint64_t offset, uint64_t r) {
+  const uint8_t* p = t.payload + offset;
+  if constexpr (TIER == kInt8 || TIER == kInt4 || TIER == kInt2) {
+    if (gs) return RowRef{p, gs + shark_format::group_slot_offset(r, t.group_shift, TIER)};
+    return RowRef{p + 4, p};
+  } else {
+    (void)gs;
+    (void)r;
+    return RowRef{p, p};
+  }
+}
+
+// The same for a tier known at run time only (mixed tables).
+static SHARK_ALWAYS_INLINE RowRef row_ref_any(const TableView& t, const uint8_t* gs, int tier, uint64_t offset,
+                                              uint64_t r) {
+  const uint8_t* p = t.payload + offset;
+  if (!shark_format::is_quantized(tier)) return RowRef{p, p};
+  if (gs) return RowRef{p, gs + shark_format::group_slot_offset(r, t.group_shift, tier)};
+  return RowRef{p + 4, p};
+}
 
 // Position of row r = 64 b + j in a mixed table: tier code and byte offset, from block b's 32-byte
 // record. Valid only for a validated table and r < num_rows.

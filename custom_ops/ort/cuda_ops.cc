@@ -343,7 +343,8 @@ class CudaTableSlot {
     t->num_rows = static_cast<uint64_t>(attrs_.num_rows);
     t->dim = static_cast<uint32_t>(attrs_.dim);
     t->uniform_tier = static_cast<int32_t>(attrs_.uniform_tier);
-    shark_cuda::fill_strides(t->dim, t->stride, attrs_.format_version);
+    // Strides, and in v3 the group section: the last bytes of payload (validate_table checks its size).
+    shark_cuda::fill_layout(t, payload.count, attrs_.format_version, attrs_.scale_group_rows);
 
     const TableKey key = table_key(payload, meta, dflt);
     if (cache && validated_.hit(key)) return nullptr;

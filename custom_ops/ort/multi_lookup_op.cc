@@ -8,7 +8,7 @@
 // Inputs, field after field: payload, row_meta, default_row, indices, then offsets (kind 2) and
 // per_sample_weights (has_weights). Attributes, one entry per field: kinds (0 gather, 1 bag over 2-D
 // indices [B, L], 2 bag over 1-D indices with offsets), format_versions, num_rows, dims, uniform_tiers,
-// modes, include_last_offsets, padding_idxs, has_weights; output_dtype; field_names ("\n"-separated).
+// modes, include_last_offsets, padding_idxs, has_weights, scale_group_rows (v3 tables); output_dtype; field_names ("\n"-separated).
 //
 // This file holds the attribute parsing, input checks and shape inference shared with the CUDA variant
 // (multi_lookup.h; the CUDA kernel is in cuda_ops.cc) and the CPU kernel.
@@ -51,7 +51,7 @@ OrtStatus* MultiLookupBase::init_fields(const OpSpec& spec, const OrtKernelInfo*
   op_name_ = spec.name;
   node_name_ = node_name(info);
   out_type_ = out_type_of(spec.output);
-  std::vector<int64_t> kinds, versions, rows, dims, tiers, modes, lasts, pads, weights;
+  std::vector<int64_t> kinds, versions, rows, dims, tiers, modes, lasts, pads, weights, groups;
   SHARK_RETURN_IF_STATUS(ints(info, "kinds", true, &kinds));
   const size_t n = kinds.size();
   if (n == 0) return error("attribute 'kinds' is empty: a group has at least one field");
@@ -63,6 +63,7 @@ OrtStatus* MultiLookupBase::init_fields(const OpSpec& spec, const OrtKernelInfo*
   SHARK_RETURN_IF_STATUS(ints(info, "include_last_offsets", false, &lasts, n, 0));
   SHARK_RETURN_IF_STATUS(ints(info, "padding_idxs", false, &pads, n, -1));
   SHARK_RETURN_IF_STATUS(ints(info, "has_weights", false, &weights, n, 0));
+  SHARK_RETURN_IF_STATUS(ints(info, "scale_group_rows", false, &groups, n, 0));
   int64_t output_dtype = 1;
   SHARK_RETURN_IF_STATUS(int_attr(info, "output_dtype", false, 1, &output_dtype));
   if (output_dtype != static_cast<int64_t>(out_type_)) {
@@ -98,6 +99,7 @@ OrtStatus* MultiLookupBase::init_fields(const OpSpec& spec, const OrtKernelInfo*
     attrs.dim = dims[k];
     attrs.uniform_tier = tiers[k];
     attrs.output_dtype = output_dtype;
+    attrs.scale_group_rows = groups[k];
     const std::string bad = shark::validate_attrs(attrs);
     if (!bad.empty()) return error(f.label + bad);
     if (f.kind != kGatherField) {

@@ -37,6 +37,7 @@ OrtStatus* TableKernel::init_attrs(const char* op_name, const OrtKernelInfo* inf
   SHARK_RETURN_IF_STATUS(int_attr(info, "dim", true, 0, &attrs_.dim));
   SHARK_RETURN_IF_STATUS(int_attr(info, "uniform_tier", true, 0, &attrs_.uniform_tier));
   SHARK_RETURN_IF_STATUS(int_attr(info, "output_dtype", false, 1, &attrs_.output_dtype));
+  SHARK_RETURN_IF_STATUS(int_attr(info, "scale_group_rows", false, 0, &attrs_.scale_group_rows));
   const std::string bad = shark::validate_attrs(attrs_);
   if (!bad.empty()) return error(bad);
   if (attrs_.output_dtype != static_cast<int64_t>(out_type)) {

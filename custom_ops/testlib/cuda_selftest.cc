@@ -1,8 +1,9 @@
 // shark_cuda_selftest: the CUDA launchers against their host emulation (the same per-group code run on
 // the CPU, itself checked against shark_export.reference by tests/test_cuda.py), bit for bit, on random
-// valid tables of every tier (uniform and mixed), odd and even dims, int32/int64 indices, float32/float16
-// outputs, gathers and bags (sum, mean, weights, padding_idx, empty bags, 1-D offsets with and without
-// include_last_offset, 2-D), out-of-range indices and bad offsets (error slot positions must match).
+// valid tables of every tier (uniform and mixed; format v1, v2 and v3 with scale groups of 1, 64 or 256
+// rows), odd and even dims, int32/int64 indices, float32/float16 outputs, gathers and bags (sum, mean,
+// weights, padding_idx, empty bags, 1-D offsets with and without include_last_offset, 2-D), out-of-range
+// indices and bad offsets (error slot positions must match).
 // No torch, no ORT: small enough to run under compute-sanitizer (benchmarks/gpu/run_on_device.sh).
 //
 // Usage: shark_cuda_selftest [--quick]     exit status 0 when every case passed.
@@ -37,6 +38,7 @@ struct HostTable {
   uint64_t rows = 0;
   int uniform_tier = -1;
   int version = 2;  // storage format version: the row strides
+  int64_t group_rows = 0;  // v3: scale_group_rows (the group section ends the payload)
   std::vector<uint8_t> payload;
   std::vector<uint64_t> meta;
   std::vector<float> dflt;
@@ -53,9 +55,11 @@ uint16_t finite_half(std::mt19937_64& rng, float lo, float hi) {
   return shark::float_to_half(u(rng));
 }
 
-HostTable make_table(uint64_t rows, uint32_t d, int uniform_tier, int version, std::mt19937_64& rng) {
+HostTable make_table(uint64_t rows, uint32_t d, int uniform_tier, int version, int64_t group_rows,
+                     std::mt19937_64& rng) {
   HostTable t;
   t.version = version;
+  t.group_rows = version >= 3 ? group_rows : 0;
   t.dim = d;
   t.rows = rows;
   t.uniform_tier = uniform_tier;
@@ -92,14 +96,26 @@ HostTable make_table(uint64_t rows, uint32_t d, int uniform_tier, int version, s
         std::memcpy(p + 2 * j, &h, 2);
       }
     } else if (tier >= 2 && tier <= 4) {
-      const uint16_t sb[2] = {finite_half(rng, 0.f, 0.5f), finite_half(rng, -3.f, 3.f)};
-      std::memcpy(p, sb, 4);
+      const uint32_t head = version >= 3 ? 0 : 4;  // v3: codes only, scale and bias in the group section
+      if (head) {
+        const uint16_t sb[2] = {finite_half(rng, 0.f, 0.5f), finite_half(rng, -3.f, 3.f)};
+        std::memcpy(p, sb, 4);
+      }
       const uint32_t bits = tier == 2 ? 8 : tier == 3 ? 4 : 2;
       const uint32_t per = 8 / bits;
       for (uint32_t j = 0; j < d; ++j) {
         const uint32_t q = static_cast<uint32_t>(rng() & ((1u << bits) - 1));
-        p[4 + j / per] |= static_cast<uint8_t>(q << (bits * (j % per)));
+        p[head + j / per] |= static_cast<uint8_t>(q << (bits * (j % per)));
       }
+    }
+  }
+  if (version >= 3) {  // every slot random (also those no row reads: a kernel must not care)
+    const uint64_t groups = (rows + t.group_rows - 1) / t.group_rows;
+    for (uint64_t g = 0; g < groups * 3; ++g) {
+      const uint16_t sb[2] = {finite_half(rng, 0.f, 0.5f), finite_half(rng, -3.f, 3.f)};
+      const size_t at = t.payload.size();
+      t.payload.resize(at + 4);
+      std::memcpy(t.payload.data() + at, sb, 4);
     }
   }
   return t;
@@ -124,8 +140,9 @@ void report(bool ok, const std::string& what) {
 
 std::string describe(const HostTable& t, const char* op, int idx64, int half) {
   char buf[160];
-  std::snprintf(buf, sizeof buf, "%s v%d rows=%llu dim=%u tier=%d idx%s out=%s", op, t.version,
-                static_cast<unsigned long long>(t.rows), t.dim, t.uniform_tier, idx64 ? "64" : "32", half ? "f16" : "f32");
+  std::snprintf(buf, sizeof buf, "%s v%d G=%lld rows=%llu dim=%u tier=%d idx%s out=%s", op, t.version,
+                static_cast<long long>(t.group_rows), static_cast<unsigned long long>(t.rows), t.dim, t.uniform_tier,
+                idx64 ? "64" : "32", half ? "f16" : "f32");
   return buf;
 }
 
@@ -159,8 +176,9 @@ void run_gather(const HostTable& t, int idx64, int half, bool bad, std::mt19937_
   const size_t out_bytes = n * t.dim * (half ? 2 : 4);
   std::vector<uint8_t> want(out_bytes, 0xAB), got(out_bytes, 0xCD);
   uint64_t err_want[2];
-  shark_emu_gather(t.payload.data(), t.meta.empty() ? nullptr : t.meta.data(), t.dflt.data(), t.rows, t.dim,
-                   t.uniform_tier, t.version, idx.data(), idx64, n, want.data(), half, err_want);
+  shark_emu_gather_ex(t.payload.data(), t.meta.empty() ? nullptr : t.meta.data(), t.dflt.data(), t.rows, t.dim,
+                      t.uniform_tier, t.version, t.payload.size(), t.group_rows, idx.data(), idx64, n, want.data(),
+                      half, 1, 0, err_want);
   uint8_t* d_payload = to_device(t.payload);
   uint64_t* d_meta = t.meta.empty() ? nullptr : to_device(t.meta);
   float* d_dflt = to_device(t.dflt);
@@ -172,8 +190,9 @@ void run_gather(const HostTable& t, int idx64, int half, bool bad, std::mt19937_
   CHECK_CUDA(cudaMalloc(reinterpret_cast<void**>(&d_err), sizeof(shark_cuda::ErrorSlot)));
   cudaStream_t s;
   CHECK_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-  CHECK_CUDA(static_cast<cudaError_t>(shark_cuda_gather(d_payload, d_meta, d_dflt, t.rows, t.dim, t.uniform_tier, t.version, d_idx,
-                                                        idx64, n, d_out, half, d_err, s)));
+  CHECK_CUDA(static_cast<cudaError_t>(shark_cuda_gather_ex(d_payload, d_meta, d_dflt, t.rows, t.dim, t.uniform_tier,
+                                                           t.version, t.payload.size(), t.group_rows, d_idx, idx64, n,
+                                                           d_out, half, 1, 0, d_err, s)));
   shark_cuda::ErrorSlot err{};
   CHECK_CUDA(cudaMemcpyAsync(got.data(), d_out, out_bytes, cudaMemcpyDeviceToHost, s));
   CHECK_CUDA(cudaMemcpyAsync(&err, d_err, sizeof err, cudaMemcpyDeviceToHost, s));
@@ -243,9 +262,10 @@ void run_bag(const HostTable& t, int idx64, int half, int kind, int mode, bool w
   std::vector<uint8_t> want(out_bytes, 0xAB), got(out_bytes, 0xCD);
   uint64_t err_want[2];
   const bool offs = kind != 2;
-  shark_emu_bag(t.payload.data(), t.meta.empty() ? nullptr : t.meta.data(), t.dflt.data(), t.rows, t.dim,
-                t.uniform_tier, t.version, idx.data(), idx64, n, offs ? off.data() : nullptr, idx64, n_off, kind == 1, bag_len,
-                n_bags, weighted ? w.data() : nullptr, mode, pad, want.data(), half, err_want);
+  shark_emu_bag_ex(t.payload.data(), t.meta.empty() ? nullptr : t.meta.data(), t.dflt.data(), t.rows, t.dim,
+                   t.uniform_tier, t.version, t.payload.size(), t.group_rows, idx.data(), idx64, n,
+                   offs ? off.data() : nullptr, idx64, n_off, kind == 1, bag_len, n_bags, weighted ? w.data() : nullptr,
+                   mode, pad, want.data(), half, 0, err_want);
   uint8_t* d_payload = to_device(t.payload);
   uint64_t* d_meta = t.meta.empty() ? nullptr : to_device(t.meta);
   float* d_dflt = to_device(t.dflt);
@@ -259,9 +279,11 @@ void run_bag(const HostTable& t, int idx64, int half, int kind, int mode, bool w
   CHECK_CUDA(cudaMalloc(reinterpret_cast<void**>(&d_err), sizeof(shark_cuda::ErrorSlot)));
   cudaStream_t s;
   CHECK_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-  CHECK_CUDA(static_cast<cudaError_t>(shark_cuda_bag(d_payload, d_meta, d_dflt, t.rows, t.dim, t.uniform_tier, t.version, d_idx, idx64,
-                                                     n, offs ? d_off : nullptr, idx64, n_off, kind == 1, bag_len, n_bags,
-                                                     weighted ? d_w : nullptr, mode, pad, d_out, half, d_err, s)));
+  CHECK_CUDA(static_cast<cudaError_t>(shark_cuda_bag_ex(d_payload, d_meta, d_dflt, t.rows, t.dim, t.uniform_tier,
+                                                        t.version, t.payload.size(), t.group_rows, d_idx, idx64, n,
+                                                        offs ? d_off : nullptr, idx64, n_off, kind == 1, bag_len,
+                                                        n_bags, weighted ? d_w : nullptr, mode, pad, d_out, half, 0,
+                                                        d_err, s)));
   shark_cuda::ErrorSlot err{};
   CHECK_CUDA(cudaMemcpyAsync(got.data(), d_out, out_bytes, cudaMemcpyDeviceToHost, s));
   CHECK_CUDA(cudaMemcpyAsync(&err, d_err, sizeof err, cudaMemcpyDeviceToHost, s));
@@ -300,8 +322,9 @@ int main(int argc, char** argv) {
   for (uint32_t d : dims) {
     for (int tier : tiers) {
       const uint64_t rows = tier < 0 ? 1000 : 333;
-      for (int version = 1; version <= 2; ++version) {
-      const HostTable t = make_table(rows, d, tier, version, rng);
+      for (int version = 1; version <= 3; ++version) {
+      const int64_t group_rows = int64_t{1} << (d % 3 == 0 ? 0 : d % 3 == 1 ? 6 : 8);  // v3: G = 1, 64 or 256
+      const HostTable t = make_table(rows, d, tier, version, group_rows, rng);
       for (int idx64 = 0; idx64 < 2; ++idx64) {
         for (int half = 0; half < 2; ++half) {
           run_gather(t, idx64, half, false, rng);

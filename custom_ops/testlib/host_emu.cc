@@ -62,15 +62,11 @@ struct BagF {
   static void run(const DeviceTable& t, const BagParams& p, ErrorSlot* e) { emu_bag<TIER, IdxT, OutT>(t, p, e); }
 };
 
-}  // namespace
-
-extern "C" {
-
-uint32_t shark_test_group_size(uint32_t dim) { return shark_cuda::group_size(dim); }
-
-int shark_emu_gather_strided(SHARK_TABLE_ARGS, SHARK_GATHER_ARGS, uint64_t rows_per_sample, uint64_t out_stride,
-                             uint64_t* err2) {
-  const DeviceTable t = shark_test::make_table(payload, meta, default_row, num_rows, dim, uniform_tier, format_version);
+int emu_gather_any(bool has_groups, SHARK_TABLE_ARGS, SHARK_GROUP_ARGS, SHARK_GATHER_ARGS, uint64_t rows_per_sample,
+                   uint64_t out_stride, uint64_t* err2) {
+  if (!shark_test::group_args_ok(has_groups, format_version, num_rows, payload_bytes, scale_group_rows)) return -3;
+  const DeviceTable t = shark_test::make_table(payload, meta, default_row, num_rows, dim, uniform_tier, format_version,
+                                               payload_bytes, scale_group_rows);
   GatherParams p = shark_test::make_gather(indices, index_is_64, count, out, out_half);
   p.rows_per_sample = rows_per_sample;
   p.out_stride = out_stride;
@@ -83,13 +79,11 @@ int shark_emu_gather_strided(SHARK_TABLE_ARGS, SHARK_GATHER_ARGS, uint64_t rows_
   return rc;
 }
 
-int shark_emu_gather(SHARK_TABLE_ARGS, SHARK_GATHER_ARGS, uint64_t* err2) {
-  return shark_emu_gather_strided(payload, meta, default_row, num_rows, dim, uniform_tier, format_version, indices,
-                                  index_is_64, count, out, out_half, 1, 0, err2);
-}
-
-int shark_emu_bag_strided(SHARK_TABLE_ARGS, SHARK_BAG_ARGS, uint64_t out_stride, uint64_t* err2) {
-  const DeviceTable t = shark_test::make_table(payload, meta, default_row, num_rows, dim, uniform_tier, format_version);
+int emu_bag_any(bool has_groups, SHARK_TABLE_ARGS, SHARK_GROUP_ARGS, SHARK_BAG_ARGS, uint64_t out_stride,
+                uint64_t* err2) {
+  if (!shark_test::group_args_ok(has_groups, format_version, num_rows, payload_bytes, scale_group_rows)) return -3;
+  const DeviceTable t = shark_test::make_table(payload, meta, default_row, num_rows, dim, uniform_tier, format_version,
+                                               payload_bytes, scale_group_rows);
   BagParams p = shark_test::make_bag(indices, index_is_64, n_indices, offsets, offsets_is_64, n_offsets,
                                      include_last_offset, bag_len, n_bags, weights, mode, padding_idx, out, out_half);
   p.out_stride = out_stride;
@@ -99,6 +93,41 @@ int shark_emu_bag_strided(SHARK_TABLE_ARGS, SHARK_BAG_ARGS, uint64_t out_stride,
   err2[0] = err.index_pos;
   err2[1] = err.offset_pos;
   return rc;
+}
+
+}  // namespace
+
+extern "C" {
+
+uint32_t shark_test_group_size(uint32_t dim) { return shark_cuda::group_size(dim); }
+
+int shark_emu_gather_ex(SHARK_TABLE_ARGS, SHARK_GROUP_ARGS, SHARK_GATHER_ARGS, uint64_t rows_per_sample,
+                        uint64_t out_stride, uint64_t* err2) {
+  return emu_gather_any(true, payload, meta, default_row, num_rows, dim, uniform_tier, format_version, payload_bytes,
+                        scale_group_rows, indices, index_is_64, count, out, out_half, rows_per_sample, out_stride, err2);
+}
+
+int shark_emu_gather_strided(SHARK_TABLE_ARGS, SHARK_GATHER_ARGS, uint64_t rows_per_sample, uint64_t out_stride,
+                             uint64_t* err2) {
+  return emu_gather_any(false, payload, meta, default_row, num_rows, dim, uniform_tier, format_version, 0, 0, indices,
+                        index_is_64, count, out, out_half, rows_per_sample, out_stride, err2);
+}
+
+int shark_emu_gather(SHARK_TABLE_ARGS, SHARK_GATHER_ARGS, uint64_t* err2) {
+  return shark_emu_gather_strided(payload, meta, default_row, num_rows, dim, uniform_tier, format_version, indices,
+                                  index_is_64, count, out, out_half, 1, 0, err2);
+}
+
+int shark_emu_bag_ex(SHARK_TABLE_ARGS, SHARK_GROUP_ARGS, SHARK_BAG_ARGS, uint64_t out_stride, uint64_t* err2) {
+  return emu_bag_any(true, payload, meta, default_row, num_rows, dim, uniform_tier, format_version, payload_bytes,
+                     scale_group_rows, indices, index_is_64, n_indices, offsets, offsets_is_64, n_offsets,
+                     include_last_offset, bag_len, n_bags, weights, mode, padding_idx, out, out_half, out_stride, err2);
+}
+
+int shark_emu_bag_strided(SHARK_TABLE_ARGS, SHARK_BAG_ARGS, uint64_t out_stride, uint64_t* err2) {
+  return emu_bag_any(false, payload, meta, default_row, num_rows, dim, uniform_tier, format_version, 0, 0, indices,
+                     index_is_64, n_indices, offsets, offsets_is_64, n_offsets, include_last_offset, bag_len, n_bags,
+                     weights, mode, padding_idx, out, out_half, out_stride, err2);
 }
 
 int shark_emu_bag(SHARK_TABLE_ARGS, SHARK_BAG_ARGS, uint64_t* err2) {

@@ -12,8 +12,12 @@
 //
 // Tables: payload (uint8), meta (uint64 [blocks, 4], NULL for a uniform table), default_row (float32
 // [dim], or NULL when no row is dropped), num_rows, dim, uniform_tier (0..5, -1 mixed), format_version
-// (1 or 2: the row strides). The table must be valid (FORMAT.md): validation
+// (1 or 2: the row strides; 3 only through the *_ex entry points, which also take SHARK_GROUP_ARGS:
+// payload_bytes, the payload's length, which ends with the v3 group section, and scale_group_rows, the
+// attribute; both ignored before v3). The table must be valid (FORMAT.md): validation
 // is the ORT adapter's job, not the launchers'. index_is_64 / offsets_is_64 / out_half are 0 or 1.
+// The entry points without _ex refuse format_version 3 (emu -3, CUDA cudaErrorInvalidValue), as do the
+// _ex ones a scale_group_rows that is not a power of two in 1 .. 2^40 or a payload shorter than its groups.
 // emu err2[0] = lowest bad index position, err2[1] = lowest bad offsets position (~0 = none).
 #pragma once
 
@@ -28,6 +32,8 @@
 #define SHARK_TABLE_ARGS                                                                        \
   const uint8_t *payload, const uint64_t *meta, const float *default_row, uint64_t num_rows, \
       uint32_t dim, int32_t uniform_tier, int32_t format_version
+
+#define SHARK_GROUP_ARGS uint64_t payload_bytes, int64_t scale_group_rows
 
 #define SHARK_GATHER_ARGS \
   const void *indices, int index_is_64, uint64_t count, void *out, int out_half
@@ -51,6 +57,11 @@ SHARK_TEST_API int shark_emu_bag(SHARK_TABLE_ARGS, SHARK_BAG_ARGS, uint64_t *err
 SHARK_TEST_API int shark_emu_gather_strided(SHARK_TABLE_ARGS, SHARK_GATHER_ARGS, uint64_t rows_per_sample,
                                             uint64_t out_stride, uint64_t *err2);
 SHARK_TEST_API int shark_emu_bag_strided(SHARK_TABLE_ARGS, SHARK_BAG_ARGS, uint64_t out_stride, uint64_t *err2);
+// Any format version (v3: scale groups), with the strided layouts above.
+SHARK_TEST_API int shark_emu_gather_ex(SHARK_TABLE_ARGS, SHARK_GROUP_ARGS, SHARK_GATHER_ARGS, uint64_t rows_per_sample,
+                                       uint64_t out_stride, uint64_t *err2);
+SHARK_TEST_API int shark_emu_bag_ex(SHARK_TABLE_ARGS, SHARK_GROUP_ARGS, SHARK_BAG_ARGS, uint64_t out_stride,
+                                    uint64_t *err2);
 SHARK_TEST_API int shark_testlib_has_cuda(void);
 // Word loads the host emulation made at addresses the GPU would reject (misaligned), on this thread.
 SHARK_TEST_API uint64_t shark_emu_misaligned_loads(void);
@@ -61,6 +72,10 @@ SHARK_TEST_API int shark_cuda_gather_strided(SHARK_TABLE_ARGS, SHARK_GATHER_ARGS
                                              uint64_t out_stride, void *err_slot, void *stream);
 SHARK_TEST_API int shark_cuda_bag_strided(SHARK_TABLE_ARGS, SHARK_BAG_ARGS, uint64_t out_stride, void *err_slot,
                                           void *stream);
+SHARK_TEST_API int shark_cuda_gather_ex(SHARK_TABLE_ARGS, SHARK_GROUP_ARGS, SHARK_GATHER_ARGS,
+                                        uint64_t rows_per_sample, uint64_t out_stride, void *err_slot, void *stream);
+SHARK_TEST_API int shark_cuda_bag_ex(SHARK_TABLE_ARGS, SHARK_GROUP_ARGS, SHARK_BAG_ARGS, uint64_t out_stride,
+                                     void *err_slot, void *stream);
 SHARK_TEST_API const char *shark_cuda_error_string(int err);
 SHARK_TEST_API int shark_cuda_runtime_version(void);
 SHARK_TEST_API int shark_cuda_driver_version(void);

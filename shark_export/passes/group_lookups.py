@@ -184,7 +184,8 @@ class GroupLookupsPass(ir.passes.InPlacePass):
             return None  # the reshape back needs the trailing dims
         inputs: list[ir.Value] = []
         lists: dict[str, list[int]] = {k: [] for k in ("kinds", "format_versions", "num_rows", "dims", "uniform_tiers", "modes",
-                                                       "include_last_offsets", "padding_idxs", "has_weights")}
+                                                       "include_last_offsets", "padding_idxs", "has_weights",
+                                                       "scale_group_rows")}
         for m in members:
             node = m.lookup
             kind = _kind(node)
@@ -204,6 +205,7 @@ class GroupLookupsPass(ir.passes.InPlacePass):
             lists["include_last_offsets"].append(a.get_int("include_last_offset", 0))
             lists["padding_idxs"].append(a.get_int("padding_idx", -1))
             lists["has_weights"].append(int(weights is not None))
+            lists["scale_group_rows"].append(a.get_int("scale_group_rows", 0))
         output_dtype = members[0].lookup.attributes.get_int("output_dtype", 1)
         fields = [m.field for m in members]
         node = ir.node(MULTI_OP, inputs, attributes={**lists, "output_dtype": output_dtype, "field_names": "\n".join(fields)},
