@@ -119,8 +119,8 @@ def _cmd_convert(args) -> int:
     example = load_batch_file(args.inputs)
     calibration = _batches(args.calibration)
     labels = _batches(args.labels)
-    quant = (QuantConfig(preset=args.quant, target_ratio=args.budget, clip=args.clip)
-             if args.budget is not None or args.clip != "none" else args.quant)
+    quant = (QuantConfig(preset=args.quant, target_ratio=args.budget, clip=args.clip, scale_group=args.scale_group)
+             if args.budget is not None or args.clip != "none" or args.scale_group != "auto" else args.quant)
     report = convert(
         model,
         example,
@@ -132,6 +132,7 @@ def _cmd_convert(args) -> int:
         show_progress=not args.quiet,
         keep_unfaithful=args.keep_unfaithful,
         dense=args.dense,
+        ops=args.ops,
     )
     print(report)
     if args.report:
@@ -257,12 +258,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "down through int2 and dropped rows)")
     p.add_argument("--clip", default="none", choices=["none", "l2"],
                    help="l2: per-row clipping range minimizing the L2 error (pays off for int2/int4 rows)")
+    p.add_argument("--scale-group", default="auto", metavar="auto|none|G",
+                   help="where quantized rows keep scale and bias: auto (tables of dim <= 32 share them per group of "
+                        "256 rows, format v3), none (a header per row, v2), or G rows per group (a power of two)")
     p.add_argument("--calibration", help=".pt file with a list of batches")
     p.add_argument("--labels", help=".pt file with a list of label tensors, one per calibration batch")
     p.add_argument("--keep-unfaithful", action="store_true",
                    help="write the model even when it fails the faithfulness check (exit status 1)")
     p.add_argument("--dense", default="fp32", choices=["fp32", "int8"],
                    help="int8: also quantize the MatMul/Gemm with ONNX Runtime's dynamic quantization (impact reported separately)")
+    p.add_argument("--ops", default="custom", choices=["custom", "standard"],
+                   help="standard: a portable model, ai.onnx ops only (runs in a stock onnxruntime, no custom-op library)")
     p.add_argument("--report", help="write the report as JSON here")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_cmd_convert)

@@ -21,10 +21,11 @@ from .quantize import quantize_tables
 from .integrity import CHECKSUMS_KEY, checksums_of
 from .model_file import stage
 from .model_io import INPUTS_KEY, OUTPUTS_KEY, REPORT_KEY
+from .ops import DOMAIN, RUNTIME_KEY, RUNTIME_NOTE
 from .dense_int8 import DENSE_CHOICES, quantize_dense
 from .faithfulness import check_converted, labels_array
 from .parity import check_parity
-from .report import ConvertReport, table_reports
+from .report import ConvertReport, table_reports, use_portable_bytes
 from .passes import (
     DenseOpsPass,
     FinalizeVersionsPass,
@@ -34,6 +35,7 @@ from .passes import (
     PruneFieldsPass,
     RemoveDeadPass,
     ReplaceLookupsPass,
+    StandardOpsPass,
     TidyExportPass,
     check_output_count,
     find_lookups,
@@ -95,6 +97,7 @@ def convert(
     fuse_lookups: bool = True,
     optimize_dense: bool = True,
     dense: str = "fp32",
+    ops: str = "custom",
 ) -> ConvertReport:
     """Convert `model` to an ONNX model at `output_path` whose embedding lookups run our ops.
 
@@ -106,6 +109,8 @@ def convert(
     `keep_unfaithful=True`. `fuse_lookups`: one multi-table lookup per concatenation of lookups;
     `optimize_dense`: DenseOpsPass; `dense="int8"`: ORT's dynamic quantization of the MatMul/Gemm after the
     faithfulness check, its impact reported as `report.dense_impact` (shark_export.dense_int8).
+    `ops="standard"`: a portable model, every table in standard ONNX tensors read by ai.onnx ops only (no
+    custom-op library needed to run it; docs/PORTABLE.md); lookups are not fused.
     """
     if not isinstance(model, torch.nn.Module):
         raise UnsupportedModelError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -118,7 +123,7 @@ def convert(
                 calibration=None if calibration is None else [adapt(b) for b in calibration],
                 labels=labels, example_kwargs=example_kwargs, impact_atol=impact_atol, impact_rtol=impact_rtol,
                 show_progress=show_progress, keep_unfaithful=keep_unfaithful, fuse_lookups=fuse_lookups,
-                optimize_dense=optimize_dense, dense=dense,
+                optimize_dense=optimize_dense, dense=dense, ops=ops,
             )
     finally:
         model.train(was_training)
@@ -154,10 +159,14 @@ def _torchrec_compat(model: torch.nn.Module, example_inputs: Any):
 
 def _convert(
     model, example_inputs, output_path, *, quant, prune, calibration, labels, example_kwargs, impact_atol,
-    impact_rtol, show_progress, keep_unfaithful, fuse_lookups, optimize_dense, dense,
+    impact_rtol, show_progress, keep_unfaithful, fuse_lookups, optimize_dense, dense, ops="custom",
 ) -> ConvertReport:
     if dense not in DENSE_CHOICES:
         raise ValueError(f"dense={dense!r}: expected one of {', '.join(DENSE_CHOICES)}")
+    if ops not in ("custom", "standard"):
+        raise ValueError(f"ops={ops!r}: expected 'custom' (our lookup ops) or 'standard' (ai.onnx ops only)")
+    if ops == "standard" and dense != "fp32":
+        raise ValueError("ops='standard' is not combined with dense='int8' yet: convert with dense='fp32'")
     config = QuantConfig.of(quant)
     example = ExampleInputs.of(example_inputs, example_kwargs)
     label_list = list(labels) if labels is not None else None
@@ -190,8 +199,10 @@ def _convert(
     # sorted: the same tiers, and the same bytes, in every process (string sets iterate in a per-process order)
     live = sorted({l.table for l in found.lookups if l.field not in means} | set(found.dense_uses))
     tiers = assign_tiers(config, {n: all_tables[n] for n in live}, priorities.scores if priorities else None)
-    storage = {n: plan_storage(tiers[n], all_tables[n].num_rows, all_tables[n].dim) for n in live}
-    quantized = quantize_tables(weights, {n: t for n, (t, _) in storage.items()}, config.clip, show_progress)
+    storage = {n: plan_storage(tiers[n], all_tables[n].num_rows, all_tables[n].dim,
+                               config.group_rows_for(all_tables[n].dim)) for n in live}
+    quantized = quantize_tables(weights, {n: t for n, (t, _, _) in storage.items()}, config.clip, show_progress,
+                                scale_groups={n: g for n, (_, _, g) in storage.items()})
     steps.update()
 
     # 5. the graph passes: prune → replace lookups → fuse the lookups of one Concat → float16 lookups for
@@ -200,28 +211,33 @@ def _convert(
     grouping = GroupLookupsPass()
     dense_ops = DenseOpsPass()
     casts = LookupCastsPass()
+    standard = StandardOpsPass(quantized) if ops == "standard" else None
     ir.passes.PassManager([
         PruneFieldsPass(found.lookups, pruned_means),
         ReplaceLookupsPass(found.lookups, quantized, config.output_onnx_dtype, found.dense_uses),
-        *([grouping] if fuse_lookups else []),
+        *([grouping] if fuse_lookups and standard is None else []),
         casts,
         *([dense_ops] if optimize_dense else []),
+        *([standard] if standard is not None else []),
         cleanup,
         FinalizeVersionsPass(),
         NameOutputsPass(output_names),
     ])(ir_model)
     removed = set(cleanup.removed_inputs)
     report = ConvertReport(
-        output_path.name, table_reports(all_tables, quantized, {n: note for n, (_, note) in storage.items()}, found.dense_uses),
+        output_path.name, table_reports(all_tables, quantized, {n: note for n, (_, note, _) in storage.items()}, found.dense_uses),
         [f.name for f in fields.values() if f.pruned] + list(means), sorted(removed),
         config.preset if config.target_ratio is None else f"budget {config.target_ratio}",
-        fields=list({**fields, **found.functional_fields}), dense_bytes=_dense_bytes(ir_model, quantized),
+        fields=list({**fields, **found.functional_fields}), dense_bytes=_dense_bytes(ir_model, quantized, standard),
         merged_fields={f.name: list(f.names[1:]) for f in fields.values() if len(f.names) > 1},
         unused_fields=[f.name for f in fields.values() if f.name not in looked_up and not f.pruned],
         fused_lookups=grouping.groups,
         dense_rewrites={k: v for k, v in dense_ops.rewritten.items() if v},
         float16_lookups=casts.folded,
+        ops=ops,
     )
+    if standard is not None:
+        use_portable_bytes(report, standard.tables_out)
     # Nothing in the file depends on where or when it was written: the path is not stored.
     ir_model.metadata_props.update({
         INPUTS_KEY: json.dumps([(path, None if name in removed else name) for path, name in input_map]),
@@ -229,6 +245,8 @@ def _convert(
         CHECKSUMS_KEY: checksums_of(quantized),
         REPORT_KEY: json.dumps({k: v for k, v in report.to_dict().items() if k != "output_path"}),
     })
+    if DOMAIN in ir_model.opset_imports:  # a model that needs our library says which one, to any runtime user
+        ir_model.metadata_props[RUNTIME_KEY] = ir_model.doc_string = RUNTIME_NOTE
 
     # 6. stage the file next to the output path, check it against torch, then move it into place
     with stage(ir_model, output_path) as staged:
@@ -313,9 +331,11 @@ def _tables_of_custom_modules(model, tables: dict) -> set[str]:
     return {t.name for t in tables.values() if any(not has_stock_forward(modules[p]) for p in t.module_paths)}
 
 
-def _dense_bytes(ir_model: ir.Model, quantized: dict) -> int:
+def _dense_bytes(ir_model: ir.Model, quantized: dict, standard=None) -> int:
     """Bytes of every initializer that is not a stored table: the model's other weights."""
     storage = {f"{n}.{part}" for n in quantized for part in ("payload", "row_meta", "default_row")}
+    if standard is not None:
+        storage |= {name for table in standard.tables_out.values() for name in table.initializers()}
     return int(sum(v.const_value.nbytes for v in ir_model.graph.initializers.values()
                    if v.const_value is not None and v.name not in storage))
 

@@ -17,6 +17,12 @@ class LibraryNotFoundError(SharkExportError, FileNotFoundError):
     """The compiled custom-op library is missing (package not built/installed)."""
 
 
+class MissingCustomOpsError(SharkExportError, RuntimeError):
+    """ONNX Runtime could not find a ``shark_export`` op the model uses: the custom-op library was not registered
+    in the session, or the library registered is older than the model. The message names the library to
+    register and where ``shark_export.ops.library_path()`` finds it."""
+
+
 class ExportError(SharkExportError, RuntimeError):
     """torch could not export the model, or a lookup in it cannot be mapped to a table."""
 

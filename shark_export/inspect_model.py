@@ -30,6 +30,9 @@ def read_tables(path) -> tuple[dict[str, QuantizedTable], list[tuple[str, str, s
     initializers = {i.name: i for i in model.graph.initializer}
     tables: dict[str, QuantizedTable] = {}
     lookups = []
+    portable, portable_lookups = _portable_tables(file, model, initializers)
+    if portable:  # ops="standard": the stored-format tables the portable tensors hold (same checksums)
+        return {name: table.to_quantized() for name, table in portable.items()}, portable_lookups
     for node in model.graph.node:
         if node.domain != DOMAIN:
             continue
@@ -40,6 +43,19 @@ def read_tables(path) -> tuple[dict[str, QuantizedTable], list[tuple[str, str, s
         except Exception as exc:  # noqa: BLE001 - a malformed node of a corrupt file: named, typed
             raise FormatError(f"{file.name}: node {node.name!r} ({node.op_type}) is malformed: {type(exc).__name__}: {exc}") from exc
     return tables, lookups
+
+
+def _portable_tables(file: Path, model, initializers: dict):
+    """(StandardTables, lookups) of a portable model (`convert(ops="standard")`); empty for any other."""
+    from . import standard_tables
+
+    metadata = {p.key: p.value for p in model.metadata_props}
+    if standard_tables.METADATA_KEY not in metadata:
+        return {}, []
+    try:
+        return standard_tables.read_tables(metadata, {n: numpy_helper.to_array(t) for n, t in initializers.items()})
+    except FormatError as exc:
+        raise FormatError(f"{file.name}: {exc}") from exc
 
 
 def _int_attributes(node) -> dict[str, Any]:
@@ -75,6 +91,11 @@ def _read_node(node, initializers: dict, tables: dict[str, QuantizedTable], look
         if not isinstance(values, list) or len(values) != len(kinds):
             raise FormatError(f"node {node.name!r}: attribute {key!r} must list one int per field ({len(kinds)})")
         per_field[name] = values
+    groups = attributes.get("scale_group_rows", [0] * len(kinds))
+    if not isinstance(groups, list) or len(groups) != len(kinds):
+        raise FormatError(f"node {node.name!r}: attribute 'scale_group_rows' must list one int per field ({len(kinds)})")
+    if any(groups):
+        per_field["scale_group_rows"] = groups
     weights = attributes.get("has_weights", [0] * len(kinds))
     if not isinstance(weights, list) or len(weights) != len(kinds):
         raise FormatError(f"node {node.name!r}: attribute 'has_weights' must list one int per field ({len(kinds)})")
@@ -104,6 +125,17 @@ def _read_table(node, storage: list[str], attributes: dict, initializers: dict, 
 
 
 def inspect_model(path) -> str:
+    from . import standard_tables
+
+    try:
+        head = onnx.load(str(path), load_external_data=False)
+        portable_model = any(p.key == standard_tables.METADATA_KEY for p in head.metadata_props)
+    except Exception:  # noqa: BLE001 - read_tables below names the problem
+        portable_model = False
+    if portable_model:
+        model = onnx.load(str(path))
+        portable, lookups = _portable_tables(Path(path), model, {i.name: i for i in model.graph.initializer})
+        return standard_tables.inspect_text(path, portable, lookups)
     tables, lookups = read_tables(path)
     if not tables:
         return f"{path}: no shark_export lookups"

@@ -31,6 +31,26 @@ def canonical_inputs(inputs: Any) -> Any:
     return torchrec_compat.canonical_inputs(inputs) if torchrec_compat.has_kjt(inputs) else inputs
 
 
+def uses_custom_ops(path) -> bool:
+    """Whether the model imports our op domain (a portable `ops="standard"` model does not: it runs in a stock
+    onnxruntime, without the library)."""
+    import onnx
+
+    from .ops import DOMAIN
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return any(entry.domain == DOMAIN for entry in proto.opset_import)
+
+
+def _plain_session(path: Path, providers: list[str] | None, threads: int | None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads, options.inter_op_num_threads = int(threads), 1
+    return ort.InferenceSession(str(path), sess_options=options, providers=providers or ["CPUExecutionProvider"])
+
+
 class OnnxModelRunner:
     def __init__(self, path, providers: list[str] | None = None, threads: int | None = None):
         from .ops import session
@@ -38,7 +58,10 @@ class OnnxModelRunner:
         self.path = Path(path)
         if not self.path.is_file():
             raise SharkExportError(f"ONNX model {str(self.path)!r} does not exist")
-        self.session = session(str(self.path), providers=providers, threads=threads)
+        if uses_custom_ops(self.path):
+            self.session = session(str(self.path), providers=providers, threads=threads)
+        else:  # a portable model: a stock session, the custom-op library is neither needed nor loaded
+            self.session = _plain_session(self.path, providers, threads)
         metadata = self.session.get_modelmeta().custom_metadata_map
         graph_inputs = [i.name for i in self.session.get_inputs()]
         if INPUTS_KEY in metadata:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence, Union
 
-from .errors import LibraryNotFoundError
+from .errors import LibraryNotFoundError, MissingCustomOpsError
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -21,6 +22,16 @@ DOMAIN_VERSION = 1
 LIBRARY_ENV = "SHARK_EXPORT_LIBRARY"
 
 _LIBRARY_NAMES = ("libshark_export_ops.so", "libshark_export_ops.dylib", "shark_export_ops.dll")
+
+#: metadata_props key under which the converter writes RUNTIME_NOTE (also the model's doc_string).
+RUNTIME_KEY = "shark_export.runtime"
+#: What any ONNX Runtime user of a converted model must do: written into every converted model that uses our ops.
+RUNTIME_NOTE = (
+    f"Needs the shark-export custom-op library {_LIBRARY_NAMES[0]} (ops of domain '{DOMAIN}') registered in the ONNX "
+    f"Runtime session options: Python so.register_custom_ops_library(path) or shark_export.session(model), C++ "
+    f"RegisterCustomOpsLibrary, C# RegisterCustomOpLibraryV2, Java registerCustomOpLibrary; "
+    f"shark_export.ops.library_path() finds the path (${LIBRARY_ENV} overrides it)."
+)
 
 
 def library_path() -> str:
@@ -44,6 +55,40 @@ def library_path() -> str:
         f"the shark-export custom-op library ({_LIBRARY_NAMES[0]}) is not in {here}: the package was not "
         f"built. Install it with `pip install .` from the repository root (that compiles the library), "
         f"or point {LIBRARY_ENV} at a library built with `cmake -S . -B build && cmake --build build`"
+    )
+
+
+# ONNX Runtime's words for a node whose op it cannot find: an unknown domain/op (no library registered, or an
+# op the library lacks), or an op with a schema but no kernel.
+_MISSING_OP = (
+    re.compile(rf"\b{DOMAIN}:(\w+)\(-?\d+\) is not a registered function/op"),
+    re.compile(r"No Op registered for (RowwiseDequant\w*) with domain_version"),
+    re.compile(r"Could not find an implementation for (RowwiseDequant\w*)\("),
+)
+
+
+def missing_ops_error(exc: BaseException, model: str, registered: str | None) -> MissingCustomOpsError | None:
+    """The MissingCustomOpsError for ONNX Runtime's failure `exc` to find a shark_export op of `model` (a name
+    for the message) in a session where the library `registered` (None: none) was registered; None when
+    `exc` is about something else."""
+    text = str(exc)
+    op = next((m.group(1) for pattern in _MISSING_OP if (m := pattern.search(text))), None)
+    if op is None:
+        return None
+    try:
+        where = f"here it is {library_path()!r}"
+    except LibraryNotFoundError as missing:
+        where = f"here it finds none: {missing}"
+    if registered is None:
+        cause = "no shark-export custom-op library was registered in the session"
+    else:
+        cause = (f"the library registered ({registered!r}) does not provide it, so it is older than the model or "
+                 f"another build: rebuild or reinstall shark-export")
+    return MissingCustomOpsError(
+        f"ONNX Runtime cannot load {model}: it found no op {DOMAIN}:{op} ({cause}). Models converted by "
+        f"shark-export need the custom-op library {_LIBRARY_NAMES[0]} registered in the session options "
+        f"(so.register_custom_ops_library(path), or use shark_export.session(path)); shark_export.ops.library_path() "
+        f"finds it ({where}; ${LIBRARY_ENV} overrides it). ONNX Runtime said: {text}"
     )
 
 
@@ -106,6 +151,12 @@ def session(
     else:
         raise TypeError(f"model must be a path, bytes or onnx.ModelProto, got {type(model).__name__}")
     so = session_options(threads, config)
-    return ort.InferenceSession(
-        source, sess_options=so, providers=list(providers) if providers is not None else ["CPUExecutionProvider"]
-    )
+    try:
+        return ort.InferenceSession(
+            source, sess_options=so, providers=list(providers) if providers is not None else ["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own types; only a missing op of ours is rewritten
+        error = missing_ops_error(exc, repr(source) if isinstance(source, str) else "the model", library_path())
+        if error is None:
+            raise
+        raise error from exc

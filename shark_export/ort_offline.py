@@ -85,7 +85,7 @@ def optimize_offline(source, output, *, level: str = "extended", inputs=None) ->
     import onnxruntime as ort
 
     from .model_io import OnnxModelRunner
-    from .ops import session_options
+    from .ops import library_path, missing_ops_error, session_options
 
     if level not in LEVELS:
         raise ValueError(f"level={level!r}: expected one of {', '.join(LEVELS)}")
@@ -108,7 +108,8 @@ def optimize_offline(source, output, *, level: str = "extended", inputs=None) ->
         try:
             ort.InferenceSession(str(source), so, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - ORT raises its own types; name the step and the file
-            raise SharkExportError(f"ONNX Runtime could not optimize {str(source)!r}: {exc}") from exc
+            raise (missing_ops_error(exc, repr(str(source)), library_path())
+                   or SharkExportError(f"ONNX Runtime could not optimize {str(source)!r}: {exc}")) from exc
         source_seconds = time.perf_counter() - start
         if not staged.is_file():
             raise SharkExportError(f"ONNX Runtime wrote no optimized model for {str(source)!r}")
@@ -119,7 +120,8 @@ def optimize_offline(source, output, *, level: str = "extended", inputs=None) ->
         try:
             ort.InferenceSession(str(staged), plain, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001
-            raise SharkExportError(f"the optimized model of {str(source)!r} does not load back: {exc}") from exc
+            raise (missing_ops_error(exc, f"the optimized model of {str(source)!r}", library_path())
+                   or SharkExportError(f"the optimized model of {str(source)!r} does not load back: {exc}")) from exc
         optimized_seconds = time.perf_counter() - start
 
         checked = 0

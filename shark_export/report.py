@@ -55,6 +55,7 @@ class ConvertReport:
     dense: str = "fp32"  # "int8": MatMul/Gemm through onnxruntime.quantization.quantize_dynamic
     dense_int8_nodes: int = 0  # how many MatMul/Gemm it quantized
     dense_impact: ParityReport | None = None  # the int8-dense file vs the original float model
+    ops: str = "custom"  # "standard": ai.onnx ops on portable storage (shark_export.standard_tables)
 
     @property
     def fp32_bytes(self) -> int:
@@ -70,7 +71,7 @@ class ConvertReport:
 
     def __str__(self) -> str:
         header = f"{'table':<32} {'rows':>10} {'dim':>5} {'tiers':<34} {'fp32 B':>12} {'after B':>12} {'ratio':>7}"
-        lines = [f"shark-export: {self.output_path} (quant={self.quant})", header, "-" * len(header)]
+        lines = [f"shark-export: {self.output_path} (quant={self.quant}, ops={self.ops})", header, "-" * len(header)]
         for t in self.tables:
             tiers = "pruned" if t.pruned else " ".join(f"{k}:{v}" for k, v in t.tiers.items() if v)
             lines.append(
@@ -120,6 +121,7 @@ class ConvertReport:
         data = {
             "output_path": self.output_path,
             "quant": self.quant,
+            "ops": self.ops,
             "fields": self.fields,
             "pruned_fields": self.pruned_fields,
             "removed_inputs": self.removed_inputs,
@@ -163,3 +165,16 @@ def table_reports(tables: dict, quantized: dict, storage_notes: dict[str, str], 
         reports.append(TableReport(name, q.num_rows, q.dim, counts, b.fp32, b.payload, b.scales, b.metadata,
                                    storage=storage_notes.get(name, ""), dense_uses=uses))
     return reports
+
+
+def use_portable_bytes(report: ConvertReport, tables: dict) -> None:
+    """ops="standard": each table's bytes are those of its portable tensors (values or codes, float16 scale and
+    bias pairs, slot map plus default row as metadata), not the stored format's."""
+    for t in report.tables:
+        portable = tables.get(t.table)
+        if portable is None or t.pruned:
+            continue
+        b = portable.byte_report()
+        t.payload_bytes, t.scale_bytes, t.metadata_bytes = b.values, b.scales, b.metadata
+        layout = "uniform, no slot map" if portable.slots is None else f"{len(portable.parts)} sub-tables + {portable.slots.dtype.name} slot map"
+        t.storage = "; ".join(filter(None, [t.storage, f"portable ({layout})"]))

@@ -10,8 +10,10 @@
 #include <cstring>
 #include <random>
 #include <vector>
-#include <immintrin.h>
 #include <sys/mman.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 #include "kernels/cpu_features.h"
 #include "kernels/embedding_bag_cpu.h"
@@ -22,6 +24,7 @@
 
 using namespace shark;
 
+#if defined(__x86_64__) || defined(__i386__)
 __attribute__((target("avx2"))) static void nt_fill(float* p, size_t n) {
   const __m256 z = _mm256_set1_ps(1.f);
   size_t i = 0;
@@ -29,6 +32,9 @@ __attribute__((target("avx2"))) static void nt_fill(float* p, size_t n) {
   for (; i + 8 <= n; i += 8) _mm256_stream_ps(p + i, z);
   _mm_sfence();
 }
+#else
+static void nt_fill(float* p, size_t n) { std::fill(p, p + n, 1.f); }  // no x86 streaming stores here
+#endif
 
 int main(int argc, char** argv) {
   const uint64_t R = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 2000000;

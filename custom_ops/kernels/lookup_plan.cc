@@ -9,14 +9,9 @@ namespace {
 constexpr uint64_t kBagTaskLookups = 2048;  // a bag task closes after this many lookups ...
 constexpr uint64_t kBagTaskMaxBags = 1024;  // ... or this many bags
 
-bool use_avx2(bool generic_only) {
 #if SHARK_X86_AVX2_PATH
-  return cpu_isa() == CpuIsa::kAvx2 && !generic_only;
-#else
-  (void)generic_only;
-  return false;
+bool use_avx2(bool generic_only) { return cpu_isa() == CpuIsa::kAvx2 && !generic_only; }
 #endif
-}
 
 uint64_t stride_of(const OutLayout& o, uint32_t dim) { return o.out_stride ? o.out_stride : o.per_sample * dim; }
 
@@ -29,7 +24,8 @@ GatherPlan::GatherPlan(const TableView& t, const void* indices, IndexType index_
 #if SHARK_X86_AVX2_PATH
   if (use_avx2(generic_only)) fn = avx2::select_gather(t.uniform_tier, index_type, out.type, stream);
 #else
-  (void)stream;
+  (void)stream;  // builds without the AVX2 loops (e.g. aarch64) have only the portable path
+  (void)generic_only;
 #endif
   if (!fn) fn = portable::select_gather(t.uniform_tier, index_type, out.type, false);
   fn_ = fn;

@@ -14,6 +14,8 @@
    squares), measured with ORT's profiler (`convert(optimize_dense=False)` skips it).
 4. `cleanup.RemoveDeadPass`: drop nodes, initializers, graph inputs and opset imports nothing reads.
 5. `finalize.FinalizeVersionsPass`: IR version and opsets ORT reads; no staging node left.
+4b. `standard_ops.StandardOpsPass` (`convert(ops="standard")` only, fusion off): every RowwiseDequant* op →
+   ai.onnx ops on portable table storage (shark_export.standard_tables), no custom domain left.
 6. `outputs.NameOutputsPass`: graph outputs named after torch's output tree.
 
 Steps 2-6 run under onnx-ir's `PassManager`; each pass checks its pre- and post-conditions
@@ -29,10 +31,11 @@ from .outputs import NameOutputsPass, check_output_count
 from .lookups import Lookup, LookupMap, find_lookups, lower_computed_weight_gathers, raise_table_gathers
 from .prune import PruneFieldsPass
 from .replace_lookups import ReplaceLookupsPass
+from .standard_ops import StandardOpsPass
 from .tidy import TidyExportPass
 
 __all__ = [
     "Lookup", "LookupMap", "find_lookups", "lower_computed_weight_gathers", "raise_table_gathers", "TidyExportPass",
-    "PruneFieldsPass", "ReplaceLookupsPass", "GroupLookupsPass", "LookupCastsPass", "DenseOpsPass", "RemoveDeadPass", "FinalizeVersionsPass", "NameOutputsPass",
+    "PruneFieldsPass", "ReplaceLookupsPass", "GroupLookupsPass", "LookupCastsPass", "DenseOpsPass", "StandardOpsPass", "RemoveDeadPass", "FinalizeVersionsPass", "NameOutputsPass",
     "check_output_count",
 ]

@@ -1,0 +1,296 @@
+"""Lower every RowwiseDequant* op to standard ai.onnx ops on portable table storage (`convert(ops="standard")`).
+
+Each table is transcoded to `shark_export.standard_tables.StandardTable` (per-tier sub-tables, a row -> slot
+map for anything but a uniform table; the stored bytes rearranged, never re-quantized) and every op reading
+it becomes a subgraph of opset-18 ai.onnx ops (docs/PORTABLE.md):
+
+- rows: indices flattened to int64 [N] (negative ones moved to R, so that ORT's Gather rejects them as it
+  rejects indices >= R), then per sub-table: Gather codes/values, unpack (BitwiseAnd / BitShift, interleaved
+  with Unsqueeze + Concat + Reshape, Slice to D), Cast to float, Gather the float16 [scale, bias] pairs, Cast,
+  Split, Mul, Add. `q·scale` is exact in float32 (8-bit code × 11-bit significand), so Mul then Add rounds
+  once, as the kernels' fma and the reference's float64 do: the rows are bit-identical. A mixed table
+  gathers its slots first and decodes every sub-table, each row taking the one its slot falls in (Where).
+- gather: rows reshaped to [*indices.shape, D].
+- bag, 2-D indices: rows [B, L, D], weighted (Mul), padding entries zeroed (Where), ReduceSum over L; mean
+  divides by the count of non-padding entries (at least 1).
+- bag, 1-D indices with offsets: bag id of every entry = CumSum of ScatterElements(add) of ones at the
+  offsets, minus 1; ScatterND(add) sums the entries into [B(+1), D] (the extra bag of include_last_offset,
+  entries past the last offset, is sliced off). Sums are float32 in entry order (the reference sums in float64).
+- multi-lookup: each field lowered alone, reshaped to [B, -1], one Concat.
+- output_dtype float16: a Cast at the end.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx_ir as ir
+
+from ..format import QuantizedTable, Tier
+from ..schemas import BAG_2D_FIELD, BAG_OFFSETS_FIELD, BAG_OP, DOMAIN, GATHER_FIELD, GATHER_OP, MULTI_OP, multi_field_inputs
+from ..standard_tables import METADATA_KEY, Part, StandardTable
+from .initializers import constant
+
+MIN_ONNX_OPSET = 18  # BitwiseAnd, Split(num_outputs), ScatterND/ScatterElements reduction="add"
+_FLOAT, _INT64 = ir.DataType.FLOAT, ir.DataType.INT64
+
+
+class _Builder:
+    """Nodes of one lowered op, named `<op name>/<k>`, inserted before it."""
+
+    def __init__(self, graph: ir.Graph, prefix: str):
+        self.graph = graph
+        self.prefix = prefix
+        self.nodes: list[ir.Node] = []
+
+    def op(self, op_type: str, inputs: list, outputs: int | None = None, **attributes):
+        node = ir.node(op_type, inputs, attributes=attributes, num_outputs=outputs,
+                       name=f"{self.prefix}/{len(self.nodes)}_{op_type}")
+        self.nodes.append(node)
+        return node.outputs[0] if outputs is None else list(node.outputs)
+
+    def i64(self, *values: int) -> ir.Value:
+        """An int64 [len(values)] constant (shared by every lowered op of the graph)."""
+        array = np.array(values, dtype=np.int64)
+        return constant(self.graph, "standard_ops/i64_" + "_".join(str(v) for v in values).replace("-", "m"), array)
+
+    def scalar(self, value, dtype) -> ir.Value:
+        array = np.array(value, dtype=dtype)
+        return constant(self.graph, f"standard_ops/{np.dtype(dtype).name}_{value}".replace("-", "m").replace(".", "p"), array)
+
+
+def _unpack(b: _Builder, codes: ir.Value, bits: int, dim: int) -> ir.Value:
+    """uint8 [N, ceil(D·bits/8)] packed codes → uint8 [N, D] (element per·k + i in bits bits·i.. of byte k)."""
+    per = 8 // bits
+    mask = b.scalar((1 << bits) - 1, np.uint8)
+    fields = []
+    for i in range(per):
+        value = codes if i == 0 else b.op("BitShift", [codes, b.scalar(bits * i, np.uint8)], direction="RIGHT")
+        if i < per - 1:  # the top field needs no mask
+            value = b.op("BitwiseAnd", [value, mask])
+        fields.append(b.op("Unsqueeze", [value, b.i64(2)]))
+    q = b.op("Reshape", [b.op("Concat", fields, axis=2), b.i64(-1, per * -(-dim // per))])  # (an empty N too)
+    if -(-dim // per) * per != dim:
+        q = b.op("Slice", [q, b.i64(0), b.i64(dim), b.i64(1)])
+    return q
+
+
+def _decode(b: _Builder, table: StandardTable, part: Part, rows: ir.Value, table_rows: ir.Value) -> ir.Value:
+    """float32 [N, D]: rows `rows` (int64 [N], in range) of one sub-table; `table_rows` are the same rows'
+    indices in the table (their scale group, format v3)."""
+    def tensor(key):
+        return constant(b.graph, table.tensor_name(part, key), part.arrays[key])
+
+    if part.tier is Tier.DROPPED:
+        return b.op("Gather", [tensor("default_row"), rows], axis=0)
+    if part.tier is Tier.FP32:
+        return b.op("Gather", [tensor("values"), rows], axis=0)
+    if part.tier is Tier.FP16:
+        return b.op("Cast", [b.op("Gather", [tensor("values"), rows], axis=0)], to=_FLOAT)
+    q = b.op("Gather", [tensor("codes"), rows], axis=0)
+    if part.tier is not Tier.INT8:
+        q = _unpack(b, q, part.tier.bits, table.dim)
+    if table.scale_group_rows:
+        groups = b.op("Div", [table_rows, b.scalar(table.scale_group_rows, np.int64)])
+        pairs = b.op("Cast", [b.op("Gather", [tensor("group_scale_bias"), groups], axis=0)], to=_FLOAT)
+    else:
+        pairs = b.op("Cast", [b.op("Gather", [tensor("scale_bias"), rows], axis=0)], to=_FLOAT)
+    scale, bias = b.op("Split", [pairs], outputs=2, axis=1, num_outputs=2)
+    return b.op("Add", [b.op("Mul", [b.op("Cast", [q], to=_FLOAT), scale]), bias])
+
+
+def _rows(b: _Builder, table: StandardTable, flat: ir.Value) -> ir.Value:
+    """float32 [N, D]: table rows `flat` (int64 [N]; an index outside 0..R-1 fails the first Gather)."""
+    if table.slots is None:
+        return _decode(b, table, table.parts[0], flat, flat)
+    slots = b.op("Cast", [b.op("Gather", [constant(b.graph, table.slots_name, table.slots), flat], axis=0)], to=_INT64)
+    out = None
+    base = 0
+    for part in table.parts:
+        local = slots if base == 0 else b.op("Sub", [slots, b.scalar(base, np.int64)])
+        if len(table.parts) > 1:
+            local = b.op("Clip", [local, b.scalar(0, np.int64), b.scalar(part.rows - 1, np.int64)])
+        rows = _decode(b, table, part, local, flat)
+        if out is None:
+            out = rows
+        else:  # parts are in slot order: each takes the rows whose slot is at or past its first
+            inside = b.op("Unsqueeze", [b.op("GreaterOrEqual", [slots, b.scalar(base, np.int64)]), b.i64(1)])
+            out = b.op("Where", [inside, rows, out])
+        base += part.rows
+    return out
+
+
+def _flat_indices(b: _Builder, indices: ir.Value, num_rows: int) -> ir.Value:
+    flat = b.op("Reshape", [b.op("Cast", [indices], to=_INT64), b.i64(-1)])
+    negative = b.op("Less", [flat, b.scalar(0, np.int64)])
+    return b.op("Where", [negative, b.scalar(num_rows, np.int64), flat])  # ONNX Gather would wrap them
+
+
+def _gather(b: _Builder, table: StandardTable, indices: ir.Value) -> ir.Value:
+    rows = _rows(b, table, _flat_indices(b, indices, table.num_rows))
+    shape = b.op("Concat", [b.op("Shape", [indices]), b.i64(table.dim)], axis=0)
+    return b.op("Reshape", [rows, shape])
+
+
+def _bag(b: _Builder, table: StandardTable, indices: ir.Value, offsets: ir.Value | None, weights: ir.Value | None,
+         mode: int, include_last_offset: int, padding_idx: int) -> ir.Value:
+    D = table.dim
+    rows = _rows(b, table, _flat_indices(b, indices, table.num_rows))  # [N, D], N = every entry
+    flat_ids = b.op("Reshape", [b.op("Cast", [indices], to=_INT64), b.i64(-1)])
+    keep = None if padding_idx < 0 else b.op("Not", [b.op("Equal", [flat_ids, b.scalar(padding_idx, np.int64)])])
+    if weights is not None:
+        rows = b.op("Mul", [rows, b.op("Unsqueeze", [b.op("Reshape", [weights, b.i64(-1)]), b.i64(1)])])
+    if keep is not None:
+        rows = b.op("Where", [b.op("Unsqueeze", [keep, b.i64(1)]), rows, b.scalar(0.0, np.float32)])
+    ones = b.op("Cast", [keep], to=_FLOAT) if keep is not None else None
+    if offsets is None:  # 2-D [B, L]: sum over L
+        shape = b.op("Concat", [b.op("Shape", [indices]), b.i64(D)], axis=0)
+        total = b.op("ReduceSum", [b.op("Reshape", [rows, shape]), b.i64(1)], keepdims=0)
+        if not mode:
+            return total
+        if ones is None:
+            count = b.op("Cast", [b.op("Slice", [b.op("Shape", [indices]), b.i64(1), b.i64(2), b.i64(0)])], to=_FLOAT)
+        else:
+            count = b.op("ReduceSum", [b.op("Reshape", [ones, b.op("Shape", [indices])]), b.i64(1)], keepdims=1)
+        return b.op("Div", [total, b.op("Max", [count, b.scalar(1.0, np.float32)])])
+    # 1-D indices with offsets: bag id of every entry, then scatter-add into [K, D] (K = len(offsets))
+    offsets = b.op("Cast", [offsets], to=_INT64)
+    n = b.op("Shape", [flat_ids])
+    marks = b.op("ConstantOfShape", [b.op("Add", [n, b.i64(1)])], value=ir.tensor(np.array([0], dtype=np.int64)))
+    marks = b.op("ScatterElements", [marks, offsets, b.op("ConstantOfShape", [b.op("Shape", [offsets])],
+                                                         value=ir.tensor(np.array([1], dtype=np.int64)))],
+                 axis=0, reduction="add")
+    starts = b.op("Slice", [marks, b.i64(0), n, b.i64(0)])
+    bag_of = b.op("Unsqueeze", [b.op("Sub", [b.op("CumSum", [starts, b.scalar(0, np.int64)]), b.scalar(1, np.int64)]), b.i64(1)])
+    k = b.op("Shape", [offsets])
+    zeros = b.op("ConstantOfShape", [b.op("Concat", [k, b.i64(D)], axis=0)], value=ir.tensor(np.array([0.0], dtype=np.float32)))
+    total = b.op("ScatterND", [zeros, bag_of, rows], reduction="add")
+    if mode:
+        if ones is None:
+            ones = b.op("ConstantOfShape", [n], value=ir.tensor(np.array([1.0], dtype=np.float32)))
+        zero_counts = b.op("ConstantOfShape", [k], value=ir.tensor(np.array([0.0], dtype=np.float32)))
+        count = b.op("ScatterND", [zero_counts, bag_of, ones], reduction="add")
+        total = b.op("Div", [total, b.op("Unsqueeze", [b.op("Max", [count, b.scalar(1.0, np.float32)]), b.i64(1)])])
+    if include_last_offset:  # K = B + 1: the last "bag" holds the entries past offsets[B]
+        total = b.op("Slice", [total, b.i64(0), b.op("Sub", [k, b.i64(1)]), b.i64(0)])
+    return total
+
+
+def _attribute(node: ir.Node, name: str, default: int) -> int:
+    return node.attributes.get_int(name, default)
+
+
+class StandardOpsPass(ir.passes.InPlacePass):
+    """Every shark_export op → ai.onnx ops on portable storage.
+
+    `tables`: table name → the QuantizedTable the ops read (`None`: rebuilt from each op's storage inputs,
+    so a converted file can be lowered too). After the call, `tables_out` maps table name → StandardTable
+    and `lowered` lists (node name, op, table) of every lookup lowered; the model's metadata records both."""
+
+    def __init__(self, tables: dict[str, QuantizedTable] | None = None):
+        super().__init__()
+        self.tables = tables
+        self.tables_out: dict[str, StandardTable] = {}
+        self.lowered: list[tuple[str, str, str]] = []
+        self._storage: list[ir.Value] = []
+
+    def requires(self, model: ir.Model) -> None:
+        opset = model.graph.opset_imports.get("", 0)
+        if any(n.domain == DOMAIN for n in model.graph) and opset < MIN_ONNX_OPSET:
+            raise ir.passes.PreconditionError(f"ai.onnx opset {opset} < {MIN_ONNX_OPSET}: the portable lookups need BitwiseAnd and reductions of opset 18")
+
+    def ensures(self, model: ir.Model) -> None:
+        left = sorted({n.name for n in ir.traversal.RecursiveGraphIterator(model.graph) if n.domain == DOMAIN})
+        if left:  # (dead staging nodes go with the cleanup that follows)
+            raise ir.passes.PostconditionError(f"shark_export ops left: {left}")
+
+    def _table(self, graph: ir.Graph, node: ir.Node, first: int, attributes: dict[str, int]) -> StandardTable:
+        payload = node.inputs[first]
+        name = payload.name.removesuffix(".payload")
+        self._storage.extend(v for v in node.inputs[first:first + 3] if v is not None)
+        if name not in self.tables_out:
+            if self.tables is not None and name in self.tables:
+                stored = self.tables[name]
+            else:
+                arrays = [node.inputs[first + i].const_value.numpy() for i in range(3)]
+                keys = ("format_version", "num_rows", "dim", "uniform_tier") + (("scale_group_rows",) if attributes.get("scale_group_rows") else ())
+                stored = QuantizedTable.from_stored(name, {k: attributes[k] for k in keys}, *arrays)
+            self.tables_out[name] = StandardTable.from_quantized(stored)
+        return self.tables_out[name]
+
+    def _field(self, b: _Builder, table: StandardTable, kind: int, inputs: list, attributes: dict) -> ir.Value:
+        if kind == GATHER_FIELD:
+            return _gather(b, table, inputs[0])
+        offsets = inputs[1] if kind == BAG_OFFSETS_FIELD else None
+        weights = inputs[2 if kind == BAG_OFFSETS_FIELD else 1] if attributes.get("has_weights") else None
+        return _bag(b, table, inputs[0], offsets, weights, attributes.get("mode", 0),
+                    attributes.get("include_last_offset", 0), attributes.get("padding_idx", -1))
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        for node in [n for n in graph if n.domain == DOMAIN]:
+            b = _Builder(graph, node.name or node.op_type)
+            if node.op_type in (GATHER_OP, BAG_OP):
+                attributes = {k: _attribute(node, k, d) for k, d in (("format_version", 0), ("num_rows", 0), ("dim", 0),
+                              ("uniform_tier", -1), ("mode", 0), ("include_last_offset", 0), ("padding_idx", -1),
+                              ("scale_group_rows", 0))}
+                table = self._table(graph, node, 0, attributes)
+                if node.op_type == GATHER_OP:
+                    out = _gather(b, table, node.inputs[3])
+                else:
+                    has_offsets = len(node.inputs) > 4 and node.inputs[4] is not None
+                    attributes["has_weights"] = int(len(node.inputs) > 5 and node.inputs[5] is not None)
+                    extra = [node.inputs[3], *([node.inputs[4]] if has_offsets else []),
+                             *([node.inputs[5]] if attributes["has_weights"] else [])]
+                    out = self._field(b, table, BAG_OFFSETS_FIELD if has_offsets else BAG_2D_FIELD, extra, attributes)
+                self.lowered.append((node.name, node.op_type.removeprefix("RowwiseDequant"), table.name))
+            elif node.op_type == MULTI_OP:
+                out = self._lower_multi(b, node)
+            else:
+                raise ir.passes.PreconditionError(f"unknown shark_export op {node.op_type} ({node.name})")
+            if _attribute(node, "output_dtype", 1) == ir.DataType.FLOAT16:
+                out = b.op("Cast", [out], to=ir.DataType.FLOAT16)
+            old = node.outputs[0]
+            out.shape, out.type = old.shape, old.type
+            graph.insert_before(node, b.nodes)
+            old.replace_all_uses_with(out, replace_graph_outputs=True)
+            name = old.name
+            graph.remove(node, safe=True)
+            out.name = name
+        for value in self._storage:  # the stored-format tensors nothing reads any more
+            if value.is_initializer() and not value.uses() and not value.is_graph_output():
+                graph.initializers.pop(value.name, None)
+        if not any(n.domain == DOMAIN for n in ir.traversal.RecursiveGraphIterator(graph)):
+            graph.opset_imports.pop(DOMAIN, None)
+        if self.tables_out:
+            model.metadata_props[METADATA_KEY] = json.dumps({
+                "tables": {n: t.metadata() for n, t in sorted(self.tables_out.items())},
+                "lookups": [list(entry) for entry in self.lowered],
+            })
+        return ir.passes.PassResult(model, modified=bool(self.lowered))
+
+    def _lower_multi(self, b: _Builder, node: ir.Node) -> ir.Value:
+        a = node.attributes
+        kinds = list(a["kinds"].value)
+        lists = {key: list(a[key].value) for key in ("format_versions", "num_rows", "dims", "uniform_tiers", "modes",
+                                                     "include_last_offsets", "padding_idxs", "has_weights") if key in a}
+        names = a["field_names"].value.split("\n") if "field_names" in a else [f"#{k}" for k in range(len(kinds))]
+        blocks, first = [], 0
+        for k, kind in enumerate(kinds):
+            attributes = {"format_version": lists["format_versions"][k], "num_rows": lists["num_rows"][k],
+                          "dim": lists["dims"][k], "uniform_tier": lists["uniform_tiers"][k], "mode": lists["modes"][k],
+                          "include_last_offset": lists["include_last_offsets"][k], "padding_idx": lists["padding_idxs"][k],
+                          "has_weights": lists.get("has_weights", [0] * len(kinds))[k],
+                          "scale_group_rows": list(a["scale_group_rows"].value)[k] if "scale_group_rows" in a else 0}
+            table = self._table(b.graph, node, first, attributes)
+            out = self._field(b, table, kind, list(node.inputs[first + 3:first + multi_field_inputs(kind, attributes["has_weights"])]), attributes)
+            blocks.append(b.op("Reshape", [out, b.i64(0, -1)]))
+            self.lowered.append((f"{node.name}[{names[k]}]", "MultiLookup", table.name))
+            first += multi_field_inputs(kind, attributes["has_weights"])
+        return blocks[0] if len(blocks) == 1 else b.op("Concat", blocks, axis=1)
+
+
+def storage_names(tables: dict[str, StandardTable]) -> set[str]:
+    """Initializer names of the portable tables (what the report counts as tables, not dense weights)."""
+    return {name for table in tables.values() for name in table.initializers()}
