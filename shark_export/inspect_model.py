@@ -145,6 +145,8 @@ def inspect_model(path) -> str:
     for name, table in tables.items():
         b = table.byte_report()
         tiers = " ".join(f"{t}:{c}" for t, c in table.tier_counts.items() if c)
+        if table.scale_group_rows:  # format v3: scales shared per group of rows
+            tiers += f" groups:{table.scale_group_rows}"
         lines.append(f"{name:<32} {table.num_rows:>10} {table.dim:>5} {tiers:<40} {b.payload:>11} {b.scales:>9} {b.metadata:>9} {b.total:>11} {b.ratio:>8.2%}")
         total += b.total
         fp32 += b.fp32

@@ -10,6 +10,7 @@ import torch
 from models import DictInput, TupleInputs, tuple_inputs_model
 
 from shark_export.cli import main
+from shark_export.inspect_model import read_tables
 
 
 @pytest.fixture()
@@ -113,6 +114,28 @@ def test_score_and_convert_with_scored_pruning_and_budget(files, capsys):
     assert low["ratio"] <= 0.06 and low["faithfulness"]["passed"]
     tiers = {k for t in low["tables"] for k, n in t["tiers"].items() if n}
     assert "int2" in tiers and not tiers & {"int8", "fp16", "fp32"}
+
+
+def test_convert_scale_group_choices(files, capsys):
+    """--scale-group: auto (the small-dim tables of this model in groups of 256 rows, format v3), none (a
+    header per row, v2), G rows; inspect shows the groups; a bad value is a usage error naming it."""
+    sizes = {}
+    for choice in ("auto", "none", "64"):
+        assert _convert(files, "--quant", "int4", "--scale-group", choice, "--calibration", str(files / "cal.pt"),
+                        "--report", str(files / f"{choice}.json")) == 0
+        report = json.loads((files / f"{choice}.json").read_text())
+        assert report["faithfulness"]["passed"]
+        sizes[choice] = report["bytes_after"]
+        tables = read_tables(files / "m.onnx")[0]
+        expected = {"auto": 256, "none": 0, "64": 64}[choice]
+        assert {t.scale_group_rows for t in tables.values()} == {expected}
+        assert {t.format_version for t in tables.values()} == {3 if expected else 2}
+        capsys.readouterr()
+        assert main(["inspect", str(files / "m.onnx")]) == 0
+        assert (f"groups:{expected}" in capsys.readouterr().out) == bool(expected)
+    assert sizes["auto"] < sizes["none"] and sizes["64"] < sizes["none"]
+    assert _convert(files, "--scale-group", "3") == 2
+    assert "scale_group must be" in capsys.readouterr().err
 
 
 def test_prune_then_finetune_then_convert(files, capsys):

@@ -223,12 +223,14 @@ class Dims(nn.Module):
         return torch.cat([t(ids % t.num_embeddings).sum(1) for t in self.tables], 1).sum(1)
 
 
+@pytest.mark.parametrize("scale_group", ["auto", "none", 1, 4])
 @pytest.mark.parametrize("quant", ["fp32", "fp16", "int8", "int4", "mixed"])
-def test_no_table_is_bigger_than_its_rules_allow(tmp_path, quant):
+def test_no_table_is_bigger_than_its_rules_allow(tmp_path, quant, scale_group):
     dims = (1, 2, 3, 4, 5, 9, 16)
     model = Dims(dims).eval()
     batches = [_ids(64, 200, s, (64, 3)) for s in range(4)]
-    report = convert(model, batches[0], tmp_path / "m.onnx", quant=quant, calibration=batches)
+    config = QuantConfig(quant, scale_group=scale_group)
+    report = convert(model, batches[0], tmp_path / "m.onnx", quant=config, calibration=batches)
     assert report.faithfulness
     for t in report.tables:
         per_row = t.bytes_after / t.rows
@@ -244,6 +246,22 @@ def test_no_table_is_bigger_than_its_rules_allow(tmp_path, quant):
         assert report.bytes_after <= 0.8 * int8_budget
     stored = read_tables(tmp_path / "m.onnx")[0]
     assert sum(q.payload.nbytes + q.row_meta.nbytes + q.default_row.nbytes for q in stored.values()) == report.bytes_after
+
+
+@pytest.mark.parametrize("ratio", [0.05, 0.3, 1.0])
+@pytest.mark.parametrize("scale_group", ["auto", "none"])
+def test_budgets_never_store_a_table_above_its_fp32_bytes(tmp_path, ratio, scale_group):
+    """Byte budgets (the dropped/int2 ladder up to fp32), tiny and small-D tables: every table as stored costs at
+    most its fp32 bytes (block index, default row and scale groups included) and the model is faithful."""
+    model = Dims((1, 2, 3, 9, 16)).eval()
+    batches = [_ids(64, 200, s, (64, 3)) for s in range(4)]
+    config = QuantConfig(target_ratio=ratio, scale_group=scale_group)
+    report = convert(model, batches[0], tmp_path / "m.onnx", quant=config, calibration=batches)
+    assert report.faithfulness, str(report.faithfulness)
+    for t in report.tables:
+        assert t.bytes_after <= t.fp32_bytes, t
+    stored = read_tables(tmp_path / "m.onnx")[0]
+    assert all(q.payload.nbytes + q.row_meta.nbytes + q.default_row.nbytes <= 4 * q.num_rows * q.dim for q in stored.values())
 
 
 def test_int8_rule_picks_fp16_for_small_dims(tmp_path):

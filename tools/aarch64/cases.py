@@ -295,6 +295,24 @@ def generate(root: Path, x86: bool) -> Writer:
                 bag(g, f"v{version}_D{D}_{label}_bag_mean_f16", table, bag_idx, offsets, mode=1, out_dtype=np.float16)
             mixed = T.as_mixed(quantize_table(wt, "int8", format_version=version))
             gather("format_versions", f"v{version}_D{D}_int8_as_mixed_gather", mixed, idx)
+    # Format v3: quantized rows are codes, scale and bias from the row's group (1, 64 or 256 rows) and tier.
+    for D in (1, 3, 5, 16, 64):
+        for G in (1, 64, 256):
+            wt = T._weights(300, D, seed=D + G)
+            rng = np.random.default_rng(D * G)
+            idx = rng.integers(0, 300, size=257)
+            bag_idx, offsets = T.random_bags(rng, 40, 300)
+            psw = rng.standard_normal(len(bag_idx)).astype(np.float32)
+            for spec in (rng.integers(0, 6, 300), "int8", "int4", "int2"):
+                label = spec if isinstance(spec, str) else "mixed6"
+                table = quantize_table(wt, spec, name=f"v3d{D}g{G}", scale_group_rows=G)
+                g = "format_v3"
+                gather(g, f"v3_D{D}_G{G}_{label}_gather", table, idx)
+                gather(g, f"v3_D{D}_G{G}_{label}_gather_f16", table, idx.astype(np.int32).reshape(-1, 1), np.float16)
+                bag(g, f"v3_D{D}_G{G}_{label}_wsum", table, bag_idx, offsets, psw)
+                bag(g, f"v3_D{D}_G{G}_{label}_bag_mean_f16", table, bag_idx, offsets, mode=1, out_dtype=np.float16)
+                if table.is_uniform:
+                    gather(g, f"v3_D{D}_G{G}_{label}_as_mixed_gather", T.as_mixed(table), idx)
     for R in T.ROWS:
         for D in (3, 64):
             table, _ = T.make_table(R, D, "all6", seed=R + 7)
