@@ -196,8 +196,24 @@ def _group_params(w: np.ndarray, codes: np.ndarray | None, uniform: int, G: int,
             rows = np.flatnonzero(codes == tier)
             if rows.shape[0] == 0:
                 continue
-        # Groups in batches of about _WORK_ELEMENTS values (at least one group per batch).
-        counts = np.bincount((np.arange(R) if rows is None else rows) // G, minlength=n_groups)
+        ids = np.arange(R) if rows is None else rows
+        if clip != "l2":  # min/max: per-row extremes in bounded chunks, reduced per group
+            lo = np.full(n_groups, np.inf)
+            hi = np.full(n_groups, -np.inf)
+            step = max(1, _WORK_ELEMENTS // D)
+            for i0 in range(0, ids.shape[0], step):
+                part = ids[i0: i0 + step]
+                x = np.asarray(w[part], dtype=np.float64)
+                np.minimum.at(lo, part // G, x.min(axis=1))
+                np.maximum.at(hi, part // G, x.max(axis=1))
+            present = np.isfinite(lo)
+            scale, bias = _quant_params(lo[present], hi[present], tier.levels)
+            params[present, slot, 0] = scale
+            params[present, slot, 1] = bias
+            continue
+        # The clipping search needs every value of a group at once: groups in batches of about
+        # _WORK_ELEMENTS values (at least one group per batch).
+        counts = np.bincount(ids // G, minlength=n_groups)
         present = np.flatnonzero(counts)
         starts = np.zeros(n_groups + 1, dtype=np.int64)
         np.cumsum(counts, out=starts[1:])
@@ -215,9 +231,7 @@ def _group_params(w: np.ndarray, codes: np.ndarray | None, uniform: int, G: int,
             valid = np.repeat(valid_rows, D, axis=1)
             mn = np.where(valid, x, np.inf).min(axis=1)
             mx = np.where(valid, x, -np.inf).max(axis=1)
-            lo, hi = mn, mx
-            if clip == "l2":
-                lo, hi = _l2_clip_range(x, mn, mx, tier, valid if not valid.all() else None)
+            lo, hi = _l2_clip_range(x, mn, mx, tier, valid if not valid.all() else None)
             scale, bias = _quant_params(lo, hi, tier.levels)
             params[gs, slot, 0] = scale
             params[gs, slot, 1] = bias

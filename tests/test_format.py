@@ -767,3 +767,37 @@ def test_property_round_trip(case):
     np.testing.assert_array_equal(table.row_offsets(np.arange(R)), np.cumsum(strides) - strides)
     assert table.row_meta.shape == ((0, 4) if np.all(codes == codes[0]) else (-(-R // 64), 4))
     _check_values(w, table)
+
+
+@pytest.mark.parametrize("clip", ["none", "l2"])
+def test_v3_group_scales_cover_their_groups_rows(clip):
+    """v3: each group's slot for a tier is computed from that group's rows of that tier only: without clipping
+    bias = fp16-down(min) and bias + L*scale >= max over exactly those rows; with clipping the range lies inside
+    it. Slots of tiers a group does not use are zero; rows decode within scale/2 of their weights (no clip)."""
+    rng = np.random.default_rng(3)
+    R, D, G = 700, 5, 64
+    w = (rng.normal(size=(R, D)) * rng.uniform(0.1, 3.0, size=(R, 1))).astype(np.float32)
+    codes = rng.choice([Tier.FP16, Tier.INT8, Tier.INT4, Tier.INT2, Tier.DROPPED], size=R).astype(np.uint8)
+    codes[128:192] = Tier.FP16  # group 2 has no quantized row
+    table = quantize_table(w, codes, scale_group_rows=G, clip=clip)
+    slots = table.group_scales().astype(np.float64)
+    assert slots.shape == (-(-R // G), 3, 2)
+    for g in range(slots.shape[0]):
+        for k, tier in enumerate((Tier.INT8, Tier.INT4, Tier.INT2)):
+            rows = np.flatnonzero(codes[g * G:(g + 1) * G] == tier) + g * G
+            scale, bias = slots[g, k]
+            if rows.shape[0] == 0:
+                assert scale == 0 and bias == 0, (g, tier)
+                continue
+            lo, hi = float(w[rows].min()), float(w[rows].max())
+            if clip == "none":
+                assert bias <= lo and bias == float(np.float16(bias)) and bias + tier.levels * scale >= hi, (g, tier)
+                assert lo - bias < 2 * abs(lo) * 2.0**-10 + 2.0**-24, (g, tier)  # bias is lo rounded down to fp16
+            else:
+                assert bias >= lo - max(abs(lo), 1e-3) * 2.0**-9 and bias + tier.levels * scale <= hi + scale, (g, tier)
+    if clip == "none":
+        back = ref.dequantize(table)
+        for k, tier in enumerate((Tier.INT8, Tier.INT4, Tier.INT2)):
+            sel = np.flatnonzero(codes == tier)
+            bound = slots[sel // G, k, 0][:, None] / 2 + 2.0**-23 * np.abs(w[sel])
+            assert (np.abs(back[sel].astype(np.float64) - w[sel]) <= bound).all(), tier
