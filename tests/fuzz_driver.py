@@ -38,19 +38,20 @@ def _table(rng):
     R = int(rng.choice([1, 2, 63, 64, 65, 130, 300]))
     D = int(rng.choice([1, 2, 3, 5, 8, 13, 16, 64, 67]))
     w = (rng.standard_normal((R, D)) * rng.choice([0.01, 1, 50])).astype(np.float32)
-    version = int(rng.choice([1, 2]))
+    version = int(rng.choice([1, 2, 3]))
     if rng.random() < 0.5:
         tiers = Tier(int(rng.integers(0, 6)))
     else:
         tiers = rng.integers(0, 6, R)
-    return quantize_table(w, tiers, name="t", format_version=version)
+    group = int(rng.choice([1, 2, 64, 256, 2**40])) if version == 3 else 0  # v3: rows per scale group
+    return quantize_table(w, tiers, name="t", format_version=version, scale_group_rows=group)
 
 
 def _mutate_table(rng, t):
     payload, meta, dflt = t.payload.copy(), t.row_meta.copy(), t.default_row.copy()
     attrs = dict(t.op_attributes(), output_dtype=int(rng.choice([1, 10])))
     for _ in range(int(rng.integers(0, 3))):
-        kind = rng.integers(0, 9)
+        kind = rng.integers(0, 10)
         if kind == 0 and payload.size:
             payload[rng.integers(0, payload.size, size=int(rng.integers(1, 8)))] ^= rng.integers(1, 256, dtype=np.uint8)
         elif kind == 1:
@@ -72,6 +73,8 @@ def _mutate_table(rng, t):
             meta = meta.reshape(-1)[: max(0, meta.size - 4)].reshape(-1, 4) if meta.size else np.zeros((1, 4), np.uint64)
         elif kind == 8:
             attrs["output_dtype"] = int(rng.choice([0, 7, 11]))
+        elif kind == 9:  # scale groups on a table of any version: absent, not a power of two, huge, negative
+            attrs["scale_group_rows"] = int(rng.choice([0, 1, 3, 64, 2**40, 2**41, -64]))
     return payload, meta, dflt, attrs
 
 
