@@ -165,8 +165,6 @@ def _convert(
         raise ValueError(f"dense={dense!r}: expected one of {', '.join(DENSE_CHOICES)}")
     if ops not in ("custom", "standard"):
         raise ValueError(f"ops={ops!r}: expected 'custom' (our lookup ops) or 'standard' (ai.onnx ops only)")
-    if ops == "standard" and dense != "fp32":
-        raise ValueError("ops='standard' is not combined with dense='int8' yet: convert with dense='fp32'")
     config = QuantConfig.of(quant)
     example = ExampleInputs.of(example_inputs, example_kwargs)
     label_list = list(labels) if labels is not None else None
@@ -273,7 +271,8 @@ def _convert(
     if dense == "int8":
         # 7. opt-in: the checked model's MatMul/Gemm through ORT's dynamic quantization, its own impact reported
         report.dense = "int8"
-        dense_model, report.dense_int8_nodes = quantize_dense(ir_model)
+        portable = set() if standard is None else {n for t in standard.tables_out.values() for n in t.initializers()}
+        dense_model, report.dense_int8_nodes = quantize_dense(ir_model, portable)
         dense_model.metadata_props[REPORT_KEY] = json.dumps({k: v for k, v in report.to_dict().items() if k != "output_path"})
         with stage(dense_model, output_path) as staged:
             report.file_bytes = _file_bytes(staged.path, staged.data_name)

@@ -25,9 +25,10 @@ DENSE_CHOICES = ("fp32", "int8")
 _QUANTIZED_OPS = ("MatMul", "Gemm")
 
 
-def _table_values(graph: ir.Graph) -> list[ir.Value]:
-    """The initializers our lookup ops read (payloads, row metadata, default rows)."""
-    read = {v.name for node in graph if node.domain == DOMAIN for v in node.inputs if v is not None}
+def _table_values(graph: ir.Graph, portable: set[str] = frozenset()) -> list[ir.Value]:
+    """The initializers our lookup ops read (payloads, row metadata, default rows), plus `portable`: the
+    tensors of a portable model's tables (standard ops read them, so they are named by the caller)."""
+    read = {v.name for node in graph if node.domain == DOMAIN for v in node.inputs if v is not None} | set(portable)
     return [v for name, v in graph.initializers.items() if name in read]
 
 
@@ -44,12 +45,13 @@ def _without_preprocessing_advice():
         root.removeFilter(drop)
 
 
-def quantize_dense(model: ir.Model) -> tuple[ir.Model, int]:
-    """(a new model whose constant-weight MatMul/Gemm run in int8, how many of them were quantized)."""
+def quantize_dense(model: ir.Model, portable_tables: set[str] = frozenset()) -> tuple[ir.Model, int]:
+    """(a new model whose constant-weight MatMul/Gemm run in int8, how many of them were quantized).
+    `portable_tables`: initializer names of an `ops="standard"` model's tables, kept out of the quantizer too."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     graph = model.graph
-    tables = _table_values(graph)
+    tables = _table_values(graph, portable_tables)
     saved = {v.name: v.const_value for v in tables}
     for value in tables:  # detach the tables for the copy the quantizer sees
         graph.initializers.pop(value.name)

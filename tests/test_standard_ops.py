@@ -280,3 +280,29 @@ def test_a_fused_custom_model_lowers_to_the_same_numbers(tmp_path):
     custom = session(str(path)).run(None, feeds)[0]
     portable = _session(lowered).run(None, feeds)[0]
     np.testing.assert_allclose(portable, custom, rtol=1e-5, atol=1e-6)
+
+
+def test_standard_with_int8_dense_layers_runs_without_the_library(tmp_path, no_library):
+    """ops="standard" with dense="int8": ORT's dynamic quantization of the MatMul/Gemm leaves the portable tables
+    alone (the same tensors, bit for bit), the file still needs no library, and the dense layers' own impact is
+    reported."""
+    model = built(DictInput)
+    calibration = [DictInput.batch(16, seed=s) for s in range(3)]
+    plain = convert(model, DictInput.batch(4), tmp_path / "fp32.onnx", quant="int8", calibration=calibration, ops="standard")
+    report = convert(model, DictInput.batch(4), tmp_path / "int8.onnx", quant="int8", calibration=calibration,
+                     ops="standard", dense="int8")
+    assert report.faithfulness and report.dense == "int8" and report.dense_int8_nodes >= 1
+    assert report.dense_impact is not None and report.dense_impact.outputs[0].max_abs > 0
+    proto = onnx.load(str(tmp_path / "int8.onnx"))
+    assert "shark_export" not in {n.domain for n in proto.graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} & {n.op_type for n in proto.graph.node}
+    before = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / "fp32.onnx")).graph.initializer}
+    after = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    recorded = json.loads({p.key: p.value for p in proto.metadata_props}[METADATA_KEY])
+    portable = [n for n in before if any(n.startswith(t + ".") for t in recorded["tables"])]
+    assert portable
+    for name in portable:
+        np.testing.assert_array_equal(after[name], before[name])
+    verify_model(tmp_path / "int8.onnx")
+    sess = ort.InferenceSession(str(tmp_path / "int8.onnx"), providers=["CPUExecutionProvider"])  # a stock session
+    assert sess.get_outputs() and plain.dense == "fp32"
