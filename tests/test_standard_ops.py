@@ -154,6 +154,26 @@ def test_out_of_range_index_fails_the_run(kind):
                 session.run(None, {"indices": np.array([1, bad]), **extra})
 
 
+@pytest.mark.parametrize("include_last_offset", [0, 1])
+def test_bad_offsets_fail_the_run_naming_the_rule(include_last_offset):
+    """Standard ONNX has no assert: the lowered bag routes its offsets through a Gather that fails unless
+    offsets[0] == 0, they do not decrease and none exceeds len(indices); the error names that rule. Valid offsets
+    (empty bags and all) still give the reference's sums."""
+    table = _table("mixed", 8)
+    session = _session(_lower(bag_model(table, include_last_offset=include_last_offset)))
+    indices = np.array([1, 5, 9, 2, 7], dtype=np.int64)
+    for bad in ([1, 2], [0, 3, 2], [0, 6], [0, 2, 9]):
+        with pytest.raises(Exception, match="offsets must not decrease"):
+            session.run(None, {"indices": indices, "offsets": np.array(bad, dtype=np.int64)})
+    good = np.array([0, 0, 2, 5, 5], dtype=np.int64)
+    got = session.run(None, {"indices": indices, "offsets": good})[0]
+    want = reference.embedding_bag(table, indices, offsets=good, include_last_offset=bool(include_last_offset))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    if not include_last_offset:  # no bags at all
+        empty = session.run(None, {"indices": np.zeros(0, np.int64), "offsets": np.zeros(0, np.int64)})[0]
+        assert empty.shape == (0, 8)
+
+
 @pytest.mark.parametrize("kind", TIERS)
 def test_portable_table_round_trips(kind):
     for version, group in ((1, 0), (2, 0), (3, 1), (3, 32)):

@@ -44,9 +44,9 @@ class _Builder:
         self.prefix = prefix
         self.nodes: list[ir.Node] = []
 
-    def op(self, op_type: str, inputs: list, outputs: int | None = None, **attributes):
+    def op(self, op_type: str, inputs: list, outputs: int | None = None, name: str | None = None, **attributes):
         node = ir.node(op_type, inputs, attributes=attributes, num_outputs=outputs,
-                       name=f"{self.prefix}/{len(self.nodes)}_{op_type}")
+                       name=f"{self.prefix}/{len(self.nodes)}_{name or op_type}")
         self.nodes.append(node)
         return node.outputs[0] if outputs is None else list(node.outputs)
 
@@ -157,6 +157,7 @@ def _bag(b: _Builder, table: StandardTable, indices: ir.Value, offsets: ir.Value
     # 1-D indices with offsets: bag id of every entry, then scatter-add into [K, D] (K = len(offsets))
     offsets = b.op("Cast", [offsets], to=_INT64)
     n = b.op("Shape", [flat_ids])
+    offsets = _checked_offsets(b, offsets, n)
     marks = b.op("ConstantOfShape", [b.op("Add", [n, b.i64(1)])], value=ir.tensor(np.array([0], dtype=np.int64)))
     marks = b.op("ScatterElements", [marks, offsets, b.op("ConstantOfShape", [b.op("Shape", [offsets])],
                                                          value=ir.tensor(np.array([1], dtype=np.int64)))],
@@ -175,6 +176,30 @@ def _bag(b: _Builder, table: StandardTable, indices: ir.Value, offsets: ir.Value
     if include_last_offset:  # K = B + 1: the last "bag" holds the entries past offsets[B]
         total = b.op("Slice", [total, b.i64(0), b.op("Sub", [k, b.i64(1)]), b.i64(0)])
     return total
+
+
+def _checked_offsets(b: _Builder, offsets: ir.Value, n: ir.Value) -> ir.Value:
+    """`offsets` plus 0, through a Gather that fails the run unless offsets[0] == 0, the offsets do not decrease
+    and none exceeds len(indices) = `n` (standard ONNX has no assert: an out-of-range Gather index is the error,
+    and the node's name says what was wrong). Without it such offsets would give wrong sums silently."""
+    k = b.op("Shape", [offsets])
+
+    def count(flags: ir.Value) -> ir.Value:  # how many are true, 0 for none (empty offsets included)
+        return b.op("ReduceSum", [b.op("Cast", [flags], to=_INT64), b.i64(0)], keepdims=0)
+
+    first_not_zero = b.op("Not", [b.op("Equal", [b.op("Slice", [offsets, b.i64(0), b.i64(1), b.i64(0)]),
+                                                 b.scalar(0, np.int64)])])
+    step = b.op("Sub", [b.op("Slice", [offsets, b.i64(1), k, b.i64(0)]),
+                        b.op("Slice", [offsets, b.i64(0), b.op("Sub", [k, b.i64(1)]), b.i64(0)])])
+    decreasing = b.op("Less", [step, b.scalar(0, np.int64)])
+    past_end = b.op("Greater", [offsets, n])
+    bad = b.op("Add", [b.op("Add", [count(first_not_zero), count(decreasing)]), count(past_end)])
+    # index 0 when the offsets are valid, else far past the one-element table
+    index = b.op("Mul", [bad, b.scalar(1 << 40, np.int64)])
+    zero = b.op("Gather", [b.i64(0), index], axis=0,
+                name="Gather checking the bag offsets: offsets[0] must be 0, offsets must not decrease and none may "
+                     "exceed len(indices)")
+    return b.op("Add", [offsets, zero])
 
 
 def _attribute(node: ir.Node, name: str, default: int) -> int:
