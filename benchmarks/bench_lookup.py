@@ -95,6 +95,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--ort-output", choices=("prebound", "alloc"), default="prebound",
                     help="ORT outputs: one pre-allocated buffer shared by all ORT contenders, or allocated by ORT per run")
     ap.add_argument("--no-hugepages", action="store_true", help="do not let numpy madvise huge pages for the tables")
+    ap.add_argument("--scale-group", type=int, default=0,
+                    help="store our quantized tables in format v3 with this many rows per scale group (0: v2, a header per row)")
     ap.add_argument("--only", default="", help="comma-separated contender keys to run (default: all)")
     ap.add_argument("--no-settle", dest="settle", action="store_false",
                     help="do not wait for the previous contender's idle threads to stop spinning before a burst")
@@ -198,13 +200,13 @@ def build_data(args: argparse.Namespace, log: Callable[[str], None], need: set[s
     for tier in ("int8", "int4", "fp16"):
         if need & {f"lookup.shark_{tier}", f"pooled.shark_{tier}"}:
             t0 = time.perf_counter()
-            tables[tier] = quantize_table(weights, tier, name=f"bench_{tier}")
+            tables[tier] = quantize_table(weights, tier, name=f"bench_{tier}", scale_group_rows=args.scale_group)
             log(f"quantized {tier} table in {time.perf_counter() - t0:.1f} s")
     if "lookup.shark_mixed" in need:
         codes = np.full(R, int(Tier.INT4), np.uint8)  # by Zipf rank: hottest fp16, next int8, rest int4
         codes[zipf.perm[:n16]] = int(Tier.FP16)
         codes[zipf.perm[n16: n16 + n8]] = int(Tier.INT8)
-        tables["mixed"] = quantize_table(weights, codes, name="bench_mixed")
+        tables["mixed"] = quantize_table(weights, codes, name="bench_mixed", scale_group_rows=args.scale_group)
     mixed_label = f"{100 * n16 / R:.3g}% fp16 / {100 * n8 / R:.3g}% int8 / {100 * (R - n16 - n8) / R:.3g}% int4"
 
     gbq = _gbq_quantize(weights) if "lookup.ort_gbq_u8" in need else (None, None, None)
