@@ -191,7 +191,8 @@ def multi_model(
     inputs, inits, node_inputs = [], [], []
     stored: dict[int, str] = {}
     lists: dict[str, list] = {key: [] for key in ("kinds", "format_versions", "num_rows", "dims", "uniform_tiers",
-                                                    "modes", "include_last_offsets", "padding_idxs", "has_weights")}
+                                                    "modes", "include_last_offsets", "padding_idxs", "has_weights",
+                                                    "scale_group_rows")}
     for k, f in enumerate(fields):
         table = f["table"]
         prefix = stored.get(id(table))
@@ -222,6 +223,7 @@ def multi_model(
         lists["include_last_offsets"].append(f.get("include_last_offset", 0))
         lists["padding_idxs"].append(f.get("padding_idx", -1))
         lists["has_weights"].append(int(f.get("weights", False)))
+        lists["scale_group_rows"].append(attributes.get("scale_group_rows", 0))  # v3 tables only
     for j in range(extra_inputs):
         node_inputs.append(f"extra{j}")
         inputs.append(helper.make_tensor_value_info(f"extra{j}", TensorProto.INT64, ["e"]))

@@ -628,11 +628,11 @@ def test_emu_v3_multi_lookup_equals_cpu_op(testlib, aligned_loads_only):
         dict(indices=ids(tabs["all6"], int(lengths.sum())), offsets=offsets),
     ]
     feeds[3]["indices"][::4, 1] = 4
-    # op_models.multi_model does not write scale_group_rows yet: the per-field list, 0 for the v2 field
+    # the per-field scale_group_rows multi_model writes (0 for the v2 field)
     groups = [int(f["table"].op_attributes().get("scale_group_rows", 0)) for f in fields]
     assert groups == [64, 1, 256, 0, 64, 64]
     for out_dtype in (np.float32, np.float16):
-        model = multi_model(fields, out_dtype=out_dtype, attrs={"scale_group_rows": groups})
+        model = multi_model(fields, out_dtype=out_dtype)
         (cpu,) = shark_export.session(model).run(None, _multi_graph_feeds(feeds))
         widths = [_block_width(f, feed) for f, feed in zip(fields, feeds)]
         got = np.full((B, sum(widths)), 0x7F, dtype=np.dtype(out_dtype))
