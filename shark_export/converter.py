@@ -17,7 +17,7 @@ from torch.utils import _pytree as pytree
 from .errors import ParityError, SharkExportError, UnsupportedModelError
 from .export import ExampleInputs, export_to_ir
 from .fields import find_fields, find_tables, has_stock_forward
-from .quantize import quantize_tables
+from .row_bounds import store_tables
 from .integrity import CHECKSUMS_KEY, checksums_of
 from .model_file import stage
 from .model_io import INPUTS_KEY, OUTPUTS_KEY, REPORT_KEY
@@ -199,8 +199,14 @@ def _convert(
     tiers = assign_tiers(config, {n: all_tables[n] for n in live}, priorities.scores if priorities else None)
     storage = {n: plan_storage(tiers[n], all_tables[n].num_rows, all_tables[n].dim,
                                config.group_rows_for(all_tables[n].dim)) for n in live}
-    quantized = quantize_tables(weights, {n: t for n, (t, _, _) in storage.items()}, config.clip, show_progress,
-                                scale_groups={n: g for n, (_, _, g) in storage.items()})
+    # scale_group="auto": groups only where every row keeps its own error bound (row_bounds), so the plan with a
+    # header per row goes along as the fallback
+    keep_bounds = config.scale_group == "auto"
+    plans = {n: (t, g, plan_storage(tiers[n], all_tables[n].num_rows, all_tables[n].dim, 0)[0] if g and keep_bounds else None)
+             for n, (t, _, g) in storage.items()}
+    quantized, stored_notes = store_tables(weights, plans, config.clip, show_progress)
+    storage_notes = {n: "; ".join([part for part in note.split("; ") if part and not (stored_notes[n] and part.startswith("v3:"))]
+                                  + ([stored_notes[n]] if stored_notes[n] else [])) for n, (_, note, _) in storage.items()}
     steps.update()
 
     # 5. the graph passes: prune → replace lookups → fuse the lookups of one Concat → float16 lookups for
@@ -223,7 +229,7 @@ def _convert(
     ])(ir_model)
     removed = set(cleanup.removed_inputs)
     report = ConvertReport(
-        output_path.name, table_reports(all_tables, quantized, {n: note for n, (_, note, _) in storage.items()}, found.dense_uses),
+        output_path.name, table_reports(all_tables, quantized, storage_notes, found.dense_uses),
         [f.name for f in fields.values() if f.pruned] + list(means), sorted(removed),
         config.preset if config.target_ratio is None else f"budget {config.target_ratio}",
         fields=list({**fields, **found.functional_fields}), dense_bytes=_dense_bytes(ir_model, quantized, standard),

@@ -46,10 +46,13 @@ class QuantConfig:
       vector (the mean of the dropped rows) and cost no bytes.
     - `clip`: "none" (min/max) or "l2" (per-row clipping search minimizing the L2 error).
     - `output_dtype`: "float32" or "float16" lookup outputs.
-    - `scale_group`: where a quantized row's scale and bias live. "auto" (default): tables of dim ≤ 32 are
-      stored in format v3, one scale and bias per tier shared by each group of 256 rows, and their quantized
-      rows are codes only (an int4 row at D = 16: 8 bytes instead of 12); wider tables keep a header per row
-      (v2). "none" (or 0): a header per row everywhere. A power of two G: groups of G rows for every table.
+    - `scale_group`: where a quantized row's scale and bias live. "auto" (default): every row keeps the error
+      bound of its tier under its own range. Tables of dim ≤ 32 are tried in format v3 (one scale and bias per
+      tier shared by each group of 256 rows, quantized rows are codes only), and kept so only when every
+      quantized row stays within its own bound and the table is smaller; otherwise a header per row (v2;
+      shark_export.row_bounds). "none" (or 0): a header per row everywhere. A power of two G: the user asks
+      for shared scales, groups of G rows for every table (rows share their group's range). All-zero rows
+      read exactly zero under every setting.
     """
 
     preset: str = "int8"
@@ -93,6 +96,11 @@ class QuantConfig:
             if isinstance(g, bool) or not isinstance(g, (int, np.integer)) or g < 0 or g > MAX_GROUP_ROWS or (g & (g - 1)):
                 raise QuantConfigError(f"scale_group must be 'auto', 'none' (0) or a power of two up to 2^40, got {g!r}")
             self.scale_group = int(g)
+
+    def budget_group_rows_for(self, dim: int) -> int:
+        """Rows per scale group a byte budget plans with: groups the user asked for, and none under "auto",
+        whose groups stay only where they cost no row its own bound (so a budget is never overspent)."""
+        return 0 if self.scale_group == "auto" else self.group_rows_for(dim)
 
     def group_rows_for(self, dim: int) -> int:
         """Rows per scale group of a table of `dim` (format v3), or 0 for a header per row (v2)."""
@@ -198,12 +206,12 @@ def _budget_tiers(config: QuantConfig, shapes: dict[str, tuple[int, int]], prior
     names = list(shapes)
     fp32_bytes = sum(rows * dim * 4 for rows, dim in shapes.values())
     # row_meta of a mixed table (32 bytes per block of 64 rows), the default row and the v3 group section
-    metadata = sum(-(-rows // 64) * 32 + dim * 4 + group_section_bytes(rows, config.group_rows_for(dim))
+    metadata = sum(-(-rows // 64) * 32 + dim * 4 + group_section_bytes(rows, config.budget_group_rows_for(dim))
                    for rows, dim in shapes.values())
     budget = config.target_ratio * fp32_bytes - metadata
     priority = np.concatenate([priorities[n].astype(np.float64) for n in names])
     dims = np.concatenate([np.full(shapes[n][0], shapes[n][1], dtype=np.int64) for n in names])
-    grouped = np.concatenate([np.full(shapes[n][0], int(config.group_rows_for(shapes[n][1]) > 0), dtype=np.int64)
+    grouped = np.concatenate([np.full(shapes[n][0], int(config.budget_group_rows_for(shapes[n][1]) > 0), dtype=np.int64)
                               for n in names])
     ladder = [_RUNGS[r] for r in config.ladder]
     tiers = np.full(priority.shape[0], ladder[0], dtype=np.uint8)

@@ -28,7 +28,7 @@ from .format import (
     row_bytes,
 )
 
-__all__ = ["quantize_table", "quantize_tables"]
+__all__ = ["quantize_table"]
 
 # Clipping search parameters per tier: (bins, max_steps). Each step evaluates two candidate ranges.
 # int4/int2: steps of 1% of the range, shrinking it by up to 50%. int8: its error surface is jagged at
@@ -478,26 +478,3 @@ def quantize_table(
         format_version=format_version,
         scale_group_rows=G,
     )
-
-
-def _default_row(weight: np.ndarray, tiers: Any) -> np.ndarray | None:
-    """Dropped rows read as the mean of the dropped rows (the value closest to all of them in L2)."""
-    if isinstance(tiers, np.ndarray) and (tiers == Tier.DROPPED).any():
-        return weight[tiers == Tier.DROPPED].mean(axis=0, dtype=np.float64).astype(np.float32)
-    return None
-
-
-def quantize_tables(weights: dict[str, np.ndarray], stored_tiers: dict[str, Any], clip: str = "none",
-                    show_progress: bool = False, scale_groups: dict[str, int] | None = None) -> dict[str, QuantizedTable]:
-    """The converter's quantize step: every table at its stored tiers (see quant_config.plan_storage), in
-    name order; dropped rows read the mean of the dropped rows. ``scale_groups``: rows per scale group of
-    the tables stored in format v3 (absent or 0: v2)."""
-    from .progress import progress
-
-    groups = scale_groups or {}
-    return {
-        name: quantize_table(weights[name], stored_tiers[name], name=name,
-                             default_row=_default_row(weights[name], stored_tiers[name]), clip=clip,
-                             scale_group_rows=int(groups.get(name, 0)))
-        for name in progress(sorted(stored_tiers), desc="quantize", enabled=show_progress)
-    }

@@ -18,8 +18,9 @@ def _priorities(seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def _grouped(dim: int) -> bool:
-    """The default scale_group ("auto"): tables of dim <= 32 share scales per 256 rows (format v3)."""
-    return dim <= 32
+    """The default scale_group ("auto") keeps groups only where no row loses its own bound: a budget is planned
+    with a header per row (format v2), so it is never overspent when the groups are not kept."""
+    return False
 
 
 def _bytes(tiers: np.ndarray, dim: int) -> int:

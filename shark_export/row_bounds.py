@@ -1,0 +1,196 @@
+"""Every row keeps the error bound of its tier under its own range, and zero rows stay exactly zero.
+
+A quantized row stored with its own header (format v2) is within ``scale_r / 2`` of its values (plus float32
+rounding), where ``scale_r`` is computed from that row's own min and max: its **row-wise bound**. Scale groups
+(format v3) share one range per group and tier, so a row whose range is smaller than its group's loses that
+bound (a row near 1e-4 next to rows near 1 keeps none of its precision), and an all-zero row (a padding row)
+no longer reads zero. The converter's default (`QuantConfig.scale_group="auto"`) therefore checks every row:
+
+1. rows that are all zero are never dropped and never share a group's range: they take the cheapest tier
+   that stores them exactly (a quantized row with its own header has scale 0 and bias 0; in a grouped table,
+   fp16);
+2. a grouped table is quantized, each quantized row's error is measured against its row-wise bound, and rows
+   over it move one tier up (int2 → int4 → int8 → fp16 → fp32; the group ranges are then taken again over the
+   rows that remain); this repeats until every row is within its bound;
+3. the grouped table is kept only when it is smaller than the same table with a header per row; otherwise
+   the table is stored with a header per row, which meets every bound by construction.
+
+Why not a per-row scale code of a byte or so: a row's feasible (scale, bias) region for its own bound is as
+narrow as the fp16 rounding of its own scale (zero-width for rows whose range is an exact fp16 number), so
+anything short of its own fp16 scale and bias misses it for some rows. The bytes that groups save are kept
+where they are free: on tables whose rows share ranges.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .format import QuantizedTable, Tier, row_stride
+from .quantize import _quant_params, quantize_table
+from .reference import dequantize_rows
+
+# Rows per chunk when measuring errors: bounded float64 temporaries.
+_CHUNK_ELEMENTS = 1 << 20
+# A row over its bound moves one tier up per round; four rounds reach fp32 from int2, two more let the
+# group ranges settle after the rows that left them.
+_MAX_ROUNDS = 6
+_UP = {Tier.INT2: Tier.INT4, Tier.INT4: Tier.INT8, Tier.INT8: Tier.FP16, Tier.FP16: Tier.FP32}
+_UP_CODES = np.array([_UP.get(t, t) for t in Tier], dtype=np.uint8)  # fp32 and dropped rows stay
+
+
+def _per_row(tiers, rows: int) -> np.ndarray:
+    if isinstance(tiers, np.ndarray):
+        return tiers.astype(np.uint8, copy=True)
+    return np.full(rows, int(tiers), dtype=np.uint8)
+
+
+def _chunks(rows: int, dim: int):
+    step = max(1, _CHUNK_ELEMENTS // max(1, dim))
+    for r0 in range(0, rows, step):
+        yield r0, min(rows, r0 + step)
+
+
+def zero_rows(weight) -> np.ndarray:
+    """Indices of the rows whose values are all zero (read in bounded chunks)."""
+    found = []
+    R, D = weight.shape
+    for r0, r1 in _chunks(R, D):
+        found.append(r0 + np.flatnonzero(~np.asarray(weight[r0:r1]).any(axis=1)))
+    return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+
+
+def keep_zero_rows_exact(tiers, zeros: np.ndarray, dim: int, grouped: bool):
+    """`tiers` (a Tier, or per-row codes) with every all-zero row at a tier that stores it exactly: never
+    dropped (a dropped row reads the table's default row), and in a grouped table never a quantized tier that
+    shares its group's range (fp16 there). A quantized row with its own header stores zeros exactly."""
+    if zeros.shape[0] == 0:
+        return tiers
+    if not isinstance(tiers, np.ndarray):
+        tier = Tier(int(tiers))
+        if tier is not Tier.DROPPED and not (grouped and tier.is_quantized):
+            return tiers
+        raise ValueError("keep_zero_rows_exact: give per-row tiers for a table whose zero rows change tier")
+    codes = tiers.astype(np.uint8, copy=True)
+    at = codes[zeros]
+    if grouped:
+        at[np.isin(at, (Tier.DROPPED, Tier.INT8, Tier.INT4, Tier.INT2))] = Tier.FP16
+    else:
+        exact = Tier.INT2 if row_stride(Tier.INT2, dim, 2) < row_stride(Tier.FP16, dim, 2) else Tier.FP16
+        at[at == Tier.DROPPED] = exact
+    codes[zeros] = at
+    return codes
+
+
+def row_bounds(weight, tiers: np.ndarray) -> np.ndarray:
+    """float64 [R]: each row's row-wise bound at its tier (``scale_r / 2`` of its own min/max range, plus the
+    float32 rounding of the stored value, ``2^-23 · max|x|``); +inf for rows that are not quantized."""
+    R, D = weight.shape
+    bounds = np.full(R, np.inf)
+    for r0, r1 in _chunks(R, D):
+        x = np.asarray(weight[r0:r1], dtype=np.float64)
+        t = tiers[r0:r1]
+        mn, mx = x.min(axis=1), x.max(axis=1)
+        for tier in (Tier.INT8, Tier.INT4, Tier.INT2):
+            sel = np.flatnonzero(t == tier)
+            if sel.shape[0]:
+                scale, _ = _quant_params(mn[sel], mx[sel], tier.levels)
+                rounding = np.ldexp(np.maximum(np.abs(mn[sel]), np.abs(mx[sel])), -23)
+                bounds[r0 + sel] = scale.astype(np.float64) / 2 + rounding
+    return bounds
+
+
+def row_errors(weight, table: QuantizedTable) -> np.ndarray:
+    """float64 [R]: each row's largest absolute error as stored in `table`."""
+    R, D = weight.shape
+    errors = np.empty(R)
+    for r0, r1 in _chunks(R, D):
+        stored = dequantize_rows(table, np.arange(r0, r1, dtype=np.int64)).astype(np.float64)
+        errors[r0:r1] = np.abs(stored - np.asarray(weight[r0:r1], dtype=np.float64)).max(axis=1)
+    return errors
+
+
+def table_bytes(table: QuantizedTable) -> int:
+    b = table.byte_report()
+    return int(b.payload + b.scales + b.metadata)
+
+
+def quantize_keeping_row_bounds(weight, grouped_tiers, plain_tiers, *, name: str, clip: str,
+                                group_rows: int) -> tuple[QuantizedTable, str]:
+    """The table of `weight` in scale groups of `group_rows` rows (tiers `grouped_tiers`, as planned for v3)
+    with every quantized row within its row-wise bound, or with a header per row (tiers `plain_tiers`, as
+    planned for v2) when that is no bigger; and a note saying which and why.
+
+    With ``clip="l2"`` a row's bound is the larger of its min/max bound and its own clipped row's error (the
+    clipping the user asked for, on the row's own range)."""
+    R, D = weight.shape
+    zeros = zero_rows(weight)
+    plain_tiers = keep_zero_rows_exact(_expand(plain_tiers, R, zeros), zeros, D, False)
+    plain = quantize_table(weight, plain_tiers, name=name, clip=clip, default_row=default_row(weight, plain_tiers))
+    tiers = keep_zero_rows_exact(_expand(grouped_tiers, R, zeros, always=True), zeros, D, True)
+    bounds = row_bounds(weight, tiers)
+    bounds[zeros] = 0.0
+    if clip == "l2":
+        bounds = np.maximum(bounds, np.where(np.isfinite(bounds), row_errors(weight, plain), np.inf))
+    promoted = 0
+    default = default_row(weight, tiers)  # promotions never touch dropped rows
+    for _ in range(_MAX_ROUNDS):
+        grouped = quantize_table(weight, tiers, name=name, clip=clip, default_row=default, scale_group_rows=group_rows)
+        over = np.flatnonzero(row_errors(weight, grouped) > bounds)
+        if over.shape[0] == 0:
+            break
+        promoted += int(over.shape[0])
+        tiers[over] = _UP_CODES[tiers[over]]
+    else:
+        return plain, f"header per row: scale groups of {group_rows} rows kept rows over their own error bound"
+    g_bytes, p_bytes = table_bytes(grouped), table_bytes(plain)
+    if g_bytes >= p_bytes:
+        return plain, (f"header per row: scale groups of {group_rows} rows would take {g_bytes} B to keep every row "
+                       f"within its own bound ({promoted} row(s) moved up a tier), against {p_bytes} B")
+    moved = f", {promoted} row(s) moved up a tier to keep their own bound" if promoted else ""
+    return grouped, f"v3: scale groups of {group_rows} rows, every row within its own bound{moved} ({g_bytes} B against {p_bytes} B with a header per row)"
+
+
+def _expand(tiers, rows: int, zeros: np.ndarray, always: bool = False):
+    """Per-row codes when a zero row must change tier (or `always`), else `tiers` as given."""
+    if isinstance(tiers, np.ndarray):
+        return tiers.astype(np.uint8, copy=True)
+    if always or zeros.shape[0]:
+        return _per_row(tiers, rows)
+    return tiers
+
+
+def default_row(weight, tiers) -> np.ndarray | None:
+    """Dropped rows read as the mean of the dropped rows (the value closest to all of them in L2)."""
+    if isinstance(tiers, np.ndarray) and (tiers == Tier.DROPPED).any():
+        dropped = np.flatnonzero(tiers == Tier.DROPPED)
+        total = np.zeros(weight.shape[1], dtype=np.float64)
+        step = max(1, _CHUNK_ELEMENTS // max(1, weight.shape[1]))
+        for i0 in range(0, dropped.shape[0], step):
+            total += np.asarray(weight[dropped[i0:i0 + step]], dtype=np.float64).sum(axis=0)
+        return (total / dropped.shape[0]).astype(np.float32)
+    return None
+
+
+def store_tables(weights: dict, plans: dict, clip: str = "none", show_progress: bool = False) -> tuple[dict, dict]:
+    """The converter's quantize step: (name → QuantizedTable, name → storage note) for every planned table, in
+    name order. `plans`: name → (tiers, group_rows, plain_tiers): the tiers planned for the table (with scale
+    groups of `group_rows` rows, or 0 for a header per row) and, where the groups must keep every row's own
+    bound (`scale_group="auto"`), the tiers planned with a header per row, else None. All-zero rows always read
+    exactly zero."""
+    from .progress import progress
+
+    tables, notes = {}, {}
+    for name in progress(sorted(plans), desc="quantize", enabled=show_progress):
+        tiers, group_rows, plain_tiers = plans[name]
+        weight = weights[name]
+        if group_rows and plain_tiers is not None:
+            tables[name], notes[name] = quantize_keeping_row_bounds(weight, tiers, plain_tiers, name=name, clip=clip,
+                                                                    group_rows=group_rows)
+            continue
+        zeros = zero_rows(weight)
+        tiers = keep_zero_rows_exact(_expand(tiers, weight.shape[0], zeros, always=bool(group_rows)), zeros,
+                                     weight.shape[1], bool(group_rows))
+        tables[name] = quantize_table(weight, tiers, name=name, clip=clip, default_row=default_row(weight, tiers),
+                                      scale_group_rows=group_rows)
+        notes[name] = ""
+    return tables, notes
