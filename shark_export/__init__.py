@@ -31,6 +31,7 @@ _LAZY = {
     "quantize_table": "quantize",
     "ParityReport": "parity",
     "check_parity": "parity",
+    "check_faithfulness": "faithfulness",
     "QuantConfig": "quant_config",
     "RowPriority": "row_priority",
     "score_rows": "row_priority",

@@ -70,11 +70,12 @@ def _batches(path: str | None) -> list | None:
     return loaded if isinstance(loaded, list) else [loaded]
 
 
-def _tolerances(values: list[str] | None, default: float) -> float | dict:
+def _tolerances(values: list[str] | None) -> float | dict | None:
+    """None (no tolerance asked for), a number, or a dict output name → number with "*" for the others."""
     if not values:
-        return default
+        return None
     per_output: dict[str, float] = {}
-    base = default
+    base = None
     for value in values:
         name, sep, number = value.rpartition(":")
         if sep:
@@ -83,7 +84,18 @@ def _tolerances(values: list[str] | None, default: float) -> float | dict:
             base = float(value)
     if not per_output:
         return base
-    return {"*": base, **per_output}
+    return {"*": base, **per_output} if base is not None else per_output
+
+
+def _impact_goal_arguments(parser: argparse.ArgumentParser, atol: str, rtol: str) -> None:
+    """Goals on what compression may cost. Without any, the impact is a measurement and never fails."""
+    parser.add_argument(atol, action="append", dest=atol.lstrip("-").replace("-", "_"),
+                        help="goal: largest absolute output change vs the float model, or NAME:VALUE for one output "
+                             "(repeatable); default: measured only")
+    parser.add_argument(rtol, action="append", dest=rtol.lstrip("-").replace("-", "_"),
+                        help="goal: relative output change, as --atol (|a - b| <= atol + rtol |b|)")
+    parser.add_argument("--max-dauc", type=float, help="goal: largest AUC drop vs the float model (needs labels)")
+    parser.add_argument("--max-dlogloss", type=float, help="goal: largest log-loss rise vs the float model (needs labels)")
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -131,6 +143,10 @@ def _cmd_convert(args) -> int:
         labels=labels,
         show_progress=not args.quiet,
         keep_unfaithful=args.keep_unfaithful,
+        impact_atol=_tolerances(args.impact_atol),
+        impact_rtol=_tolerances(args.impact_rtol),
+        max_dauc=args.max_dauc,
+        max_dlogloss=args.max_dlogloss,
         dense=args.dense,
         ops=args.ops,
     )
@@ -141,25 +157,31 @@ def _cmd_convert(args) -> int:
 
 
 def _cmd_check(args) -> int:
-    from .parity import check_parity
-
+    """Two questions: is the file faithful to its stored tables (always asked, tight), and what did compression
+    cost (measured; judged only on the goals given). Exit 1 when the file is unfaithful or a goal is missed."""
+    from .faithfulness import check_faithfulness
     from .integrity import verify_model
+    from .parity import check_parity
 
     if verify_model(args.onnx, require=False) is None:  # the tables are the ones converted, before comparing
         print(f"{args.onnx}: no table checksums recorded: the tables were not verified", file=sys.stderr)
     model = _load_model(args)
     batches = _batches(args.inputs)
-    labels = None
-    if args.labels:
-        labels = np.concatenate([np.asarray(torch.as_tensor(y)).reshape(len(y), -1) for y in _batches(args.labels)])
-    report = check_parity(
-        model, args.onnx, batches, labels=labels,
-        atol=_tolerances(args.atol, 1e-5), rtol=_tolerances(args.rtol, 1e-4),
-    )
-    print(report)
+    labels = load_batch_file(args.labels) if args.labels else None
+    faithful = None if args.no_faithfulness else check_faithfulness(model, args.onnx, batches)
+    impact = check_parity(model, args.onnx, batches, labels=labels, atol=_tolerances(args.atol),
+                          rtol=_tolerances(args.rtol), max_dauc=args.max_dauc, max_dlogloss=args.max_dlogloss)
+    if faithful is not None:
+        print("faithfulness (ONNX vs torch with the file's stored tables, judged against torch in float64):")
+        print("\n".join("  " + line for line in str(faithful).splitlines()))
+    print("impact (ONNX vs the torch model as given):")
+    print("\n".join("  " + line for line in str(impact).splitlines()))
     if args.report:
-        Path(args.report).write_text(report.to_json())
-    return 0 if report else 1
+        Path(args.report).write_text(json.dumps({
+            "faithfulness": None if faithful is None else json.loads(faithful.to_json()),
+            "impact": json.loads(impact.to_json()),
+        }, indent=2))
+    return 0 if (faithful is None or faithful) and impact else 1
 
 
 def _cmd_score(args) -> int:
@@ -265,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help=".pt file with a list of label tensors, one per calibration batch")
     p.add_argument("--keep-unfaithful", action="store_true",
                    help="write the model even when it fails the faithfulness check (exit status 1)")
+    _impact_goal_arguments(p, "--impact-atol", "--impact-rtol")
     p.add_argument("--dense", default="fp32", choices=["fp32", "int8"],
                    help="int8: also quantize the MatMul/Gemm with ONNX Runtime's dynamic quantization (impact reported separately)")
     p.add_argument("--ops", default="custom", choices=["custom", "standard"],
@@ -273,14 +296,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_cmd_convert)
 
-    p = commands.add_parser("check", help="compare a converted model with the torch model (exit 1 on failure)")
+    p = commands.add_parser("check", help="is a converted model faithful to its tables, and what did compression "
+                            "cost (exit 1 when unfaithful or a goal given is missed)")
     p.add_argument("onnx", help="converted .onnx model")
     _model_arguments(p)
     p.add_argument("--inputs", required=True, help=".pt/.npz batch, or .pt list of batches")
-    p.add_argument("--labels", help=".pt labels (tensor or list, batches concatenated) for AUC/log loss")
-    p.add_argument("--atol", action="append", help="absolute tolerance, or NAME:VALUE for one output (repeatable)")
-    p.add_argument("--rtol", action="append", help="relative tolerance, or NAME:VALUE for one output (repeatable)")
-    p.add_argument("--report", help="write the report as JSON here")
+    p.add_argument("--labels", help=".pt labels: a list of label tensors, one per batch (as convert takes them), or one "
+                   "tensor over all samples")
+    _impact_goal_arguments(p, "--atol", "--rtol")
+    p.add_argument("--no-faithfulness", action="store_true", help="only measure the impact (skip the faithfulness check)")
+    p.add_argument("--report", help="write both reports as JSON here")
     p.set_defaults(run=_cmd_check)
 
     p = commands.add_parser("score", help="F-Permutation field scores and F-Quantization row priorities")

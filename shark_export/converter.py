@@ -20,7 +20,7 @@ from .fields import find_fields, find_tables, has_stock_forward
 from .row_bounds import store_tables
 from .integrity import CHECKSUMS_KEY, checksums_of
 from .model_file import stage
-from .model_io import INPUTS_KEY, OUTPUTS_KEY, REPORT_KEY
+from .model_io import FAITHFULNESS_KEY, INPUTS_KEY, OUTPUTS_KEY, REPORT_KEY
 from .ops import DOMAIN, RUNTIME_KEY, RUNTIME_NOTE
 from .dense_int8 import DENSE_CHOICES, quantize_dense
 from .faithfulness import check_converted, labels_array
@@ -90,8 +90,10 @@ def convert(
     calibration: Iterable | None = None,
     labels: Iterable | None = None,
     example_kwargs: dict | None = None,
-    impact_atol: float = 1e-2,
-    impact_rtol: float = 1e-2,
+    impact_atol: float | None = None,
+    impact_rtol: float | None = None,
+    max_dauc: float | None = None,
+    max_dlogloss: float | None = None,
     show_progress: bool = False,
     keep_unfaithful: bool = False,
     fuse_lookups: bool = True,
@@ -121,7 +123,8 @@ def convert(
             report = _convert(
                 model, adapt(example_inputs), output_path, quant=quant, prune=prune,
                 calibration=None if calibration is None else [adapt(b) for b in calibration],
-                labels=labels, example_kwargs=example_kwargs, impact_atol=impact_atol, impact_rtol=impact_rtol,
+                labels=labels, example_kwargs=example_kwargs,
+                impact_goals=dict(impact_atol=impact_atol, impact_rtol=impact_rtol, max_dauc=max_dauc, max_dlogloss=max_dlogloss),
                 show_progress=show_progress, keep_unfaithful=keep_unfaithful, fuse_lookups=fuse_lookups,
                 optimize_dense=optimize_dense, dense=dense, ops=ops,
             )
@@ -158,8 +161,8 @@ def _torchrec_compat(model: torch.nn.Module, example_inputs: Any):
 
 
 def _convert(
-    model, example_inputs, output_path, *, quant, prune, calibration, labels, example_kwargs, impact_atol,
-    impact_rtol, show_progress, keep_unfaithful, fuse_lookups, optimize_dense, dense, ops="custom",
+    model, example_inputs, output_path, *, quant, prune, calibration, labels, example_kwargs, impact_goals,
+    show_progress, keep_unfaithful, fuse_lookups, optimize_dense, dense, ops="custom",
 ) -> ConvertReport:
     if dense not in DENSE_CHOICES:
         raise ValueError(f"dense={dense!r}: expected one of {', '.join(DENSE_CHOICES)}")
@@ -248,6 +251,8 @@ def _convert(
         OUTPUTS_KEY: json.dumps(output_names),
         CHECKSUMS_KEY: checksums_of(quantized),
         REPORT_KEY: json.dumps({k: v for k, v in report.to_dict().items() if k != "output_path"}),
+        FAITHFULNESS_KEY: json.dumps({"pruned_means": {n: np.asarray(m, np.float32).tolist() for n, m in pruned_means.items()},
+                                      "lookup_dtype": "float16" if config.output_onnx_dtype == 10 else "float32"}),
     })
     if DOMAIN in ir_model.opset_imports:  # a model that needs our library says which one, to any runtime user
         ir_model.metadata_props[RUNTIME_KEY] = ir_model.doc_string = RUNTIME_NOTE
@@ -261,7 +266,7 @@ def _convert(
         else:
             report.faithfulness, report.impact = check_converted(
                 model, staged.path, calibration[:_PARITY_BATCHES], fields=fields, tables=quantized,
-                pruned_means=pruned_means, labels=label_list, impact_atol=impact_atol, impact_rtol=impact_rtol,
+                pruned_means=pruned_means, labels=label_list, **impact_goals,
                 dequantized=set(found.dense_uses) | {l.table for l in found.lookups if l.field in found.functional_fields}
                 | _tables_of_custom_modules(model, tables),
                 lookup_dtype=np.float16 if config.output_onnx_dtype == 10 else np.float32,
@@ -270,6 +275,11 @@ def _convert(
                 raise ParityError(
                     f"the converted model does not compute what torch computes with the same stored tables, so "
                     f"{str(output_path)!r} was not written (keep_unfaithful=True writes it anyway):\n{report.faithfulness}",
+                    report=report,
+                )
+            if not report.impact:
+                raise ParityError(
+                    f"the converted model misses the impact goals given, so {str(output_path)!r} was not written:\n{report.impact}",
                     report=report,
                 )
         if dense == "fp32":
@@ -285,7 +295,8 @@ def _convert(
             if calibration is not None:
                 batches = calibration[:_PARITY_BATCHES]
                 report.dense_impact = check_parity(model, staged.path, batches, labels=labels_array(label_list, len(batches)),
-                                                   atol=impact_atol, rtol=impact_rtol)
+                                                   atol=impact_goals["impact_atol"], rtol=impact_goals["impact_rtol"],
+                                                   max_dauc=impact_goals["max_dauc"], max_dlogloss=impact_goals["max_dlogloss"])
             staged.commit()
     report.output_path = str(output_path)
     steps.update()

@@ -22,8 +22,6 @@ from .synthetic import generate
 
 # The quantized model's logits may move this much from the float model's (the impact budget of the demo);
 # faithfulness to the stored weights is always checked at 1e-5.
-_IMPACT_ATOL = 0.1
-_HELDOUT_ATOL = 1.0  # as samples/common.py: held-out logits are reported, ΔAUC judged
 
 
 def _subset(columns: dict, start: int, stop: int) -> dict:
@@ -54,8 +52,6 @@ def run(out_dir: Path, samples: int = 120_000, quant: str = "mixed", dim: int = 
         quant=quant,
         calibration=[(b,) for b, _ in cal_set],
         labels=[y for _, y in cal_set],
-        impact_atol=_IMPACT_ATOL,
-        impact_rtol=0.0,
     )
     print(report)
     # Held-out rows include ids the calibration never saw (stored at the lowest tier): their logits may move
@@ -64,11 +60,9 @@ def run(out_dir: Path, samples: int = 120_000, quant: str = "mixed", dim: int = 
         model,
         path,
         [(b,) for b, _ in test_set],
-        labels=np.concatenate([y.numpy() for _, y in test_set]),
-        atol=_HELDOUT_ATOL,
-        rtol=0.0,
+        labels=[y for _, y in test_set],
     )
-    print(f"held-out impact (ONNX vs the original float model, logits within {_HELDOUT_ATOL}; judge it by the AUC):")
+    print("held-out impact (ONNX vs the original float model; ids the calibration never saw move further):")
     print("\n".join("  " + line for line in str(held_out).splitlines()))
     print(f"model file: {path} ({path.stat().st_size / 1e6:.2f} MB); total {time.perf_counter() - started:.1f} s")
     return 0 if report.faithfulness else 1

@@ -19,6 +19,7 @@ from .export import ExampleInputs
 INPUTS_KEY = "shark_export.inputs"
 OUTPUTS_KEY = "shark_export.outputs"
 REPORT_KEY = "shark_export.report"
+FAITHFULNESS_KEY = "shark_export.faithfulness"  # what check_faithfulness needs from a file: pruned means, lookup dtype
 
 
 def canonical_inputs(inputs: Any) -> Any:
@@ -89,3 +90,17 @@ class OnnxModelRunner:
     def run(self, inputs: Any) -> list[np.ndarray]:
         example = ExampleInputs.of(canonical_inputs(inputs))
         return [np.asarray(out, dtype=np.float32) for out in self.session.run(self.output_names, self.feeds(example))]
+
+
+def read_metadata(path) -> dict[str, str]:
+    """The model's metadata entries, read without loading its external data."""
+    import onnx
+
+    file = Path(path)
+    if not file.is_file():
+        raise SharkExportError(f"ONNX model {str(file)!r} does not exist")
+    try:
+        model = onnx.load(str(file), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises several types for a corrupt file
+        raise SharkExportError(f"cannot read {str(file)!r} as an ONNX model: {exc}") from exc
+    return {p.key: p.value for p in model.metadata_props}

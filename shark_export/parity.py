@@ -17,6 +17,11 @@ from .model_io import OnnxModelRunner
 
 @dataclass
 class OutputParity:
+    """One output's errors over the batches. `atol`/`rtol` are None when no tolerance was asked for: the line is
+    then a measurement, and the output fails only on a shape mismatch or a NaN/Inf. With a float64 reference
+    (`float64_reference`), the errors are against torch run in float64 and `torch_max_abs` is torch float32's own
+    error against it."""
+
     name: str
     shape_ok: bool
     reference_shape: tuple
@@ -26,28 +31,42 @@ class OutputParity:
     max_rel: float
     mean_rel: float
     nonfinite: int
-    atol: float
-    rtol: float
+    atol: float | None
+    rtol: float | None
     passed: bool
+    float64_reference: bool = False
+    torch_max_abs: float | None = None
+    factor: float | None = None
 
     def line(self) -> str:
-        verdict = "PASSED" if self.passed else "FAILED"
+        gated = self.atol is not None or self.rtol is not None or self.float64_reference
+        verdict = ("PASSED" if self.passed else "FAILED") if gated or not self.passed else "measured"
         if not self.shape_ok:
             return f"{verdict} {self.name}: shape {self.onnx_shape} != reference {self.reference_shape}"
         extra = f", {self.nonfinite} NaN/Inf" if self.nonfinite else ""
-        return (
-            f"{verdict} {self.name}: max abs {self.max_abs:.3e} (atol {self.atol:g}), max rel {self.max_rel:.3e} "
-            f"(rtol {self.rtol:g}), mean abs {self.mean_abs:.3e}{extra}"
-        )
+        if self.float64_reference:
+            return (
+                f"{verdict} {self.name}: against torch in float64, ONNX max abs {self.max_abs:.3e}, torch float32 max abs "
+                f"{self.torch_max_abs:.3e} (allowed per element: {self.factor:g}x torch's error + {self.atol:g}), "
+                f"mean abs {self.mean_abs:.3e}{extra}"
+            )
+        goal = "" if not gated else f" (atol {self.atol or 0:g}, rtol {self.rtol or 0:g})"
+        return (f"{verdict} {self.name}: max abs {self.max_abs:.3e}, max rel {self.max_rel:.3e}, mean abs "
+                f"{self.mean_abs:.3e}{goal}{extra}")
 
 
 @dataclass
 class QualityMetrics:
+    """AUC and log loss of the reference and the ONNX model on one output (or task). `max_dauc`: the largest AUC
+    drop allowed, `max_dlogloss`: the largest log-loss rise allowed; None: measured only."""
+
     output: str
     auc_reference: float
     auc_onnx: float
     logloss_reference: float
     logloss_onnx: float
+    max_dauc: float | None = None
+    max_dlogloss: float | None = None
 
     @property
     def auc_delta(self) -> float:
@@ -57,10 +76,20 @@ class QualityMetrics:
     def logloss_delta(self) -> float:
         return self.logloss_onnx - self.logloss_reference
 
+    @property
+    def passed(self) -> bool:
+        auc_ok = self.max_dauc is None or not self.auc_delta < -self.max_dauc
+        loss_ok = self.max_dlogloss is None or not self.logloss_delta > self.max_dlogloss
+        return auc_ok and loss_ok
+
     def line(self) -> str:
+        goals = [f"max AUC drop {self.max_dauc:g}" for _ in [0] if self.max_dauc is not None]
+        goals += [f"max log-loss rise {self.max_dlogloss:g}" for _ in [0] if self.max_dlogloss is not None]
+        verdict = ("PASSED " if self.passed else "FAILED ") if goals else ""
         return (
-            f"{self.output}: AUC {self.auc_reference:.5f} → {self.auc_onnx:.5f} (Δ {self.auc_delta:+.5f}), "
+            f"{verdict}{self.output}: AUC {self.auc_reference:.5f} → {self.auc_onnx:.5f} (Δ {self.auc_delta:+.5f}), "
             f"log loss {self.logloss_reference:.5f} → {self.logloss_onnx:.5f} (Δ {self.logloss_delta:+.5f})"
+            + (f" [goal: {', '.join(goals)}]" if goals else "")
         )
 
 
@@ -69,23 +98,33 @@ class ParityReport:
     outputs: list[OutputParity]
     metrics: list[QualityMetrics] = field(default_factory=list)
     samples: int = 0
+    note: str = ""
 
     @property
     def passed(self) -> bool:
-        return bool(self.outputs) and all(o.passed for o in self.outputs)
+        """Every output passed (shapes, finite values, the tolerances asked for) and every metric goal was met."""
+        return bool(self.outputs) and all(o.passed for o in self.outputs) and all(m.passed for m in self.metrics)
 
     def __bool__(self) -> bool:
         return self.passed
 
     def __str__(self) -> str:
         lines = [o.line() for o in self.outputs] + [m.line() for m in self.metrics]
-        lines.append(f"{'PASSED' if self.passed else 'FAILED'}: {len(self.outputs)} output(s), {self.samples} batch(es)")
+        goals = any(o.atol is not None or o.rtol is not None or o.float64_reference for o in self.outputs) or any(
+            m.max_dauc is not None or m.max_dlogloss is not None for m in self.metrics)
+        verdict = "PASSED" if self.passed else "FAILED"
+        if self.passed and not goals:
+            verdict = "measured (no goal given)"
+        if self.note:
+            lines.append(f"note: {self.note}")
+        lines.append(f"{verdict}: {len(self.outputs)} output(s), {self.samples} batch(es)")
         return "\n".join(lines)
 
     def to_json(self) -> str:
         data = {
             "passed": self.passed,
             "batches": self.samples,
+            "note": self.note,
             "outputs": [asdict(o) for o in self.outputs],
             "metrics": [{**asdict(m), "auc_delta": m.auc_delta, "logloss_delta": m.logloss_delta} for m in self.metrics],
         }
@@ -102,47 +141,95 @@ def _flatten_outputs(output: Any) -> list[np.ndarray]:
     return [leaf.detach().cpu().float().numpy() for leaf in leaves if isinstance(leaf, torch.Tensor)]
 
 
-def _per_output_tolerance(tolerance: float | dict[str, float], name: str, default: float) -> float:
+def _per_output_tolerance(tolerance: float | dict[str, float] | None, name: str) -> float | None:
     if isinstance(tolerance, dict):  # per output; "*" is the default of the others
-        return float(tolerance.get(name, tolerance.get("*", default)))
-    return float(tolerance)
+        value = tolerance.get(name, tolerance.get("*"))
+        return None if value is None else float(value)
+    return None if tolerance is None else float(tolerance)
+
+
+def _errors(ref: np.ndarray, got: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    diff = np.abs(got - ref)
+    rel = diff / np.maximum(np.abs(ref), 1e-12)
+    return diff, rel, int((~np.isfinite(got)).sum())
+
+
+def _flat(batches: list[list[np.ndarray]], k: int) -> np.ndarray:
+    return np.concatenate([b[k].reshape(-1) for b in batches]).astype(np.float64)
+
+
+def _shape_mismatch(reference, candidate, k: int):
+    return next(((r[k].shape, g[k].shape) for r, g in zip(reference, candidate) if r[k].shape != g[k].shape), None)
 
 
 def compare_outputs(
     names: list[str],
     reference: list[list[np.ndarray]],
     candidate: list[list[np.ndarray]],
-    atol: float | dict[str, float],
-    rtol: float | dict[str, float],
+    atol: float | dict[str, float] | None = None,
+    rtol: float | dict[str, float] | None = None,
 ) -> list[OutputParity]:
-    """Per-output verdicts over batches: passes when |a − b| ≤ atol + rtol·|b| everywhere and all finite."""
+    """Per-output errors over batches. With a tolerance (`atol` and/or `rtol`: a number, or a dict output name →
+    number with "*" for the others; a missing one counts as 0) an output passes when |a − b| ≤ atol + rtol·|b|
+    everywhere; without one the errors are a measurement. Shapes must match and values be finite either way."""
     results = []
     for k, name in enumerate(names):
-        a_tol = _per_output_tolerance(atol, name, 1e-5)
-        r_tol = _per_output_tolerance(rtol, name, 1e-4)
-        ref_batches = [batch[k] for batch in reference]
-        got_batches = [batch[k] for batch in candidate]
-        shape_ok = all(r.shape == g.shape for r, g in zip(ref_batches, got_batches))
-        if not shape_ok:
-            bad = next((r.shape, g.shape) for r, g in zip(ref_batches, got_batches) if r.shape != g.shape)
+        a_tol, r_tol = _per_output_tolerance(atol, name), _per_output_tolerance(rtol, name)
+        bad = _shape_mismatch(reference, candidate, k)
+        if bad is not None:
             results.append(OutputParity(name, False, bad[0], bad[1], np.inf, np.inf, np.inf, np.inf, 0, a_tol, r_tol, False))
             continue
-        ref = np.concatenate([r.reshape(-1) for r in ref_batches]).astype(np.float64)
-        got = np.concatenate([g.reshape(-1) for g in got_batches]).astype(np.float64)
-        nonfinite = int((~np.isfinite(got)).sum())
-        diff = np.abs(got - ref)
-        rel = diff / np.maximum(np.abs(ref), 1e-12)
-        finite = np.isfinite(diff)
-        within = bool(np.all(diff[finite] <= a_tol + r_tol * np.abs(ref[finite]))) if diff.size else True
+        ref, got = _flat(reference, k), _flat(candidate, k)
+        diff, rel, nonfinite = _errors(ref, got)
+        within = True
+        if (a_tol is not None or r_tol is not None) and diff.size:
+            finite = np.isfinite(diff)
+            within = bool(np.all(diff[finite] <= (a_tol or 0.0) + (r_tol or 0.0) * np.abs(ref[finite])))
         passed = within and nonfinite == 0 and bool(np.all(np.isfinite(ref)))
-        max_abs = float(diff.max()) if diff.size else 0.0
-        results.append(
-            OutputParity(
-                name, True, ref_batches[0].shape, got_batches[0].shape, max_abs,
-                float(diff.mean()) if diff.size else 0.0, float(rel.max()) if rel.size else 0.0,
-                float(rel.mean()) if rel.size else 0.0, nonfinite, a_tol, r_tol, passed,
-            )
-        )
+        results.append(OutputParity(
+            name, True, reference[0][k].shape, candidate[0][k].shape, float(diff.max()) if diff.size else 0.0,
+            float(diff.mean()) if diff.size else 0.0, float(rel.max()) if rel.size else 0.0,
+            float(rel.mean()) if rel.size else 0.0, nonfinite, a_tol, r_tol, passed,
+        ))
+    return results
+
+
+# Faithfulness against float64: ONNX may differ from float64 by this many times torch float32's own error (per
+# element, or torch's mean error over the output where that is larger: float reordering lands anywhere), plus
+# FLOAT64_ATOL. A wrong row, tier or pruning mean moves outputs by a quantization step: far more.
+FLOAT64_FACTOR = 16.0
+FLOAT64_ATOL = 1e-6
+
+
+def compare_to_float64(
+    names: list[str], float64: list[list[np.ndarray]], torch32: list[list[np.ndarray]], candidate: list[list[np.ndarray]],
+    factor: float = FLOAT64_FACTOR, atol: float = FLOAT64_ATOL,
+) -> list[OutputParity]:
+    """Per-output verdicts of `candidate` (ONNX) against `float64` (torch in float64 on the same weights): every
+    element within `factor` × max(torch float32's error there, its mean error over the output, one float32 ulp)
+    + `atol` of the float64 value."""
+    results = []
+    for k, name in enumerate(names):
+        bad = _shape_mismatch(float64, candidate, k) or _shape_mismatch(float64, torch32, k)
+        if bad is not None:
+            results.append(OutputParity(name, False, bad[0], bad[1], np.inf, np.inf, np.inf, np.inf, 0, atol, None, False,
+                                        True, np.inf, factor))
+            continue
+        ref, t32, got = _flat(float64, k), _flat(torch32, k), _flat(candidate, k)
+        diff, rel, nonfinite = _errors(ref, got)
+        torch_err = np.abs(t32 - ref)
+        scale = np.maximum(torch_err, np.ldexp(np.abs(ref), -23))
+        if torch_err.size:
+            scale = np.maximum(scale, float(torch_err[np.isfinite(torch_err)].mean()) if np.isfinite(torch_err).any() else 0.0)
+        finite = np.isfinite(diff)
+        within = bool(np.all(diff[finite] <= factor * scale[finite] + atol)) if diff.size else True
+        passed = within and nonfinite == 0 and bool(np.all(np.isfinite(ref)))
+        results.append(OutputParity(
+            name, True, float64[0][k].shape, candidate[0][k].shape, float(diff.max()) if diff.size else 0.0,
+            float(diff.mean()) if diff.size else 0.0, float(rel.max()) if rel.size else 0.0,
+            float(rel.mean()) if rel.size else 0.0, nonfinite, atol, None, passed, True,
+            float(torch_err.max()) if torch_err.size else 0.0, factor,
+        ))
     return results
 
 
@@ -182,26 +269,56 @@ def _labels_by_output(labels: Any, names: list[str], widths: dict[str, int]) -> 
     )
 
 
+def labels_over_samples(labels: Any, batch_sizes: list[int]) -> Any:
+    """Labels in any of the accepted forms → one array over all samples (or a dict output name → array):
+    one label tensor (or dict) per batch, as `convert` takes them, or one array over the concatenated batches."""
+    if labels is None or isinstance(labels, (dict, np.ndarray, torch.Tensor)):
+        return labels
+    items = list(labels)
+    if items and len(items) == len(batch_sizes) and all(isinstance(y, dict) for y in items):
+        return {k: np.concatenate([_as_label_array(y[k]) for y in items]) for k in items[0]}
+    per_batch = (len(items) == len(batch_sizes) and all(isinstance(y, (np.ndarray, torch.Tensor)) or
+                                                        (isinstance(y, (list, tuple)) and len(y) == n)
+                                                        for y, n in zip(items, batch_sizes)))
+    if per_batch:
+        sizes = [np.asarray(torch.as_tensor(y)).shape[0] if np.asarray(torch.as_tensor(y)).ndim else 1 for y in items]
+        if sizes != list(batch_sizes):
+            raise SharkExportError(f"labels: one tensor per batch with {sizes} samples, but the batches have {list(batch_sizes)}")
+        return np.concatenate([_as_label_array(y) for y in items])
+    return np.asarray(items)
+
+
+def _batch_size(outputs: list[np.ndarray]) -> int:
+    first = outputs[0] if outputs else None
+    return int(first.shape[0]) if first is not None and first.ndim else 1
+
+
 def check_parity(
     reference: torch.nn.Module,
     onnx_path,
     inputs: Any,
     *,
     labels: Any = None,
-    atol: float | dict[str, float] = 1e-5,
-    rtol: float | dict[str, float] = 1e-4,
+    atol: float | dict[str, float] | None = None,
+    rtol: float | dict[str, float] | None = None,
+    max_dauc: float | None = None,
+    max_dlogloss: float | None = None,
     providers: list[str] | None = None,
     raise_on_failure: bool = False,
 ) -> ParityReport:
-    """Run `reference` (torch) and the ONNX model on the same inputs and compare every output.
+    """What did conversion change? Runs `reference` (torch) and the ONNX model on the same inputs and measures
+    every output's difference and, with labels, AUC and log loss. It is a measurement unless you give goals:
+    `atol`/`rtol` (a number, or a dict output name → number, key "*" for the others) on the outputs, `max_dauc`
+    (largest AUC drop) and `max_dlogloss` (largest log-loss rise) on the metrics; the report passes when every
+    goal given is met (and outputs have the reference's shapes and finite values). Whether the file computes
+    what its stored tables say is `check_faithfulness`.
 
     `inputs`: one batch (tensor, dict, or tuple of forward's positional args) or a list of batches.
-    `labels`: for AUC and log loss — an array over all samples (batches concatenated) for the first output:
-    [N], or [N, T] for a multi-task output of T values per sample (one AUC per task, named `output[t]`), or
-    column t for output t when the model returns T one-value outputs; or a dict output name → array. An
-    output with more than 16 values per sample (scores over a catalogue) gets one AUC over all its values.
-    Outputs that are not probabilities are passed through a sigmoid.
-    `atol`/`rtol`: a number, or a dict output name → number (key "*" for the other outputs).
+    `labels`: one label tensor per batch (as `convert` takes them), or one array over all samples (batches
+    concatenated), for the first output: [N], or [N, T] for a multi-task output of T values per sample (one AUC
+    per task, named `output[t]`), or column t for output t when the model returns T one-value outputs; or a dict
+    output name → labels. An output with more than 16 values per sample (scores over a catalogue) gets one AUC
+    over all its values. Outputs that are not probabilities are passed through a sigmoid.
     """
     runner = OnnxModelRunner(onnx_path, providers=providers)
     batches = _batches(inputs)
@@ -217,6 +334,16 @@ def check_parity(
     if len(ref_outputs[0]) != len(names):
         raise ParityError(f"the reference returns {len(ref_outputs[0])} tensors, the ONNX model {len(names)} outputs {names}")
     report = ParityReport(compare_outputs(names, ref_outputs, onnx_outputs, atol, rtol), samples=len(batches))
+    add_metrics(report, names, ref_outputs, onnx_outputs,
+                labels_over_samples(labels, [_batch_size(b) for b in ref_outputs]), max_dauc, max_dlogloss)
+    if raise_on_failure and not report.passed:
+        raise ParityError(f"parity check of {onnx_path} failed:\n{report}", report=report)
+    return report
+
+
+def add_metrics(report: ParityReport, names: list[str], ref_outputs: list, onnx_outputs: list, labels: Any,
+                max_dauc: float | None = None, max_dlogloss: float | None = None) -> None:
+    """AUC and log loss of both runs per labelled output (task), appended to `report.metrics`."""
     samples = {n: sum(b[k].shape[0] if b[k].ndim else 1 for b in ref_outputs) for k, n in enumerate(names)}
     widths = {n: max(1, sum(b[k].size for b in ref_outputs) // max(1, samples[n])) for k, n in enumerate(names)}
     for name, y in _labels_by_output(labels, names, widths).items():
@@ -236,7 +363,5 @@ def check_parity(
             columns = [(name if y.shape[1] == 1 else f"{name}[{c}]", y[:, c], ref[:, c], got[:, c]) for c in range(y.shape[1])]
         for label, yc, rc, gc in columns:
             r, g = to_probabilities(rc), to_probabilities(gc)
-            report.metrics.append(QualityMetrics(label, auc(yc, r), auc(yc, g), log_loss(yc, r), log_loss(yc, g)))
-    if raise_on_failure and not report.passed:
-        raise ParityError(f"parity check of {onnx_path} failed:\n{report}", report=report)
-    return report
+            report.metrics.append(QualityMetrics(label, auc(yc, r), auc(yc, g), log_loss(yc, r), log_loss(yc, g),
+                                                 max_dauc, max_dlogloss))

@@ -45,8 +45,19 @@ def test_convert_check_inspect(files, capsys):
     assert "PASSED output" in capsys.readouterr().out
     assert main([*args, "--state-dict", str(files / "state.pt"), "--atol", "0", "--atol", "output:0.1", "--rtol", "0.1",
                  "--report", str(files / "parity.json")]) == 0
-    assert json.loads((files / "parity.json").read_text())["outputs"][0]["atol"] == 0.1
-    assert main([*args, "--state-dict", str(files / "other_state.pt")]) == 1
+    written = json.loads((files / "parity.json").read_text())
+    assert written["impact"]["outputs"][0]["atol"] == 0.1 and written["faithfulness"]["passed"] is True
+    capsys.readouterr()
+    # no goal: the mixed model's impact is measured, the file is faithful, exit 0; labels as convert takes them
+    assert main([*args, "--state-dict", str(files / "state.pt"), "--labels", str(files / "cal_labels.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "measured output" in out and "AUC" in out and "FAILED" not in out
+    assert main([*args, "--state-dict", str(files / "state.pt"), "--atol", "1e-9"]) == 1  # a goal missed
+    assert "FAILED output" in capsys.readouterr().out
+    assert main([*args, "--state-dict", str(files / "state.pt"), "--labels", str(files / "cal_labels.pt"),
+                 "--max-dauc", "0.5"]) == 0
+    assert "PASSED output" in capsys.readouterr().out
+    assert main([*args, "--state-dict", str(files / "other_state.pt")]) == 1  # other weights: unfaithful
     assert "FAILED output" in capsys.readouterr().out
 
     assert main(["inspect", str(files / "m.onnx")]) == 0
@@ -117,8 +128,9 @@ def test_score_and_convert_with_scored_pruning_and_budget(files, capsys):
 
 
 def test_convert_scale_group_choices(files, capsys):
-    """--scale-group: auto (the small-dim tables of this model in groups of 256 rows, format v3), none (a
-    header per row, v2), G rows; inspect shows the groups; a bad value is a usage error naming it."""
+    """--scale-group: auto (groups only where every row keeps its own bound: on this model's N(0, 1) rows, a
+    header per row), none (a header per row, v2), G rows (asked for: shared); inspect shows the groups; a bad
+    value is a usage error naming it."""
     sizes = {}
     for choice in ("auto", "none", "64"):
         assert _convert(files, "--quant", "int4", "--scale-group", choice, "--calibration", str(files / "cal.pt"),
@@ -127,13 +139,13 @@ def test_convert_scale_group_choices(files, capsys):
         assert report["faithfulness"]["passed"]
         sizes[choice] = report["bytes_after"]
         tables = read_tables(files / "m.onnx")[0]
-        expected = {"auto": 256, "none": 0, "64": 64}[choice]
+        expected = {"auto": 0, "none": 0, "64": 64}[choice]
         assert {t.scale_group_rows for t in tables.values()} == {expected}
         assert {t.format_version for t in tables.values()} == {3 if expected else 2}
         capsys.readouterr()
         assert main(["inspect", str(files / "m.onnx")]) == 0
         assert (f"groups:{expected}" in capsys.readouterr().out) == bool(expected)
-    assert sizes["auto"] < sizes["none"] and sizes["64"] < sizes["none"]
+    assert sizes["auto"] == sizes["none"] and sizes["64"] < sizes["none"]
     assert _convert(files, "--scale-group", "3") == 2
     assert "scale_group must be" in capsys.readouterr().err
 
