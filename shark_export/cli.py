@@ -34,13 +34,28 @@ def _load_model(args) -> torch.nn.Module:
         module_name, _, function_name = args.model.partition(":")
         if not function_name:
             raise SharkExportError(f"--model must look like pkg.module:function, got {args.model!r}")
-        factory = getattr(importlib.import_module(module_name), function_name, None)
+        factory = getattr(_import_factory_module(module_name), function_name, None)
         if factory is None:
-            raise SharkExportError(f"{module_name} has no attribute {function_name!r}")
+            raise SharkExportError(f"--model {args.model}: module {module_name!r} has no attribute {function_name!r}")
         model = factory(**json.loads(args.factory_kwargs or "{}"))
         if args.state_dict:
+            if not Path(args.state_dict).is_file():
+                raise SharkExportError(f"--state-dict {args.state_dict!r} does not exist")
             model.load_state_dict(torch.load(args.state_dict, map_location="cpu", weights_only=True))
     return model.eval()
+
+
+def _import_factory_module(name: str):
+    """The module of a --model factory; the current directory is importable, as with `python -m`."""
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name and name.split(".")[0] == exc.name.split(".")[0]:
+            raise SharkExportError(f"--model: no module named {name!r} in the current directory ({Path.cwd()}) or on "
+                                   "sys.path; run from the directory that holds it or set PYTHONPATH") from exc
+        raise
 
 
 def load_batch_file(path: str):

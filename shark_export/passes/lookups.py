@@ -19,6 +19,7 @@ import onnx_ir as ir
 from ..errors import ExportError
 from ..export import FLOAT_BAG, FLOAT_GATHER, STAGING_DOMAIN, ExportedLookup
 from ..fields import Field, Table, fields_by_call
+from .standard_ops import MIN_ONNX_OPSET, Builder, bag_from_rows
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,9 @@ def _substitute(graph: ir.Graph, old: ir.Node, new: ir.Node) -> None:
 
 
 def lower_computed_weight_gathers(model: ir.Model, parameter_names: set[str], origins: dict) -> None:
-    """Staging gathers on a weight computed in the graph (not a parameter) become plain ONNX Gathers:
-    there is no table to store. A bag on a computed weight cannot be served and is an error."""
+    """Staging lookups on a weight computed in the graph (not a parameter) have no table to store: gathers become
+    plain ONNX Gathers, bags (segment pooling, `F.embedding_bag(ids, activations, offsets)`) ai.onnx ops with
+    torch's embedding_bag semantics (the portable lowering's, over the computed rows)."""
     graph = model.graph
     for node in list(graph):
         if not is_staging_lookup(node) or _is_dead(node):
@@ -85,12 +87,40 @@ def lower_computed_weight_gathers(model: ir.Model, parameter_names: set[str], or
         if weight is not None and weight.is_initializer() and weight.name in parameter_names:
             continue
         if node.op_type == FLOAT_BAG:
-            raise ExportError(
-                f"an nn.EmbeddingBag lookup{_origin_text(origins.get(node, []))} reads a weight computed in forward "
-                f"({getattr(weight, 'name', None)!r}), not a parameter: such a bag cannot be stored as a table; "
-                "compute the weight before export (a parameter) or use nn.Embedding"
-            )
+            _lower_computed_bag(graph, node, origins)
+            continue
         _substitute(graph, node, ir.node("Gather", [weight, node.inputs[1]], attributes={"axis": 0}, name=f"{node.name}/gather"))
+
+
+def _lower_computed_bag(graph: ir.Graph, node: ir.Node, origins: dict) -> None:
+    weight = node.inputs[0]
+    if weight.type is not None and weight.dtype not in (None, ir.DataType.FLOAT):
+        raise ExportError(
+            f"an embedding bag (nn.EmbeddingBag or F.embedding_bag){_origin_text(origins.get(node, []))} pools a tensor "
+            f"computed in forward ({weight.name!r}) of type {weight.dtype}: only float32 can be pooled in the graph"
+        )
+    if graph.opset_imports.get("", 0) < MIN_ONNX_OPSET:
+        raise ExportError(f"pooling a computed tensor ({weight.name!r}) needs ai.onnx opset {MIN_ONNX_OPSET}, the graph has "
+                          f"{graph.opset_imports.get('', 0)}")
+    b = Builder(graph, f"{node.name}/pooled")
+
+    def rows_of(ids: ir.Value) -> ir.Value:
+        flat = b.op("Reshape", [b.op("Cast", [ids], to=ir.DataType.INT64), b.i64(-1)])
+        rows = b.op("Shape", [weight], start=0, end=1)
+        negative = b.op("Less", [flat, b.scalar(0, np.int64)])  # torch refuses them; a Gather would wrap them
+        return b.op("Gather", [weight, b.op("Where", [negative, rows, flat])], axis=0)
+
+    inputs = list(node.inputs) + [None] * (4 - len(node.inputs))
+    attrs = node.attributes
+    out = bag_from_rows(b, rows_of, b.op("Shape", [weight], start=1, end=2), inputs[1], inputs[2], inputs[3],
+                        attrs.get_int("mode", 0), attrs.get_int("include_last_offset", 0), attrs.get_int("padding_idx", -1))
+    old = node.outputs[0]
+    out.shape, out.type = old.shape, old.type
+    graph.insert_before(node, b.nodes)
+    old.replace_all_uses_with(out, replace_graph_outputs=True)
+    name = old.name
+    graph.remove(node, safe=True)
+    out.name = name
 
 
 def raise_table_gathers(model: ir.Model, table_aliases: set[str]) -> None:

@@ -36,7 +36,7 @@ MIN_ONNX_OPSET = 18  # BitwiseAnd, Split(num_outputs), ScatterND/ScatterElements
 _FLOAT, _INT64 = ir.DataType.FLOAT, ir.DataType.INT64
 
 
-class _Builder:
+class Builder:
     """Nodes of one lowered op, named `<op name>/<k>`, inserted before it."""
 
     def __init__(self, graph: ir.Graph, prefix: str):
@@ -60,7 +60,7 @@ class _Builder:
         return constant(self.graph, f"standard_ops/{np.dtype(dtype).name}_{value}".replace("-", "m").replace(".", "p"), array)
 
 
-def _unpack(b: _Builder, codes: ir.Value, bits: int, dim: int) -> ir.Value:
+def _unpack(b: Builder, codes: ir.Value, bits: int, dim: int) -> ir.Value:
     """uint8 [N, ceil(D·bits/8)] packed codes → uint8 [N, D] (element per·k + i in bits bits·i.. of byte k)."""
     per = 8 // bits
     mask = b.scalar((1 << bits) - 1, np.uint8)
@@ -76,7 +76,7 @@ def _unpack(b: _Builder, codes: ir.Value, bits: int, dim: int) -> ir.Value:
     return q
 
 
-def _decode(b: _Builder, table: StandardTable, part: Part, rows: ir.Value, table_rows: ir.Value) -> ir.Value:
+def _decode(b: Builder, table: StandardTable, part: Part, rows: ir.Value, table_rows: ir.Value) -> ir.Value:
     """float32 [N, D]: rows `rows` (int64 [N], in range) of one sub-table; `table_rows` are the same rows'
     indices in the table (their scale group, format v3)."""
     def tensor(key):
@@ -100,7 +100,7 @@ def _decode(b: _Builder, table: StandardTable, part: Part, rows: ir.Value, table
     return b.op("Add", [b.op("Mul", [b.op("Cast", [q], to=_FLOAT), scale]), bias])
 
 
-def _rows(b: _Builder, table: StandardTable, flat: ir.Value) -> ir.Value:
+def _rows(b: Builder, table: StandardTable, flat: ir.Value) -> ir.Value:
     """float32 [N, D]: table rows `flat` (int64 [N]; an index outside 0..R-1 fails the first Gather)."""
     if table.slots is None:
         return _decode(b, table, table.parts[0], flat, flat)
@@ -121,22 +121,30 @@ def _rows(b: _Builder, table: StandardTable, flat: ir.Value) -> ir.Value:
     return out
 
 
-def _flat_indices(b: _Builder, indices: ir.Value, num_rows: int) -> ir.Value:
+def _flat_indices(b: Builder, indices: ir.Value, num_rows: int) -> ir.Value:
     flat = b.op("Reshape", [b.op("Cast", [indices], to=_INT64), b.i64(-1)])
     negative = b.op("Less", [flat, b.scalar(0, np.int64)])
     return b.op("Where", [negative, b.scalar(num_rows, np.int64), flat])  # ONNX Gather would wrap them
 
 
-def _gather(b: _Builder, table: StandardTable, indices: ir.Value) -> ir.Value:
+def _gather(b: Builder, table: StandardTable, indices: ir.Value) -> ir.Value:
     rows = _rows(b, table, _flat_indices(b, indices, table.num_rows))
     shape = b.op("Concat", [b.op("Shape", [indices]), b.i64(table.dim)], axis=0)
     return b.op("Reshape", [rows, shape])
 
 
-def _bag(b: _Builder, table: StandardTable, indices: ir.Value, offsets: ir.Value | None, weights: ir.Value | None,
+def _bag(b: Builder, table: StandardTable, indices: ir.Value, offsets: ir.Value | None, weights: ir.Value | None,
          mode: int, include_last_offset: int, padding_idx: int) -> ir.Value:
-    D = table.dim
-    rows = _rows(b, table, _flat_indices(b, indices, table.num_rows))  # [N, D], N = every entry
+    return bag_from_rows(b, lambda ids: _rows(b, table, _flat_indices(b, ids, table.num_rows)), b.i64(table.dim),
+                         indices, offsets, weights, mode, include_last_offset, padding_idx)
+
+
+def bag_from_rows(b: Builder, rows_of, dim: ir.Value, indices: ir.Value, offsets: ir.Value | None,
+                  weights: ir.Value | None, mode: int, include_last_offset: int, padding_idx: int) -> ir.Value:
+    """torch.nn.functional.embedding_bag in ai.onnx ops over the rows `rows_of(indices)` gives (float32 [N, D],
+    one per entry of `indices`); `dim`: D as an int64 [1] value. Empty bags give zeros."""
+    D = dim
+    rows = rows_of(indices)  # [N, D], N = every entry
     flat_ids = b.op("Reshape", [b.op("Cast", [indices], to=_INT64), b.i64(-1)])
     keep = None if padding_idx < 0 else b.op("Not", [b.op("Equal", [flat_ids, b.scalar(padding_idx, np.int64)])])
     if weights is not None:
@@ -145,7 +153,7 @@ def _bag(b: _Builder, table: StandardTable, indices: ir.Value, offsets: ir.Value
         rows = b.op("Where", [b.op("Unsqueeze", [keep, b.i64(1)]), rows, b.scalar(0.0, np.float32)])
     ones = b.op("Cast", [keep], to=_FLOAT) if keep is not None else None
     if offsets is None:  # 2-D [B, L]: sum over L
-        shape = b.op("Concat", [b.op("Shape", [indices]), b.i64(D)], axis=0)
+        shape = b.op("Concat", [b.op("Shape", [indices]), D], axis=0)
         total = b.op("ReduceSum", [b.op("Reshape", [rows, shape]), b.i64(1)], keepdims=0)
         if not mode:
             return total
@@ -165,7 +173,7 @@ def _bag(b: _Builder, table: StandardTable, indices: ir.Value, offsets: ir.Value
     starts = b.op("Slice", [marks, b.i64(0), n, b.i64(0)])
     bag_of = b.op("Unsqueeze", [b.op("Sub", [b.op("CumSum", [starts, b.scalar(0, np.int64)]), b.scalar(1, np.int64)]), b.i64(1)])
     k = b.op("Shape", [offsets])
-    zeros = b.op("ConstantOfShape", [b.op("Concat", [k, b.i64(D)], axis=0)], value=ir.tensor(np.array([0.0], dtype=np.float32)))
+    zeros = b.op("ConstantOfShape", [b.op("Concat", [k, D], axis=0)], value=ir.tensor(np.array([0.0], dtype=np.float32)))
     total = b.op("ScatterND", [zeros, bag_of, rows], reduction="add")
     if mode:
         if ones is None:
@@ -178,7 +186,7 @@ def _bag(b: _Builder, table: StandardTable, indices: ir.Value, offsets: ir.Value
     return total
 
 
-def _checked_offsets(b: _Builder, offsets: ir.Value, n: ir.Value) -> ir.Value:
+def _checked_offsets(b: Builder, offsets: ir.Value, n: ir.Value) -> ir.Value:
     """`offsets` plus 0, through a Gather that fails the run unless offsets[0] == 0, the offsets do not decrease
     and none exceeds len(indices) = `n` (standard ONNX has no assert: an out-of-range Gather index is the error,
     and the node's name says what was wrong). Without it such offsets would give wrong sums silently."""
@@ -244,7 +252,7 @@ class StandardOpsPass(ir.passes.InPlacePass):
             self.tables_out[name] = StandardTable.from_quantized(stored)
         return self.tables_out[name]
 
-    def _field(self, b: _Builder, table: StandardTable, kind: int, inputs: list, attributes: dict) -> ir.Value:
+    def _field(self, b: Builder, table: StandardTable, kind: int, inputs: list, attributes: dict) -> ir.Value:
         if kind == GATHER_FIELD:
             return _gather(b, table, inputs[0])
         offsets = inputs[1] if kind == BAG_OFFSETS_FIELD else None
@@ -255,7 +263,7 @@ class StandardOpsPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         for node in [n for n in graph if n.domain == DOMAIN]:
-            b = _Builder(graph, node.name or node.op_type)
+            b = Builder(graph, node.name or node.op_type)
             if node.op_type in (GATHER_OP, BAG_OP):
                 attributes = {k: _attribute(node, k, d) for k, d in (("format_version", 0), ("num_rows", 0), ("dim", 0),
                               ("uniform_tier", -1), ("mode", 0), ("include_last_offset", 0), ("padding_idx", -1),
@@ -295,7 +303,7 @@ class StandardOpsPass(ir.passes.InPlacePass):
             })
         return ir.passes.PassResult(model, modified=bool(self.lowered))
 
-    def _lower_multi(self, b: _Builder, node: ir.Node) -> ir.Value:
+    def _lower_multi(self, b: Builder, node: ir.Node) -> ir.Value:
         a = node.attributes
         kinds = list(a["kinds"].value)
         lists = {key: list(a[key].value) for key in ("format_versions", "num_rows", "dims", "uniform_tiers", "modes",
