@@ -12,7 +12,9 @@ def to_probabilities(scores: np.ndarray) -> np.ndarray:
     scores = np.asarray(scores, dtype=np.float64)
     if scores.size and scores.min() >= 0.0 and scores.max() <= 1.0:
         return scores
-    return 1.0 / (1.0 + np.exp(-scores))
+    # the two halves of a sigmoid that never overflow: exp of a non-positive number only
+    e = np.exp(-np.abs(scores))
+    return np.where(scores >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
