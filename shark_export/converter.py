@@ -18,7 +18,7 @@ from .errors import ParityError, SharkExportError, UnsupportedModelError
 from .export import ExampleInputs, export_to_ir
 from .fields import find_fields, find_tables, has_stock_forward
 from .row_bounds import store_tables
-from .integrity import CHECKSUMS_KEY, checksums_of
+from .integrity import CHECKSUMS_KEY, LOOKUPS_KEY, checksums_of, lookup_checksums_of
 from .model_file import stage
 from .model_io import FAITHFULNESS_KEY, INPUTS_KEY, OUTPUTS_KEY, REPORT_KEY
 from .ops import DOMAIN, RUNTIME_KEY, RUNTIME_NOTE
@@ -250,6 +250,7 @@ def _convert(
         INPUTS_KEY: json.dumps([(path, None if name in removed else name) for path, name in input_map]),
         OUTPUTS_KEY: json.dumps(output_names),
         CHECKSUMS_KEY: checksums_of(quantized),
+        LOOKUPS_KEY: lookup_checksums_of(ir_model.graph),
         REPORT_KEY: json.dumps({k: v for k, v in report.to_dict().items() if k != "output_path"}),
         FAITHFULNESS_KEY: json.dumps({"pruned_means": {n: np.asarray(m, np.float32).tolist() for n, m in pruned_means.items()},
                                       "lookup_dtype": "float16" if config.output_onnx_dtype == 10 else "float32"}),

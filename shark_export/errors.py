@@ -49,3 +49,9 @@ class ParityError(SharkExportError, AssertionError):
 
 class IntegrityError(FormatError):
     """A stored table's content does not match the checksum recorded at conversion (or none is recorded)."""
+
+
+class AmbiguousModelError(IntegrityError):
+    """The file does not say unambiguously what ONNX Runtime will compute: two initializers of one name, a table
+    tensor shadowed by a graph input or a node output, lookup nodes of one table disagreeing on its tensors or
+    attributes, a lookup inside a subgraph. What verify checked could differ from what ORT reads."""

@@ -8,7 +8,7 @@ from typing import Any
 import onnx
 from onnx import numpy_helper
 
-from .errors import FormatError, SharkExportError
+from .errors import AmbiguousModelError, FormatError, SharkExportError
 from .format import QuantizedTable
 from .schemas import DOMAIN, MULTI_OP, multi_field_inputs
 
@@ -27,6 +27,7 @@ def read_tables(path) -> tuple[dict[str, QuantizedTable], list[tuple[str, str, s
         model = onnx.load(str(file))
     except Exception as exc:  # noqa: BLE001 - protobuf raises several types for a corrupt file
         raise SharkExportError(f"cannot read {str(file)!r} as an ONNX model: {exc}") from exc
+    _check_unambiguous(file, model)
     initializers = {i.name: i for i in model.graph.initializer}
     tables: dict[str, QuantizedTable] = {}
     lookups = []
@@ -43,6 +44,46 @@ def read_tables(path) -> tuple[dict[str, QuantizedTable], list[tuple[str, str, s
         except Exception as exc:  # noqa: BLE001 - a malformed node of a corrupt file: named, typed
             raise FormatError(f"{file.name}: node {node.name!r} ({node.op_type}) is malformed: {type(exc).__name__}: {exc}") from exc
     return tables, lookups
+
+
+def _subgraphs(node):
+    import onnx
+
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            yield a.g
+        elif a.type == onnx.AttributeProto.GRAPHS:
+            yield from a.graphs
+
+
+def _nested_nodes(graph):
+    for node in graph.node:
+        for sub in _subgraphs(node):
+            yield from sub.node
+            yield from _nested_nodes(sub)
+
+
+def _check_unambiguous(file: Path, model) -> None:
+    """What verify and inspect read must be what ONNX Runtime reads: one initializer per name, none shadowed by a
+    graph input or a node output, no lookup inside a subgraph (neither checks those)."""
+    names = [i.name for i in model.graph.initializer] + [i.values.name for i in model.graph.sparse_initializer]
+    seen, twice = set(), set()
+    for name in names:
+        (twice if name in seen else seen).add(name)
+    if twice:
+        raise AmbiguousModelError(f"{file.name}: initializer(s) {sorted(twice)} appear more than once: which copy ONNX "
+                                  "Runtime reads is not what a check can vouch for")
+    inputs = {i.name for i in model.graph.input} & seen
+    if inputs:
+        raise AmbiguousModelError(f"{file.name}: graph input(s) {sorted(inputs)} have the name of an initializer: a feed "
+                                  "would replace the stored tensor")
+    produced = {o for n in model.graph.node for o in n.output} & seen
+    if produced:
+        raise AmbiguousModelError(f"{file.name}: node output(s) {sorted(produced)} have the name of an initializer")
+    nested = [n.name for n in _nested_nodes(model.graph) if n.domain == DOMAIN]
+    if nested:
+        raise AmbiguousModelError(f"{file.name}: shark_export node(s) {nested} inside a subgraph: the converter never "
+                                  "writes them there, and their tables would not be checked")
 
 
 def _portable_tables(file: Path, model, initializers: dict):
@@ -114,7 +155,17 @@ def _read_node(node, initializers: dict, tables: dict[str, QuantizedTable], look
 
 def _read_table(node, storage: list[str], attributes: dict, initializers: dict, tables: dict[str, QuantizedTable]) -> None:
     table_name = storage[0].removesuffix(".payload")
+    expected = [f"{table_name}.payload", f"{table_name}.row_meta", f"{table_name}.default_row"]
+    if not storage[0].endswith(".payload") or list(storage) != expected:
+        raise AmbiguousModelError(f"node {node.name!r}: storage inputs {list(storage)} are not one table's "
+                                  f"{expected}: a table is read from its own three tensors")
     if table_name in tables:
+        keys = ("format_version", "num_rows", "dim", "uniform_tier", "scale_group_rows")
+        known = {k: int(tables[table_name].op_attributes().get(k, 0)) for k in keys}
+        given = {k: attributes.get(k, 0) for k in keys}
+        if given != known:
+            raise AmbiguousModelError(f"node {node.name!r}: table {table_name!r} read with attributes {given}, another "
+                                      f"node reads it with {known}: one table has one layout")
         return
     arrays = []
     for input_name in storage:

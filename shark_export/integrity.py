@@ -14,6 +14,9 @@ import numpy as np
 from .errors import IntegrityError
 
 CHECKSUMS_KEY = "shark_export.table_checksums"
+# Every shark_export node's op, inputs and attributes (padding_idx, mode, output_dtype, … change outputs
+# without touching a table): node name → digest.
+LOOKUPS_KEY = "shark_export.lookup_checksums"
 _ATTRIBUTES = ("format_version", "num_rows", "dim", "uniform_tier")
 
 
@@ -29,6 +32,52 @@ def table_digest(attributes: Mapping[str, int], payload: np.ndarray, row_meta: n
         digest.update(f"{array.dtype.str}{array.shape}".encode())
         digest.update(array.reshape(-1).view(np.uint8))
     return digest.hexdigest()
+
+
+def lookup_digest(op_type: str, inputs: list[str], attributes: Mapping) -> str:
+    """blake2b-128 of a lookup node's op type, input names and attributes (name → int, list or string)."""
+    canonical = {"op": op_type, "inputs": list(inputs),
+                 "attributes": {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in sorted(attributes.items())}}
+    return hashlib.blake2b(json.dumps(canonical, sort_keys=True).encode(), digest_size=16).hexdigest()
+
+
+def lookup_checksums_of(graph) -> str:
+    """The metadata value for the shark_export nodes of an onnx_ir graph."""
+    from .schemas import DOMAIN
+
+    digests = {}
+    for node in graph:
+        if node.domain != DOMAIN:
+            continue
+        attributes = {name: (a.value if not isinstance(a.value, (list, tuple)) else [int(v) for v in a.value])
+                      for name, a in node.attributes.items()}
+        digests[node.name] = lookup_digest(node.op_type, [v.name if v is not None else "" for v in node.inputs], attributes)
+    return json.dumps(digests, sort_keys=True)
+
+
+def _proto_lookup_digests(model) -> dict[str, str]:
+    import onnx
+
+    from .schemas import DOMAIN
+
+    digests = {}
+    for node in model.graph.node:
+        if node.domain != DOMAIN:
+            continue
+        attributes = {}
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.INT:
+                attributes[a.name] = a.i
+            elif a.type == onnx.AttributeProto.INTS:
+                attributes[a.name] = list(a.ints)
+            elif a.type == onnx.AttributeProto.STRING:
+                attributes[a.name] = a.s.decode("utf-8", "replace")
+            else:
+                attributes[a.name] = f"<{onnx.AttributeProto.AttributeType.Name(a.type)}>"
+        if node.name in digests:
+            raise IntegrityError(f"two shark_export nodes are named {node.name!r}: their checksums cannot be told apart")
+        digests[node.name] = lookup_digest(node.op_type, list(node.input), attributes)
+    return digests
 
 
 def checksums_of(tables: Mapping) -> str:
@@ -78,4 +127,30 @@ def verify_model(path, require: bool = True) -> dict[str, str] | None:
     missing = sorted(set(recorded) - set(seen))
     if missing:
         raise IntegrityError(f"{path.name}: table(s) {missing} have a checksum but no lookup reads them")
+    _verify_lookups(path, model, metadata)
     return seen
+
+
+def _verify_lookups(path: Path, model, metadata: dict) -> None:
+    """Every shark_export node's op, inputs and attributes against the digests recorded at conversion."""
+    computed = _proto_lookup_digests(model)
+    if LOOKUPS_KEY not in metadata:
+        if computed:
+            raise IntegrityError(f"{path.name}: no lookup checksums in the metadata ({LOOKUPS_KEY}): the lookups' "
+                                 "attributes (padding_idx, mode, output_dtype, …) cannot be verified; reconvert the model")
+        return
+    try:
+        recorded = json.loads(metadata[LOOKUPS_KEY])
+        if not isinstance(recorded, dict):
+            raise ValueError("not an object")
+    except ValueError as exc:
+        raise IntegrityError(f"{path.name}: unreadable {LOOKUPS_KEY} metadata ({exc})") from exc
+    for name, digest in sorted(computed.items()):
+        if name not in recorded:
+            raise IntegrityError(f"{path.name}: lookup node {name!r} has no recorded checksum: it was added after conversion")
+        if recorded[name] != digest:
+            raise IntegrityError(f"{path.name}: lookup node {name!r} does not match its checksum: its inputs or attributes "
+                                 "(padding_idx, mode, modes, output_dtype, …) changed after conversion")
+    gone = sorted(set(recorded) - set(computed))
+    if gone:
+        raise IntegrityError(f"{path.name}: lookup node(s) {gone} have a checksum but are not in the graph")

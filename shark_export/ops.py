@@ -158,5 +158,9 @@ def session(
     except Exception as exc:  # noqa: BLE001 - ORT raises its own types; only a missing op of ours is rewritten
         error = missing_ops_error(exc, repr(source) if isinstance(source, str) else "the model", library_path())
         if error is None:
+            from .ort_errors import named_model_error
+
+            error = named_model_error(exc, source)
+        if error is None:
             raise
         raise error from exc

@@ -326,3 +326,30 @@ def test_standard_with_int8_dense_layers_runs_without_the_library(tmp_path, no_l
     verify_model(tmp_path / "int8.onnx")
     sess = ort.InferenceSession(str(tmp_path / "int8.onnx"), providers=["CPUExecutionProvider"])  # a stock session
     assert sess.get_outputs() and plain.dense == "fp32"
+
+
+@pytest.mark.parametrize("bad", [
+    [0, 1, np.iinfo(np.int64).min],              # a tail of INT64_MIN: the old guard's subtraction overflowed
+    [0, np.iinfo(np.int64).max, 2],              # INT64_MAX then a drop
+    [np.iinfo(np.int64).min, 0, 1],              # first offset INT64_MIN
+    [0, 5, np.iinfo(np.int64).max],              # past the end by everything
+])
+def test_offset_guard_has_no_arithmetic_that_overflows(bad):
+    table = _table("int8", 4)
+    session = _session(_lower(bag_model(table)))
+    indices = np.arange(10) % R
+    with pytest.raises(Exception, match="Gather checking the bag offsets"):
+        session.run(None, {"indices": indices, "offsets": np.array(bad, dtype=np.int64)})
+
+
+@pytest.mark.slow
+def test_offset_guard_with_exactly_2_24_violations():
+    """The probe's case: 2^24 violations made the old guard's index bad * 2^40 wrap to 0 and a [16860686, 2]
+    result came back. Sawtooth offsets in [-101, 100] over 100 ids must fail the run naming the rule."""
+    table = quantize_table(np.random.default_rng(0).normal(size=(50, 2)).astype(np.float32), "int8", name="t")
+    session = _session(_lower(bag_model(table)))
+    n = 16_860_686
+    offsets = (np.arange(n, dtype=np.int64) % 202) - 101
+    offsets[0] = 0
+    with pytest.raises(Exception, match="Gather checking the bag offsets"):
+        session.run(None, {"indices": np.arange(100, dtype=np.int64) % 50, "offsets": offsets})

@@ -28,4 +28,5 @@ export ASAN_OPTIONS="detect_leaks=0:allocator_may_return_null=1:abort_on_error=1
 export UBSAN_OPTIONS="halt_on_error=1:abort_on_error=1:print_stacktrace=1$LOG"
 export SHARK_FUZZ_CASES="${SHARK_FUZZ_CASES:-300}"
 exec python -m pytest -q -p no:cacheprovider -x tests/test_ops.py tests/test_ops_errors.py tests/test_fuzz.py \
+  tests/test_multi_lookup.py tests/test_hostile_ops.py \
   -k "not hypothesis" "${@:2}"

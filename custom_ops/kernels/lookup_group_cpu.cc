@@ -24,6 +24,8 @@ void group_task(void* p, size_t task) {
 
 GroupError lookup_group_cpu(const std::vector<GroupField>& fields, const GroupArgs& a, ParallelFor& pf) {
   GroupError result;
+  // No sample, nothing to write: and no offset is ever applied to an output that may be null (B = 0).
+  if (a.n_samples == 0 || a.width == 0) return result;
   const uint64_t esize = a.out_type == OutType::kFloat32 ? 4 : 2;
   const uint64_t out_bytes = a.n_samples * a.width * esize;
   GroupRun g;

@@ -557,9 +557,10 @@ class MultiLookupCudaKernel : public MultiLookupBase {
       SHARK_RETURN_IF_STATUS(tables_[k]->view(*this, ctx, stream, &tables[k]));
       SHARK_RETURN_IF_STATUS(field_inputs(ctx, k, &inputs[k]));
       column[k] = width;
-      width += inputs[k].columns;
+      SHARK_RETURN_IF_STATUS(add_columns(k, inputs[k], &width));
       SHARK_RETURN_IF_STATUS(check_samples(k, inputs[k].samples, &n_samples));
     }
+    SHARK_RETURN_IF_STATUS(check_output_size(n_samples, width));
     void* out = nullptr;
     int device = 0;
     SHARK_RETURN_IF_STATUS(

@@ -59,6 +59,9 @@ class MultiLookupBase : public TableKernel {
 
   // Every field must give the same number of samples (the first field's, kept in *n_samples).
   OrtStatus* check_samples(size_t k, uint64_t samples, uint64_t* n_samples) const;
+  // The output row grows by field k's columns; a row or an output too large for 64-bit byte offsets is an error.
+  OrtStatus* add_columns(size_t k, const FieldInputs& in, uint64_t* width) const;
+  OrtStatus* check_output_size(uint64_t n_samples, uint64_t width) const;
 
   // Field k's out-of-range index.
   OrtStatus* field_index_error(size_t k, const shark::LookupError& e) const {

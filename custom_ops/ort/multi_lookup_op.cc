@@ -44,6 +44,10 @@ std::vector<std::string> split_names(const std::string& joined, size_t n) {
 
 size_t inputs_of(int64_t kind, bool has_weights) { return 4 + (kind == kBagOffsets ? 1 : 0) + (has_weights ? 1 : 0); }
 
+// An output row's width and element count stay below 2^61: times an element size (<= 4) they fit in 64 bits.
+constexpr uint64_t kMaxOutputWidth = uint64_t{1} << 61;
+constexpr uint64_t kMaxOutputElements = uint64_t{1} << 61;
+
 }  // namespace
 
 OrtStatus* MultiLookupBase::init_fields(const OpSpec& spec, const OrtKernelInfo* info,
@@ -139,6 +143,11 @@ OrtStatus* MultiLookupBase::init_fields(const OpSpec& spec, const OrtKernelInfo*
 // An int-list attribute with one entry per field (`n`; 0: any length). Optional ones default to `dflt`.
 OrtStatus* MultiLookupBase::ints(const OrtKernelInfo* info, const char* name, bool required, std::vector<int64_t>* out,
                                  size_t n, int64_t dflt) const {
+  int64_t single = 0;
+  if (read_int_attr(info, name, &single)) {
+    return error(std::string("attribute '") + name + "' must be a list of ints, one per field, got the single int " +
+                 std::to_string(single));
+  }
   if (!read_ints_attr(info, name, out)) {
     if (required) return error(std::string("required int-list attribute '") + name + "' is missing or not ints");
     out->assign(n, dflt);
@@ -207,6 +216,25 @@ OrtStatus* MultiLookupBase::check_samples(size_t k, uint64_t samples, uint64_t* 
   } else if (samples != *n_samples) {
     return error(fields_[k].label + "has " + std::to_string(samples) + " samples, field '" + fields_[0].name + "' has " +
                  std::to_string(*n_samples) + ": the fields of a group give one output row per sample");
+  }
+  return nullptr;
+}
+
+// Every element offset (column * element size) must fit in 64 bits: the output row is checked as it grows.
+OrtStatus* MultiLookupBase::add_columns(size_t k, const FieldInputs& in, uint64_t* width) const {
+  if (in.columns > kMaxOutputWidth - *width) {
+    return error(fields_[k].label + "adds " + std::to_string(in.columns) + " columns to an output row of " +
+                 std::to_string(*width) + ": the row would be wider than 2^61 elements (indices shape " +
+                 shape_to_string(in.idx.shape) + ")");
+  }
+  *width += in.columns;
+  return nullptr;
+}
+
+OrtStatus* MultiLookupBase::check_output_size(uint64_t n_samples, uint64_t width) const {
+  if (width && n_samples > kMaxOutputElements / width) {
+    return error("the output [" + std::to_string(n_samples) + ", " + std::to_string(width) + "] has more than 2^61 "
+                 "elements: too large to allocate");
   }
   return nullptr;
 }
@@ -320,9 +348,10 @@ class MultiLookupKernel : public MultiLookupBase {
         b.padding_idx = f.bag.padding_idx;
         b.weights = in.weights;
       }
-      width += in.columns;
+      SHARK_RETURN_IF_STATUS(add_columns(k, in, &width));
       SHARK_RETURN_IF_STATUS(check_samples(k, in.samples, &n_samples));
     }
+    SHARK_RETURN_IF_STATUS(check_output_size(n_samples, width));
     // The output first: the allocation that can fail, before anything sized by the inputs' claimed shapes.
     void* out = nullptr;
     SHARK_RETURN_IF_STATUS(get_output(ctx, 0, {static_cast<int64_t>(n_samples), static_cast<int64_t>(width)}, &out));

@@ -23,6 +23,11 @@ OrtStatus* TableKernel::index_error(const shark::LookupError& e, const std::stri
 OrtStatus* TableKernel::int_attr(const OrtKernelInfo* info, const char* name, bool required, int64_t dflt,
                                  int64_t* out) const {
   if (read_int_attr(info, name, out)) return nullptr;
+  std::vector<int64_t> list;
+  if (read_ints_attr(info, name, &list) && !list.empty()) {
+    return error(std::string("attribute '") + name + "' must be a single int, got a list of " + std::to_string(list.size()) +
+                 " ints");
+  }
   if (required) return error(std::string("required int attribute '") + name + "' is missing or not an int");
   *out = dflt;
   return nullptr;

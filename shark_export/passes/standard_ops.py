@@ -189,21 +189,22 @@ def bag_from_rows(b: Builder, rows_of, dim: ir.Value, indices: ir.Value, offsets
 def _checked_offsets(b: Builder, offsets: ir.Value, n: ir.Value) -> ir.Value:
     """`offsets` plus 0, through a Gather that fails the run unless offsets[0] == 0, the offsets do not decrease
     and none exceeds len(indices) = `n` (standard ONNX has no assert: an out-of-range Gather index is the error,
-    and the node's name says what was wrong). Without it such offsets would give wrong sums silently."""
+    and the node's name says what was wrong). Without it such offsets would give wrong sums silently. The guard
+    only compares and takes a maximum of 0/1 flags: no arithmetic in it can overflow, whatever the offsets."""
     k = b.op("Shape", [offsets])
 
-    def count(flags: ir.Value) -> ir.Value:  # how many are true, 0 for none (empty offsets included)
-        return b.op("ReduceSum", [b.op("Cast", [flags], to=_INT64), b.i64(0)], keepdims=0)
+    def any_of(flags: ir.Value) -> ir.Value:  # 1 when any flag is set, 0 for none (empty offsets included)
+        as_int = b.op("Cast", [flags], to=_INT64)
+        return b.op("ReduceMax", [b.op("Concat", [as_int, b.i64(0)], axis=0), b.i64(0)], keepdims=0)
 
     first_not_zero = b.op("Not", [b.op("Equal", [b.op("Slice", [offsets, b.i64(0), b.i64(1), b.i64(0)]),
                                                  b.scalar(0, np.int64)])])
-    step = b.op("Sub", [b.op("Slice", [offsets, b.i64(1), k, b.i64(0)]),
-                        b.op("Slice", [offsets, b.i64(0), b.op("Sub", [k, b.i64(1)]), b.i64(0)])])
-    decreasing = b.op("Less", [step, b.scalar(0, np.int64)])
+    later = b.op("Slice", [offsets, b.i64(1), k, b.i64(0)])
+    earlier = b.op("Slice", [offsets, b.i64(0), b.op("Sub", [k, b.i64(1)]), b.i64(0)])  # (k ≥ 0: Sub is safe)
+    decreasing = b.op("Less", [later, earlier])
     past_end = b.op("Greater", [offsets, n])
-    bad = b.op("Add", [b.op("Add", [count(first_not_zero), count(decreasing)]), count(past_end)])
-    # index 0 when the offsets are valid, else far past the one-element table
-    index = b.op("Mul", [bad, b.scalar(1 << 40, np.int64)])
+    # index 0 when the offsets are valid, 1 (past the one-element table) when any rule is broken
+    index = b.op("Max", [b.op("Max", [any_of(first_not_zero), any_of(decreasing)]), any_of(past_end)])
     zero = b.op("Gather", [b.i64(0), index], axis=0,
                 name="Gather checking the bag offsets: offsets[0] must be 0, offsets must not decrease and none may "
                      "exceed len(indices)")

@@ -1,0 +1,102 @@
+"""ONNX Runtime's words about a shark_export node, turned into errors that name the input or attribute and the
+rule. ORT checks some things before our kernels see the node (types of outputs, absent inputs); its messages
+name neither `output_dtype` nor the field, so the session entry points read the node and say it."""
+
+from __future__ import annotations
+
+import re
+
+from .errors import FormatError
+from .schemas import DOMAIN, MULTI_OP, multi_field_inputs
+
+_TYPE_MISMATCH = re.compile(r"Type \(tensor\((\w+)\)\) of output arg \(([^)]*)\) of node \(([^)]*)\) does not match "
+                            r"expected type \(tensor\((\w+)\)\)")
+_ABSENT = re.compile(r"Node \(([^)]*)\) Op \((RowwiseDequant\w+)\).*Input(\d+) is absent, but not optional")
+_SINGLE_INPUTS = ("payload", "row_meta", "default_row", "indices", "offsets", "per_sample_weights")
+_DTYPES = {1: "float32", 10: "float16"}
+
+
+def _load(source):
+    import onnx
+
+    try:
+        if isinstance(source, (bytes, bytearray)):
+            return onnx.load_from_string(bytes(source))
+        if hasattr(source, "graph"):
+            return source
+        return onnx.load(str(source), load_external_data=False)
+    except Exception:  # noqa: BLE001 - an unreadable model: ORT's own message stands
+        return None
+
+
+def _node(model, name: str):
+    return next((n for n in model.graph.node if n.domain == DOMAIN and n.name == name), None)
+
+
+def _int_attribute(node, name: str, default):
+    import onnx
+
+    for a in node.attribute:
+        if a.name == name:
+            return a.i if a.type == onnx.AttributeProto.INT else list(a.ints)
+    return default
+
+
+def _absent_input(node) -> str:
+    """Which input of `node` is empty, named by field and role."""
+    empty = [k for k, name in enumerate(node.input) if not name]
+    if not empty:
+        return "an input is absent"
+    position = empty[0]
+    if node.op_type != MULTI_OP:
+        role = _SINGLE_INPUTS[position] if position < len(_SINGLE_INPUTS) else f"#{position}"
+        return f"its input {role!r} (input {position}) is absent (empty name), but required"
+    kinds = _int_attribute(node, "kinds", [])
+    weights = _int_attribute(node, "has_weights", [0] * len(kinds)) if isinstance(kinds, list) else []
+    names = next((a.s.decode("utf-8", "replace").split("\n") for a in node.attribute if a.name == "field_names"), [])
+    first = 0
+    for k, kind in enumerate(kinds if isinstance(kinds, list) else []):
+        count = multi_field_inputs(kind, weights[k] if k < len(weights) else 0)
+        if position < first + count:
+            local = position - first
+            roles = ["payload", "row_meta", "default_row", "indices"] + (["offsets"] if kind == 2 else []) + ["per_sample_weights"]
+            field = names[k] if k < len(names) and names[k] else f"#{k}"
+            return f"field {field!r}: its input {roles[local]!r} (node input {position}) is absent (empty name), but required"
+        first += count
+    return f"input {position} is absent (empty name), but required"
+
+
+def named_model_error(exc: BaseException, source) -> FormatError | None:
+    """A FormatError naming the node, input or attribute ORT's `exc` is about, or None for anything else."""
+    text = str(exc)
+    mismatch, absent = _TYPE_MISMATCH.search(text), _ABSENT.search(text)
+    if not (mismatch or absent):
+        return None
+    model = _load(source)
+    if model is None:
+        return None
+    if mismatch:
+        inferred, output, node_name, declared = mismatch.groups()
+        node = _node(model, node_name)
+        if node is None:
+            return None
+        dtype = _int_attribute(node, "output_dtype", 1)
+        wanted = _DTYPES.get(dtype, f"element type {dtype}")
+        return FormatError(
+            f"{node.op_type} node {node_name!r}: attribute output_dtype {dtype} ({wanted}) disagrees with its output "
+            f"{output!r}, whose type elsewhere in the graph is {_name(inferred, declared, wanted)}: output_dtype must be "
+            f"the output's element type (1 float32, 10 float16). ONNX Runtime said: {text}")
+    node = _node(model, absent.group(1))
+    if node is None:
+        return None
+    return FormatError(f"{node.op_type} node {node.name!r}: {_absent_input(node)}. ONNX Runtime said: {text}")
+
+
+def _name(inferred: str, declared: str, wanted: str) -> str:
+    # ORT names the two sides in either order: the one that is not output_dtype's is the graph's
+    other = declared if _ort_name(inferred) == wanted else inferred
+    return _ort_name(other)
+
+
+def _ort_name(t: str) -> str:
+    return {"float": "float32", "float16": "float16"}.get(t, t)
