@@ -171,6 +171,15 @@ def _cmd_convert(args) -> int:
     return 0 if report.faithfulness is None or report.faithfulness else 1
 
 
+def _clean_next_to(model_path: str) -> None:
+    """What killed conversions left next to the model (shark_export.model_file.clean_leftovers), said on stderr."""
+    from .model_file import clean_leftovers
+
+    removed = clean_leftovers(Path(model_path).parent)
+    if removed:
+        print(f"removed what interrupted conversions left next to {model_path}: {', '.join(sorted(removed))}", file=sys.stderr)
+
+
 def _cmd_check(args) -> int:
     """Two questions: is the file faithful to its stored tables (always asked, tight), and what did compression
     cost (measured; judged only on the goals given). Exit 1 when the file is unfaithful or a goal is missed."""
@@ -178,6 +187,7 @@ def _cmd_check(args) -> int:
     from .integrity import verify_model
     from .parity import check_parity
 
+    _clean_next_to(args.onnx)
     if verify_model(args.onnx, require=False) is None:  # the tables are the ones converted, before comparing
         print(f"{args.onnx}: no table checksums recorded: the tables were not verified", file=sys.stderr)
     model = _load_model(args)
@@ -235,6 +245,7 @@ def _cmd_inspect(args) -> int:
     from .inspect_model import inspect_model
     from .integrity import verify_model
 
+    _clean_next_to(args.onnx)
     print(inspect_model(args.onnx))
     verified = verify_model(args.onnx, require=False)
     print("checksums: none recorded (not verified)" if verified is None else

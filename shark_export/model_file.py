@@ -8,12 +8,21 @@
   with its own data file or the new model with its own: never one model reading another's data. The old
   model's data file is removed afterwards unless another `.onnx` next to it still names it.
 - Nothing reaches the output path until `commit()`; leaving the `with` block without it removes the stage.
+- A process killed mid-way can leave its stage directory (`.<name>.<random>/`) or a data file no model names
+  (the new one between the two renames, the old one before its removal). `clean_leftovers` removes exactly those:
+  stage directories whose owner process (pid and start time, in the directory's name) is gone, and content-named data
+  files no `.onnx` in the directory names, while no live stage exists. Every conversion into a directory, and
+  `shark-export inspect`/`check` of a model in it, runs it first. Commits and cleanups hold a lock on the
+  directory, so a cleanup never sees a commit half done.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -62,13 +71,80 @@ def data_files_of(path: Path) -> set[str]:
     return names
 
 
+# A stage directory is named f".{output name}.{pid}-{process start}-" + mkdtemp's 8 characters: its owner is in
+# its name from the moment it exists, so a kill at any point leaves a directory whose owner can be checked.
+_STAGE_DIR = re.compile(r"^\..+\.(\d+)-(\d+)-[A-Za-z0-9_]{8}$")
+_DATA_FILE = re.compile(rf"^[0-9a-f]{{24}}{re.escape(DATA_SUFFIX)}$")  # content-named, as this module names them
+
+
+def _process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat), or None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+@contextlib.contextmanager
+def directory_lock(directory: Path):
+    """An exclusive advisory lock on `directory` itself (no lock file is left behind)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def stage_prefix(output_path: Path) -> str:
+    return f".{output_path.name}.{os.getpid()}-{_process_start(os.getpid()) or 0}-"
+
+
+def make_stage_dir(output_path: Path) -> Path:
+    """A private directory next to `output_path` for staging, named after its owner; leftovers of killed
+    conversions in that directory are cleaned first."""
+    clean_leftovers(output_path.parent)
+    return Path(tempfile.mkdtemp(dir=output_path.parent, prefix=stage_prefix(output_path)))
+
+
+def clean_leftovers(directory: Path) -> list[str]:
+    """Remove what killed conversions left in `directory` and is provably ours and unreferenced: stage directories
+    whose owner (in their name) is gone, and content-named data files that no `.onnx` in the directory names, only
+    while no live stage exists. Returns the names removed; anything else is never touched."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed: list[str] = []
+    with directory_lock(directory):
+        live = False
+        for entry in directory.iterdir():
+            match = _STAGE_DIR.match(entry.name)
+            if not (match and entry.is_dir() and not entry.is_symlink()):
+                continue
+            if _process_start(int(match.group(1))) == match.group(2):
+                live = True  # its conversion is running: leave it, and the data files with it
+                continue
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry.name)
+        if not live:
+            named: set[str] = set()
+            for model in directory.glob("*.onnx"):
+                named |= data_files_of(model)
+            for entry in directory.iterdir():
+                if _DATA_FILE.match(entry.name) and entry.name not in named and entry.is_file() and not entry.is_symlink():
+                    entry.unlink()
+                    removed.append(entry.name)
+    return removed
+
+
 class StagedModel:
     """A model saved and checked in a private directory next to `output_path`; `commit()` moves it into place."""
 
     def __init__(self, model: ir.Model, output_path: Path):
         self.output_path = Path(output_path)
         self.output_path.parent.mkdir(parents=True, exist_ok=True)
-        self._dir = Path(tempfile.mkdtemp(dir=self.output_path.parent, prefix=f".{self.output_path.name}."))
+        self._dir = make_stage_dir(self.output_path)
         self.path = self._dir / self.output_path.name
         size = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
         self.data_name = f"{_content_digest(model)}{DATA_SUFFIX}" if size > EXTERNAL_DATA_BYTES else None
@@ -98,6 +174,12 @@ def commit_files(stage_dir: Path, staged_model: Path, data_name: str | None, out
     """Move a model staged in `stage_dir` (with its data file `data_name`, if any) to `output_path`: the data
     file first (synced, renamed into place), then the model in one rename; then the replaced model's data
     file, unless another `.onnx` next to it still names it."""
+    target_dir = output_path.parent
+    with directory_lock(target_dir):
+        _commit_locked(stage_dir, staged_model, data_name, output_path)
+
+
+def _commit_locked(stage_dir: Path, staged_model: Path, data_name: str | None, output_path: Path) -> None:
     target_dir = output_path.parent
     previous = data_files_of(output_path) if output_path.is_file() else set()
     if data_name:

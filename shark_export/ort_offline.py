@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SharkExportError
-from .model_file import DATA_SUFFIX, commit_files
+from .model_file import DATA_SUFFIX, commit_files, make_stage_dir
 
 LEVELS = ("basic", "extended", "all")
 # Initializers at least this big go to the external data file (protobuf caps a file at 2 GiB).
@@ -95,7 +94,7 @@ def optimize_offline(source, output, *, level: str = "extended", inputs=None) ->
     if output.resolve() == source.resolve():
         raise SharkExportError(f"the optimized model must not overwrite its source {str(source)!r}")
     output.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}."))
+    stage = make_stage_dir(output)
     try:
         staged = stage / output.name
         ort_data = "ort_initializers.bin"  # renamed by content below
