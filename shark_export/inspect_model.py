@@ -34,11 +34,12 @@ def read_tables(path) -> tuple[dict[str, QuantizedTable], list[tuple[str, str, s
     portable, portable_lookups = _portable_tables(file, model, initializers)
     if portable:  # ops="standard": the stored-format tables the portable tensors hold (same checksums)
         return {name: table.to_quantized() for name, table in portable.items()}, portable_lookups
+    storage_of: dict[str, list[str]] = {}  # table → the storage inputs its first reader names
     for node in model.graph.node:
         if node.domain != DOMAIN:
             continue
         try:
-            _read_node(node, initializers, tables, lookups)
+            _read_node(node, initializers, tables, lookups, storage_of)
         except FormatError:
             raise
         except Exception as exc:  # noqa: BLE001 - a malformed node of a corrupt file: named, typed
@@ -112,14 +113,14 @@ def _int_attributes(node) -> dict[str, Any]:
     return attributes
 
 
-def _read_node(node, initializers: dict, tables: dict[str, QuantizedTable], lookups: list) -> None:
+def _read_node(node, initializers: dict, tables: dict[str, QuantizedTable], lookups: list, storage_of: dict) -> None:
     if not all(isinstance(name, str) for name in node.input):
         raise FormatError(f"node {node.name!r}: input names must be strings")
     attributes = _int_attributes(node)
     if node.op_type != MULTI_OP:
         if len(node.input) < 4 or any(isinstance(v, list) for v in attributes.values()):
             raise FormatError(f"node {node.name!r}: expected payload, row_meta, default_row and indices inputs and int attributes")
-        _read_table(node, node.input[:3], attributes, initializers, tables)
+        _read_table(node, node.input[:3], attributes, initializers, tables, storage_of)
         lookups.append((node.name, node.op_type, node.input[0].removesuffix(".payload")))
         return
     kinds = attributes.get("kinds")
@@ -147,19 +148,21 @@ def _read_node(node, initializers: dict, tables: dict[str, QuantizedTable], look
         storage = node.input[first:first + 3]
         if len(storage) < 3:
             raise FormatError(f"node {node.name!r}: field {k} has no storage inputs (the node has {len(node.input)} inputs)")
-        _read_table(node, storage, {name: values[k] for name, values in per_field.items()}, initializers, tables)
+        _read_table(node, storage, {name: values[k] for name, values in per_field.items()}, initializers, tables, storage_of)
         field = fields[k] if k < len(fields) and fields[k] else f"#{k}"
         lookups.append((f"{node.name}[{field}]", node.op_type, storage[0].removesuffix(".payload")))
         first += multi_field_inputs(kind, weights[k])
 
 
-def _read_table(node, storage: list[str], attributes: dict, initializers: dict, tables: dict[str, QuantizedTable]) -> None:
+def _read_table(node, storage: list[str], attributes: dict, initializers: dict, tables: dict[str, QuantizedTable],
+                storage_of: dict[str, list[str]]) -> None:
     table_name = storage[0].removesuffix(".payload")
-    expected = [f"{table_name}.payload", f"{table_name}.row_meta", f"{table_name}.default_row"]
-    if not storage[0].endswith(".payload") or list(storage) != expected:
-        raise AmbiguousModelError(f"node {node.name!r}: storage inputs {list(storage)} are not one table's "
-                                  f"{expected}: a table is read from its own three tensors")
     if table_name in tables:
+        # every reader of a table reads the same three tensors (the digest covers what the first one reads)
+        first = storage_of[table_name]
+        if list(storage) != first:
+            raise AmbiguousModelError(f"node {node.name!r}: reads table {table_name!r} from {list(storage)}, another node "
+                                      f"from {first}: one table has one set of tensors")
         keys = ("format_version", "num_rows", "dim", "uniform_tier", "scale_group_rows")
         known = {k: int(tables[table_name].op_attributes().get(k, 0)) for k in keys}
         given = {k: attributes.get(k, 0) for k in keys}
@@ -173,6 +176,7 @@ def _read_table(node, storage: list[str], attributes: dict, initializers: dict, 
             raise FormatError(f"node {node.name!r}: storage input {input_name!r} is not an initializer")
         arrays.append(numpy_helper.to_array(initializers[input_name]))
     tables[table_name] = table_from_node_inputs(table_name, attributes, *arrays)
+    storage_of[table_name] = list(storage)
 
 
 def inspect_model(path) -> str:

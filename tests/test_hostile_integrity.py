@@ -87,7 +87,15 @@ def test_a_node_reading_two_tables_tensors_is_refused(converted, tmp_path):
     payloads = [i.name for i in model.graph.initializer if i.name.endswith(".payload")]
     other = next(p for p in payloads if p != node.input[0]).removesuffix(".payload")
     node.input[1] = f"{other}.row_meta"
-    with pytest.raises(AmbiguousModelError, match="not one table's"):
+    with pytest.raises(IntegrityError):  # the first reader: its table no longer matches its digest
+        verify_model(_save(model, tmp_path))
+    model = onnx.load(str(converted))  # a second reader of a table, from other tensors
+    node = next(n for n in model.graph.node if n.domain == shark_export.DOMAIN)
+    twin = copy.deepcopy(node)
+    twin.name, twin.output[0] = "twin", "twin_out"
+    twin.input[1] = f"{other}.row_meta"
+    model.graph.node.append(twin)
+    with pytest.raises(AmbiguousModelError, match="one table has one set of tensors"):
         verify_model(_save(model, tmp_path))
 
 
@@ -151,3 +159,22 @@ def test_untouched_files_verify_and_run(converted):
     assert verify_model(converted)
     out = shark_export.session(converted, verify=True).run(None, _feeds(converted))[0]
     assert out.shape == (6,) and np.all(np.isfinite(out))
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_tampered_files_are_refused_or_compute_the_same(converted, tmp_path, seed):
+    """tests/probe_driver.py in a child: no crash, no untyped error, no file that verifies and computes otherwise."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    feeds = tmp_path / "feeds.npz"
+    np.savez(feeds, **_feeds(converted))
+    driver = Path(__file__).resolve().parent / "probe_driver.py"
+    done = subprocess.run([sys.executable, str(driver), str(converted), str(feeds), "--seed", str(seed), "--cases", "150"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    counts = json.loads(done.stdout.strip().splitlines()[-1])
+    assert counts["cases"] == 150 and counts["refused"] > 0
+    assert counts["silent_wrong"] == 0 and counts["untyped_error"] == 0, counts["failures"]
