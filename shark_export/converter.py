@@ -16,6 +16,7 @@ from torch.utils import _pytree as pytree
 
 from .errors import ParityError, SharkExportError, UnsupportedModelError
 from .export import ExampleInputs, export_to_ir
+from .checkpoint_tables import tables_from_checkpoint
 from .fields import find_fields, find_tables, has_stock_forward
 from .row_bounds import store_tables
 from .integrity import CHECKSUMS_KEY, LOOKUPS_KEY, checksums_of, lookup_checksums_of
@@ -100,6 +101,7 @@ def convert(
     optimize_dense: bool = True,
     dense: str = "fp32",
     ops: str = "custom",
+    weights: Any = None,
 ) -> ConvertReport:
     """Convert `model` to an ONNX model at `output_path` whose embedding lookups run our ops.
 
@@ -113,15 +115,19 @@ def convert(
     faithfulness check, its impact reported as `report.dense_impact` (shark_export.dense_int8).
     `ops="standard"`: a portable model, every table in standard ONNX tensors read by ai.onnx ops only (no
     custom-op library needed to run it; docs/PORTABLE.md); lookups are not fused.
+    `weights`: a checkpoint to take the model's tensors from, a `torch.save` file or a torch.distributed.checkpoint
+    directory (or a mapping name → array); the model may then be built on the meta device. Its tables are read row
+    range by row range, never whole (shark_export.checkpoint_tables; docs/SCALE.md).
     """
     if not isinstance(model, torch.nn.Module):
         raise UnsupportedModelError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     was_training = model.training
     model.eval()
     try:
-        with _export_context(model, example_inputs) as adapt:
+        with _export_context(model, example_inputs) as adapt, contextlib.ExitStack() as stack:
+            streamed = {} if weights is None else stack.enter_context(tables_from_checkpoint(model, weights, find_tables(model)))
             report = _convert(
-                model, adapt(example_inputs), output_path, quant=quant, prune=prune,
+                model, adapt(example_inputs), output_path, quant=quant, prune=prune, streamed=streamed,
                 calibration=None if calibration is None else [adapt(b) for b in calibration],
                 labels=labels, example_kwargs=example_kwargs,
                 impact_goals=dict(impact_atol=impact_atol, impact_rtol=impact_rtol, max_dauc=max_dauc, max_dlogloss=max_dlogloss),
@@ -162,7 +168,7 @@ def _torchrec_compat(model: torch.nn.Module, example_inputs: Any):
 
 def _convert(
     model, example_inputs, output_path, *, quant, prune, calibration, labels, example_kwargs, impact_goals,
-    show_progress, keep_unfaithful, fuse_lookups, optimize_dense, dense, ops="custom",
+    show_progress, streamed: dict | None = None, keep_unfaithful, fuse_lookups, optimize_dense, dense, ops="custom",
 ) -> ConvertReport:
     if dense not in DENSE_CHOICES:
         raise ValueError(f"dense={dense!r}: expected one of {', '.join(DENSE_CHOICES)}")
@@ -191,6 +197,9 @@ def _convert(
     input_map = _record_inputs(ir_model, example)
     check_output_count(ir_model, output_names)
     found, weights = _find_lookups(ir_model, model, tables, fields, node_origins)
+    if streamed:
+        _check_streamable(found, streamed)
+        weights.update(streamed)  # quantized row block by row block from the checkpoint
     steps.update()
 
     # 4. tiers and storage per table, then quantize
@@ -340,6 +349,18 @@ def _find_lookups(ir_model: ir.Model, model, tables: dict, fields: dict, node_or
         )
     weights.update({n: parameters[n] for n in found.functional_tables})
     return found, weights
+
+
+def _check_streamable(found, streamed: dict) -> None:
+    """Tables read from a checkpoint are served to torch by module lookups only."""
+    functional = sorted({f for f, field in found.functional_fields.items() if field.table in streamed})
+    dense = sorted(t for t in found.dense_uses if t in streamed)
+    if functional or dense:
+        raise UnsupportedModelError(
+            f"tables read from a checkpoint row by row are looked up by module calls only: "
+            f"{'functional lookups ' + str(functional) if functional else ''}{' and ' if functional and dense else ''}"
+            f"{'dense uses of ' + str(dense) if dense else ''} would need the whole table in memory; load it into the "
+            "model (weights=None) or call the embedding module")
 
 
 def _tables_of_custom_modules(model, tables: dict) -> set[str]:

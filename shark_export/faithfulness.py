@@ -22,6 +22,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 from . import reference
+from .checkpoint_tables import is_stand_in
 from .fields import fields_by_call, has_stock_forward, lookup_arguments, lookup_hooks
 from .format import QuantizedTable
 from .errors import ParityError, SharkExportError
@@ -100,7 +101,7 @@ def _float64_state(model: torch.nn.Module, served: set[str], overrides: dict[str
     for name, tensor in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
         if name in overrides:
             state[name] = overrides[name].detach().double()
-        elif name in served and tensor.dim() == 2:
+        elif (name in served and tensor.dim() == 2) or is_stand_in(tensor):
             state[name] = torch.full((1, 1), float("nan"), dtype=torch.float64).expand(*tensor.shape)
         elif tensor.is_floating_point():
             state[name] = tensor.detach().double()

@@ -365,7 +365,8 @@ def quantize_table(
         raise FormatError(f"table {name!r}: clip must be 'none' or 'l2', got {clip!r}")
     if hasattr(weight, "detach") and hasattr(weight, "cpu"):  # a torch tensor, possibly a trainable parameter
         weight = weight.detach().cpu()
-    w = np.asarray(weight)
+    # a row source (a checkpoint's table, shark_export.checkpoint_reader) is read by row blocks, never whole
+    w = weight if hasattr(weight, "take") and hasattr(weight, "shape") else np.asarray(weight)
     if w.ndim != 2:
         raise FormatError(f"table {name!r}: weight must be 2-D [rows, dim], got shape {w.shape}")
     if w.dtype not in (np.float16, np.float32, np.float64):

@@ -24,15 +24,15 @@ void group_task(void* p, size_t task) {
 
 GroupError lookup_group_cpu(const std::vector<GroupField>& fields, const GroupArgs& a, ParallelFor& pf) {
   GroupError result;
-  // No sample, nothing to write: and no offset is ever applied to an output that may be null (B = 0).
-  if (a.n_samples == 0 || a.width == 0) return result;
   const uint64_t esize = a.out_type == OutType::kFloat32 ? 4 : 2;
   const uint64_t out_bytes = a.n_samples * a.width * esize;
   GroupRun g;
   g.first_task.push_back(0);
   for (const GroupField& f : fields) {
     OutLayout out;
-    out.out = static_cast<char*>(a.out) + f.column * esize;
+    // An empty output (B = 0 or W = 0) may be null: no offset is ever applied to it. The plans still run, so
+    // the indices of bags with no sample are still checked.
+    out.out = (a.out == nullptr || a.n_samples == 0) ? a.out : static_cast<char*>(a.out) + f.column * esize;
     out.type = a.out_type;
     out.out_stride = a.width;
     if (f.is_bag) {

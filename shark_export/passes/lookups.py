@@ -75,6 +75,23 @@ def _substitute(graph: ir.Graph, old: ir.Node, new: ir.Node) -> None:
     graph.remove(old, safe=True)
 
 
+_COMPARE_ELEMENTS = 1 << 20  # per chunk of rows compared: bounded temporaries, whatever the table size
+
+
+def same_values(a, b) -> bool:
+    """Whether two arrays hold the same values: the same memory at once, else compared in chunks of rows (never a
+    temporary the size of the table)."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.__array_interface__["data"][0] == b.__array_interface__["data"][0] and a.strides == b.strides:
+        return True
+    if a.ndim == 0:
+        return bool(np.array_equal(a, b))
+    step = max(1, _COMPARE_ELEMENTS // max(1, int(np.prod(a.shape[1:]))))
+    return all(np.array_equal(a[i:i + step], b[i:i + step]) for i in range(0, a.shape[0], step))
+
+
 def lower_computed_weight_gathers(model: ir.Model, parameter_names: set[str], origins: dict) -> None:
     """Staging lookups on a weight computed in the graph (not a parameter) have no table to store: gathers become
     plain ONNX Gathers, bags (segment pooling, `F.embedding_bag(ids, activations, offsets)`) ai.onnx ops with
@@ -181,7 +198,7 @@ def find_lookups(
                 "not a parameter of the model; only stored tables can be converted"
             )
         if weight.name not in verified:
-            if weight.const_value is None or not np.array_equal(weight.const_value.numpy(), weights[table]):
+            if weight.const_value is None or not same_values(weight.const_value.numpy(), weights[table]):
                 raise ExportError(f"initializer {weight.name!r} does not hold the weight of the module it is named after")
             verified.add(weight.name)
         field_ = None
