@@ -10,6 +10,7 @@ arguments; any other names make one dict argument).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import re
@@ -23,7 +24,10 @@ from . import demo
 from .errors import SharkExportError
 
 
-def _load_model(args) -> torch.nn.Module:
+def _load_model(args, checkpoint: str | None = None) -> torch.nn.Module:
+    """The model of --model/--module. With `checkpoint` (convert's --checkpoint or --state-dict) the factory builds
+    it on the meta device and convert reads its tensors from the checkpoint, tables row range by row range;
+    otherwise --state-dict is memory-mapped and assigned (no second copy of the weights)."""
     if bool(args.module) == bool(args.model):
         raise SharkExportError("give exactly one of --model pkg.module:function or --module saved_module.pt")
     if args.module:
@@ -37,11 +41,15 @@ def _load_model(args) -> torch.nn.Module:
         factory = getattr(_import_factory_module(module_name), function_name, None)
         if factory is None:
             raise SharkExportError(f"--model {args.model}: module {module_name!r} has no attribute {function_name!r}")
-        model = factory(**json.loads(args.factory_kwargs or "{}"))
-        if args.state_dict:
-            if not Path(args.state_dict).is_file():
-                raise SharkExportError(f"--state-dict {args.state_dict!r} does not exist")
-            model.load_state_dict(torch.load(args.state_dict, map_location="cpu", weights_only=True))
+        on_meta = checkpoint is not None or bool(args.state_dict)
+        for given in filter(None, (checkpoint, args.state_dict)):
+            if not Path(given).exists():
+                raise SharkExportError(f"checkpoint {given!r} does not exist")
+        with torch.device("meta") if on_meta else contextlib.nullcontext():
+            model = factory(**json.loads(args.factory_kwargs or "{}"))
+        if args.state_dict and checkpoint is None:
+            state = torch.load(args.state_dict, map_location="cpu", weights_only=True, mmap=True)
+            model.load_state_dict(state, assign=True)
     return model.eval()
 
 
@@ -116,7 +124,8 @@ def _impact_goal_arguments(parser: argparse.ArgumentParser, atol: str, rtol: str
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="factory pkg.module:function returning the nn.Module")
     parser.add_argument("--factory-kwargs", help="JSON keyword arguments for the factory")
-    parser.add_argument("--state-dict", help="state_dict file loaded into the factory's model")
+    parser.add_argument("--state-dict", help="state_dict file (torch.save) for the factory's model: memory-mapped and "
+                        "assigned, never copied; for convert, read like --checkpoint")
     parser.add_argument("--module", help="a whole saved nn.Module (torch.save(model)); trusted files only")
 
 
@@ -138,11 +147,27 @@ def _prune_from_scores(args, model, calibration, labels):
     return scores.plan(drop_fraction=args.prune_drop_fraction)
 
 
+def _scored_prune(args, model, calibration, labels, checkpoint):
+    """The pruning plan; field scores run on the checkpoint's tables (served row by row) when there is one."""
+    if not checkpoint:
+        return _prune_from_scores(args, model, calibration, labels)
+    from .checkpoint_tables import tables_from_checkpoint
+    from .fields import find_tables
+
+    with tables_from_checkpoint(model, checkpoint, find_tables(model)):
+        return _prune_from_scores(args, model, calibration, labels)
+
+
 def _cmd_convert(args) -> int:
     from .converter import convert
     from .quant_config import QuantConfig
 
-    model = _load_model(args)
+    if args.checkpoint and args.state_dict:
+        raise SharkExportError("give one of --checkpoint and --state-dict")
+    checkpoint = args.checkpoint or args.state_dict
+    if checkpoint and args.module:
+        raise SharkExportError("--checkpoint/--state-dict go with --model (a factory), not --module")
+    model = _load_model(args, checkpoint)
     example = load_batch_file(args.inputs)
     calibration = _batches(args.calibration)
     labels = _batches(args.labels)
@@ -153,11 +178,12 @@ def _cmd_convert(args) -> int:
         example,
         args.out,
         quant=quant,
-        prune=_prune_from_scores(args, model, calibration, labels),
+        prune=_scored_prune(args, model, calibration, labels, checkpoint),
         calibration=calibration,
         labels=labels,
         show_progress=not args.quiet,
         keep_unfaithful=args.keep_unfaithful,
+        weights=checkpoint,
         impact_atol=_tolerances(args.impact_atol),
         impact_rtol=_tolerances(args.impact_rtol),
         max_dauc=args.max_dauc,
@@ -296,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("convert", help="convert a torch model to ONNX with row-wise quantized lookups")
     _model_arguments(p)
     p.add_argument("--inputs", required=True, help="example inputs (.pt or .npz)")
+    p.add_argument("--checkpoint", help="the model's weights: a torch.distributed.checkpoint directory or a torch.save "
+                   "file; the factory builds the model on the meta device and tables are read row range by row range")
     p.add_argument("--out", required=True, help="output .onnx path")
     p.add_argument("--quant", default="int8", help="fp32, fp16, int8, int4 or mixed")
     p.add_argument("--prune", nargs="*", help="field names to prune (need --calibration)")

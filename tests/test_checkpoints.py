@@ -142,3 +142,38 @@ def test_functional_lookups_of_checkpoint_tables_are_refused(tmp_path):
         meta = Functional().eval()
     with pytest.raises(UnsupportedModelError, match="functional lookups"):
         shark_export.convert(meta, torch.tensor([1, 2]), tmp_path / "m.onnx", weights=tmp_path / "w.pt")
+
+
+FACTORY = '''
+import torch
+
+class Ranker(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.user = torch.nn.Embedding(3000, 16)
+        self.hist = torch.nn.EmbeddingBag(5000, 32, mode="mean", padding_idx=0)
+        self.bn = torch.nn.BatchNorm1d(48)
+        self.out = torch.nn.Linear(48, 1)
+
+    def forward(self, user, hist):
+        return self.out(self.bn(torch.cat([self.user(user), self.hist(hist)], 1))).squeeze(-1)
+
+def build():
+    return Ranker()
+'''
+
+
+@pytest.mark.parametrize("flag", ["--checkpoint", "--state-dict"])
+def test_cli_converts_from_a_checkpoint(trained, tmp_path, monkeypatch, flag):
+    from shark_export.cli import main
+
+    model, root, cal, labels = trained
+    (tmp_path / "ranker_factory.py").write_text(FACTORY)
+    monkeypatch.chdir(tmp_path)
+    torch.save(cal[0], tmp_path / "example.pt")
+    torch.save(cal, tmp_path / "cal.pt")
+    source = root / ("dcp" if flag == "--checkpoint" else "w.pt")
+    assert main(["convert", "--model", "ranker_factory:build", flag, str(source), "--inputs", "example.pt",
+                 "--calibration", "cal.pt", "--quant", "int8", "--out", "m.onnx", "--quiet"]) == 0
+    shark_export.convert(model, cal[0], tmp_path / "mem.onnx", quant="int8", calibration=cal)
+    assert (tmp_path / "m.onnx").read_bytes() == (tmp_path / "mem.onnx").read_bytes()
