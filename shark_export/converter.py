@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Iterable
@@ -20,7 +21,8 @@ from .checkpoint_tables import tables_from_checkpoint
 from .fields import find_fields, find_tables, has_stock_forward
 from .row_bounds import store_tables
 from .integrity import CHECKSUMS_KEY, LOOKUPS_KEY, checksums_of, lookup_checksums_of
-from .model_file import stage
+from .model_file import make_stage_dir, stage
+from .streamed_tables import DEFAULT_SHARD_BYTES, SegmentStore, external_payloads
 from .model_io import FAITHFULNESS_KEY, INPUTS_KEY, OUTPUTS_KEY, REPORT_KEY
 from .ops import DOMAIN, RUNTIME_KEY, RUNTIME_NOTE
 from .dense_int8 import DENSE_CHOICES, quantize_dense
@@ -102,6 +104,7 @@ def convert(
     dense: str = "fp32",
     ops: str = "custom",
     weights: Any = None,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
 ) -> ConvertReport:
     """Convert `model` to an ONNX model at `output_path` whose embedding lookups run our ops.
 
@@ -117,7 +120,8 @@ def convert(
     custom-op library needed to run it; docs/PORTABLE.md); lookups are not fused.
     `weights`: a checkpoint to take the model's tensors from, a `torch.save` file or a torch.distributed.checkpoint
     directory (or a mapping name → array); the model may then be built on the meta device. Its tables are read row
-    range by row range, never whole (shark_export.checkpoint_tables; docs/SCALE.md).
+    range by row range, never whole (shark_export.checkpoint_tables; docs/SCALE.md), and the stored tables are
+    written straight to the data files, at most `shard_bytes` each (shark_export.streamed_tables).
     """
     if not isinstance(model, torch.nn.Module):
         raise UnsupportedModelError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -128,6 +132,7 @@ def convert(
             streamed = {} if weights is None else stack.enter_context(tables_from_checkpoint(model, weights, find_tables(model)))
             report = _convert(
                 model, adapt(example_inputs), output_path, quant=quant, prune=prune, streamed=streamed,
+                shard_bytes=shard_bytes,
                 calibration=None if calibration is None else [adapt(b) for b in calibration],
                 labels=labels, example_kwargs=example_kwargs,
                 impact_goals=dict(impact_atol=impact_atol, impact_rtol=impact_rtol, max_dauc=max_dauc, max_dlogloss=max_dlogloss),
@@ -166,9 +171,23 @@ def _torchrec_compat(model: torch.nn.Module, example_inputs: Any):
     return None
 
 
-def _convert(
-    model, example_inputs, output_path, *, quant, prune, calibration, labels, example_kwargs, impact_goals,
-    show_progress, streamed: dict | None = None, keep_unfaithful, fuse_lookups, optimize_dense, dense, ops="custom",
+def _convert(*args, **kwargs) -> ConvertReport:
+    with contextlib.ExitStack() as cleanup:  # a stage made for streamed tables goes, whatever happens
+        return _convert_steps(cleanup, *args, **kwargs)
+
+
+def _segment_store(cleanup: contextlib.ExitStack, output_path: Path, ops: str, dense: str, shard_bytes: int) -> SegmentStore:
+    if ops != "custom" or dense != "fp32":
+        raise UnsupportedModelError("a model whose tables are read from a checkpoint converts with ops='custom' and "
+                                    "dense='fp32' (the portable lowering and the dense int8 step hold tables in memory)")
+    store = SegmentStore(make_stage_dir(output_path), shard_bytes)
+    cleanup.callback(shutil.rmtree, store.stage_dir, True)
+    return store
+
+
+def _convert_steps(
+    cleanup, model, example_inputs, output_path, *, quant, prune, calibration, labels, example_kwargs, impact_goals,
+    show_progress, streamed: dict | None = None, shard_bytes: int = DEFAULT_SHARD_BYTES, keep_unfaithful, fuse_lookups, optimize_dense, dense, ops="custom",
 ) -> ConvertReport:
     if dense not in DENSE_CHOICES:
         raise ValueError(f"dense={dense!r}: expected one of {', '.join(DENSE_CHOICES)}")
@@ -216,7 +235,11 @@ def _convert(
     keep_bounds = config.scale_group == "auto"
     plans = {n: (t, g, plan_storage(tiers[n], all_tables[n].num_rows, all_tables[n].dim, 0)[0] if g and keep_bounds else None)
              for n, (t, _, g) in storage.items()}
-    quantized, stored_notes = store_tables(weights, plans, config.clip, show_progress)
+    # Tables from a checkpoint are written straight to the stage's data files (streamed_tables), never held whole.
+    store = _segment_store(cleanup, output_path, ops, dense, shard_bytes) if streamed else None
+    quantized, stored_notes = store_tables(weights, plans, config.clip, show_progress, store=store)
+    if store is not None:
+        quantized = store.pack(quantized)
     storage_notes = {n: "; ".join([part for part in note.split("; ") if part and not (stored_notes[n] and part.startswith("v3:"))]
                                   + ([stored_notes[n]] if stored_notes[n] else [])) for n, (_, note, _) in storage.items()}
     steps.update()
@@ -268,8 +291,10 @@ def _convert(
         ir_model.metadata_props[RUNTIME_KEY] = ir_model.doc_string = RUNTIME_NOTE
 
     # 6. stage the file next to the output path, check it against torch, then move it into place
-    with stage(ir_model, output_path) as staged:
-        report.file_bytes = _file_bytes(staged.path, staged.data_name)
+    if store is not None:
+        external_payloads(ir_model.graph, store)
+    with stage(ir_model, output_path, *((store.stage_dir, store.data_names) if store is not None else ())) as staged:
+        report.file_bytes = _file_bytes(staged.path, staged.data_names)
         steps.update()
         if calibration is None:
             report.notes.append("no calibration data: nothing was checked against torch (give calibration= to check the file)")
@@ -301,7 +326,7 @@ def _convert(
         dense_model, report.dense_int8_nodes = quantize_dense(ir_model, portable)
         dense_model.metadata_props[REPORT_KEY] = json.dumps({k: v for k, v in report.to_dict().items() if k != "output_path"})
         with stage(dense_model, output_path) as staged:
-            report.file_bytes = _file_bytes(staged.path, staged.data_name)
+            report.file_bytes = _file_bytes(staged.path, staged.data_names)
             if calibration is not None:
                 batches = calibration[:_PARITY_BATCHES]
                 report.dense_impact = check_parity(model, staged.path, batches, labels=labels_array(label_list, len(batches)),
@@ -378,5 +403,5 @@ def _dense_bytes(ir_model: ir.Model, quantized: dict, standard=None) -> int:
                    if v.const_value is not None and v.name not in storage))
 
 
-def _file_bytes(model_path: Path, data_name: str | None) -> int:
-    return model_path.stat().st_size + ((model_path.parent / data_name).stat().st_size if data_name else 0)
+def _file_bytes(model_path: Path, data_names: list[str]) -> int:
+    return model_path.stat().st_size + sum((model_path.parent / name).stat().st_size for name in data_names)

@@ -141,15 +141,24 @@ def clean_leftovers(directory: Path) -> list[str]:
 class StagedModel:
     """A model saved and checked in a private directory next to `output_path`; `commit()` moves it into place."""
 
-    def __init__(self, model: ir.Model, output_path: Path):
+    def __init__(self, model: ir.Model, output_path: Path, stage_dir: Path | None = None,
+                 data_names: list[str] | None = None):
+        """`stage_dir` and `data_names`: a stage made before (make_stage_dir) holding the model's data files
+        already (streamed tables: the graph's external tensors name them); the model is saved around them."""
         self.output_path = Path(output_path)
         self.output_path.parent.mkdir(parents=True, exist_ok=True)
-        self._dir = make_stage_dir(self.output_path)
+        self._dir = make_stage_dir(self.output_path) if stage_dir is None else Path(stage_dir)
         self.path = self._dir / self.output_path.name
-        size = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
-        self.data_name = f"{_content_digest(model)}{DATA_SUFFIX}" if size > EXTERNAL_DATA_BYTES else None
+        if data_names is not None:
+            self.data_names = list(data_names)
+            external = None
+        else:
+            size = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+            external = f"{_content_digest(model)}{DATA_SUFFIX}" if size > EXTERNAL_DATA_BYTES else None
+            self.data_names = [external] if external else []
+        self.data_name = self.data_names[0] if len(self.data_names) == 1 else None
         try:
-            ir.save(model, self.path, external_data=self.data_name)
+            ir.save(model, self.path, external_data=external)
             onnx.checker.check_model(str(self.path), full_check=True)
         except BaseException:
             self.discard()
@@ -166,11 +175,11 @@ class StagedModel:
 
     def commit(self) -> None:
         """Data file first (synced, renamed into place), then the model in one rename; then the old data file."""
-        commit_files(self._dir, self.path, self.data_name, self.output_path)
+        commit_files(self._dir, self.path, self.data_names, self.output_path)
         self.discard()
 
 
-def commit_files(stage_dir: Path, staged_model: Path, data_name: str | None, output_path: Path) -> None:
+def commit_files(stage_dir: Path, staged_model: Path, data_name: "str | list[str] | None", output_path: Path) -> None:
     """Move a model staged in `stage_dir` (with its data file `data_name`, if any) to `output_path`: the data
     file first (synced, renamed into place), then the model in one rename; then the replaced model's data
     file, unless another `.onnx` next to it still names it."""
@@ -179,17 +188,18 @@ def commit_files(stage_dir: Path, staged_model: Path, data_name: str | None, out
         _commit_locked(stage_dir, staged_model, data_name, output_path)
 
 
-def _commit_locked(stage_dir: Path, staged_model: Path, data_name: str | None, output_path: Path) -> None:
+def _commit_locked(stage_dir: Path, staged_model: Path, data_name: "str | list[str] | None", output_path: Path) -> None:
     target_dir = output_path.parent
     previous = data_files_of(output_path) if output_path.is_file() else set()
-    if data_name:
-        staged_data = stage_dir / data_name
+    names = [data_name] if isinstance(data_name, str) else list(data_name or [])
+    for name in names:  # every data file in place before the model that names them
+        staged_data = stage_dir / name
         _fsync(staged_data)
-        os.replace(staged_data, target_dir / data_name)
+        os.replace(staged_data, target_dir / name)
     _fsync(staged_model)
     os.replace(staged_model, output_path)
     _fsync_dir(target_dir)
-    stale = previous - {data_name}
+    stale = previous - set(names)
     if stale:
         still_named = set()
         for other in target_dir.glob("*.onnx"):
@@ -208,9 +218,9 @@ def _fsync_dir(directory: Path) -> None:
         pass
 
 
-def stage(model: ir.Model, output_path) -> StagedModel:
+def stage(model: ir.Model, output_path, stage_dir: Path | None = None, data_names: list[str] | None = None) -> StagedModel:
     """Save `model` (checked with onnx's full checker) next to `output_path` without touching it."""
     try:
-        return StagedModel(model, Path(output_path))
+        return StagedModel(model, Path(output_path), stage_dir, data_names)
     except OSError as exc:
         raise SharkExportError(f"cannot write the model next to {str(output_path)!r}: {exc}") from exc

@@ -335,6 +335,7 @@ def quantize_table(
     chunk_rows: int = 65536,
     format_version: int | None = None,
     scale_group_rows: int = 0,
+    allocate: Any = None,
 ) -> QuantizedTable:
     """Store ``weight`` ([R, D] float16/32/64, anything ``np.asarray`` takes) in format ``format_version``.
 
@@ -344,7 +345,8 @@ def quantize_table(
     dropped, and (v2) empty when none is.
     ``clip="l2"`` runs the per-row clipping search (see :func:`_l2_clip_range`; ~70-140x slower) for
     quantized rows instead of using their min/max.
-    ``scale_group_rows`` (a power of two; format v3, the default version when it is given) shares one
+    ``allocate``: called with the payload's byte count, returns the zero-filled uint8 buffer to write it into
+    (default: a new array). ``scale_group_rows`` (a power of two; format v3, the default version when it is given) shares one
     scale and bias per tier among each group of that many rows, and stores quantized rows as codes
     only; ranges (and the clipping search) then run over the group's rows of a tier.
 
@@ -411,7 +413,9 @@ def quantize_table(
         row_meta, n_payload = _build_row_meta(codes, lut)
         bc = np.bincount(codes, minlength=6)
         counts = {t: int(bc[t.value]) for t in Tier}
-    payload = np.zeros(n_payload + group_section_bytes(R, G), dtype=np.uint8)
+    nbytes = n_payload + group_section_bytes(R, G)
+    # `allocate(nbytes)`: a zero-filled buffer to write into (a file-backed one: the table is never held whole)
+    payload = np.zeros(nbytes, dtype=np.uint8) if allocate is None else allocate(nbytes)
     # v1: every offset and stride is a multiple of 4, so rows are scattered as words; v2 rows are bytes.
     words = payload.view(np.uint32) if n_payload and format_version == 1 else None
 

@@ -115,7 +115,7 @@ def table_bytes(table: QuantizedTable) -> int:
 
 
 def quantize_keeping_row_bounds(weight, grouped_tiers, plain_tiers, *, name: str, clip: str,
-                                group_rows: int) -> tuple[QuantizedTable, str]:
+                                group_rows: int, store=None) -> tuple[QuantizedTable, str]:
     """The table of `weight` in scale groups of `group_rows` rows (tiers `grouped_tiers`, as planned for v3)
     with every quantized row within its row-wise bound, or with a header per row (tiers `plain_tiers`, as
     planned for v2) when that is no bigger; and a note saying which and why.
@@ -125,7 +125,9 @@ def quantize_keeping_row_bounds(weight, grouped_tiers, plain_tiers, *, name: str
     R, D = weight.shape
     zeros = zero_rows(weight)
     plain_tiers = keep_zero_rows_exact(_expand(plain_tiers, R, zeros), zeros, D, False)
-    plain = quantize_table(weight, plain_tiers, name=name, clip=clip, default_row=default_row(weight, plain_tiers))
+    allocate = None if store is None else store.allocate
+    plain = quantize_table(weight, plain_tiers, name=name, clip=clip, default_row=default_row(weight, plain_tiers),
+                           allocate=allocate)
     tiers = keep_zero_rows_exact(_expand(grouped_tiers, R, zeros, always=True), zeros, D, True)
     bounds = row_bounds(weight, tiers)
     bounds[zeros] = 0.0
@@ -133,21 +135,33 @@ def quantize_keeping_row_bounds(weight, grouped_tiers, plain_tiers, *, name: str
         bounds = np.maximum(bounds, np.where(np.isfinite(bounds), row_errors(weight, plain), np.inf))
     promoted = 0
     default = default_row(weight, tiers)  # promotions never touch dropped rows
+    grouped = None
     for _ in range(_MAX_ROUNDS):
-        grouped = quantize_table(weight, tiers, name=name, clip=clip, default_row=default, scale_group_rows=group_rows)
+        if grouped is not None and store is not None:
+            store.release(grouped)  # the previous try
+        grouped = quantize_table(weight, tiers, name=name, clip=clip, default_row=default, scale_group_rows=group_rows,
+                                 allocate=allocate)
         over = np.flatnonzero(row_errors(weight, grouped) > bounds)
         if over.shape[0] == 0:
             break
         promoted += int(over.shape[0])
         tiers[over] = _UP_CODES[tiers[over]]
     else:
+        _release(store, grouped)
         return plain, f"header per row: scale groups of {group_rows} rows kept rows over their own error bound"
     g_bytes, p_bytes = table_bytes(grouped), table_bytes(plain)
     if g_bytes >= p_bytes:
+        _release(store, grouped)
         return plain, (f"header per row: scale groups of {group_rows} rows would take {g_bytes} B to keep every row "
                        f"within its own bound ({promoted} row(s) moved up a tier), against {p_bytes} B")
+    _release(store, plain)
     moved = f", {promoted} row(s) moved up a tier to keep their own bound" if promoted else ""
     return grouped, f"v3: scale groups of {group_rows} rows, every row within its own bound{moved} ({g_bytes} B against {p_bytes} B with a header per row)"
+
+
+def _release(store, table: QuantizedTable) -> None:
+    if store is not None:
+        store.release(table)
 
 
 def _expand(tiers, rows: int, zeros: np.ndarray, always: bool = False):
@@ -171,12 +185,13 @@ def default_row(weight, tiers) -> np.ndarray | None:
     return None
 
 
-def store_tables(weights: dict, plans: dict, clip: str = "none", show_progress: bool = False) -> tuple[dict, dict]:
+def store_tables(weights: dict, plans: dict, clip: str = "none", show_progress: bool = False,
+                 store=None) -> tuple[dict, dict]:
     """The converter's quantize step: (name → QuantizedTable, name → storage note) for every planned table, in
     name order. `plans`: name → (tiers, group_rows, plain_tiers): the tiers planned for the table (with scale
     groups of `group_rows` rows, or 0 for a header per row) and, where the groups must keep every row's own
     bound (`scale_group="auto"`), the tiers planned with a header per row, else None. All-zero rows always read
-    exactly zero."""
+    exactly zero. `store` (streamed_tables.SegmentStore): payloads are written into its files, never held whole."""
     from .progress import progress
 
     tables, notes = {}, {}
@@ -185,12 +200,12 @@ def store_tables(weights: dict, plans: dict, clip: str = "none", show_progress: 
         weight = weights[name]
         if group_rows and plain_tiers is not None:
             tables[name], notes[name] = quantize_keeping_row_bounds(weight, tiers, plain_tiers, name=name, clip=clip,
-                                                                    group_rows=group_rows)
+                                                                    group_rows=group_rows, store=store)
             continue
         zeros = zero_rows(weight)
         tiers = keep_zero_rows_exact(_expand(tiers, weight.shape[0], zeros, always=bool(group_rows)), zeros,
                                      weight.shape[1], bool(group_rows))
         tables[name] = quantize_table(weight, tiers, name=name, clip=clip, default_row=default_row(weight, tiers),
-                                      scale_group_rows=group_rows)
+                                      scale_group_rows=group_rows, allocate=None if store is None else store.allocate)
         notes[name] = ""
     return tables, notes

@@ -17,6 +17,11 @@ import torch.distributed.checkpoint as dcp
 
 import shark_export
 from shark_export.checkpoint_reader import CheckpointError, open_weights
+from shark_export.export import ExampleInputs
+from shark_export.inspect_model import read_tables
+from shark_export.integrity import verify_model
+from shark_export.model_file import data_files_of
+from shark_export.model_io import OnnxModelRunner
 from shark_export.errors import UnsupportedModelError
 
 
@@ -104,9 +109,39 @@ def test_a_meta_model_converts_to_the_same_bytes(trained, tmp_path, quant, kind)
     report = shark_export.convert(meta, cal[0], tmp_path / "m.onnx", quant=quant, calibration=cal, labels=labels,
                                   weights=source)
     assert report.faithfulness and in_memory.faithfulness
-    assert (tmp_path / "m.onnx").read_bytes() == (tmp_path / "mem.onnx").read_bytes()
+    assert_same_model(tmp_path / "m.onnx", tmp_path / "mem.onnx", cal)
+    data = [p for p in tmp_path.iterdir() if p.name.endswith(".onnx.data")]
+    assert len(data) == 1 and data_files_of(tmp_path / "m.onnx") == {data[0].name}  # tables streamed to a data file
     assert all(p.is_meta for p in meta.parameters())  # the model gets its own tensors back
     assert report.impact.metrics[0].auc_delta == in_memory.impact.metrics[0].auc_delta
+
+
+def assert_same_model(path, other, batches) -> None:
+    """The same stored tables (every tensor, byte for byte), the same checksums, the same outputs bit for bit."""
+    a, _ = read_tables(path)
+    b, _ = read_tables(other)
+    assert sorted(a) == sorted(b)
+    for name in a:
+        for part in ("payload", "row_meta", "default_row"):
+            assert np.array_equal(np.asarray(getattr(a[name], part)), np.asarray(getattr(b[name], part))), (name, part)
+    assert verify_model(path) == verify_model(other)
+    runs = [OnnxModelRunner(p) for p in (path, other)]
+    for batch in batches:
+        got, want = (r.run(ExampleInputs.of(batch)) for r in runs)
+        assert all(np.array_equal(x.view(np.uint32), y.view(np.uint32)) for x, y in zip(got, want))
+
+
+def test_tables_are_sharded_by_size(trained, tmp_path):
+    model, root, cal, _ = trained
+    with torch.device("meta"):
+        meta = Ranker().eval()
+    shark_export.convert(meta, cal[0], tmp_path / "m.onnx", quant="int8", calibration=cal, weights=root / "w.pt",
+                         shard_bytes=1 << 16)
+    names = data_files_of(tmp_path / "m.onnx")
+    assert len(names) == 2 and names == {p.name for p in tmp_path.iterdir() if p.name.endswith(".onnx.data")}
+    shark_export.convert(model, cal[0], tmp_path / "mem.onnx", quant="int8", calibration=cal)
+    assert_same_model(tmp_path / "m.onnx", tmp_path / "mem.onnx", cal)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no stage left
 
 
 def test_bad_checkpoints_name_the_table_and_write_nothing(trained, tmp_path):
@@ -124,7 +159,7 @@ def test_bad_checkpoints_name_the_table_and_write_nothing(trained, tmp_path):
         shark_export.convert(meta, cal[0], tmp_path / "m.onnx", weights=tmp_path / "wrong.pt")
     with pytest.raises(CheckpointError, match="does not exist"):
         shark_export.convert(meta, cal[0], tmp_path / "m.onnx", weights=tmp_path / "nope.pt")
-    assert not (tmp_path / "m.onnx").exists()
+    assert not (tmp_path / "m.onnx").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".m.onnx")]
 
 
 def test_functional_lookups_of_checkpoint_tables_are_refused(tmp_path):
@@ -176,4 +211,4 @@ def test_cli_converts_from_a_checkpoint(trained, tmp_path, monkeypatch, flag):
     assert main(["convert", "--model", "ranker_factory:build", flag, str(source), "--inputs", "example.pt",
                  "--calibration", "cal.pt", "--quant", "int8", "--out", "m.onnx", "--quiet"]) == 0
     shark_export.convert(model, cal[0], tmp_path / "mem.onnx", quant="int8", calibration=cal)
-    assert (tmp_path / "m.onnx").read_bytes() == (tmp_path / "mem.onnx").read_bytes()
+    assert_same_model(tmp_path / "m.onnx", tmp_path / "mem.onnx", cal)

@@ -1,0 +1,117 @@
+"""Stored tables written straight to files, never held whole in memory (issue 22: tables larger than a machine).
+
+While a conversion quantizes, each table's payload is a zero-filled file in the stage directory, mapped and
+filled row block by row block (`SegmentStore.allocate`). Tables the storage rules reject (a grouped try that
+is not kept) are deleted at once. Then `pack` copies the payloads, in bounded chunks, into the model's data
+files: tables in name order, each at a 64 KiB-aligned offset, a new file once `shard_bytes` would be passed (a
+table larger than that gets a file of its own); each file is named by the digest of its content, so the same
+tables give the same files, and each payload is mapped read-only from its place there for the checks. The graph
+then names them as external data (`external_payloads`), and the model file is saved around them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from .format import QuantizedTable
+
+ALIGNMENT = 1 << 16  # payload offsets in a data file: page- and allocation-granularity aligned (mappable)
+DEFAULT_SHARD_BYTES = 2 << 30
+_COPY_BYTES = 1 << 24
+DATA_SUFFIX = ".onnx.data"
+
+
+class SegmentStore:
+    """Zero-filled, writable file-backed buffers in `stage_dir`, and their packing into data files."""
+
+    def __init__(self, stage_dir: Path, shard_bytes: int = DEFAULT_SHARD_BYTES):
+        if shard_bytes < ALIGNMENT:
+            raise ValueError(f"shard_bytes must be at least {ALIGNMENT}, got {shard_bytes}")
+        self.stage_dir = Path(stage_dir)
+        self.shard_bytes = int(shard_bytes)
+        self._files: dict[int, Path] = {}  # id(buffer) → its segment file
+        self._count = 0
+        self.locations: dict[str, tuple[str, int, int]] = {}  # table → (data file, offset, length)
+        self.data_names: list[str] = []
+
+    def allocate(self, nbytes: int) -> np.ndarray:
+        """A zero-filled uint8 buffer of `nbytes` backed by a new file (an empty array for 0 bytes)."""
+        if nbytes == 0:
+            return np.zeros(0, dtype=np.uint8)
+        path = self.stage_dir / f"segment-{self._count}.bin"
+        self._count += 1
+        with open(path, "wb") as f:
+            f.truncate(nbytes)  # a sparse file: reads as zeros, costs no memory
+        buffer = np.memmap(path, dtype=np.uint8, mode="r+", shape=(nbytes,))
+        self._files[id(buffer)] = path
+        return buffer
+
+    def release(self, table: QuantizedTable) -> None:
+        """A table that will not be stored: its segment goes."""
+        path = self._files.pop(id(table.payload), None)
+        if path is not None:
+            table.payload._mmap.close() if getattr(table.payload, "_mmap", None) is not None else None
+            path.unlink(missing_ok=True)
+
+    def pack(self, tables: dict[str, QuantizedTable]) -> dict[str, QuantizedTable]:
+        """Copy every table's payload into the content-named data files; the tables returned read their payload
+        from there (read-only mappings)."""
+        plan: list[list[tuple[str, int, int]]] = []  # per data file: (table, offset, length)
+        size = 0
+        for name in sorted(tables):
+            length = int(tables[name].payload.shape[0])
+            if length == 0:
+                continue
+            offset = -(-size // ALIGNMENT) * ALIGNMENT
+            if not plan or (size and offset + length > self.shard_bytes):
+                plan.append([])
+                offset = 0
+            plan[-1].append((name, offset, length))
+            size = offset + length
+        out = dict(tables)
+        for k, entries in enumerate(plan):
+            staging = self.stage_dir / f"data-{k}.tmp"
+            digest = hashlib.blake2b(digest_size=12)
+            with open(staging, "wb") as f:
+                for name, offset, length in entries:
+                    pad = offset - f.tell()
+                    if pad:
+                        f.write(b"\0" * pad)
+                        digest.update(b"\0" * pad)
+                    payload = tables[name].payload
+                    for start in range(0, length, _COPY_BYTES):
+                        chunk = np.asarray(payload[start:start + _COPY_BYTES]).tobytes()
+                        f.write(chunk)
+                        digest.update(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            data_name = digest.hexdigest() + DATA_SUFFIX
+            os.replace(staging, self.stage_dir / data_name)
+            self.data_names.append(data_name)
+            for name, offset, length in entries:
+                self.release(tables[name])
+                mapped = np.memmap(self.stage_dir / data_name, dtype=np.uint8, mode="r", offset=offset, shape=(length,))
+                out[name] = replace(tables[name], payload=mapped)
+                self.locations[name] = (data_name, offset, length)
+        return out
+
+    def discard(self) -> None:
+        for path in list(self._files.values()):
+            path.unlink(missing_ok=True)
+        self._files.clear()
+
+
+def external_payloads(graph: ir.Graph, store: SegmentStore) -> None:
+    """The payload initializers of the packed tables become references into their data files."""
+    for table, (data_name, offset, length) in store.locations.items():
+        value = graph.initializers.get(f"{table}.payload")
+        if value is None:
+            continue
+        value.const_value = ir.ExternalTensor(data_name, offset, length, ir.DataType.UINT8, shape=ir.Shape([length]),
+                                              name=value.name, base_dir=str(store.stage_dir))
