@@ -104,6 +104,7 @@ def stage_prefix(output_path: Path) -> str:
 def make_stage_dir(output_path: Path) -> Path:
     """A private directory next to `output_path` for staging, named after its owner; leftovers of killed
     conversions in that directory are cleaned first."""
+    output_path.parent.mkdir(parents=True, exist_ok=True)
     clean_leftovers(output_path.parent)
     return Path(tempfile.mkdtemp(dir=output_path.parent, prefix=stage_prefix(output_path)))
 

@@ -1,0 +1,149 @@
+"""3 GB of fp32 tables convert inside a 1.5 GB memory cgroup (issue 22.5).
+
+A model of four 3M x 64 tables (3.07 GB fp32), built on the meta device, is converted from a torch.save file
+(int8) and from a torch.distributed.checkpoint directory (mixed) by a child process moved into a child memory
+cgroup (v1) of this process's own, limited to 1.5 GB. The result is then checked against an in-memory quantization
+of the rows the calibration touched: each row, at the tier the file gave it, decodes to the same bits.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from shark_export.checkpoint_reader import open_weights
+from shark_export.format import Tier
+from shark_export.inspect_model import read_tables
+from shark_export.quantize import quantize_table
+from shark_export.reference import dequantize_rows
+
+pytestmark = pytest.mark.slow
+
+ROWS, DIM, TABLES = 3_000_000, 64, 4
+LIMIT = int(1.5 * 2**30)
+
+MODEL = f'''
+import torch
+
+class Big(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.tables = torch.nn.ModuleList(torch.nn.Embedding({ROWS}, {DIM}) for _ in range({TABLES}))
+        self.mlp = torch.nn.Sequential(torch.nn.Linear({TABLES * DIM}, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
+
+    def forward(self, ids):
+        return self.mlp(torch.cat([t(ids[:, k]) for k, t in enumerate(self.tables)], 1)).squeeze(-1)
+'''
+
+CHILD = '''
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+import shark_export
+from bigmodel import Big
+with torch.device("meta"):
+    model = Big().eval()
+cal = torch.load(sys.argv[1] + "/cal.pt")
+report = shark_export.convert(model, cal[0], sys.argv[4], quant=sys.argv[3], calibration=cal, weights=sys.argv[2])
+assert report.faithfulness, str(report.faithfulness)
+print("ratio", report.ratio)
+'''
+
+
+def _memory_cgroup() -> Path | None:
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            return Path("/sys/fs/cgroup/memory") / path.lstrip("/")
+    return None
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    own = _memory_cgroup()
+    if own is None or not (own / "memory.limit_in_bytes").exists() or not os.access(own, os.W_OK):
+        pytest.skip(f"no writable cgroup v1 memory controller here (own cgroup {own}): the bound cannot be enforced")
+    import torch.distributed.checkpoint as dcp
+
+    root = tmp_path_factory.mktemp("scale")
+    (root / "bigmodel.py").write_text(MODEL)
+    gen = torch.Generator().manual_seed(0)
+    state = {}
+    for k in range(TABLES):
+        table = torch.empty(ROWS, DIM)
+        table.normal_(0, 0.1, generator=gen)
+        state[f"tables.{k}.weight"] = table
+    state.update({f"mlp.{n}": p for n, p in torch.nn.Sequential(torch.nn.Linear(TABLES * DIM, 64), torch.nn.ReLU(),
+                                                                  torch.nn.Linear(64, 1)).state_dict().items()})
+    torch.save(state, root / "w.pt")
+    dcp.save(state, checkpoint_id=str(root / "dcp"))
+    del state
+    cal = [torch.randint(0, ROWS, (4096, TABLES), generator=gen) for _ in range(10)]
+    torch.save(cal, root / "cal.pt")
+    yield root, own, cal
+    import shutil
+
+    shutil.rmtree(root, ignore_errors=True)  # 6 GB of checkpoints
+
+
+def _run_limited(own: Path, args: list[str]) -> tuple[subprocess.CompletedProcess, int]:
+    child = own / f"shark-test-{uuid.uuid4().hex[:8]}"
+    child.mkdir()
+    try:
+        (child / "memory.limit_in_bytes").write_text(str(LIMIT))
+        procs = str(child / "cgroup.procs")
+
+        def enter() -> None:  # only the child moves into the limited cgroup
+            with open(procs, "w") as f:
+                f.write(str(os.getpid()))
+
+        done = subprocess.run(args, preexec_fn=enter, capture_output=True, text=True, timeout=1200)
+        return done, int((child / "memory.max_usage_in_bytes").read_text())
+    finally:
+        for _ in range(100):
+            try:
+                child.rmdir()
+                break
+            except OSError:
+                import time
+
+                time.sleep(0.1)
+
+
+def _row_tiers(table) -> np.ndarray:
+    if table.uniform_tier >= 0:
+        return np.full(table.num_rows, table.uniform_tier, dtype=np.uint8)
+    planes = np.ascontiguousarray(table.row_meta[:, 1:4].astype("<u8"))
+    bits = [np.unpackbits(np.ascontiguousarray(planes[:, k]).view(np.uint8).reshape(-1, 8), axis=1, bitorder="little").reshape(-1)
+            for k in range(3)]
+    return (bits[0] | (bits[1] << 1) | (bits[2] << 2))[: table.num_rows].astype(np.uint8)
+
+
+@pytest.mark.parametrize("source,quant", [("w.pt", "int8"), ("dcp", "mixed")])
+def test_3gb_of_tables_convert_in_a_1_5gb_cgroup(checkpoints, tmp_path, source, quant):
+    root, own, cal = checkpoints
+    out = tmp_path / "m.onnx"
+    done, peak = _run_limited(own, [sys.executable, "-c", CHILD, str(root), str(root / source), quant, str(out)])
+    assert done.returncode == 0, f"exit {done.returncode} (-9: killed at the memory limit), peak {peak / 2**30:.2f} GiB\n{done.stderr[-3000:]}"
+    assert peak <= LIMIT
+    tables, _ = read_tables(out)
+    weights = open_weights(root / source)
+    touched = np.unique(torch.cat([b[:, 0] for b in cal]).numpy())[:5000]
+    for k in range(TABLES):
+        name = f"tables.{k}.weight"
+        stored = tables[name]
+        rows = weights[name].take(touched)
+        tiers = _row_tiers(stored)[touched]
+        assert (quant == "int8") == bool(np.all(tiers == Tier.INT8))
+        for tier in np.unique(tiers):
+            sel = tiers == tier
+            small = quantize_table(rows[sel], int(tier), name=name)  # the same rows, in memory
+            want = dequantize_rows(small, np.arange(int(sel.sum())))
+            got = dequantize_rows(stored, touched[sel])
+            assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), f"{name} tier {tier}"
