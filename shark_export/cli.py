@@ -164,7 +164,11 @@ def _cmd_convert(args) -> int:
 
     if args.checkpoint and args.state_dict:
         raise SharkExportError("give one of --checkpoint and --state-dict")
-    checkpoint = args.checkpoint or args.state_dict
+    in_memory = args.ops != "custom" or args.dense != "fp32"  # these steps hold the tables in memory
+    if args.checkpoint and in_memory:
+        raise SharkExportError("--checkpoint streams the tables: it goes with --ops custom and --dense fp32; for "
+                               "--ops standard or --dense int8 give the weights with --state-dict")
+    checkpoint = args.checkpoint or (None if in_memory else args.state_dict)
     if checkpoint and args.module:
         raise SharkExportError("--checkpoint/--state-dict go with --model (a factory), not --module")
     model = _load_model(args, checkpoint)

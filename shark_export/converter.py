@@ -27,7 +27,7 @@ from .model_io import FAITHFULNESS_KEY, INPUTS_KEY, OUTPUTS_KEY, REPORT_KEY
 from .ops import DOMAIN, RUNTIME_KEY, RUNTIME_NOTE
 from .dense_int8 import DENSE_CHOICES, quantize_dense
 from .faithfulness import check_converted, labels_array
-from .parity import check_parity
+from .parity import batch_size_of, check_parity, labels_per_batch
 from .report import ConvertReport, table_reports, use_portable_bytes
 from .passes import (
     DenseOpsPass,
@@ -195,7 +195,8 @@ def _convert_steps(
         raise ValueError(f"ops={ops!r}: expected 'custom' (our lookup ops) or 'standard' (ai.onnx ops only)")
     config = QuantConfig.of(quant)
     example = ExampleInputs.of(example_inputs, example_kwargs)
-    label_list = list(labels) if labels is not None else None
+    label_list = labels_per_batch(labels, [batch_size_of(b) for b in calibration]) if labels is not None and calibration else (
+        list(labels) if labels is not None else None)
     output_path = Path(output_path)
     steps = progress(total=6, desc="convert", enabled=show_progress)
 

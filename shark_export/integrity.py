@@ -28,10 +28,23 @@ def table_digest(attributes: Mapping[str, int], payload: np.ndarray, row_meta: n
         fields["scale_group_rows"] = int(attributes["scale_group_rows"])
     digest.update(json.dumps(fields, sort_keys=True).encode())
     for array in (payload, row_meta, default_row):
+        if isinstance(array, np.memmap) and array.ndim == 1 and getattr(array, "filename", None):
+            digest.update(f"{array.dtype.str}{array.shape}".encode())
+            _update_from_file(digest, array.filename, int(array.offset), array.nbytes)
+            continue
         array = np.ascontiguousarray(array)
         digest.update(f"{array.dtype.str}{array.shape}".encode())
         digest.update(array.reshape(-1).view(np.uint8))
     return digest.hexdigest()
+
+
+def _update_from_file(digest, filename: str, offset: int, length: int, block: int = 1 << 24) -> None:
+    """Hash a file-backed tensor by reading it (a big table's pages never become this process's resident set)."""
+    import os
+
+    with open(filename, "rb", buffering=0) as f:
+        for start in range(0, length, block):
+            digest.update(os.pread(f.fileno(), min(block, length - start), offset + start))
 
 
 def lookup_digest(op_type: str, inputs: list[str], attributes: Mapping) -> str:
@@ -107,12 +120,7 @@ def verify_model(path, require: bool = True) -> dict[str, str] | None:
             return None
         raise IntegrityError(f"{path.name}: no table checksums in the metadata ({CHECKSUMS_KEY}); it was not written by "
                              "this converter, or they were removed")
-    try:
-        recorded = json.loads(metadata[CHECKSUMS_KEY])
-        if not isinstance(recorded, dict):
-            raise ValueError("not an object")
-    except ValueError as exc:
-        raise IntegrityError(f"{path.name}: unreadable {CHECKSUMS_KEY} metadata ({exc})") from exc
+    recorded = _json_object(path, metadata, CHECKSUMS_KEY)
     tables, _ = read_tables(path)  # validated against their attributes first (a FormatError names the table)
     seen: dict[str, str] = {}
     for table, stored in tables.items():
@@ -139,12 +147,7 @@ def _verify_lookups(path: Path, model, metadata: dict) -> None:
             raise IntegrityError(f"{path.name}: no lookup checksums in the metadata ({LOOKUPS_KEY}): the lookups' "
                                  "attributes (padding_idx, mode, output_dtype, …) cannot be verified; reconvert the model")
         return
-    try:
-        recorded = json.loads(metadata[LOOKUPS_KEY])
-        if not isinstance(recorded, dict):
-            raise ValueError("not an object")
-    except ValueError as exc:
-        raise IntegrityError(f"{path.name}: unreadable {LOOKUPS_KEY} metadata ({exc})") from exc
+    recorded = _json_object(path, metadata, LOOKUPS_KEY)
     for name, digest in sorted(computed.items()):
         if name not in recorded:
             raise IntegrityError(f"{path.name}: lookup node {name!r} has no recorded checksum: it was added after conversion")
@@ -154,3 +157,13 @@ def _verify_lookups(path: Path, model, metadata: dict) -> None:
     gone = sorted(set(recorded) - set(computed))
     if gone:
         raise IntegrityError(f"{path.name}: lookup node(s) {gone} have a checksum but are not in the graph")
+
+
+def _json_object(path: Path, metadata: dict, key: str) -> dict:
+    try:
+        value = json.loads(metadata[key])
+        if not isinstance(value, dict):
+            raise ValueError("not an object")
+    except ValueError as exc:
+        raise IntegrityError(f"{path.name}: unreadable {key} metadata ({exc})") from exc
+    return value

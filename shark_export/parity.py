@@ -288,6 +288,37 @@ def labels_over_samples(labels: Any, batch_sizes: list[int]) -> Any:
     return np.asarray(items)
 
 
+def labels_per_batch(labels: Any, batch_sizes: list[int]) -> list | None:
+    """Labels in any accepted form → one label array (or dict) per batch: as given when they are per batch, else
+    an array over all samples (batches concatenated) split at the batches' sizes."""
+    if labels is None:
+        return None
+    if isinstance(labels, (list, tuple)) and len(labels) == len(batch_sizes) and all(
+            isinstance(y, (dict, np.ndarray, torch.Tensor)) for y in labels):
+        return list(labels)
+    if isinstance(labels, (list, tuple)) and len(labels) == 1 and len(batch_sizes) > 1:
+        labels = labels[0]  # one tensor over all samples, as a .pt file holding a single tensor loads
+    if isinstance(labels, dict):
+        arrays = {k: _as_label_array(v) for k, v in labels.items()}
+        total = {k: a.shape[0] for k, a in arrays.items()}
+        if any(n != sum(batch_sizes) for n in total.values()):
+            raise SharkExportError(f"labels have {total} samples, the batches {sum(batch_sizes)}")
+        bounds = np.cumsum([0] + list(batch_sizes))
+        return [{k: a[bounds[i]:bounds[i + 1]] for k, a in arrays.items()} for i in range(len(batch_sizes))]
+    array = np.asarray(torch.as_tensor(labels) if isinstance(labels, torch.Tensor) else labels)
+    if array.ndim == 0 or array.shape[0] != sum(batch_sizes):
+        raise SharkExportError(f"labels: give one label tensor per batch ({len(batch_sizes)}), or one array over all "
+                               f"{sum(batch_sizes)} samples; got {'a scalar' if array.ndim == 0 else array.shape[0]} entries")
+    bounds = np.cumsum([0] + list(batch_sizes))
+    return [torch.as_tensor(array[bounds[i]:bounds[i + 1]]) for i in range(len(batch_sizes))]
+
+
+def batch_size_of(batch: Any) -> int:
+    """Samples in one batch: the first dimension of its first tensor."""
+    leaves = [x for x in torch.utils._pytree.tree_leaves(batch) if isinstance(x, torch.Tensor) and x.ndim]
+    return int(leaves[0].shape[0]) if leaves else 1
+
+
 def _batch_size(outputs: list[np.ndarray]) -> int:
     first = outputs[0] if outputs else None
     return int(first.shape[0]) if first is not None and first.ndim else 1

@@ -7,6 +7,7 @@ the same ranges are taken per scale group and tier (all values of the group's ro
 
 from __future__ import annotations
 
+import mmap
 from typing import Any
 
 import numpy as np
@@ -238,6 +239,22 @@ def _group_params(w: np.ndarray, codes: np.ndarray | None, uniform: int, G: int,
     return params
 
 
+def _let_go(payload: np.ndarray, start: int, end: int) -> int:
+    """Drop the written pages [start, end) of a file-backed (np.memmap, shared) payload from this process's mapping:
+    the data stays in the page cache and the file, the resident set does not grow with the table. Returns how far
+    it got (a page boundary)."""
+    mapping = getattr(payload, "_mmap", None)
+    if mapping is None or not hasattr(mapping, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+        return start
+    base = int(getattr(payload, "offset", 0)) % mmap.ALLOCATIONGRANULARITY  # where the payload starts in the mapping
+    first = (base + start + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE
+    last = (base + end) // mmap.PAGESIZE * mmap.PAGESIZE
+    if last > first:
+        mapping.madvise(mmap.MADV_DONTNEED, first, last - first)
+        return last - base
+    return start
+
+
 def _parse_tiers(tiers: Any, R: int, name: str) -> tuple[int, np.ndarray | None]:
     """(uniform code, None) or (-1, uint8[R] codes)."""
     if isinstance(tiers, (Tier, int, np.integer, str, bool, np.bool_)) or (
@@ -368,7 +385,7 @@ def quantize_table(
     if hasattr(weight, "detach") and hasattr(weight, "cpu"):  # a torch tensor, possibly a trainable parameter
         weight = weight.detach().cpu()
     # a row source (a checkpoint's table, shark_export.checkpoint_reader) is read by row blocks, never whole
-    w = weight if hasattr(weight, "take") and hasattr(weight, "shape") else np.asarray(weight)
+    w = weight if callable(getattr(weight, "read", None)) and hasattr(weight, "take") else np.asarray(weight)
     if w.ndim != 2:
         raise FormatError(f"table {name!r}: weight must be 2-D [rows, dim], got shape {w.shape}")
     if w.dtype not in (np.float16, np.float32, np.float64):
@@ -435,8 +452,12 @@ def quantize_table(
         slot = group_params[rows // G, int(tier) - int(Tier.INT8)]
         return slot[:, 0], slot[:, 1]
 
+    written = 0  # payload bytes before this are final: a file-backed payload lets go of their pages
     for r0 in range(0, R, chunk):
         r1 = min(R, r0 + chunk)
+        if r0:
+            done = r0 * int(lut[uniform]) if uniform >= 0 else int(row_meta[r0 // BLOCK_ROWS, 0])
+            written = _let_go(payload, written, done)
         x = w[r0:r1]
         cc = None if uniform >= 0 else codes[r0:r1]
         mn, mx = _check_chunk(x, cc, uniform, r0, name)

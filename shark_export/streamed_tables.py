@@ -11,6 +11,7 @@ then names them as external data (`external_payloads`), and the model file is sa
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import replace
@@ -55,8 +56,7 @@ class SegmentStore:
     def release(self, table: QuantizedTable) -> None:
         """A table that will not be stored: its segment goes."""
         path = self._files.pop(id(table.payload), None)
-        if path is not None:
-            table.payload._mmap.close() if getattr(table.payload, "_mmap", None) is not None else None
+        if path is not None:  # unlinked, not unmapped: a view still alive stays valid until it is dropped
             path.unlink(missing_ok=True)
 
     def pack(self, tables: dict[str, QuantizedTable]) -> dict[str, QuantizedTable]:
@@ -85,10 +85,13 @@ class SegmentStore:
                         f.write(b"\0" * pad)
                         digest.update(b"\0" * pad)
                     payload = tables[name].payload
-                    for start in range(0, length, _COPY_BYTES):
-                        chunk = np.asarray(payload[start:start + _COPY_BYTES]).tobytes()
-                        f.write(chunk)
-                        digest.update(chunk)
+                    source = self._files.get(id(payload))
+                    with open(source, "rb", buffering=0) if source is not None else contextlib.nullcontext() as seg:
+                        for start in range(0, length, _COPY_BYTES):  # file reads: no page of it stays mapped here
+                            n = min(_COPY_BYTES, length - start)
+                            chunk = os.pread(seg.fileno(), n, start) if seg is not None else payload[start:start + n].tobytes()
+                            f.write(chunk)
+                            digest.update(chunk)
                 f.flush()
                 os.fsync(f.fileno())
             data_name = digest.hexdigest() + DATA_SUFFIX

@@ -22,19 +22,10 @@ from shark_export.inspect_model import read_tables
 from shark_export.integrity import verify_model
 from shark_export.model_file import data_files_of
 from shark_export.model_io import OnnxModelRunner
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from checkpoint_models import Ranker  # noqa: E402  (also the CLI factory's module)
 from shark_export.errors import UnsupportedModelError
-
-
-class Ranker(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.user = torch.nn.Embedding(3000, 16)
-        self.hist = torch.nn.EmbeddingBag(5000, 32, mode="mean", padding_idx=0)
-        self.bn = torch.nn.BatchNorm1d(48)
-        self.out = torch.nn.Linear(48, 1)
-
-    def forward(self, user, hist):
-        return self.out(self.bn(torch.cat([self.user(user), self.hist(hist)], 1))).squeeze(-1)
 
 
 @pytest.fixture(scope="module")
@@ -179,23 +170,7 @@ def test_functional_lookups_of_checkpoint_tables_are_refused(tmp_path):
         shark_export.convert(meta, torch.tensor([1, 2]), tmp_path / "m.onnx", weights=tmp_path / "w.pt")
 
 
-FACTORY = '''
-import torch
-
-class Ranker(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.user = torch.nn.Embedding(3000, 16)
-        self.hist = torch.nn.EmbeddingBag(5000, 32, mode="mean", padding_idx=0)
-        self.bn = torch.nn.BatchNorm1d(48)
-        self.out = torch.nn.Linear(48, 1)
-
-    def forward(self, user, hist):
-        return self.out(self.bn(torch.cat([self.user(user), self.hist(hist)], 1))).squeeze(-1)
-
-def build():
-    return Ranker()
-'''
+FACTORY = "from checkpoint_models import Ranker\n\ndef build():\n    return Ranker()\n"
 
 
 @pytest.mark.parametrize("flag", ["--checkpoint", "--state-dict"])
@@ -205,6 +180,7 @@ def test_cli_converts_from_a_checkpoint(trained, tmp_path, monkeypatch, flag):
     model, root, cal, labels = trained
     (tmp_path / "ranker_factory.py").write_text(FACTORY)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent))
     torch.save(cal[0], tmp_path / "example.pt")
     torch.save(cal, tmp_path / "cal.pt")
     source = root / ("dcp" if flag == "--checkpoint" else "w.pt")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import shark_export
 from shark_export import QuantConfig, check_faithfulness, convert
 from shark_export.faithfulness import faithfulness_report
 from shark_export.fields import find_fields
@@ -162,3 +163,15 @@ def test_onnx_error_is_measured_against_float64(converted):
         expected.append(fm + (h @ deep[2].T + deep[3])[:, 0])
     err = np.abs(got - np.concatenate(expected)).max()
     assert report.faithfulness.outputs[0].max_abs == pytest.approx(err, rel=1e-6, abs=1e-9)
+
+
+def test_convert_takes_labels_per_batch_or_over_all_samples(tmp_path):
+    model = OverConfidentFM().eval()
+    cal = batches(3, 128)
+    labels = labels_for(cal)
+    per_batch = convert(model, cal[0], tmp_path / "a.onnx", quant="int8", calibration=cal, labels=labels)
+    concatenated = convert(model, cal[0], tmp_path / "b.onnx", quant="int8", calibration=cal, labels=torch.cat(labels))
+    assert per_batch.impact.metrics[0].auc_delta == concatenated.impact.metrics[0].auc_delta
+    assert per_batch.impact.metrics[0].auc_reference == concatenated.impact.metrics[0].auc_reference
+    with pytest.raises(shark_export.errors.SharkExportError, match="one label tensor per batch"):
+        convert(model, cal[0], tmp_path / "c.onnx", quant="int8", calibration=cal, labels=torch.cat(labels)[:-1])

@@ -19,7 +19,7 @@ import onnx_ir as ir
 from ..errors import ExportError
 from ..export import FLOAT_BAG, FLOAT_GATHER, STAGING_DOMAIN, ExportedLookup
 from ..fields import Field, Table, fields_by_call
-from .standard_ops import MIN_ONNX_OPSET, Builder, bag_from_rows
+from .standard_ops import MIN_ONNX_OPSET, Builder, bag_from_rows, replace_with_lowered
 
 
 @dataclass(frozen=True)
@@ -131,13 +131,7 @@ def _lower_computed_bag(graph: ir.Graph, node: ir.Node, origins: dict) -> None:
     attrs = node.attributes
     out = bag_from_rows(b, rows_of, b.op("Shape", [weight], start=1, end=2), inputs[1], inputs[2], inputs[3],
                         attrs.get_int("mode", 0), attrs.get_int("include_last_offset", 0), attrs.get_int("padding_idx", -1))
-    old = node.outputs[0]
-    out.shape, out.type = old.shape, old.type
-    graph.insert_before(node, b.nodes)
-    old.replace_all_uses_with(out, replace_graph_outputs=True)
-    name = old.name
-    graph.remove(node, safe=True)
-    out.name = name
+    replace_with_lowered(graph, node, b.nodes, out)
 
 
 def raise_table_gathers(model: ir.Model, table_aliases: set[str]) -> None:

@@ -211,6 +211,17 @@ def _checked_offsets(b: Builder, offsets: ir.Value, n: ir.Value) -> ir.Value:
     return b.op("Add", [offsets, zero])
 
 
+def replace_with_lowered(graph: ir.Graph, node: ir.Node, nodes: list[ir.Node], out: ir.Value) -> None:
+    """`nodes` (computing `out`) take `node`'s place: its output's name, type, shape and uses."""
+    old = node.outputs[0]
+    out.shape, out.type = old.shape, old.type
+    graph.insert_before(node, nodes)
+    old.replace_all_uses_with(out, replace_graph_outputs=True)
+    name = old.name
+    graph.remove(node, safe=True)
+    out.name = name
+
+
 def _attribute(node: ir.Node, name: str, default: int) -> int:
     return node.attributes.get_int(name, default)
 
@@ -285,13 +296,7 @@ class StandardOpsPass(ir.passes.InPlacePass):
                 raise ir.passes.PreconditionError(f"unknown shark_export op {node.op_type} ({node.name})")
             if _attribute(node, "output_dtype", 1) == ir.DataType.FLOAT16:
                 out = b.op("Cast", [out], to=ir.DataType.FLOAT16)
-            old = node.outputs[0]
-            out.shape, out.type = old.shape, old.type
-            graph.insert_before(node, b.nodes)
-            old.replace_all_uses_with(out, replace_graph_outputs=True)
-            name = old.name
-            graph.remove(node, safe=True)
-            out.name = name
+            replace_with_lowered(graph, node, b.nodes, out)
         for value in self._storage:  # the stored-format tensors nothing reads any more
             if value.is_initializer() and not value.uses() and not value.is_graph_output():
                 graph.initializers.pop(value.name, None)
