@@ -11,4 +11,9 @@ namespace shark {
 // changed. Skipped for ranges under 8 MiB (and by the caller when the session asks: huge_pages=0).
 void advise_huge_pages(const void* p, size_t n);
 
+// A table ONNX Runtime maps from an external data file is read at random rows: no read-around, so the
+// process's resident set follows the rows the lookups touch (a fault would otherwise read megabytes around
+// each row). Harmless on heap memory.
+void advise_random(const void* p, size_t n);
+
 }  // namespace shark
