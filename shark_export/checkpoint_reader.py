@@ -36,8 +36,7 @@ _STORAGE_DTYPES = {
     "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16, "CharStorage": np.int8,
     "ByteStorage": np.uint8, "BoolStorage": np.bool_,
 }
-# Rows read per request when walking a table in blocks, and the largest gap between wanted rows that is read
-# through rather than split into two requests.
+# `take`: the largest gap between wanted rows that is read through rather than split into two requests.
 _MERGE_GAP_ROWS = 8
 
 
@@ -257,10 +256,6 @@ class TensorSource:
     def value(self) -> np.ndarray:
         """The whole tensor as float32."""
         return self.read(0, self.shape[0]).reshape(self.shape)
-
-    def __array__(self, dtype=None, copy=None):
-        out = self.read(0, self.shape[0])
-        return out if dtype is None else out.astype(dtype)
 
 
 def _read_rows(record: TensorRecord, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:

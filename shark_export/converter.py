@@ -26,7 +26,7 @@ from .streamed_tables import DEFAULT_SHARD_BYTES, SegmentStore, external_payload
 from .model_io import FAITHFULNESS_KEY, INPUTS_KEY, OUTPUTS_KEY, REPORT_KEY
 from .ops import DOMAIN, RUNTIME_KEY, RUNTIME_NOTE
 from .dense_int8 import DENSE_CHOICES, quantize_dense
-from .faithfulness import check_converted, labels_array
+from .faithfulness import check_converted
 from .parity import batch_size_of, check_parity, labels_per_batch
 from .report import ConvertReport, table_reports, use_portable_bytes
 from .passes import (
@@ -195,8 +195,9 @@ def _convert_steps(
         raise ValueError(f"ops={ops!r}: expected 'custom' (our lookup ops) or 'standard' (ai.onnx ops only)")
     config = QuantConfig.of(quant)
     example = ExampleInputs.of(example_inputs, example_kwargs)
-    label_list = labels_per_batch(labels, [batch_size_of(b) for b in calibration]) if labels is not None and calibration else (
-        list(labels) if labels is not None else None)
+    # one label tensor (or dict) per calibration batch, whichever form they were given in
+    label_list = None if labels is None else (
+        labels_per_batch(labels, [batch_size_of(b) for b in calibration]) if calibration else list(labels))
     output_path = Path(output_path)
     steps = progress(total=6, desc="convert", enabled=show_progress)
 
@@ -330,7 +331,7 @@ def _convert_steps(
             report.file_bytes = _file_bytes(staged.path, staged.data_names)
             if calibration is not None:
                 batches = calibration[:_PARITY_BATCHES]
-                report.dense_impact = check_parity(model, staged.path, batches, labels=labels_array(label_list, len(batches)),
+                report.dense_impact = check_parity(model, staged.path, batches, labels=None if label_list is None else label_list[:len(batches)],
                                                    atol=impact_goals["impact_atol"], rtol=impact_goals["impact_rtol"],
                                                    max_dauc=impact_goals["max_dauc"], max_dlogloss=impact_goals["max_dlogloss"])
             staged.commit()

@@ -78,17 +78,6 @@ class WithStoredWeights(torch.nn.Module):
         return torch.func.functional_call(self.model, self.weights, args, kwargs, tie_weights=True, strict=False)
 
 
-def labels_array(label_list: list | None, batches: int):
-    """Per-batch labels → one array over the samples of the first `batches` batches ([N] or [N, T]), or a
-    dict output name → array when the labels are given per output."""
-    if label_list is None:
-        return None
-    chosen = label_list[:batches]
-    if chosen and isinstance(chosen[0], dict):
-        return {k: np.concatenate([np.asarray(torch.as_tensor(y[k])).reshape(len(y[k]), -1) for y in chosen]) for k in chosen[0]}
-    return np.concatenate([np.asarray(torch.as_tensor(y)).reshape(len(y), -1) for y in chosen])
-
-
 def _to_float64(value):
     return pytree.tree_map(lambda x: x.double() if isinstance(x, torch.Tensor) and x.is_floating_point() else x, value)
 
@@ -159,7 +148,7 @@ def check_converted(
     `lookup_dtype`: the lookup ops' output type. The impact is measured, and judged only on the goals given."""
     faithfulness = faithfulness_report(model, path, batches, fields=fields, tables=tables, pruned_means=pruned_means,
                                        dequantized=dequantized, lookup_dtype=lookup_dtype)
-    impact = check_parity(model, path, batches, labels=labels_array(labels, len(batches)), atol=impact_atol,
+    impact = check_parity(model, path, batches, labels=None if labels is None else labels[:len(batches)], atol=impact_atol,
                           rtol=impact_rtol, max_dauc=max_dauc, max_dlogloss=max_dlogloss)
     return faithfulness, impact
 

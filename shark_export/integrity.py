@@ -55,28 +55,28 @@ def lookup_digest(op_type: str, inputs: list[str], attributes: Mapping) -> str:
 
 
 def lookup_checksums_of(graph) -> str:
-    """The metadata value for the shark_export nodes of an onnx_ir graph."""
+    """The metadata value for the shark_export nodes of an onnx_ir graph: each node digested as serialized, the
+    same way verify reads it back (`_proto_lookup_digests`)."""
+    import onnx_ir as ir
+
     from .schemas import DOMAIN
 
-    digests = {}
-    for node in graph:
-        if node.domain != DOMAIN:
-            continue
-        attributes = {name: (a.value if not isinstance(a.value, (list, tuple)) else [int(v) for v in a.value])
-                      for name, a in node.attributes.items()}
-        digests[node.name] = lookup_digest(node.op_type, [v.name if v is not None else "" for v in node.inputs], attributes)
-    return json.dumps(digests, sort_keys=True)
+    nodes = [ir.serde.serialize_node(node) for node in graph if node.domain == DOMAIN]
+    return json.dumps(_node_digests(nodes), sort_keys=True)
 
 
 def _proto_lookup_digests(model) -> dict[str, str]:
-    import onnx
-
     from .schemas import DOMAIN
 
+    return _node_digests([node for node in model.graph.node if node.domain == DOMAIN])
+
+
+def _node_digests(nodes) -> dict[str, str]:
+    """node name → digest of a shark_export NodeProto's op type, inputs and attributes."""
+    import onnx
+
     digests = {}
-    for node in model.graph.node:
-        if node.domain != DOMAIN:
-            continue
+    for node in nodes:
         attributes = {}
         for a in node.attribute:
             if a.type == onnx.AttributeProto.INT:

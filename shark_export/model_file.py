@@ -157,7 +157,6 @@ class StagedModel:
             size = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
             external = f"{_content_digest(model)}{DATA_SUFFIX}" if size > EXTERNAL_DATA_BYTES else None
             self.data_names = [external] if external else []
-        self.data_name = self.data_names[0] if len(self.data_names) == 1 else None
         try:
             ir.save(model, self.path, external_data=external)
             onnx.checker.check_model(str(self.path), full_check=True)

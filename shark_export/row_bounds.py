@@ -38,12 +38,6 @@ _UP = {Tier.INT2: Tier.INT4, Tier.INT4: Tier.INT8, Tier.INT8: Tier.FP16, Tier.FP
 _UP_CODES = np.array([_UP.get(t, t) for t in Tier], dtype=np.uint8)  # fp32 and dropped rows stay
 
 
-def _per_row(tiers, rows: int) -> np.ndarray:
-    if isinstance(tiers, np.ndarray):
-        return tiers.astype(np.uint8, copy=True)
-    return np.full(rows, int(tiers), dtype=np.uint8)
-
-
 def _chunks(rows: int, dim: int):
     step = max(1, _CHUNK_ELEMENTS // max(1, dim))
     for r0 in range(0, rows, step):
@@ -59,18 +53,12 @@ def zero_rows(weight) -> np.ndarray:
     return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
 
 
-def keep_zero_rows_exact(tiers, zeros: np.ndarray, dim: int, grouped: bool):
-    """`tiers` (a Tier, or per-row codes) with every all-zero row at a tier that stores it exactly: never
-    dropped (a dropped row reads the table's default row), and in a grouped table never a quantized tier that
-    shares its group's range (fp16 there). A quantized row with its own header stores zeros exactly."""
+def keep_zero_rows_exact(codes: np.ndarray, zeros: np.ndarray, dim: int, grouped: bool) -> np.ndarray:
+    """Per-row tier `codes` (changed in place and returned) with every all-zero row at a tier that stores it
+    exactly: never dropped (a dropped row reads the table's default row), and in a grouped table never a quantized
+    tier that shares its group's range (fp16 there). A quantized row with its own header stores zeros exactly."""
     if zeros.shape[0] == 0:
-        return tiers
-    if not isinstance(tiers, np.ndarray):
-        tier = Tier(int(tiers))
-        if tier is not Tier.DROPPED and not (grouped and tier.is_quantized):
-            return tiers
-        raise ValueError("keep_zero_rows_exact: give per-row tiers for a table whose zero rows change tier")
-    codes = tiers.astype(np.uint8, copy=True)
+        return codes
     at = codes[zeros]
     if grouped:
         at[np.isin(at, (Tier.DROPPED, Tier.INT8, Tier.INT4, Tier.INT2))] = Tier.FP16
@@ -124,11 +112,11 @@ def quantize_keeping_row_bounds(weight, grouped_tiers, plain_tiers, *, name: str
     clipping the user asked for, on the row's own range)."""
     R, D = weight.shape
     zeros = zero_rows(weight)
-    plain_tiers = keep_zero_rows_exact(_expand(plain_tiers, R, zeros), zeros, D, False)
+    plain_tiers = keep_zero_rows_exact(_per_row(plain_tiers, R), zeros, D, False)
     allocate = None if store is None else store.allocate
     plain = quantize_table(weight, plain_tiers, name=name, clip=clip, default_row=default_row(weight, plain_tiers),
                            allocate=allocate)
-    tiers = keep_zero_rows_exact(_expand(grouped_tiers, R, zeros, always=True), zeros, D, True)
+    tiers = keep_zero_rows_exact(_per_row(grouped_tiers, R), zeros, D, True)
     bounds = row_bounds(weight, tiers)
     bounds[zeros] = 0.0
     if clip == "l2":
@@ -164,13 +152,11 @@ def _release(store, table: QuantizedTable) -> None:
         store.release(table)
 
 
-def _expand(tiers, rows: int, zeros: np.ndarray, always: bool = False):
-    """Per-row codes when a zero row must change tier (or `always`), else `tiers` as given."""
+def _per_row(tiers, rows: int) -> np.ndarray:
+    """uint8[R] tier codes (a copy) of a Tier or an array of codes."""
     if isinstance(tiers, np.ndarray):
         return tiers.astype(np.uint8, copy=True)
-    if always or zeros.shape[0]:
-        return _per_row(tiers, rows)
-    return tiers
+    return np.full(rows, int(tiers), dtype=np.uint8)
 
 
 def default_row(weight, tiers) -> np.ndarray | None:
@@ -203,8 +189,8 @@ def store_tables(weights: dict, plans: dict, clip: str = "none", show_progress: 
                                                                     group_rows=group_rows, store=store)
             continue
         zeros = zero_rows(weight)
-        tiers = keep_zero_rows_exact(_expand(tiers, weight.shape[0], zeros, always=bool(group_rows)), zeros,
-                                     weight.shape[1], bool(group_rows))
+        if zeros.shape[0]:  # (a uniform table without zero rows stays a Tier: no per-row array)
+            tiers = keep_zero_rows_exact(_per_row(tiers, weight.shape[0]), zeros, weight.shape[1], bool(group_rows))
         tables[name] = quantize_table(weight, tiers, name=name, clip=clip, default_row=default_row(weight, tiers),
                                       scale_group_rows=group_rows, allocate=None if store is None else store.allocate)
         notes[name] = ""

@@ -11,7 +11,6 @@ then names them as external data (`external_payloads`), and the model file is sa
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 from dataclasses import replace
@@ -84,12 +83,10 @@ class SegmentStore:
                     if pad:
                         f.write(b"\0" * pad)
                         digest.update(b"\0" * pad)
-                    payload = tables[name].payload
-                    source = self._files.get(id(payload))
-                    with open(source, "rb", buffering=0) if source is not None else contextlib.nullcontext() as seg:
-                        for start in range(0, length, _COPY_BYTES):  # file reads: no page of it stays mapped here
-                            n = min(_COPY_BYTES, length - start)
-                            chunk = os.pread(seg.fileno(), n, start) if seg is not None else payload[start:start + n].tobytes()
+                    # every non-empty payload was allocated here: copied by file reads, no page of it mapped
+                    with open(self._files[id(tables[name].payload)], "rb", buffering=0) as segment:
+                        for start in range(0, length, _COPY_BYTES):
+                            chunk = os.pread(segment.fileno(), min(_COPY_BYTES, length - start), start)
                             f.write(chunk)
                             digest.update(chunk)
                 f.flush()

@@ -116,19 +116,11 @@ def test_converted_tables_keep_bounds_and_padding_rows(tmp_path, quant):
         assert np.all(out[0] == 0.0), f"{name}: the padding row reads {out[0][:4]}"
         if shared:
             continue  # the user asked for shared scales: rows share their group's range
-        codes = _row_tiers(table)
+        codes = table.tiers()
         errors = np.abs(out.astype(np.float64) - w).max(axis=1)
         for tier in (Tier.INT8, Tier.INT4, Tier.INT2):
             sel = codes == tier
             assert np.all(errors[sel] <= independent_bound(w[sel], tier)), f"{name} {tier}"
-
-
-def _row_tiers(table) -> np.ndarray:
-    if table.uniform_tier >= 0:
-        return np.full(table.num_rows, table.uniform_tier, dtype=np.uint8)
-    planes = np.ascontiguousarray(table.row_meta[:, 1:4].astype("<u8"))
-    bits = [np.unpackbits(np.ascontiguousarray(planes[:, k]).view(np.uint8).reshape(-1, 8), axis=1, bitorder="little").reshape(-1) for k in range(3)]
-    return (bits[0] | (bits[1] << 1) | (bits[2] << 2))[: table.num_rows].astype(np.uint8)
 
 
 def test_budget_is_not_overspent_when_groups_fall_back(tmp_path):

@@ -116,15 +116,6 @@ def _run_limited(own: Path, args: list[str]) -> tuple[subprocess.CompletedProces
                 time.sleep(0.1)
 
 
-def _row_tiers(table) -> np.ndarray:
-    if table.uniform_tier >= 0:
-        return np.full(table.num_rows, table.uniform_tier, dtype=np.uint8)
-    planes = np.ascontiguousarray(table.row_meta[:, 1:4].astype("<u8"))
-    bits = [np.unpackbits(np.ascontiguousarray(planes[:, k]).view(np.uint8).reshape(-1, 8), axis=1, bitorder="little").reshape(-1)
-            for k in range(3)]
-    return (bits[0] | (bits[1] << 1) | (bits[2] << 2))[: table.num_rows].astype(np.uint8)
-
-
 @pytest.mark.parametrize("source,quant", [("w.pt", "int8"), ("dcp", "mixed")])
 def test_3gb_of_tables_convert_in_a_1_5gb_cgroup(checkpoints, tmp_path, source, quant):
     root, own, cal = checkpoints
@@ -139,7 +130,7 @@ def test_3gb_of_tables_convert_in_a_1_5gb_cgroup(checkpoints, tmp_path, source, 
         name = f"tables.{k}.weight"
         stored = tables[name]
         rows = weights[name].take(touched)
-        tiers = _row_tiers(stored)[touched]
+        tiers = stored.tiers()[touched]
         assert (quant == "int8") == bool(np.all(tiers == Tier.INT8))
         for tier in np.unique(tiers):
             sel = tiers == tier

@@ -44,8 +44,7 @@ std::vector<std::string> split_names(const std::string& joined, size_t n) {
 
 size_t inputs_of(int64_t kind, bool has_weights) { return 4 + (kind == kBagOffsets ? 1 : 0) + (has_weights ? 1 : 0); }
 
-// An output row's width and element count stay below 2^61: times an element size (<= 4) they fit in 64 bits.
-constexpr uint64_t kMaxOutputWidth = uint64_t{1} << 61;
+// An output row's width, and its element count, stay below 2^61: times an element size (<= 4) they fit in 64 bits.
 constexpr uint64_t kMaxOutputElements = uint64_t{1} << 61;
 
 }  // namespace
@@ -222,7 +221,7 @@ OrtStatus* MultiLookupBase::check_samples(size_t k, uint64_t samples, uint64_t* 
 
 // Every element offset (column * element size) must fit in 64 bits: the output row is checked as it grows.
 OrtStatus* MultiLookupBase::add_columns(size_t k, const FieldInputs& in, uint64_t* width) const {
-  if (in.columns > kMaxOutputWidth - *width) {
+  if (in.columns > kMaxOutputElements - *width) {
     return error(fields_[k].label + "adds " + std::to_string(in.columns) + " columns to an output row of " +
                  std::to_string(*width) + ": the row would be wider than 2^61 elements (indices shape " +
                  shape_to_string(in.idx.shape) + ")");

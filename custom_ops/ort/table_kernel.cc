@@ -121,8 +121,10 @@ OrtStatus* TableSlot::check(const TableKernel& k, const Input& payload, const In
   shark::TableShapes shapes{payload.shape, meta.shape, dflt.shape};
   const std::string bad = shark::validate_table(*t, shapes);
   if (!bad.empty()) return k.error(label_ + "invalid table: " + bad);
-  if (cache) validated_.remember(key);
-  shark::advise_random(t->payload, t->payload_bytes);  // once per table seen: random rows, no read-around
+  if (cache) {
+    validated_.remember(key);
+    shark::advise_random(t->payload, t->payload_bytes);  // once per table: random rows, no read-around
+  }
   return nullptr;
 }
 
