@@ -1,6 +1,6 @@
 """Converting tables larger than memory: seconds per GB, peak memory and output bytes against table size.
 
-    python benchmarks/bench_scale.py --sizes 0.25 1 4 16 --quant int8 mixed --dir /tmp/shark-scale
+    python benchmarks/bench_scale.py --sizes 0.25 1 4 16 --quant int8 mixed --dir /tmp/shark-scale [--memory-limit 1.5]
 
 For each size, four nn.Embedding(R, 64) tables (R so that their fp32 bytes total the size) and an MLP are saved
 as a torch.distributed.checkpoint directory; a model built on the meta device is converted from it by a fresh
@@ -19,6 +19,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import memory_cgroup  # noqa: E402
 
 CHILD = r'''
 import json, sys, threading, time, torch
@@ -89,6 +92,7 @@ def main() -> int:
     parser.add_argument("--tables", type=int, default=4)
     parser.add_argument("--dir", type=Path, default=Path("/tmp/shark-scale"))
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--memory-limit", type=float, help="GiB: run each conversion in a memory cgroup of that size")
     args = parser.parse_args()
     results = []
     for size in args.sizes:
@@ -101,17 +105,23 @@ def main() -> int:
         for quant in args.quant:
             out = args.dir / f"out-{size:g}-{quant}" / "m.onnx"
             shutil.rmtree(out.parent, ignore_errors=True)
-            done = subprocess.run([sys.executable, "-c", CHILD, str(rows), str(args.dim), str(args.tables), str(ckpt), quant,
-                                   str(out)], capture_output=True, text=True)
+            command = [sys.executable, "-c", CHILD, str(rows), str(args.dim), str(args.tables), str(ckpt), quant, str(out)]
+            usage = {}
+            if args.memory_limit:  # the child in a memory cgroup of that size (cgroup v1, tools/memory_cgroup.py)
+                done, usage = memory_cgroup.run_limited(command, int(args.memory_limit * 2**30))
+            else:
+                done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode:
                 print(done.stderr[-3000:], file=sys.stderr)
                 return 1
             r = json.loads(done.stdout.strip().splitlines()[-1])
-            r.update(size_gb=size, quant=quant, rows=rows, checkpoint_seconds=made)
+            r.update(size_gb=size, quant=quant, rows=rows, checkpoint_seconds=made, **usage)
             results.append(r)
             print(f"{size:g} GB {quant}: {r['seconds']:.1f} s ({r['seconds'] / size:.1f} s/GB), faithfulness "
                   f"{r['faithfulness_seconds'] / r['seconds']:.1%}, VmHWM {r['vm_hwm'] / 2**30:.2f} GiB, anon peak "
-                  f"{r['anon_peak'] / 2**30:.2f} GiB, file {r['file_bytes'] / 2**30:.2f} GiB", flush=True)
+                  f"{r['anon_peak'] / 2**30:.2f} GiB, file {r['file_bytes'] / 2**30:.2f} GiB"
+                  + (f", cgroup peak {usage['max_usage'] / 2**30:.2f} GiB (page cache included), limit hit and "
+                     f"reclaimed {usage['failcnt']} times" if usage else ""), flush=True)
             shutil.rmtree(out.parent, ignore_errors=True)
         shutil.rmtree(ckpt, ignore_errors=True)
     print("\n| fp32 tables | quant | s | s/GB | faithfulness share | VmHWM GiB | anon peak GiB | output GiB |")

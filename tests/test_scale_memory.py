@@ -8,10 +8,7 @@ of the rows the calibration touched: each row, at the tier the file gave it, dec
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +20,9 @@ from shark_export.format import Tier
 from shark_export.inspect_model import read_tables
 from shark_export.quantize import quantize_table
 from shark_export.reference import dequantize_rows
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import memory_cgroup  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -56,19 +56,11 @@ print("ratio", report.ratio)
 '''
 
 
-def _memory_cgroup() -> Path | None:
-    for line in Path("/proc/self/cgroup").read_text().splitlines():
-        _, controllers, path = line.split(":", 2)
-        if "memory" in controllers.split(","):
-            return Path("/sys/fs/cgroup/memory") / path.lstrip("/")
-    return None
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    own = _memory_cgroup()
-    if own is None or not (own / "memory.limit_in_bytes").exists() or not os.access(own, os.W_OK):
-        pytest.skip(f"no writable cgroup v1 memory controller here (own cgroup {own}): the bound cannot be enforced")
+    if not memory_cgroup.usable():
+        pytest.skip(f"no writable cgroup v1 memory controller here (own cgroup {memory_cgroup.own_memory_cgroup()}): "
+                    "the bound cannot be enforced")
     import torch.distributed.checkpoint as dcp
 
     root = tmp_path_factory.mktemp("scale")
@@ -86,41 +78,18 @@ def checkpoints(tmp_path_factory):
     del state
     cal = [torch.randint(0, ROWS, (4096, TABLES), generator=gen) for _ in range(10)]
     torch.save(cal, root / "cal.pt")
-    yield root, own, cal
+    yield root, cal
     import shutil
 
     shutil.rmtree(root, ignore_errors=True)  # 6 GB of checkpoints
 
 
-def _run_limited(own: Path, args: list[str]) -> tuple[subprocess.CompletedProcess, int]:
-    child = own / f"shark-test-{uuid.uuid4().hex[:8]}"
-    child.mkdir()
-    try:
-        (child / "memory.limit_in_bytes").write_text(str(LIMIT))
-        procs = str(child / "cgroup.procs")
-
-        def enter() -> None:  # only the child moves into the limited cgroup
-            with open(procs, "w") as f:
-                f.write(str(os.getpid()))
-
-        done = subprocess.run(args, preexec_fn=enter, capture_output=True, text=True, timeout=1200)
-        return done, int((child / "memory.max_usage_in_bytes").read_text())
-    finally:
-        for _ in range(100):
-            try:
-                child.rmdir()
-                break
-            except OSError:
-                import time
-
-                time.sleep(0.1)
-
-
 @pytest.mark.parametrize("source,quant", [("w.pt", "int8"), ("dcp", "mixed")])
 def test_3gb_of_tables_convert_in_a_1_5gb_cgroup(checkpoints, tmp_path, source, quant):
-    root, own, cal = checkpoints
+    root, cal = checkpoints
     out = tmp_path / "m.onnx"
-    done, peak = _run_limited(own, [sys.executable, "-c", CHILD, str(root), str(root / source), quant, str(out)])
+    done, usage = memory_cgroup.run_limited([sys.executable, "-c", CHILD, str(root), str(root / source), quant, str(out)], LIMIT)
+    peak = usage["max_usage"]
     assert done.returncode == 0, f"exit {done.returncode} (-9: killed at the memory limit), peak {peak / 2**30:.2f} GiB\n{done.stderr[-3000:]}"
     assert peak <= LIMIT
     tables, _ = read_tables(out)
