@@ -43,7 +43,8 @@ def _convert_in_child(path: Path, seed: int, kill_after: float | str | None) -> 
     """Run a conversion in a child; SIGKILL it `kill_after` seconds after its imports, or ("staging") the moment
     its stage directory appears. True when it finished."""
     tests = str(Path(__file__).resolve().parent)
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(path), str(seed), tests], stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(path), str(seed), tests], stdout=subprocess.PIPE, text=True,
+                             cwd=path.parent)  # outside the source tree: the installed, built package is imported
     assert child.stdout.readline().strip() == "ready"
     if kill_after is None:
         assert child.wait(timeout=300) == 0

@@ -88,7 +88,8 @@ def checkpoints(tmp_path_factory):
 def test_3gb_of_tables_convert_in_a_1_5gb_cgroup(checkpoints, tmp_path, source, quant):
     root, cal = checkpoints
     out = tmp_path / "m.onnx"
-    done, usage = memory_cgroup.run_limited([sys.executable, "-c", CHILD, str(root), str(root / source), quant, str(out)], LIMIT)
+    done, usage = memory_cgroup.run_limited([sys.executable, "-c", CHILD, str(root), str(root / source), quant, str(out)], LIMIT,
+                                               cwd=tmp_path)
     peak = usage["max_usage"]
     assert done.returncode == 0, f"exit {done.returncode} (-9: killed at the memory limit), peak {peak / 2**30:.2f} GiB\n{done.stderr[-3000:]}"
     assert peak <= LIMIT

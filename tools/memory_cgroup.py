@@ -24,9 +24,10 @@ def usable() -> bool:
     return own is not None and (own / "memory.limit_in_bytes").exists() and os.access(own, os.W_OK)
 
 
-def run_limited(args: list[str], limit_bytes: int, timeout: float = 1800) -> tuple[subprocess.CompletedProcess, dict]:
+def run_limited(args: list[str], limit_bytes: int, timeout: float = 1800, cwd=None) -> tuple[subprocess.CompletedProcess, dict]:
     """(the finished child, {"max_usage": peak bytes charged to the cgroup (page cache included), "failcnt": times
-    the limit was hit and memory reclaimed}). A child killed at the limit exits -9."""
+    the limit was hit and memory reclaimed}). A child killed at the limit exits -9. `cwd`: where the child runs (a
+    test runs it outside the source tree, so `import shark_export` finds the installed, built package)."""
     child = own_memory_cgroup() / f"shark-{uuid.uuid4().hex[:8]}"
     child.mkdir()
     try:
@@ -37,7 +38,7 @@ def run_limited(args: list[str], limit_bytes: int, timeout: float = 1800) -> tup
             with open(procs, "w") as f:
                 f.write(str(os.getpid()))
 
-        done = subprocess.run(args, preexec_fn=enter, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(args, preexec_fn=enter, capture_output=True, text=True, timeout=timeout, cwd=cwd)
         usage = {"max_usage": int((child / "memory.max_usage_in_bytes").read_text()),
                  "failcnt": int((child / "memory.failcnt").read_text())}
         return done, usage
