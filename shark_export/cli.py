@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch
 
 from . import demo
 from .errors import SharkExportError
+from .streamed_tables import ALIGNMENT, DEFAULT_SHARD_BYTES
 
 
 def _load_model(args, checkpoint: str | None = None) -> torch.nn.Module:
@@ -177,7 +179,44 @@ def _cmd_convert(args) -> int:
     labels = _batches(args.labels)
     quant = (QuantConfig(preset=args.quant, target_ratio=args.budget, clip=args.clip, scale_group=args.scale_group)
              if args.budget is not None or args.clip != "none" or args.scale_group != "auto" else args.quant)
-    report = convert(
+    workers, joined, rank = _workers_of(args)
+    try:
+        report = _convert_with(convert, args, model, example, calibration, labels, checkpoint, quant, workers)
+    finally:
+        if joined:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if rank != 0:
+        return 0 if report.faithfulness is None or report.faithfulness else 1  # rank 0 prints and writes the report
+    print(report)
+    if args.report:
+        Path(args.report).write_text(report.to_json())
+    return 0 if report.faithfulness is None or report.faithfulness else 1
+
+
+def _launched_by_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ or all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR"))
+
+
+def _workers_of(args) -> tuple[int | str, bool, int]:
+    """(convert's `workers`, whether this call initialized torch.distributed, this process's rank): under torchrun
+    with more than one process, every rank converts together ("distributed"); else --workers processes."""
+    if not _launched_by_torchrun() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return args.workers, False, 0
+    if args.workers != 1:
+        raise SharkExportError(f"--workers {args.workers} under torchrun: the workers are torchrun's "
+                               f"{os.environ['WORLD_SIZE']} processes; leave --workers out")
+    import torch.distributed as dist
+
+    joined = not dist.is_initialized()
+    if joined:
+        dist.init_process_group("gloo")  # from torchrun's environment (MASTER_ADDR, RANK, WORLD_SIZE)
+    return "distributed", joined, dist.get_rank()
+
+
+def _convert_with(convert, args, model, example, calibration, labels, checkpoint, quant, workers):
+    return convert(
         model,
         example,
         args.out,
@@ -194,11 +233,9 @@ def _cmd_convert(args) -> int:
         max_dlogloss=args.max_dlogloss,
         dense=args.dense,
         ops=args.ops,
+        shard_bytes=args.shard_size,
+        workers=workers,
     )
-    print(report)
-    if args.report:
-        Path(args.report).write_text(report.to_json())
-    return 0 if report.faithfulness is None or report.faithfulness else 1
 
 
 def _clean_next_to(model_path: str) -> None:
@@ -319,6 +356,30 @@ def _cmd_optimize(args) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _byte_size(text: str) -> int:
+    """'2G', '512M', '65536': bytes (binary units; a trailing B or iB is allowed)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, flags=re.IGNORECASE)
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected a size such as 2G, 512M or 65536, got {text!r}")
+    size = int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+    if size < ALIGNMENT:
+        raise argparse.ArgumentTypeError(f"a data file holds at least {ALIGNMENT} bytes (one aligned payload), got {text!r}")
+    return size
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shark-export", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -328,6 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", required=True, help="example inputs (.pt or .npz)")
     p.add_argument("--checkpoint", help="the model's weights: a torch.distributed.checkpoint directory or a torch.save "
                    "file; the factory builds the model on the meta device and tables are read row range by row range")
+    p.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+                   help="processes that quantize the checkpoint's tables, each a share of every table's rows "
+                        "(torch.distributed, gloo; the same bytes as one). Under torchrun: its processes")
+    p.add_argument("--shard-size", type=_byte_size, default=DEFAULT_SHARD_BYTES, metavar="BYTES",
+                   help="with --checkpoint: the largest data file (e.g. 2G, 512M; a larger table gets a file of its "
+                        "own), default 2G")
     p.add_argument("--out", required=True, help="output .onnx path")
     p.add_argument("--quant", default="int8", help="fp32, fp16, int8, int4 or mixed")
     p.add_argument("--prune", nargs="*", help="field names to prune (need --calibration)")

@@ -22,6 +22,7 @@ from .fields import find_fields, find_tables, has_stock_forward
 from .row_bounds import store_tables
 from .integrity import CHECKSUMS_KEY, LOOKUPS_KEY, checksums_of, lookup_checksums_of
 from .model_file import make_stage_dir, stage
+from .parallel_store import WorkerError, WorkerGroup, serve
 from .streamed_tables import DEFAULT_SHARD_BYTES, SegmentStore, external_payloads
 from .model_io import FAITHFULNESS_KEY, INPUTS_KEY, OUTPUTS_KEY, REPORT_KEY
 from .ops import DOMAIN, RUNTIME_KEY, RUNTIME_NOTE
@@ -105,6 +106,7 @@ def convert(
     ops: str = "custom",
     weights: Any = None,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
+    workers: int | str = 1,
 ) -> ConvertReport:
     """Convert `model` to an ONNX model at `output_path` whose embedding lookups run our ops.
 
@@ -122,9 +124,52 @@ def convert(
     directory (or a mapping name → array); the model may then be built on the meta device. Its tables are read row
     range by row range, never whole (shark_export.checkpoint_tables; docs/SCALE.md), and the stored tables are
     written straight to the data files, at most `shard_bytes` each (shark_export.streamed_tables).
+    `workers`: N processes quantize the rows of the tables read from `weights`, each its share, under
+    torch.distributed (gloo); or "distributed": every rank of the group torch.distributed has initialized
+    (torchrun) calls convert with the same arguments, rank 0 writes the model and the others return its report
+    (shark_export.parallel_store). The output is the same, byte for byte, whatever the number of workers.
     """
     if not isinstance(model, torch.nn.Module):
         raise UnsupportedModelError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if _worker_rank(workers) > 0:
+        outcome = serve()  # rank 0 converts; this rank quantizes the rows it is given, then ends with rank 0
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+    options = dict(quant=quant, prune=prune, labels=labels, example_kwargs=example_kwargs, impact_atol=impact_atol,
+                   impact_rtol=impact_rtol, max_dauc=max_dauc, max_dlogloss=max_dlogloss, show_progress=show_progress,
+                   keep_unfaithful=keep_unfaithful, fuse_lookups=fuse_lookups, optimize_dense=optimize_dense,
+                   dense=dense, ops=ops, shard_bytes=shard_bytes)
+    group = _worker_group(workers, weights)
+    try:
+        report = _convert_in_eval_mode(model, example_inputs, output_path, weights=weights, calibration=calibration,
+                                       workers=group, **options)
+    except BaseException as exc:
+        if group is not None:
+            group.close(exc)  # the other ranks end too, raising the same error
+        raise
+    if group is not None:
+        if group.jobs_run:
+            report.notes.append(f"the rows of the tables read from the checkpoint were quantized by {group.world} "
+                                "workers (torch.distributed, gloo)")
+        group.close(report)
+    elif workers != 1:
+        report.notes.append(f"workers={workers}: only tables read from a checkpoint (weights=) are split among "
+                            "workers; these were quantized in this process")
+    return report
+
+
+def _worker_group(workers: int | str, weights: Any) -> WorkerGroup | None:
+    if workers == "distributed":
+        return WorkerGroup.attach()
+    if workers > 1 and weights is not None:  # started now: they import while this process exports the model
+        return WorkerGroup.spawn(int(workers))
+    return None
+
+
+def _convert_in_eval_mode(model, example_inputs, output_path, *, weights, calibration, workers, quant, prune, labels,
+                          example_kwargs, impact_atol, impact_rtol, max_dauc, max_dlogloss, show_progress,
+                          keep_unfaithful, fuse_lookups, optimize_dense, dense, ops, shard_bytes) -> ConvertReport:
     was_training = model.training
     model.eval()
     try:
@@ -137,7 +182,7 @@ def convert(
                 labels=labels, example_kwargs=example_kwargs,
                 impact_goals=dict(impact_atol=impact_atol, impact_rtol=impact_rtol, max_dauc=max_dauc, max_dlogloss=max_dlogloss),
                 show_progress=show_progress, keep_unfaithful=keep_unfaithful, fuse_lookups=fuse_lookups,
-                optimize_dense=optimize_dense, dense=dense, ops=ops,
+                optimize_dense=optimize_dense, dense=dense, ops=ops, workers=workers,
             )
     finally:
         model.train(was_training)
@@ -171,9 +216,26 @@ def _torchrec_compat(model: torch.nn.Module, example_inputs: Any):
     return None
 
 
-def _convert(*args, **kwargs) -> ConvertReport:
+def _worker_rank(workers: int | str) -> int:
+    """This process's rank among the workers (0: it converts); checks `workers`."""
+    if workers == "distributed":
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise WorkerError("workers='distributed' runs on every rank of a torch.distributed group: initialize it "
+                              "first (torchrun, then torch.distributed.init_process_group('gloo')), or give workers=N")
+        return dist.get_rank()
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise ValueError(f"workers={workers!r}: expected a number of processes >= 1 or 'distributed'")
+    return 0
+
+
+def _convert(model, example_inputs, output_path, *, streamed: dict, shard_bytes: int, ops: str, dense: str,
+             workers: WorkerGroup | None, **kwargs) -> ConvertReport:
     with contextlib.ExitStack() as cleanup:  # a stage made for streamed tables goes, whatever happens
-        return _convert_steps(cleanup, *args, **kwargs)
+        store = _segment_store(cleanup, Path(output_path), ops, dense, shard_bytes) if streamed else None
+        return _convert_steps(model, example_inputs, output_path, streamed=streamed, store=store, workers=workers,
+                              ops=ops, dense=dense, **kwargs)
 
 
 def _segment_store(cleanup: contextlib.ExitStack, output_path: Path, ops: str, dense: str, shard_bytes: int) -> SegmentStore:
@@ -186,8 +248,9 @@ def _segment_store(cleanup: contextlib.ExitStack, output_path: Path, ops: str, d
 
 
 def _convert_steps(
-    cleanup, model, example_inputs, output_path, *, quant, prune, calibration, labels, example_kwargs, impact_goals,
-    show_progress, streamed: dict | None = None, shard_bytes: int = DEFAULT_SHARD_BYTES, keep_unfaithful, fuse_lookups, optimize_dense, dense, ops="custom",
+    model, example_inputs, output_path, *, quant, prune, calibration, labels, example_kwargs, impact_goals,
+    show_progress, streamed: dict, store: SegmentStore | None, workers, keep_unfaithful, fuse_lookups, optimize_dense,
+    dense, ops,
 ) -> ConvertReport:
     if dense not in DENSE_CHOICES:
         raise ValueError(f"dense={dense!r}: expected one of {', '.join(DENSE_CHOICES)}")
@@ -238,8 +301,7 @@ def _convert_steps(
     plans = {n: (t, g, plan_storage(tiers[n], all_tables[n].num_rows, all_tables[n].dim, 0)[0] if g and keep_bounds else None)
              for n, (t, _, g) in storage.items()}
     # Tables from a checkpoint are written straight to the stage's data files (streamed_tables), never held whole.
-    store = _segment_store(cleanup, output_path, ops, dense, shard_bytes) if streamed else None
-    quantized, stored_notes = store_tables(weights, plans, config.clip, show_progress, store=store)
+    quantized, stored_notes = store_tables(weights, plans, config.clip, show_progress, store=store, workers=workers)
     if store is not None:
         quantized = store.pack(quantized)
     storage_notes = {n: "; ".join([part for part in note.split("; ") if part and not (stored_notes[n] and part.startswith("v3:"))]

@@ -8,6 +8,7 @@ the same ranges are taken per scale group and tier (all values of the group's ro
 from __future__ import annotations
 
 import mmap
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,7 @@ from .format import (
     row_bytes,
 )
 
-__all__ = ["quantize_table"]
+__all__ = ["quantize_table", "plan_layout", "TableLayout", "encode_rows"]
 
 # Clipping search parameters per tier: (bins, max_steps). Each step evaluates two candidate ranges.
 # int4/int2: steps of 1% of the range, shrinking it by up to 50%. int8: its error surface is jagged at
@@ -375,13 +376,35 @@ def quantize_table(
     weight that is not 2-D, R = 0, D outside 1..65536, a non-finite value, a value |x| > 65504 in a row
     stored as fp16/int8/int4/int2, a bad ``tiers`` array or a bad ``default_row``.
     """
+    w, layout = plan_layout(weight, tiers, name=name, default_row=default_row, format_version=format_version,
+                            scale_group_rows=scale_group_rows)
+    if isinstance(chunk_rows, (bool, np.bool_)) or not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
+        raise FormatError(f"table {layout.name!r}: chunk_rows must be a positive integer, got {chunk_rows!r}")
+    if clip not in ("none", "l2"):
+        raise FormatError(f"table {layout.name!r}: clip must be 'none' or 'l2', got {clip!r}")
+    name, R, G = layout.name, layout.rows, layout.group_rows
+    # `allocate(nbytes)`: a zero-filled buffer to write into (a file-backed one: the table is never held whole)
+    payload = np.zeros(layout.nbytes, dtype=np.uint8) if allocate is None else allocate(layout.nbytes)
+    group_params = None
+    if G:
+        chunk = layout.chunk_rows(chunk_rows)
+        for r0 in range(0, R, chunk):  # every value checked before any group range is taken from it
+            r1 = min(R, r0 + chunk)
+            _check_chunk(w[r0:r1], None if layout.uniform >= 0 else layout.codes[r0:r1], layout.uniform, r0, name)
+        group_params = _group_params(w, layout.codes, layout.uniform, G, clip)
+        payload[layout.row_bytes:] = group_params.reshape(-1).view(np.uint8)
+    encode_rows(w, layout, payload, 0, R, clip=clip, chunk_rows=chunk_rows, group_params=group_params)
+    return layout.table(payload)
+
+
+def plan_layout(weight: Any, tiers: Any, *, name: str = "table", default_row: Any = None,
+                format_version: int | None = None, scale_group_rows: int = 0) -> tuple[Any, "TableLayout"]:
+    """(the rows to read, the table's layout) for quantize_table's arguments, checked as it checks them."""
     name = str(name)
     if format_version is None:
         format_version = GROUPED_FORMAT_VERSION if scale_group_rows else FORMAT_VERSION
     format_version = check_version(format_version, f"table {name!r}")
     G = check_scale_group(format_version, scale_group_rows, f"table {name!r}")
-    if clip not in ("none", "l2"):
-        raise FormatError(f"table {name!r}: clip must be 'none' or 'l2', got {clip!r}")
     if hasattr(weight, "detach") and hasattr(weight, "cpu"):  # a torch tensor, possibly a trainable parameter
         weight = weight.detach().cpu()
     # a row source (a checkpoint's table, shark_export.checkpoint_reader) is read by row blocks, never whole
@@ -397,8 +420,6 @@ def quantize_table(
         raise FormatError(f"table {name!r}: {R} rows exceed the format's limit of 2^40")
     if D == 0 or D > MAX_DIM:
         raise FormatError(f"table {name!r}: dim {D} is outside the supported range 1..{MAX_DIM}")
-    if isinstance(chunk_rows, (bool, np.bool_)) or not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
-        raise FormatError(f"table {name!r}: chunk_rows must be a positive integer, got {chunk_rows!r}")
 
     if default_row is None:
         default = None  # decided once the tiers are known
@@ -417,6 +438,65 @@ def quantize_table(
                 f"table {name!r}: default_row has a non-finite value {float(default[c])!r} (as float32) at column {c}"
             )
 
+    return w, _layout(name, R, D, format_version, G, tiers, default)
+
+
+@dataclass
+class TableLayout:
+    """Where every row of a table goes in its payload, and its header fields: all of a stored table but its
+    rows' bytes. `codes` and `row_meta` (None / empty for a uniform table) start at row `first_row` (a multiple
+    of BLOCK_ROWS): `part` cuts the layout of a row range to send to a worker (shark_export.parallel_store)."""
+
+    name: str
+    rows: int
+    dim: int
+    format_version: int
+    group_rows: int
+    uniform: int
+    codes: np.ndarray | None
+    row_meta: np.ndarray
+    row_bytes: int  # payload bytes before the v3 group section
+    counts: dict
+    default_row: np.ndarray
+    first_row: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self.row_bytes + group_section_bytes(self.rows, self.group_rows)
+
+    def chunk_rows(self, chunk_rows: int = 65536) -> int:
+        """Rows per work chunk: at most `chunk_rows` and 2^18 values, a multiple of BLOCK_ROWS."""
+        chunk = max(BLOCK_ROWS, min(int(chunk_rows), _WORK_ELEMENTS // self.dim))
+        return -(-chunk // BLOCK_ROWS) * BLOCK_ROWS
+
+    def offset_of(self, r: int) -> int:
+        """Payload offset of row `r` (a multiple of BLOCK_ROWS, or `rows`, in a mixed table)."""
+        if self.uniform >= 0:
+            return r * int(_stride_lut(self.dim, self.format_version)[self.uniform])
+        block = (r - self.first_row) // BLOCK_ROWS
+        if r >= self.rows or block >= self.row_meta.shape[0]:
+            return self.row_bytes
+        return int(self.row_meta[block, 0])
+
+    def part(self, r0: int, r1: int) -> "TableLayout":
+        """The layout of rows [r0, r1) only (r0 a multiple of BLOCK_ROWS)."""
+        if r0 % BLOCK_ROWS:
+            raise ValueError(f"a layout part starts at a multiple of {BLOCK_ROWS} rows, got {r0}")
+        if self.codes is None:
+            return replace(self, first_row=r0)
+        b0, b1 = (r0 - self.first_row) // BLOCK_ROWS, -(-(r1 - self.first_row) // BLOCK_ROWS)
+        # one block more than the rows need, where there is one: offset_of(r1) is where the part ends
+        return replace(self, codes=self.codes[r0 - self.first_row: r1 - self.first_row], row_meta=self.row_meta[b0:b1 + 1],
+                       first_row=r0)
+
+    def table(self, payload: np.ndarray) -> QuantizedTable:
+        return QuantizedTable(name=self.name, num_rows=int(self.rows), dim=int(self.dim), payload=payload,
+                              row_meta=self.row_meta, default_row=self.default_row, uniform_tier=int(self.uniform),
+                              tier_counts=self.counts, format_version=self.format_version,
+                              scale_group_rows=self.group_rows)
+
+
+def _layout(name: str, R: int, D: int, format_version: int, G: int, tiers: Any, default) -> TableLayout:
     uniform, codes = _parse_tiers(tiers, R, name)
     if default is None:
         any_dropped = uniform == Tier.DROPPED or (uniform < 0 and bool((codes == Tier.DROPPED).any()))
@@ -430,20 +510,19 @@ def quantize_table(
         row_meta, n_payload = _build_row_meta(codes, lut)
         bc = np.bincount(codes, minlength=6)
         counts = {t: int(bc[t.value]) for t in Tier}
-    nbytes = n_payload + group_section_bytes(R, G)
-    # `allocate(nbytes)`: a zero-filled buffer to write into (a file-backed one: the table is never held whole)
-    payload = np.zeros(nbytes, dtype=np.uint8) if allocate is None else allocate(nbytes)
-    # v1: every offset and stride is a multiple of 4, so rows are scattered as words; v2 rows are bytes.
-    words = payload.view(np.uint32) if n_payload and format_version == 1 else None
+    return TableLayout(name, int(R), int(D), format_version, G, int(uniform), codes, row_meta, int(n_payload), counts,
+                       default)
 
-    chunk = max(BLOCK_ROWS, min(int(chunk_rows), _WORK_ELEMENTS // D))
-    chunk = -(-chunk // BLOCK_ROWS) * BLOCK_ROWS
-    if G:
-        for r0 in range(0, R, chunk):  # every value checked before any group range is taken from it
-            r1 = min(R, r0 + chunk)
-            _check_chunk(w[r0:r1], None if uniform >= 0 else codes[r0:r1], uniform, r0, name)
-        group_params = _group_params(w, codes, uniform, G, clip)
-        payload[n_payload:] = group_params.reshape(-1).view(np.uint8)
+
+def encode_rows(w: Any, layout: TableLayout, payload: np.ndarray, r0: int, r1: int, *, clip: str = "none",
+                chunk_rows: int = 65536, group_params: np.ndarray | None = None) -> None:
+    """Quantize rows [r0, r1) of `w` (r0 a multiple of BLOCK_ROWS, within the rows `layout` covers) into their
+    places in `payload` (the whole table's payload). Raises FormatError naming the table, row and value of a
+    non-finite or out-of-range value. `group_params` (v3 only): the table's (scale, bias) per group and tier."""
+    name, uniform, G = layout.name, layout.uniform, layout.group_rows
+    lut = _stride_lut(layout.dim, layout.format_version)
+    # v1: every offset and stride is a multiple of 4, so rows are scattered as words; v2 rows are bytes.
+    words = payload.view(np.uint32) if layout.row_bytes and layout.format_version == 1 else None
 
     def shared(rows: np.ndarray, tier: Tier) -> tuple[np.ndarray, np.ndarray] | None:
         """The v3 group (scale, bias) of each of ``rows`` (absolute row ids) of a quantized ``tier``."""
@@ -452,22 +531,22 @@ def quantize_table(
         slot = group_params[rows // G, int(tier) - int(Tier.INT8)]
         return slot[:, 0], slot[:, 1]
 
-    written = 0  # payload bytes before this are final: a file-backed payload lets go of their pages
-    for r0 in range(0, R, chunk):
-        r1 = min(R, r0 + chunk)
-        if r0:
-            done = r0 * int(lut[uniform]) if uniform >= 0 else int(row_meta[r0 // BLOCK_ROWS, 0])
-            written = _let_go(payload, written, done)
-        x = w[r0:r1]
-        cc = None if uniform >= 0 else codes[r0:r1]
-        mn, mx = _check_chunk(x, cc, uniform, r0, name)
+    chunk = layout.chunk_rows(chunk_rows)
+    written = layout.offset_of(r0)  # payload bytes before this are final: a file-backed payload lets go of their pages
+    for c0 in range(r0, r1, chunk):
+        c1 = min(r1, c0 + chunk)
+        if c0 > r0:
+            written = _let_go(payload, written, layout.offset_of(c0))
+        x = w[c0:c1]
+        cc = None if uniform >= 0 else layout.codes[c0 - layout.first_row: c1 - layout.first_row]
+        mn, mx = _check_chunk(x, cc, uniform, c0, name)
         if uniform >= 0:
             s = int(lut[uniform])
             if s:
-                region = payload[r0 * s: r1 * s].reshape(r1 - r0, s)
-                _encode_rows(x, mn, mx, Tier(uniform), clip, region, shared(np.arange(r0, r1), Tier(uniform)))
+                region = payload[c0 * s: c1 * s].reshape(c1 - c0, s)
+                _encode_rows(x, mn, mx, Tier(uniform), clip, region, shared(np.arange(c0, c1), Tier(uniform)))
             continue
-        base = int(row_meta[r0 // BLOCK_ROWS, 0])
+        base = layout.offset_of(c0)
         sizes = lut[cc]
         ends = np.cumsum(sizes)
         present = np.flatnonzero(np.bincount(cc, minlength=6))
@@ -475,8 +554,8 @@ def quantize_table(
             t = Tier(int(present[0]))
             s = int(lut[t])
             if s:
-                region = payload[base: base + int(ends[-1])].reshape(r1 - r0, s)
-                _encode_rows(x, mn, mx, t, clip, region, shared(np.arange(r0, r1), t))
+                region = payload[base: base + int(ends[-1])].reshape(c1 - c0, s)
+                _encode_rows(x, mn, mx, t, clip, region, shared(np.arange(c0, c1), t))
             continue
         starts = base + ends - sizes
         for code in present:
@@ -486,21 +565,9 @@ def quantize_table(
                 continue
             sel = np.flatnonzero(cc == code)
             buf = np.empty((sel.shape[0], s), dtype=np.uint8)
-            _encode_rows(x[sel], mn[sel], mx[sel], t, clip, buf, shared(r0 + sel, t))
+            _encode_rows(x[sel], mn[sel], mx[sel], t, clip, buf, shared(c0 + sel, t))
             if words is not None:
                 words[(starts[sel] >> 2)[:, None] + np.arange(s >> 2)] = buf.view(np.uint32)
             else:
                 payload[starts[sel][:, None] + np.arange(s)] = buf
-
-    return QuantizedTable(
-        name=name,
-        num_rows=int(R),
-        dim=int(D),
-        payload=payload,
-        row_meta=row_meta,
-        default_row=default,
-        uniform_tier=int(uniform),
-        tier_counts=counts,
-        format_version=format_version,
-        scale_group_rows=G,
-    )
+    _let_go(payload, written, layout.offset_of(r1))

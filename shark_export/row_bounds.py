@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from .format import QuantizedTable, Tier, row_stride
-from .quantize import _quant_params, quantize_table
+from .quantize import _quant_params, plan_layout, quantize_table
 from .reference import dequantize_rows
 
 # Rows per chunk when measuring errors: bounded float64 temporaries.
@@ -172,26 +172,64 @@ def default_row(weight, tiers) -> np.ndarray | None:
 
 
 def store_tables(weights: dict, plans: dict, clip: str = "none", show_progress: bool = False,
-                 store=None) -> tuple[dict, dict]:
+                 store=None, workers=None) -> tuple[dict, dict]:
     """The converter's quantize step: (name → QuantizedTable, name → storage note) for every planned table, in
     name order. `plans`: name → (tiers, group_rows, plain_tiers): the tiers planned for the table (with scale
     groups of `group_rows` rows, or 0 for a header per row) and, where the groups must keep every row's own
     bound (`scale_group="auto"`), the tiers planned with a header per row, else None. All-zero rows always read
-    exactly zero. `store` (streamed_tables.SegmentStore): payloads are written into its files, never held whole."""
+    exactly zero. `store` (streamed_tables.SegmentStore): payloads are written into its files, never held whole.
+    `workers` (parallel_store.WorkerGroup, with a store): the rows of the tables read from a checkpoint without
+    scale groups are quantized by all the ranks, each its share (the same bytes)."""
+    from .parallel_store import RowsJob
     from .progress import progress
 
     tables, notes = {}, {}
-    for name in progress(sorted(plans), desc="quantize", enabled=show_progress):
+    jobs, payloads, alone = [], {}, []
+    for name in sorted(plans):
         tiers, group_rows, plain_tiers = plans[name]
-        weight = weights[name]
-        if group_rows and plain_tiers is not None:
-            tables[name], notes[name] = quantize_keeping_row_bounds(weight, tiers, plain_tiers, name=name, clip=clip,
-                                                                    group_rows=group_rows, store=store)
-            continue
-        zeros = zero_rows(weight)
-        if zeros.shape[0]:  # (a uniform table without zero rows stays a Tier: no per-row array)
-            tiers = keep_zero_rows_exact(_per_row(tiers, weight.shape[0]), zeros, weight.shape[1], bool(group_rows))
-        tables[name] = quantize_table(weight, tiers, name=name, clip=clip, default_row=default_row(weight, tiers),
-                                      scale_group_rows=group_rows, allocate=None if store is None else store.allocate)
-        notes[name] = ""
-    return tables, notes
+        if workers is not None and store is not None and not group_rows and is_row_source(weights[name]):
+            tiers = _zero_rows_kept(weights[name], tiers, group_rows)
+            w, layout = plan_layout(weights[name], tiers, name=name, default_row=default_row(weights[name], tiers))
+            payload = store.allocate(layout.nbytes)
+            tables[name], notes[name] = layout.table(payload), ""
+            if layout.nbytes:
+                jobs.append(RowsJob(w, layout, 0, layout.rows, str(store.path_of(payload)), clip))
+                payloads[jobs[-1].segment] = payload
+        else:
+            alone.append(name)
+
+    def quantize_alone() -> None:
+        for name in progress(alone, desc="quantize", enabled=show_progress):
+            tables[name], notes[name] = _store_table(name, weights[name], *plans[name], clip=clip, store=store)
+
+    if jobs:
+        workers.quantize(jobs, quantize_alone, payloads)
+    else:
+        quantize_alone()
+    return {n: tables[n] for n in sorted(tables)}, notes
+
+
+def is_row_source(weight) -> bool:
+    """A checkpoint's table (read row range by row range), not an array in memory."""
+    return callable(getattr(weight, "read", None)) and hasattr(weight, "take")
+
+
+def _zero_rows_kept(weight, tiers, group_rows: int):
+    """`tiers` with every all-zero row at a tier that stores it exactly. Only dropped rows and rows of a grouped
+    table can lose their zeros: other tables are not scanned (a pass over the table saved)."""
+    dropped = bool((tiers == Tier.DROPPED).any()) if isinstance(tiers, np.ndarray) else int(tiers) == Tier.DROPPED
+    if not group_rows and not dropped:
+        return tiers
+    zeros = zero_rows(weight)
+    if zeros.shape[0]:  # (a uniform table without zero rows stays a Tier: no per-row array)
+        tiers = keep_zero_rows_exact(_per_row(tiers, weight.shape[0]), zeros, weight.shape[1], bool(group_rows))
+    return tiers
+
+
+def _store_table(name: str, weight, tiers, group_rows: int, plain_tiers, *, clip: str, store) -> tuple[QuantizedTable, str]:
+    if group_rows and plain_tiers is not None:
+        return quantize_keeping_row_bounds(weight, tiers, plain_tiers, name=name, clip=clip, group_rows=group_rows,
+                                           store=store)
+    tiers = _zero_rows_kept(weight, tiers, group_rows)
+    return quantize_table(weight, tiers, name=name, clip=clip, default_row=default_row(weight, tiers),
+                         scale_group_rows=group_rows, allocate=None if store is None else store.allocate), ""

@@ -52,6 +52,10 @@ class SegmentStore:
         self._files[id(buffer)] = path
         return buffer
 
+    def path_of(self, buffer: np.ndarray) -> Path:
+        """The segment file behind a buffer `allocate` returned."""
+        return self._files[id(buffer)]
+
     def release(self, table: QuantizedTable) -> None:
         """A table that will not be stored: its segment goes."""
         path = self._files.pop(id(table.payload), None)
