@@ -228,6 +228,13 @@ class TensorSource:
             raise IndexError(f"{self.name}: row {bad} is out of range for {self.shape[0]} rows")
         unique, inverse = np.unique(ids, return_inverse=True)
         rows = np.empty((unique.shape[0],) + self.shape[1:], dtype=np.float32)
+        if self.ndim == 2 and all(_whole_rows(c, self.shape[1]) for c in self.chunks):
+            # the common layout (row-wise shards, or none): one descriptor and one pread per run of rows, per chunk
+            for chunk in self.chunks:
+                lo, hi = np.searchsorted(unique, chunk.rows)
+                if hi > lo:
+                    rows[lo:hi] = _take_rows(chunk.record, unique[lo:hi] - chunk.rows[0], self.shape[1])
+            return rows[inverse]
         start = 0
         while start < unique.shape[0]:
             end = start + 1
@@ -272,11 +279,7 @@ def _read_rows(record: TensorRecord, r0: int, r1: int, c0: int, c1: int) -> np.n
         raw = os.pread(f.fileno(), span, first) if span else b""
     if len(raw) != span:
         raise CheckpointError(f"{record.file}: ends before the tensor's bytes (needs {span} at {first})")
-    if record.dtype == "bfloat16":
-        halves = np.frombuffer(raw, dtype="<u2")
-        values = (halves.astype(np.uint32) << 16).view(np.float32)
-    else:
-        values = np.frombuffer(raw, dtype=np.dtype(record.dtype).newbyteorder("<"))
+    values = _values(raw, record.dtype)
     if n == 0:
         return np.empty((0, c1 - c0), dtype=np.float32)
     if n == 1 or row_stride == c1 - c0:
@@ -285,6 +288,37 @@ def _read_rows(record: TensorRecord, r0: int, r1: int, c0: int, c1: int) -> np.n
         raise CheckpointError(f"{record.file}: a tensor whose rows overlap (strides {record.strides}) is not read by rows")
     padded = np.concatenate([values, np.zeros((row_stride - (c1 - c0)), dtype=values.dtype)])
     return padded.reshape(n, row_stride)[:, : c1 - c0].astype(np.float32)
+
+
+def _values(raw: bytes, dtype) -> np.ndarray:
+    """The little-endian values of `raw` (bfloat16 widened to float32)."""
+    if dtype == "bfloat16":
+        return (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+    return np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"))
+
+
+def _whole_rows(chunk: _Chunk, dim: int) -> bool:
+    """A chunk holding every column of its rows, stored row after row."""
+    return chunk.cols == (0, dim) and tuple(chunk.record.strides) == (dim, 1)
+
+
+def _take_rows(record: TensorRecord, rows: np.ndarray, dim: int) -> np.ndarray:
+    """float32 [len(rows), dim] of the sorted, distinct `rows` of a row-after-row record: runs of rows no more than
+    _MERGE_GAP_ROWS apart are read as one span, all through one descriptor."""
+    row_bytes = dim * _itemsize(record.dtype)
+    cut = np.flatnonzero(np.diff(rows) > _MERGE_GAP_ROWS) + 1
+    first = rows[np.concatenate([[0], cut])]
+    last = rows[np.concatenate([cut - 1, [rows.shape[0] - 1]])]
+    count = last - first + 1  # rows read per run
+    with open(record.file, "rb", buffering=0) as f:
+        fd = f.fileno()
+        raw = b"".join([os.pread(fd, int(n) * row_bytes, record.offset + int(r) * row_bytes) for r, n in zip(first, count)])
+    if len(raw) != int(count.sum()) * row_bytes:
+        raise CheckpointError(f"{record.file}: ends before the tensor's bytes (rows up to {int(last[-1])})")
+    values = _values(raw, record.dtype).reshape(-1, dim)
+    run = np.repeat(np.arange(first.shape[0]), np.diff(np.concatenate([[0], cut, [rows.shape[0]]])))
+    base = np.cumsum(count) - count  # where each run starts in `values`
+    return values[base[run] + rows - first[run]].astype(np.float32, copy=False)
 
 
 class WholeTensor:
@@ -303,10 +337,7 @@ class WholeTensor:
             raw = os.pread(f.fileno(), extent * item, r.offset)
         if len(raw) != extent * item:
             raise CheckpointError(f"{r.file}: ends before the bytes of {self.name!r}")
-        if r.dtype == "bfloat16":
-            flat = (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
-        else:
-            flat = np.frombuffer(raw, dtype=np.dtype(r.dtype).newbyteorder("<"))
+        flat = _values(raw, r.dtype)
         strided = np.lib.stride_tricks.as_strided(flat, self.shape, tuple(st * flat.itemsize for st in r.strides))
         return np.array(strided)
 
