@@ -303,7 +303,7 @@ def _convert_steps(
     # Tables from a checkpoint are written straight to the stage's data files (streamed_tables), never held whole.
     quantized, stored_notes = store_tables(weights, plans, config.clip, show_progress, store=store, workers=workers)
     if store is not None:
-        quantized = store.pack(quantized)
+        quantized = store.pack(quantized, workers)
     storage_notes = {n: "; ".join([part for part in note.split("; ") if part and not (stored_notes[n] and part.startswith("v3:"))]
                                   + ([stored_notes[n]] if stored_notes[n] else [])) for n, (_, note, _) in storage.items()}
     steps.update()
@@ -345,7 +345,7 @@ def _convert_steps(
     ir_model.metadata_props.update({
         INPUTS_KEY: json.dumps([(path, None if name in removed else name) for path, name in input_map]),
         OUTPUTS_KEY: json.dumps(output_names),
-        CHECKSUMS_KEY: checksums_of(quantized),
+        CHECKSUMS_KEY: checksums_of(quantized, store.digests if store is not None else None),
         LOOKUPS_KEY: lookup_checksums_of(ir_model.graph),
         REPORT_KEY: json.dumps({k: v for k, v in report.to_dict().items() if k != "output_path"}),
         FAITHFULNESS_KEY: json.dumps({"pruned_means": {n: np.asarray(m, np.float32).tolist() for n, m in pruned_means.items()},

@@ -22,20 +22,37 @@ _ATTRIBUTES = ("format_version", "num_rows", "dim", "uniform_tier")
 
 def table_digest(attributes: Mapping[str, int], payload: np.ndarray, row_meta: np.ndarray, default_row: np.ndarray) -> str:
     """blake2b-128 of the table's attributes and its three tensors (dtype, shape and bytes of each)."""
-    digest = hashlib.blake2b(digest_size=16)
-    fields = {k: int(attributes[k]) for k in _ATTRIBUTES}
-    if int(attributes.get("scale_group_rows", 0)):  # v3 only, so that v1/v2 digests stay what they were
-        fields["scale_group_rows"] = int(attributes["scale_group_rows"])
-    digest.update(json.dumps(fields, sort_keys=True).encode())
-    for array in (payload, row_meta, default_row):
-        if isinstance(array, np.memmap) and array.ndim == 1 and getattr(array, "filename", None):
-            digest.update(f"{array.dtype.str}{array.shape}".encode())
-            _update_from_file(digest, array.filename, int(array.offset), array.nbytes)
-            continue
-        array = np.ascontiguousarray(array)
-        digest.update(f"{array.dtype.str}{array.shape}".encode())
-        digest.update(array.reshape(-1).view(np.uint8))
-    return digest.hexdigest()
+    digest = TableDigest(attributes, payload)
+    if isinstance(payload, np.memmap) and payload.ndim == 1 and getattr(payload, "filename", None):
+        _update_from_file(digest, payload.filename, int(payload.offset), payload.nbytes)
+    else:
+        digest.update(np.ascontiguousarray(payload).reshape(-1).view(np.uint8))
+    return digest.finish(row_meta, default_row)
+
+
+class TableDigest:
+    """table_digest fed with the payload's bytes piece by piece, as they are copied (streamed_tables.pack)."""
+
+    def __init__(self, attributes: Mapping[str, int], payload):
+        """`payload`: the payload array, or its length in bytes (a uint8 vector)."""
+        self._digest = hashlib.blake2b(digest_size=16)
+        fields = {k: int(attributes[k]) for k in _ATTRIBUTES}
+        if int(attributes.get("scale_group_rows", 0)):  # v3 only, so that v1/v2 digests stay what they were
+            fields["scale_group_rows"] = int(attributes["scale_group_rows"])
+        self._digest.update(json.dumps(fields, sort_keys=True).encode())
+        header = (np.dtype(np.uint8).str, (int(payload),)) if isinstance(payload, (int, np.integer)) else (
+            payload.dtype.str, payload.shape)
+        self._digest.update(f"{header[0]}{header[1]}".encode())
+
+    def update(self, data) -> None:
+        self._digest.update(data)
+
+    def finish(self, row_meta: np.ndarray, default_row: np.ndarray) -> str:
+        for array in (row_meta, default_row):
+            array = np.ascontiguousarray(array)
+            self._digest.update(f"{array.dtype.str}{array.shape}".encode())
+            self._digest.update(array.reshape(-1).view(np.uint8))
+        return self._digest.hexdigest()
 
 
 def _update_from_file(digest, filename: str, offset: int, length: int, block: int = 1 << 24) -> None:
@@ -93,10 +110,12 @@ def _node_digests(nodes) -> dict[str, str]:
     return digests
 
 
-def checksums_of(tables: Mapping) -> str:
-    """The metadata value for {table name: QuantizedTable}."""
+def checksums_of(tables: Mapping, known: Mapping[str, str] | None = None) -> str:
+    """The metadata value for {table name: QuantizedTable}; `known`: digests already taken (as tables were packed)."""
+    known = known or {}
     return json.dumps(
-        {name: table_digest(t.op_attributes(), t.payload, t.row_meta, t.default_row) for name, t in sorted(tables.items())},
+        {name: known.get(name) or table_digest(t.op_attributes(), t.payload, t.row_meta, t.default_row)
+         for name, t in sorted(tables.items())},
         sort_keys=True,
     )
 

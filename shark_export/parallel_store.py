@@ -57,14 +57,11 @@ class RowsJob:
     segment: str
     clip: str
 
-    def run(self, payload: np.ndarray | None = None) -> None:
-        mapped = payload is None
-        if mapped:
-            payload = np.memmap(self.segment, dtype=np.uint8, mode="r+", shape=(self.layout.nbytes,))
+    def run(self) -> None:
+        payload = np.memmap(self.segment, dtype=np.uint8, mode="r+", shape=(self.layout.nbytes,))
         encode_rows(self.source, self.layout, payload, self.r0, self.r1, clip=self.clip)
-        if mapped:
-            payload.flush()  # on a shared filesystem the bytes must reach the file before rank 0 reads them
-            del payload
+        payload.flush()  # on a shared filesystem the bytes must reach the file before rank 0 reads them
+        del payload
 
 
 def split_rows(rows: int, parts: int, align: int = BLOCK_ROWS) -> list[tuple[int, int]]:
@@ -84,13 +81,15 @@ def _portable(exc: BaseException) -> BaseException:
         return WorkerError(f"{type(exc).__name__}: {exc}")
 
 
-def _run_jobs(jobs: list[RowsJob], payloads: dict[str, np.ndarray] | None = None) -> BaseException | None:
+def _run_jobs(jobs: list) -> tuple[BaseException | None, list]:
+    """(the first error, or None; the results of the jobs run before it)."""
+    results = []
     try:
         for job in jobs:
-            job.run(None if payloads is None else payloads.get(job.segment))
+            results.append(job.run())
     except Exception as exc:  # reported to rank 0, which raises it
-        return _portable(exc)
-    return None
+        return _portable(exc), results
+    return None, results
 
 
 class WorkerGroup:
@@ -147,40 +146,61 @@ class WorkerGroup:
         ended = [(k + 1, c.poll()) for k, c in enumerate(self._children) if c.poll() not in (None, 0)]
         return "".join(f"; worker {rank} exited with {code}" for rank, code in ended)
 
-    def quantize(self, jobs: list[RowsJob], own_work, payloads: dict[str, np.ndarray]) -> None:
-        """Split every job's rows among the ranks, run rank 0's share and then `own_work()` (tables only rank 0
-        quantizes) here, and wait for the others; raises the first error of any rank."""
-        import torch.distributed as dist
-
-        self._join()
+    def quantize(self, jobs: list[RowsJob], own_work=None) -> None:
+        """Split every job's rows among the ranks and run them (rank 0 then runs `own_work()`: the tables only it
+        quantizes); raises the first error of any rank."""
         shares: list[list[RowsJob]] = [[] for _ in range(self.world)]
         for job in jobs:
             for rank, (r0, r1) in enumerate(split_rows(job.r1 - job.r0, self.world, job.layout.chunk_rows())):
                 if r1 > r0:
                     part = job.layout.part(job.r0 + r0, job.r0 + r1)
                     shares[rank].append(RowsJob(job.source, part, job.r0 + r0, job.r0 + r1, job.segment, job.clip))
+        self.run(shares, own_work)
+
+    def spread(self, jobs: list, sizes: list[int]) -> list:
+        """Run whole jobs across the ranks, the largest first on the least loaded rank; their results in order."""
+        shares: list[list[int]] = [[] for _ in range(self.world)]
+        load = [0] * self.world
+        for k in sorted(range(len(jobs)), key=lambda k: -sizes[k]):
+            rank = min(range(self.world), key=lambda r: load[r])
+            shares[rank].append(k)
+            load[rank] += sizes[k]
+        results = self.run([[jobs[k] for k in share] for share in shares])
+        ordered: list[Any] = [None] * len(jobs)
+        for share, done in zip(shares, results):
+            for k, result in zip(share, done):
+                ordered[k] = result
+        return ordered
+
+    def run(self, shares: list[list], own_work=None) -> list[list]:
+        """Rank k runs the jobs `shares[k]` (objects with a `run()`, picklable); rank 0 then runs `own_work()`.
+        Returns each rank's results; raises the first error of any rank."""
+        import torch.distributed as dist
+
+        self._join()
         mine: list[Any] = [None]
         try:
-            dist.scatter_object_list(mine, [("rows", share) for share in shares], src=0)
+            dist.scatter_object_list(mine, [("jobs", share) for share in shares], src=0)
         except Exception as exc:
-            raise WorkerError(f"could not hand rows to the workers: {exc}{self._children_status()}") from exc
-        error = _run_jobs(mine[0][1], payloads)
-        if error is None:
+            raise WorkerError(f"could not hand jobs to the workers: {exc}{self._children_status()}") from exc
+        error, results = _run_jobs(mine[0][1])
+        if error is None and own_work is not None:
             try:
                 own_work()
             except Exception as exc:
                 error = exc
-        errors: list[Any] = [None] * self.world
+        gathered: list[Any] = [None] * self.world
         try:
-            dist.gather_object(None, errors, dst=0)
+            dist.gather_object((None, None), gathered, dst=0)
         except Exception as exc:
-            raise WorkerError(f"a worker failed while quantizing: {exc}{self._children_status()}") from exc
+            raise WorkerError(f"a worker failed: {exc}{self._children_status()}") from exc
         self.jobs_run += sum(len(s) for s in shares)
         if error is not None:
             raise error
-        for rank, worker_error in enumerate(errors[1:], start=1):
+        for worker_error, _ in gathered[1:]:
             if worker_error is not None:
                 raise worker_error
+        return [results] + [done for _, done in gathered[1:]]
 
     def close(self, outcome: Any) -> None:
         """Tell every worker the conversion ended (`outcome`: the report, or the exception rank 0 raises) and

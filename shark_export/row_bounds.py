@@ -184,7 +184,7 @@ def store_tables(weights: dict, plans: dict, clip: str = "none", show_progress: 
     from .progress import progress
 
     tables, notes = {}, {}
-    jobs, payloads, alone = [], {}, []
+    jobs, alone = [], []
     for name in sorted(plans):
         tiers, group_rows, plain_tiers = plans[name]
         if workers is not None and store is not None and not group_rows and is_row_source(weights[name]):
@@ -194,7 +194,6 @@ def store_tables(weights: dict, plans: dict, clip: str = "none", show_progress: 
             tables[name], notes[name] = layout.table(payload), ""
             if layout.nbytes:
                 jobs.append(RowsJob(w, layout, 0, layout.rows, str(store.path_of(payload)), clip))
-                payloads[jobs[-1].segment] = payload
         else:
             alone.append(name)
 
@@ -203,7 +202,7 @@ def store_tables(weights: dict, plans: dict, clip: str = "none", show_progress: 
             tables[name], notes[name] = _store_table(name, weights[name], *plans[name], clip=clip, store=store)
 
     if jobs:
-        workers.quantize(jobs, quantize_alone, payloads)
+        workers.quantize(jobs, quantize_alone)
     else:
         quantize_alone()
     return {n: tables[n] for n in sorted(tables)}, notes

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
 
 from .format import QuantizedTable
+from .integrity import TableDigest
 
 ALIGNMENT = 1 << 16  # payload offsets in a data file: page- and allocation-granularity aligned (mappable)
 DEFAULT_SHARD_BYTES = 2 << 30
@@ -39,6 +40,7 @@ class SegmentStore:
         self._count = 0
         self.locations: dict[str, tuple[str, int, int]] = {}  # table → (data file, offset, length)
         self.data_names: list[str] = []
+        self.digests: dict[str, str] = {}  # table → integrity digest (integrity.table_digest), taken while packing
 
     def allocate(self, nbytes: int) -> np.ndarray:
         """A zero-filled uint8 buffer of `nbytes` backed by a new file (an empty array for 0 bytes)."""
@@ -62,9 +64,10 @@ class SegmentStore:
         if path is not None:  # unlinked, not unmapped: a view still alive stays valid until it is dropped
             path.unlink(missing_ok=True)
 
-    def pack(self, tables: dict[str, QuantizedTable]) -> dict[str, QuantizedTable]:
+    def pack(self, tables: dict[str, QuantizedTable], workers=None) -> dict[str, QuantizedTable]:
         """Copy every table's payload into the content-named data files; the tables returned read their payload
-        from there (read-only mappings)."""
+        from there (read-only mappings). Each table's integrity digest is taken as it is copied (`digests`).
+        `workers` (parallel_store.WorkerGroup): the data files are written by all the ranks, a file each."""
         plan: list[list[tuple[str, int, int]]] = []  # per data file: (table, offset, length)
         size = 0
         for name in sorted(tables):
@@ -77,27 +80,18 @@ class SegmentStore:
                 offset = 0
             plan[-1].append((name, offset, length))
             size = offset + length
+        jobs = [PackJob(str(self.stage_dir), k, [(name, str(self._files[id(tables[name].payload)]), offset, length,
+                                                  tables[name].op_attributes(), tables[name].row_meta,
+                                                  tables[name].default_row) for name, offset, length in entries])
+                for k, entries in enumerate(plan)]
+        if workers is None:
+            results = [job.run() for job in jobs]
+        else:
+            results = workers.spread(jobs, [entries[-1][1] + entries[-1][2] for entries in plan])
         out = dict(tables)
-        for k, entries in enumerate(plan):
-            staging = self.stage_dir / f"data-{k}.tmp"
-            digest = hashlib.blake2b(digest_size=12)
-            with open(staging, "wb") as f:
-                for name, offset, length in entries:
-                    pad = offset - f.tell()
-                    if pad:
-                        f.write(b"\0" * pad)
-                        digest.update(b"\0" * pad)
-                    # every non-empty payload was allocated here: copied by file reads, no page of it mapped
-                    with open(self._files[id(tables[name].payload)], "rb", buffering=0) as segment:
-                        for start in range(0, length, _COPY_BYTES):
-                            chunk = os.pread(segment.fileno(), min(_COPY_BYTES, length - start), start)
-                            f.write(chunk)
-                            digest.update(chunk)
-                f.flush()
-                os.fsync(f.fileno())
-            data_name = digest.hexdigest() + DATA_SUFFIX
-            os.replace(staging, self.stage_dir / data_name)
+        for entries, (data_name, digests) in zip(plan, results):
             self.data_names.append(data_name)
+            self.digests.update(digests)
             for name, offset, length in entries:
                 self.release(tables[name])
                 mapped = np.memmap(self.stage_dir / data_name, dtype=np.uint8, mode="r", offset=offset, shape=(length,))
@@ -109,6 +103,45 @@ class SegmentStore:
         for path in list(self._files.values()):
             path.unlink(missing_ok=True)
         self._files.clear()
+
+
+@dataclass
+class PackJob:
+    """One data file: the payloads of its tables copied, in bounded chunks read from their segment files (no page
+    of them mapped), hashed as they go (the file's content name and each table's integrity digest)."""
+
+    stage_dir: str
+    index: int
+    entries: list  # (table, segment file, offset in the data file, length, op attributes, row_meta, default_row)
+
+    def run(self) -> tuple[str, dict[str, str]]:
+        stage = Path(self.stage_dir)
+        staging = stage / f"data-{self.index}.tmp"
+        digest = hashlib.blake2b(digest_size=12)
+        tables = {}
+        with open(staging, "wb") as f:
+            for name, segment_path, offset, length, attributes, row_meta, default_row in self.entries:
+                pad = offset - f.tell()
+                if pad:
+                    f.write(b"\0" * pad)
+                    digest.update(b"\0" * pad)
+                table = TableDigest(attributes, length)
+                with open(segment_path, "rb", buffering=0) as segment:
+                    for start in range(0, length, _COPY_BYTES):
+                        chunk = os.pread(segment.fileno(), min(_COPY_BYTES, length - start), start)
+                        f.write(chunk)
+                        digest.update(chunk)
+                        table.update(chunk)
+                tables[name] = table.finish(row_meta, default_row)
+            f.flush()
+            os.fsync(f.fileno())
+            if hasattr(os, "posix_fadvise"):
+                # Written and synced: out of the page cache. Otherwise the checks' sessions, reading rows at random,
+                # map the file's large cached folios whole (the whole file, resident) instead of the rows they read.
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        data_name = digest.hexdigest() + DATA_SUFFIX
+        os.replace(staging, stage / data_name)
+        return data_name, tables
 
 
 def external_payloads(graph: ir.Graph, store: SegmentStore) -> None:

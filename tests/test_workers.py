@@ -109,7 +109,7 @@ def test_a_worker_that_dies_is_an_error_not_a_hang(tmp_path):
         os.environ["PYTHONPATH"] = env_path
     with pytest.raises(WorkerError, match=r"worker 1 exited with (9|-9)"):
         try:
-            group.quantize([RowsJob(source, layout, 0, rows, str(segment), "none")], lambda: None, {})
+            group.quantize([RowsJob(source, layout, 0, rows, str(segment), "none")])
         finally:
             group.close(None)
 
