@@ -292,7 +292,7 @@ def _convert_steps(
     all_tables = {**tables, **found.functional_tables}
     # sorted: the same tiers, and the same bytes, in every process (string sets iterate in a per-process order)
     live = sorted({l.table for l in found.lookups if l.field not in means} | set(found.dense_uses))
-    tiers = assign_tiers(config, {n: all_tables[n] for n in live}, priorities.scores if priorities else None)
+    tiers = assign_tiers(config, {n: all_tables[n] for n in live}, priorities.sparse if priorities else None)
     storage = {n: plan_storage(tiers[n], all_tables[n].num_rows, all_tables[n].dim,
                                config.group_rows_for(all_tables[n].dim)) for n in live}
     # scale_group="auto": groups only where every row keeps its own error bound (row_bounds), so the plan with a

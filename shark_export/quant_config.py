@@ -8,6 +8,7 @@ import numpy as np
 
 from .errors import SharkExportError
 from .format import FORMAT_VERSION, GROUPED_FORMAT_VERSION, MAX_GROUP_ROWS, Tier, group_section_bytes, row_stride
+from .row_ranking import RowRanking, SparseRows
 
 PRESETS = ("fp32", "fp16", "int8", "int4", "mixed")
 # scale_group="auto": tables of dim <= AUTO_GROUP_MAX_DIM share scales in groups of AUTO_GROUP_ROWS rows. There
@@ -141,25 +142,20 @@ class QuantConfig:
             raise QuantConfigError(f"overrides name unknown table(s) {unknown}; the tables are: {sorted(tables)}")
 
 
-def _mixed_tiers(priority: np.ndarray, fractions: tuple[float, float]) -> np.ndarray:
-    rows = priority.shape[0]
-    order = np.argsort(-priority, kind="stable")
-    n_hot = int(round(fractions[0] * rows))
-    n_warm = int(round(fractions[1] * rows))
-    tiers = np.full(rows, Tier.INT4, dtype=np.uint8)
-    tiers[order[:n_hot]] = Tier.FP16
-    tiers[order[n_hot : n_hot + n_warm]] = Tier.INT8
-    return tiers
-
-
-def _mixed_tiers_by_rank(priorities: dict[str, np.ndarray], fractions: tuple[float, float]) -> dict[str, np.ndarray]:
+def _mixed_tiers_by_rank(priorities: dict[str, SparseRows], fractions: tuple[float, float],
+                         drop_unseen: bool = False) -> dict[str, np.ndarray]:
     """The mixed split over the rows of all the given tables at once: a row's precision follows how often it is
     read, whatever its table (a position table read by every sample keeps its precision; a per-table split
-    would put most of it in int4)."""
-    names = list(priorities)
-    tiers = _mixed_tiers(np.concatenate([priorities[n].astype(np.float64) for n in names]), fractions)
-    bounds = np.cumsum([0] + [priorities[n].shape[0] for n in names])
-    return {n: tiers[bounds[i] : bounds[i + 1]] for i, n in enumerate(names)}
+    would put most of it in int4). The top fractions[0] of the rows fp16, the next fractions[1] int8, the rest
+    int4; with `drop_unseen`, rows of priority <= 0 dropped."""
+    ranking = RowRanking(priorities)
+    n_hot = int(round(fractions[0] * ranking.total))
+    n_warm = int(round(fractions[1] * ranking.total))
+    bounds, tiers = [n_hot, n_hot + n_warm, ranking.total], [Tier.FP16, Tier.INT8, Tier.INT4]
+    if drop_unseen:  # rows of priority <= 0 (ranks from P on): dropped
+        bounds = [min(b, ranking.positives) for b in bounds[:2]] + [ranking.positives, ranking.total]
+        tiers = [Tier.FP16, Tier.INT8, Tier.INT4, Tier.DROPPED]
+    return ranking.tiers(bounds, tiers)
 
 
 def _version(grouped: int) -> int:
@@ -201,36 +197,50 @@ def stored_bytes(tiers: np.ndarray, dims: np.ndarray, grouped: np.ndarray | None
     return float(sum(row_stride(Tier(int(t)), int(d), _version(g)) * int(n) for t, d, g, n in zip(*keys, counts)))
 
 
-def _budget_tiers(config: QuantConfig, shapes: dict[str, tuple[int, int]], priorities: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Promote rows rung by rung in global priority order while the byte budget lasts."""
+def _budget_tiers(config: QuantConfig, shapes: dict[str, tuple[int, int]], priorities: dict[str, SparseRows]) -> dict[str, np.ndarray]:
+    """Promote rows rung by rung in global priority order while the byte budget lasts (the greedy of
+    `promote_rows`, on a sparse ranking: rows calibration never saw are ranked in a block)."""
     names = list(shapes)
     fp32_bytes = sum(rows * dim * 4 for rows, dim in shapes.values())
     # row_meta of a mixed table (32 bytes per block of 64 rows), the default row and the v3 group section
     metadata = sum(-(-rows // 64) * 32 + dim * 4 + group_section_bytes(rows, config.budget_group_rows_for(dim))
                    for rows, dim in shapes.values())
     budget = config.target_ratio * fp32_bytes - metadata
-    priority = np.concatenate([priorities[n].astype(np.float64) for n in names])
-    dims = np.concatenate([np.full(shapes[n][0], shapes[n][1], dtype=np.int64) for n in names])
-    grouped = np.concatenate([np.full(shapes[n][0], int(config.budget_group_rows_for(shapes[n][1]) > 0), dtype=np.int64)
-                              for n in names])
+    ranking = RowRanking({n: priorities[n] for n in names})
+    versions = [_version(int(config.budget_group_rows_for(shapes[n][1]) > 0)) for n in names]
+
+    def cost(tier: Tier) -> np.ndarray:  # bytes of one row of each table at `tier`
+        return np.array([row_stride(tier, shapes[n][1], v) for n, v in zip(names, versions)], dtype=np.int64)
+
     ladder = [_RUNGS[r] for r in config.ladder]
-    tiers = np.full(priority.shape[0], ladder[0], dtype=np.uint8)
-    # drop_unseen: rows never seen stay dropped, whatever the budget (they take no part in the climb)
-    climbing = priority > 0 if config.drop_unseen else np.ones(priority.shape[0], dtype=bool)
-    tiers[~climbing] = Tier.DROPPED
-    floor = stored_bytes(tiers, dims, grouped)
-    if floor > budget:
+    # drop_unseen: rows never seen (priority <= 0) stay dropped, whatever the budget (they take no part in the climb)
+    climbing = ranking.positives if config.drop_unseen else ranking.total
+    per_table = (np.diff(np.searchsorted(np.sort(ranking.positive), ranking.offsets)) if config.drop_unseen
+                 else ranking.rows)  # climbing rows of each table
+    spent = float((per_table * cost(ladder[0])).sum())
+    if spent > budget:
         raise QuantConfigError(
             f"target_ratio {config.target_ratio} is too small: the lowest rung {config.ladder[0]} alone needs "
-            f"{(floor + metadata) / fp32_bytes:.4f} of the fp32 bytes"
+            f"{(spent + metadata) / fp32_bytes:.4f} of the fp32 bytes"
         )
-    tiers[climbing] = promote_rows(priority[climbing], dims[climbing], ladder, tiers[climbing], budget, grouped[climbing])
-    bounds = np.cumsum([0] + [shapes[n][0] for n in names])
-    return {n: tiers[bounds[i] : bounds[i + 1]] for i, n in enumerate(names)}
+    level, promoted = 0, 0  # every climbing row at ladder[level]; the first `promoted` in rank order one rung up
+    for low, high in zip(ladder, ladder[1:]):
+        delta = cost(high) - cost(low)
+        total = float((per_table * delta).sum())
+        if spent + total <= budget:
+            spent += total
+            level += 1
+            continue
+        promoted = ranking.prefix_within(delta, budget - spent, zeros_and_negatives=not config.drop_unseen)
+        break
+    bounds = [promoted, climbing, ranking.total]
+    tiers = [ladder[min(level + 1, len(ladder) - 1)], ladder[level], Tier.DROPPED]
+    return ranking.tiers(bounds, tiers)
 
 
-def assign_tiers(config: QuantConfig, tables: dict, priorities: dict[str, np.ndarray] | None) -> dict[str, np.ndarray | Tier]:
-    """Tier per row (uint8 [R]) or one Tier per table, for the given tables (name → fields.Table)."""
+def assign_tiers(config: QuantConfig, tables: dict, priorities: dict | None) -> dict[str, np.ndarray | Tier]:
+    """Tier per row (uint8 [R]) or one Tier per table, for the given tables (name → fields.Table). `priorities`:
+    table → row priorities, a dense array or a row_ranking.SparseRows (row_priority.score_rows gives these)."""
     config.check_tables(tables)
     if priorities is None and (config.target_ratio is not None or config.drop_unseen):
         raise QuantConfigError("target_ratio and drop_unseen assign tiers by row priority: give calibration data")
@@ -245,25 +255,24 @@ def assign_tiers(config: QuantConfig, tables: dict, priorities: dict[str, np.nda
         preset = preset or config.preset
         # A table no module call reads (F.embedding on a parameter) has no row priorities.
         priority = priorities.get(name) if priorities is not None else None
+        if priority is not None:
+            priority = SparseRows.of(priority, table.num_rows)
         if preset == "mixed" and priority is not None:
             ranked[name] = priority
             continue
-        if preset == "mixed":
-            tiers = Tier.INT8
-        else:
-            tiers = _SINGLE[preset]
-        if config.drop_unseen and priority is not None:
-            tiers = np.full(table.num_rows, tiers, dtype=np.uint8) if isinstance(tiers, Tier) else tiers
-            tiers[priority <= 0] = Tier.DROPPED
+        tiers = Tier.INT8 if preset == "mixed" else _SINGLE[preset]
+        if config.drop_unseen and priority is not None:  # only the rows seen (priority > 0) keep the tier
+            seen = priority.ids[priority.values > 0]
+            per_row = np.full(table.num_rows, Tier.DROPPED, dtype=np.uint8)
+            per_row[seen] = tiers
+            tiers = per_row
         result[name] = tiers
     if ranked:
-        for name, tiers in _mixed_tiers_by_rank(ranked, config.mixed_fractions).items():
-            if config.drop_unseen:
-                tiers[ranked[name] <= 0] = Tier.DROPPED
-            result[name] = tiers
+        result.update(_mixed_tiers_by_rank(ranked, config.mixed_fractions, config.drop_unseen))
     if budgeted:
-        filled = {n: priorities[n] if n in priorities else np.zeros(budgeted[n][0], np.float32) for n in budgeted}
-        result.update(_budget_tiers(config, budgeted, filled))
+        result.update(_budget_tiers(config, budgeted, {
+            n: SparseRows.of(priorities[n], budgeted[n][0]) if n in priorities
+            else SparseRows(budgeted[n][0], np.zeros(0, np.int64), np.zeros(0, np.float32)) for n in budgeted}))
     return result
 
 

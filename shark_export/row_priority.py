@@ -17,6 +17,7 @@ from torch import nn
 from .errors import SharkExportError
 from .field_scoring import per_sample_loss
 from .fields import call_model, lookup_hooks, find_tables, lookup_arguments
+from .row_ranking import SparseRows
 
 # Decay is applied lazily: a batch's weights are scaled by decay^-t and the total by decay^(T-1) at the
 # end, so a batch costs O(its ids), not O(rows). The scale is folded back in before it can overflow.
@@ -25,14 +26,51 @@ _RESCALE_AT = 1e30
 
 @dataclass
 class RowPriority:
-    """Per-table row priorities, float32 [rows] each, keyed by table (parameter) name."""
+    """Per-table row priorities keyed by table (parameter) name, held sparsely (`sparse`: the rows calibration
+    saw; every other row's priority is 0). `priority[table]` and `scores` give float32 [rows] arrays."""
 
-    scores: dict[str, np.ndarray]
+    sparse: dict[str, SparseRows]
     method: str = "count"
     params: dict = field(default_factory=dict)
 
     def __getitem__(self, table: str) -> np.ndarray:
-        return self.scores[table]
+        return self.sparse[table].dense()
+
+    @property
+    def scores(self) -> dict[str, np.ndarray]:
+        """Every table's priorities as a dense float32 array (4 bytes per row: for small tables)."""
+        return {name: rows.dense() for name, rows in self.sparse.items()}
+
+
+class _SparseSum:
+    """A table's running sums per row id, for the ids seen: batches are buffered and merged by one np.unique
+    (each id's sum adds in batch order, as a dense `total[ids] += sums` would: the same float64 values)."""
+
+    def __init__(self, num_rows: int):
+        self.num_rows = num_rows
+        self.ids = np.zeros(0, dtype=np.int64)
+        self.values = np.zeros(0, dtype=np.float64)
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._pending_size = 0
+
+    def add(self, ids: np.ndarray, sums: np.ndarray) -> None:
+        self._pending.append((ids, sums))
+        self._pending_size += ids.shape[0]
+        if self._pending_size >= max(self.ids.shape[0], 1 << 16):  # amortized: merges cost O(ids seen) each
+            self.merge()
+
+    def merge(self) -> None:
+        if not self._pending:
+            return
+        ids = np.concatenate([self.ids] + [i for i, _ in self._pending])
+        sums = np.concatenate([self.values] + [v for _, v in self._pending])
+        self.ids, inverse = np.unique(ids, return_inverse=True)
+        self.values = np.bincount(inverse, weights=sums, minlength=self.ids.shape[0])
+        self._pending, self._pending_size = [], 0
+
+    def scale(self, factor: float) -> None:
+        self.merge()
+        self.values /= factor
 
 
 def _occurrences(module: nn.Module, args: tuple, kwargs: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -126,7 +164,7 @@ def score_rows(
         raise SharkExportError("method='taylor' needs labels (it differentiates the loss)")
     tables = find_tables(model)
     table_of_module = {path: t.name for t in tables.values() for path in t.module_paths}
-    totals = {name: np.zeros(t.num_rows, dtype=np.float64) for name, t in tables.items()}
+    totals = {name: _SparseSum(t.num_rows) for name, t in tables.items()}
     scale = 1.0
     label_iter = iter(labels) if labels is not None else None
     pending: list = []
@@ -158,7 +196,7 @@ def score_rows(
                     scale /= decay
                 if scale > _RESCALE_AT:
                     for total in totals.values():
-                        total /= scale
+                        total.scale(scale)
                     scale = 1.0
                 pending.clear()
                 sample_counts.clear()
@@ -186,10 +224,13 @@ def score_rows(
                     if method == "taylor":
                         w = w * _taylor_factors(module, leaf, grad, ids, samples, coef)
                     unique, inverse = np.unique(ids, return_inverse=True)
-                    totals[table_of_module[path]][unique] += np.bincount(inverse, weights=w)
+                    totals[table_of_module[path]].add(unique, np.bincount(inverse, weights=w))
     finally:
         for p in frozen:
             p.requires_grad_(True)
-    scores = {name: (total / scale).astype(np.float32) for name, total in totals.items()}
+    scores = {}
+    for name, total in totals.items():
+        total.merge()
+        scores[name] = SparseRows(total.num_rows, total.ids, (total.values / scale).astype(np.float32))
     params = dict(pos_weight=pos_weight, neg_weight=neg_weight, decay=decay, head=head)
     return RowPriority(scores, method, params)
