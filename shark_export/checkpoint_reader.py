@@ -402,8 +402,9 @@ def _dcp_sources(directory: Path) -> dict[str, TensorSource]:
 
 
 def open_weights(path) -> dict[str, TensorSource]:
-    """name → TensorSource of every 1-D and 2-D tensor of a torch.save file or a DCP checkpoint directory."""
-    path = Path(path)
+    """name → TensorSource of every 1-D and 2-D tensor of a torch.save file or a DCP checkpoint directory. The
+    sources name their files by absolute path (they travel to worker processes, which run elsewhere)."""
+    path = Path(path).absolute()
     if path.is_dir():
         return _dcp_sources(path)
     if not path.is_file():

@@ -117,6 +117,17 @@ def _locate(table: QuantizedTable, rows: np.ndarray) -> tuple[np.ndarray, np.nda
     return codes, offsets
 
 
+def row_spans(table: QuantizedTable, rows: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(byte offsets, byte lengths) in the payload of the distinct in-range `rows` (other ids are skipped): what a
+    lookup of them reads, header included."""
+    r = np.unique(np.asarray(rows, dtype=np.int64).reshape(-1))
+    r = r[(r >= 0) & (r < int(table.num_rows))]
+    codes, offsets = _locate(table, r)
+    D = int(table.dim)
+    lengths = np.array([_value_bytes(c, D, _header_bytes(table, c)) for c in range(6)], dtype=np.int64)[codes]
+    return offsets, lengths
+
+
 def _decode(table: QuantizedTable, code: int, offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """float32 [n, D] values of ``rows`` of one tier ``code`` at byte ``offsets``."""
     D = int(table.dim)

@@ -35,7 +35,7 @@ class SegmentStore:
     def __init__(self, stage_dir: Path, shard_bytes: int = DEFAULT_SHARD_BYTES):
         if shard_bytes < ALIGNMENT:
             raise ValueError(f"shard_bytes must be at least {ALIGNMENT}, got {shard_bytes}")
-        self.stage_dir = Path(stage_dir)
+        self.stage_dir = Path(stage_dir).absolute()  # its files' paths travel to worker processes
         self.shard_bytes = int(shard_bytes)
         self._files: dict[int, Path] = {}  # id(buffer) → its segment file
         self._count = 0

@@ -118,7 +118,8 @@ FACTORY = "from checkpoint_models import build_wide as build\n"
 
 
 def test_torchrun_ranks_convert_together_from_the_cli(checkpoint, tmp_path):
-    """`torchrun --nproc-per-node 2 -m shark_export.cli convert ...`: rank 0 writes what one process writes."""
+    """`torchrun --nproc-per-node 2 -m shark_export.cli convert ...` and `convert --workers 2`: what one process
+    writes, byte for byte."""
     source, cal = checkpoint
     (tmp_path / "wide_factory.py").write_text(FACTORY)
     torch.save(cal[0], tmp_path / "example.pt")
@@ -126,8 +127,8 @@ def test_torchrun_ranks_convert_together_from_the_cli(checkpoint, tmp_path):
     common = ["--model", "wide_factory:build", "--checkpoint", str(source), "--inputs", "example.pt",
               "--calibration", "cal.pt", "--quant", "mixed", "--shard-size", "256K", "--quiet"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    (tmp_path / "one").mkdir()
-    (tmp_path / "two").mkdir()
+    for d in ("one", "two", "spawned"):
+        (tmp_path / d).mkdir()
     done = subprocess.run([sys.executable, "-m", "shark_export.cli", "convert", *common, "--out", "one/m.onnx"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -137,6 +138,11 @@ def test_torchrun_ranks_convert_together_from_the_cli(checkpoint, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("quantized by 2 workers") == 1  # rank 0 prints the report, rank 1 nothing
     _same_files(tmp_path / "one", tmp_path / "two")
+    done = subprocess.run([sys.executable, "-m", "shark_export.cli", "convert", *common, "--out", "spawned/m.onnx",
+                           "--workers", "2"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "quantized by 2 workers" in done.stdout
+    _same_files(tmp_path / "one", tmp_path / "spawned")
 
 
 def test_workers_must_be_a_count_or_distributed(checkpoint, tmp_path):
