@@ -243,7 +243,7 @@ def serve() -> Any:
         dist.gather_object(_run_jobs(body), None, dst=0)
 
 
-def _main(argv: list[str]) -> int:
+def _main(argv: list[str]) -> None:
     import torch.distributed as dist
 
     rank, world, rendezvous = int(argv[0]), int(argv[1]), Path(argv[2])
@@ -252,8 +252,10 @@ def _main(argv: list[str]) -> int:
         serve()
     finally:
         dist.destroy_process_group()
-    return 0
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # everything is written and flushed: no interpreter teardown (a second) for rank 0 to wait on
 
 
 if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))
+    _main(sys.argv[1:])

@@ -1,8 +1,8 @@
 """3 GB of fp32 tables convert inside a 1.5 GB memory cgroup (issue 22.5).
 
 A model of four 3M x 64 tables (3.07 GB fp32), built on the meta device, is converted from a torch.save file
-(int8) and from a torch.distributed.checkpoint directory (mixed) by a child process moved into a child memory
-cgroup (v1) of this process's own, limited to 1.5 GB. The result is then checked against an in-memory quantization
+(int8, one process) and from a torch.distributed.checkpoint directory (mixed, two workers) by a child process
+moved into a child memory cgroup (v1) of this process's own, limited to 1.5 GB. The result is then checked against an in-memory quantization
 of the rows the calibration touched: each row, at the tier the file gave it, decodes to the same bits.
 """
 
@@ -50,7 +50,8 @@ from bigmodel import Big
 with torch.device("meta"):
     model = Big().eval()
 cal = torch.load(sys.argv[1] + "/cal.pt")
-report = shark_export.convert(model, cal[0], sys.argv[4], quant=sys.argv[3], calibration=cal, weights=sys.argv[2])
+report = shark_export.convert(model, cal[0], sys.argv[4], quant=sys.argv[3], calibration=cal, weights=sys.argv[2],
+                              workers=int(sys.argv[5]))
 assert report.faithfulness, str(report.faithfulness)
 print("ratio", report.ratio)
 '''
@@ -84,12 +85,13 @@ def checkpoints(tmp_path_factory):
     shutil.rmtree(root, ignore_errors=True)  # 6 GB of checkpoints
 
 
-@pytest.mark.parametrize("source,quant", [("w.pt", "int8"), ("dcp", "mixed")])
-def test_3gb_of_tables_convert_in_a_1_5gb_cgroup(checkpoints, tmp_path, source, quant):
+@pytest.mark.parametrize("source,quant,workers", [("w.pt", "int8", 1), ("dcp", "mixed", 2)])
+def test_3gb_of_tables_convert_in_a_1_5gb_cgroup(checkpoints, tmp_path, source, quant, workers):
+    """With 2 workers, both processes are in the cgroup (children stay in their parent's): 1.5 GB for the two."""
     root, cal = checkpoints
     out = tmp_path / "m.onnx"
-    done, usage = memory_cgroup.run_limited([sys.executable, "-c", CHILD, str(root), str(root / source), quant, str(out)], LIMIT,
-                                               cwd=tmp_path)
+    done, usage = memory_cgroup.run_limited([sys.executable, "-c", CHILD, str(root), str(root / source), quant, str(out),
+                                             str(workers)], LIMIT, cwd=tmp_path)
     peak = usage["max_usage"]
     assert done.returncode == 0, f"exit {done.returncode} (-9: killed at the memory limit), peak {peak / 2**30:.2f} GiB\n{done.stderr[-3000:]}"
     assert peak <= LIMIT
