@@ -339,7 +339,8 @@ def plan_storage(tiers: "np.ndarray | Tier", rows: int, dim: int,
 def _counts(tiers: "np.ndarray | Tier", rows: int) -> dict[Tier, int]:
     if isinstance(tiers, Tier):
         return {tiers: rows}
-    return {Tier(int(t)): int(n) for t, n in zip(*np.unique(tiers, return_counts=True))}
+    counts = np.bincount(np.asarray(tiers, dtype=np.uint8), minlength=len(Tier))  # no sort of a per-row array
+    return {Tier(t): int(n) for t, n in enumerate(counts) if n}
 
 
 def _plan_tiers(tiers: "np.ndarray | Tier", rows: int, dim: int, scale_group_rows: int) -> tuple["np.ndarray | Tier", list[str]]:
