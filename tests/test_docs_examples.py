@@ -106,7 +106,7 @@ def test_ci_does_the_installs_the_readme_names():
     ci = (REPO / ".ci" / "run").read_text()
     assert "bash tools/install_test_deps.sh" in ci and re.search(r"^pytest$", ci, re.M)
     script = (REPO / "tools" / "install_test_deps.sh").read_text()
-    assert 'pip install -c constraints.txt ".[test,zoo]"' in script  # the package, as `pip install -c constraints.txt .`
+    assert 'pip install -c constraints.txt ".[test,zoo,runtimes]"' in script  # the package, as `pip install -c constraints.txt .`
     first = next(code for lang, _, code in code_blocks("README.md") if lang == "bash")
     assert all(line.partition(" && ")[0].strip() in INSTALLS_DONE_BY_CI for line in first.splitlines() if line.strip())
 

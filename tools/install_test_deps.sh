@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # constraints.txt: the torch the whole suite is tested with (pyproject.toml accepts a range).
-python -m pip install -c constraints.txt ".[test,zoo]"
+python -m pip install -c constraints.txt ".[test,zoo,runtimes]"
 # These libraries declare dependencies that would replace torch 2.13 (a multi-GB CUDA build), pull
 # fbgemm-gpu (CUDA) or install text/image stacks the tests never touch: they go in without their
 # dependencies; what they really import is in the `zoo` extra.

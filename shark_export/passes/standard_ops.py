@@ -61,12 +61,15 @@ class Builder:
 
 
 def _unpack(b: Builder, codes: ir.Value, bits: int, dim: int) -> ir.Value:
-    """uint8 [N, ceil(D·bits/8)] packed codes → uint8 [N, D] (element per·k + i in bits bits·i.. of byte k)."""
+    """uint8 [N, ceil(D·bits/8)] packed codes → uint32 [N, D] (element per·k + i in bits bits·i.. of byte k).
+    Shifted in uint32: OpenVINO rounds a uint8 BitShift RIGHT instead of truncating (9 >> 4 gives 1 there), every
+    runtime shifts uint32 right; ORT has no uint16 BitShift. The codes are read as floats next, from any width."""
     per = 8 // bits
-    mask = b.scalar((1 << bits) - 1, np.uint8)
+    mask = b.scalar((1 << bits) - 1, np.uint32)
+    codes = b.op("Cast", [codes], to=ir.DataType.UINT32)
     fields = []
     for i in range(per):
-        value = codes if i == 0 else b.op("BitShift", [codes, b.scalar(bits * i, np.uint8)], direction="RIGHT")
+        value = codes if i == 0 else b.op("BitShift", [codes, b.scalar(bits * i, np.uint32)], direction="RIGHT")
         if i < per - 1:  # the top field needs no mask
             value = b.op("BitwiseAnd", [value, mask])
         fields.append(b.op("Unsqueeze", [value, b.i64(2)]))
