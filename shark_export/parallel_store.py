@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from .quantize import TableLayout, encode_rows
 # A worker waits for rank 0 while it exports the model, scores rows, packs and checks the output: generous.
 _TIMEOUT = datetime.timedelta(hours=4)
 _RENDEZVOUS = "workers.rendezvous"
+_START_SECONDS = 600  # a worker's imports (torch) take seconds; a machine under load, longer
 
 
 class WorkerError(SharkExportError, RuntimeError):
@@ -134,6 +136,14 @@ class WorkerGroup:
 
         if self._joined:
             return
+        # Each worker marks itself ready once imported, before the rendezvous: one that fails to start is seen here
+        # (its exit status named) rather than after the rendezvous's timeout.
+        deadline = time.monotonic() + _START_SECONDS
+        while not all((self._rendezvous.parent / f"ready-{rank}").exists() for rank in range(1, self.world)):
+            if any(child.poll() is not None for child in self._children) or time.monotonic() > deadline:
+                raise WorkerError(f"the {self.world - 1} worker process(es) did not start"
+                                  f"{self._children_status() or f' within {_START_SECONDS} s'}")
+            time.sleep(0.05)
         try:
             dist.init_process_group("gloo", init_method=self._rendezvous.as_uri(), rank=0, world_size=self.world,
                                     timeout=_TIMEOUT)
@@ -247,6 +257,7 @@ def _main(argv: list[str]) -> None:
     import torch.distributed as dist
 
     rank, world, rendezvous = int(argv[0]), int(argv[1]), Path(argv[2])
+    (rendezvous.parent / f"ready-{rank}").touch()  # imported: rank 0 may now wait for the rendezvous
     dist.init_process_group("gloo", init_method=rendezvous.as_uri(), rank=rank, world_size=world, timeout=_TIMEOUT)
     try:
         serve()

@@ -154,6 +154,23 @@ def test_workers_must_be_a_count_or_distributed(checkpoint, tmp_path):
         _convert(tmp_path / "dist", source, cal, "int8", "distributed")
 
 
+def test_a_worker_that_cannot_start_is_named_at_once(tmp_path, monkeypatch):
+    """A worker that dies on import (here: a broken package shadows ours on its path) is an error at once, not a
+    wait for the rendezvous's timeout."""
+    broken = tmp_path / "broken" / "shark_export"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('broken on purpose')\n")
+    monkeypatch.setenv("PYTHONPATH", str(broken.parent))
+    group = WorkerGroup.spawn(2)
+    start = time.monotonic()
+    with pytest.raises(WorkerError, match=r"did not start; worker 1 exited with 1"):
+        try:
+            group.run([[], []])
+        finally:
+            group.close(None)
+    assert time.monotonic() - start < 60
+
+
 def test_a_conversion_failing_before_the_workers_join_ends_them_at_once(checkpoint, tmp_path):
     from shark_export.checkpoint_reader import CheckpointError
 
