@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .errors import SharkExportError
+from .page_hints import will_need
 
 _STORAGE_DTYPES = {
     "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16, "BFloat16Storage": "bfloat16",
@@ -314,11 +315,8 @@ def _take_rows(record: TensorRecord, rows: np.ndarray, dim: int) -> np.ndarray:
     count = last - first + 1  # rows read per run
     with open(record.file, "rb", buffering=0) as f:
         fd = f.fileno()
-        if first.shape[0] > _PREFETCH_RUNS and hasattr(os, "posix_fadvise"):
-            # every span asked for at once (queued I/O), then read: on a cold cache one round of disk latency
-            # instead of one per run (a calibration pass reads ~10^5 scattered rows)
-            for r, n in zip(first, count):
-                os.posix_fadvise(fd, record.offset + int(r) * row_bytes, int(n) * row_bytes, os.POSIX_FADV_WILLNEED)
+        if first.shape[0] > _PREFETCH_RUNS:  # a calibration pass reads ~10^5 scattered rows: announced, then read
+            will_need(fd, record.offset + first * row_bytes, count * row_bytes)
         raw = b"".join([os.pread(fd, int(n) * row_bytes, record.offset + int(r) * row_bytes) for r, n in zip(first, count)])
     if len(raw) != int(count.sum()) * row_bytes:
         raise CheckpointError(f"{record.file}: ends before the tensor's bytes (rows up to {int(last[-1])})")

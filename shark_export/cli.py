@@ -161,7 +161,6 @@ def _scored_prune(args, model, calibration, labels, checkpoint):
 
 
 def _cmd_convert(args) -> int:
-    from .converter import convert
     from .quant_config import QuantConfig
 
     if args.checkpoint and args.state_dict:
@@ -181,7 +180,7 @@ def _cmd_convert(args) -> int:
              if args.budget is not None or args.clip != "none" or args.scale_group != "auto" else args.quant)
     workers, joined, rank = _workers_of(args)
     try:
-        report = _convert_with(convert, args, model, example, calibration, labels, checkpoint, quant, workers)
+        report = _convert_with(args, model, example, calibration, labels, checkpoint, quant, workers)
     finally:
         if joined:
             import torch.distributed as dist
@@ -215,7 +214,10 @@ def _workers_of(args) -> tuple[int | str, bool, int]:
     return "distributed", joined, dist.get_rank()
 
 
-def _convert_with(convert, args, model, example, calibration, labels, checkpoint, quant, workers):
+def _convert_with(args, model, example, calibration, labels, checkpoint, quant, workers):
+    """convert() with the command line's options."""
+    from .converter import convert
+
     return convert(
         model,
         example,

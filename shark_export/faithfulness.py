@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import mmap
 import os
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from .format import QuantizedTable
 from .errors import ParityError, SharkExportError
 from .export import ExampleInputs
 from .model_io import OnnxModelRunner
+from .page_hints import will_need
 from .parity import ParityReport, check_parity, compare_outputs, compare_to_float64
 
 
@@ -81,7 +81,7 @@ class _RowPrefetch(contextlib.AbstractContextManager):
     def __call__(self, table: QuantizedTable, ids: np.ndarray) -> None:
         payload = table.payload
         name = getattr(payload, "filename", None)
-        if not isinstance(payload, np.memmap) or name is None or not hasattr(os, "posix_fadvise"):
+        if not isinstance(payload, np.memmap) or name is None:
             return
         try:
             starts, lengths = reference.row_spans(table, ids)
@@ -89,12 +89,7 @@ class _RowPrefetch(contextlib.AbstractContextManager):
             return  # a table the lookups will reject anyway: they name the problem
         if name not in self._files:
             self._files[name] = os.open(name, os.O_RDONLY)
-        base, page = int(payload.offset), mmap.PAGESIZE
-        pages = np.unique(np.concatenate([(base + starts) // page, (base + starts + lengths - 1) // page]))
-        breaks = np.flatnonzero(np.diff(pages) > 1) + 1
-        for run in np.split(pages, breaks):
-            os.posix_fadvise(self._files[name], int(run[0]) * page, (int(run[-1]) - int(run[0]) + 1) * page,
-                             os.POSIX_FADV_WILLNEED)
+        will_need(self._files[name], int(payload.offset) + starts, lengths)
 
     def __exit__(self, *exc) -> None:
         for fd in self._files.values():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Mapping
 
@@ -57,8 +58,6 @@ class TableDigest:
 
 def _update_from_file(digest, filename: str, offset: int, length: int, block: int = 1 << 24) -> None:
     """Hash a file-backed tensor by reading it (a big table's pages never become this process's resident set)."""
-    import os
-
     with open(filename, "rb", buffering=0) as f:
         for start in range(0, length, block):
             digest.update(os.pread(f.fileno(), min(block, length - start), offset + start))

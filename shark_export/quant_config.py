@@ -215,8 +215,7 @@ def _budget_tiers(config: QuantConfig, shapes: dict[str, tuple[int, int]], prior
     ladder = [_RUNGS[r] for r in config.ladder]
     # drop_unseen: rows never seen (priority <= 0) stay dropped, whatever the budget (they take no part in the climb)
     climbing = ranking.positives if config.drop_unseen else ranking.total
-    per_table = (np.diff(np.searchsorted(np.sort(ranking.positive), ranking.offsets)) if config.drop_unseen
-                 else ranking.rows)  # climbing rows of each table
+    per_table = ranking.positive_per_table if config.drop_unseen else ranking.rows  # climbing rows of each table
     spent = float((per_table * cost(ladder[0])).sum())
     if spent > budget:
         raise QuantConfigError(

@@ -7,13 +7,13 @@ the same ranges are taken per scale group and tier (all values of the group's ro
 
 from __future__ import annotations
 
-import mmap
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from .errors import FormatError
+from .page_hints import advise_mapping
 from .format import (
     BLOCK_ROWS,
     FORMAT_VERSION,
@@ -30,7 +30,7 @@ from .format import (
     row_bytes,
 )
 
-__all__ = ["quantize_table", "plan_layout", "TableLayout", "encode_rows"]
+__all__ = ["quantize_table", "plan_layout", "TableLayout", "encode_rows", "is_row_source"]
 
 # Clipping search parameters per tier: (bins, max_steps). Each step evaluates two candidate ranges.
 # int4/int2: steps of 1% of the range, shrinking it by up to 50%. int8: its error surface is jagged at
@@ -244,16 +244,7 @@ def _let_go(payload: np.ndarray, start: int, end: int) -> int:
     """Drop the written pages [start, end) of a file-backed (np.memmap, shared) payload from this process's mapping:
     the data stays in the page cache and the file, the resident set does not grow with the table. Returns how far
     it got (a page boundary)."""
-    mapping = getattr(payload, "_mmap", None)
-    if mapping is None or not hasattr(mapping, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
-        return start
-    base = int(getattr(payload, "offset", 0)) % mmap.ALLOCATIONGRANULARITY  # where the payload starts in the mapping
-    first = (base + start + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE
-    last = (base + end) // mmap.PAGESIZE * mmap.PAGESIZE
-    if last > first:
-        mapping.madvise(mmap.MADV_DONTNEED, first, last - first)
-        return last - base
-    return start
+    return advise_mapping(payload, "MADV_DONTNEED", start, end)
 
 
 def _parse_tiers(tiers: Any, R: int, name: str) -> tuple[int, np.ndarray | None]:
@@ -397,6 +388,12 @@ def quantize_table(
     return layout.table(payload)
 
 
+def is_row_source(weight: Any) -> bool:
+    """A checkpoint's table (shark_export.checkpoint_reader.TensorSource), read by row blocks, never whole; not an
+    array in memory."""
+    return callable(getattr(weight, "read", None)) and hasattr(weight, "take")
+
+
 def plan_layout(weight: Any, tiers: Any, *, name: str = "table", default_row: Any = None,
                 format_version: int | None = None, scale_group_rows: int = 0) -> tuple[Any, "TableLayout"]:
     """(the rows to read, the table's layout) for quantize_table's arguments, checked as it checks them."""
@@ -407,8 +404,7 @@ def plan_layout(weight: Any, tiers: Any, *, name: str = "table", default_row: An
     G = check_scale_group(format_version, scale_group_rows, f"table {name!r}")
     if hasattr(weight, "detach") and hasattr(weight, "cpu"):  # a torch tensor, possibly a trainable parameter
         weight = weight.detach().cpu()
-    # a row source (a checkpoint's table, shark_export.checkpoint_reader) is read by row blocks, never whole
-    w = weight if callable(getattr(weight, "read", None)) and hasattr(weight, "take") else np.asarray(weight)
+    w = weight if is_row_source(weight) else np.asarray(weight)
     if w.ndim != 2:
         raise FormatError(f"table {name!r}: weight must be 2-D [rows, dim], got shape {w.shape}")
     if w.dtype not in (np.float16, np.float32, np.float64):

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from .format import QuantizedTable, Tier, row_stride
-from .quantize import _quant_params, plan_layout, quantize_table
+from .quantize import _quant_params, is_row_source, plan_layout, quantize_table
 from .reference import dequantize_rows
 
 # Rows per chunk when measuring errors: bounded float64 temporaries.
@@ -206,11 +206,6 @@ def store_tables(weights: dict, plans: dict, clip: str = "none", show_progress: 
     else:
         quantize_alone()
     return {n: tables[n] for n in sorted(tables)}, notes
-
-
-def is_row_source(weight) -> bool:
-    """A checkpoint's table (read row range by row range), not an array in memory."""
-    return callable(getattr(weight, "read", None)) and hasattr(weight, "take")
 
 
 def _zero_rows_kept(weight, tiers, group_rows: int):

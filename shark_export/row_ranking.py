@@ -62,6 +62,7 @@ class RowRanking:
         self.negative = position[negative][np.lexsort((position[negative], -value[negative]))]
         self.zeros = self.total - self.positive.shape[0] - self.negative.shape[0]
         self.nonzero_per_table = np.diff(np.searchsorted(self._nonzero_sorted, self.offsets))
+        self.positive_per_table = np.diff(np.searchsorted(np.sort(self.positive), self.offsets))
 
     @property
     def positives(self) -> int:

@@ -12,7 +12,6 @@ then names them as external data (`external_payloads`), and the model file is sa
 from __future__ import annotations
 
 import hashlib
-import mmap
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,6 +21,7 @@ import onnx_ir as ir
 
 from .format import QuantizedTable
 from .integrity import TableDigest
+from .page_hints import advise_mapping, drop_cached
 
 ALIGNMENT = 1 << 16  # payload offsets in a data file: page- and allocation-granularity aligned (mappable)
 DEFAULT_SHARD_BYTES = 2 << 30
@@ -96,7 +96,7 @@ class SegmentStore:
             for name, offset, length in entries:
                 self.release(tables[name])
                 mapped = np.memmap(self.stage_dir / data_name, dtype=np.uint8, mode="r", offset=offset, shape=(length,))
-                _read_at_random(mapped)
+                advise_mapping(mapped, "MADV_RANDOM")  # the checks read rows at random: no read-around
                 out[name] = replace(tables[name], payload=mapped)
                 self.locations[name] = (data_name, offset, length)
         return out
@@ -105,13 +105,6 @@ class SegmentStore:
         for path in list(self._files.values()):
             path.unlink(missing_ok=True)
         self._files.clear()
-
-
-def _read_at_random(mapped: np.memmap) -> None:
-    """The checks read a table's rows at random: no read-ahead around each (it would map megabytes per row)."""
-    mapping = getattr(mapped, "_mmap", None)
-    if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_RANDOM"):
-        mapping.madvise(mmap.MADV_RANDOM)
 
 
 @dataclass
@@ -144,10 +137,9 @@ class PackJob:
                 tables[name] = table.finish(row_meta, default_row)
             f.flush()
             os.fsync(f.fileno())
-            if hasattr(os, "posix_fadvise"):
-                # Written and synced: out of the page cache. Otherwise the checks' sessions, reading rows at random,
-                # map the file's large cached folios whole (the whole file, resident) instead of the rows they read.
-                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            # Written and synced: out of the page cache. Otherwise the checks' sessions, reading rows at random,
+            # map the file's large cached folios whole (the whole file, resident) instead of the rows they read.
+            drop_cached(f.fileno())
         data_name = digest.hexdigest() + DATA_SUFFIX
         os.replace(staging, stage / data_name)
         return data_name, tables

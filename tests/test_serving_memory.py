@@ -63,3 +63,27 @@ def test_random_lookups_map_the_rows_they_read_not_the_file(tmp_path):
     assert rss <= 16 * 64 * 1024, f"{rss / 2**20:.1f} MiB resident after reading 16 rows of an 11 MB table"
     want = torch.load(tmp_path / "w.pt")["emb.weight"].numpy()[ids].sum(1)
     np.testing.assert_allclose(out, want, atol=0.02)
+
+
+def test_will_need_asks_for_each_run_of_touching_pages_once(monkeypatch):
+    import mmap
+
+    from shark_export import page_hints
+
+    calls = []
+    monkeypatch.setattr(page_hints.os, "posix_fadvise", lambda fd, offset, length, advice: calls.append((offset, length)))
+    page = mmap.PAGESIZE
+    rng = np.random.default_rng(3)
+    starts = rng.integers(0, 200 * page, 300)
+    lengths = rng.integers(1, 3 * page, 300)
+    page_hints.will_need(7, starts, lengths)
+    wanted = np.zeros(210, dtype=bool)  # the pages a plain loop over the ranges would touch
+    for s, n in zip(starts, lengths):
+        wanted[s // page:(s + n - 1) // page + 1] = True
+    got = np.zeros(210, dtype=bool)
+    for offset, length in calls:
+        assert offset % page == 0 and length % page == 0
+        assert not got[offset // page:(offset + length) // page].any()  # no page asked twice
+        got[offset // page:(offset + length) // page] = True
+    assert np.array_equal(got, wanted)
+    assert len(calls) == int(np.sum(wanted[1:] & ~wanted[:-1]) + wanted[0])  # one request per run
