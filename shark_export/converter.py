@@ -32,6 +32,7 @@ from .parity import batch_size_of, check_parity, labels_per_batch
 from .report import ConvertReport, table_reports, use_portable_bytes
 from .passes import (
     DenseOpsPass,
+    ExporterPatternsPass,
     FinalizeVersionsPass,
     GroupLookupsPass,
     LookupCastsPass,
@@ -416,6 +417,7 @@ def _export(model, example: ExampleInputs, tables: dict) -> tuple[ir.Model, dict
     ir_model, origins = export_to_ir(model, example)
     tidy = TidyExportPass()
     tidy(ir_model)
+    ExporterPatternsPass()(ir_model)
     node_origins = {node: [origin] for node, origin in origins.items() if node not in tidy.merged}
     for removed, survivor in tidy.merged.items():
         node_origins.setdefault(survivor, []).append(origins.get(removed))

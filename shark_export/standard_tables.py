@@ -8,11 +8,13 @@ A table of R rows x D dims becomes one *sub-table* per tier it holds, in tier-co
 | fp32    | ``<t>.fp32.values`` float32 [n, D]                          | 4·D                    |
 | fp16    | ``<t>.fp16.values`` float16 [n, D]                          | 2·D                    |
 | int8    | ``<t>.int8.codes`` uint8 [n, D], ``<t>.int8.scale_bias`` float16 [n, 2] | D + 4      |
-| int4    | ``<t>.int4.codes`` uint8 [n, ceil(D/2)] (element 2k in the low nibble of byte k, 2k+1 in the high one), ``.scale_bias`` | ceil(D/2) + 4 |
-| int2    | ``<t>.int2.codes`` uint8 [n, ceil(D/4)] (element 4k+i in bits 2i..2i+1 of byte k), ``.scale_bias`` | ceil(D/4) + 4 |
+| int4    | ``<t>.int4.codes`` uint8 [n, P = ceil(D/2)] (planar: element k in the low nibble of byte k, P+k in the high one), ``.scale_bias`` | ceil(D/2) + 4 |
+| int2    | ``<t>.int2.codes`` uint8 [n, P = ceil(D/4)] (planar: element j·P+k in bits 2j..2j+1 of byte k), ``.scale_bias`` | ceil(D/4) + 4 |
 | dropped | ``<t>.dropped.default_row`` float32 [1, D]                  | 0 (4·D once)           |
 
-The codes and ``[scale, bias]`` pairs are the bytes of the stored format rearranged, nothing re-quantized. A
+The codes and ``[scale, bias]`` pairs are the bytes of the stored format rearranged, nothing re-quantized (int4
+and int2 codes *planar*: the stored format interleaves a row's elements in its bytes; planar, a row unpacks into
+its first P elements and its next P with two standard ops each, and no element-wise interleave). A
 format v3 table (scale groups of G rows) keeps its groups: a quantized sub-table has no per-row pairs but
 ``<t>.<tier>.group_scale_bias`` float16 [ceil(R/G), 2], the pair of each group's rows of that tier, found
 by the row's index divided by G (4 bytes per group and tier present, against the stored format's 12 per group).
@@ -39,6 +41,22 @@ __all__ = ["METADATA_KEY", "Part", "PortableBytes", "StandardTable", "read_table
 
 METADATA_KEY = "shark_export.standard_tables"
 _CHUNK_ROWS = 65536
+PLANAR = "planar"  # metadata `code_layout` of int4/int2 codes; files without it hold the interleaved bytes
+
+
+def _repack(codes: np.ndarray, bits: int, to_planar: bool) -> np.ndarray:
+    """uint8 [n, P] packed codes from the stored (interleaved: element per·k + j in field j of byte k) to the
+    planar layout (element j·P + k in field j of byte k), or back. A permutation of the fields: lossless, the
+    padding fields past D included."""
+    per, n, P = 8 // bits, codes.shape[0], codes.shape[1]
+    mask = (1 << bits) - 1
+    fields = np.stack([(codes >> (bits * j)) & mask for j in range(per)], axis=2)  # [n, P, per]: field j of byte k
+    elements = fields.reshape(n, P * per) if to_planar else fields.transpose(0, 2, 1).reshape(n, P * per)
+    regrouped = elements.reshape(n, per, P).transpose(0, 2, 1) if to_planar else elements.reshape(n, P, per)
+    out = np.zeros((n, P), dtype=np.uint8)
+    for j in range(per):
+        out |= (regrouped[:, :, j] << (bits * j)).astype(np.uint8)
+    return out
 _SLOT_DTYPES = (np.uint8, np.uint16, np.uint32, np.uint64)
 
 
@@ -107,6 +125,7 @@ class StandardTable:
     uniform_tier: int
     format_version: int
     scale_group_rows: int = 0
+    planar: bool = True  # int4/int2 code layout (False: read from a file written before planar codes)
 
     # ---- from and back to the stored format -----------------------------------------------------
     @classmethod
@@ -138,12 +157,15 @@ class StandardTable:
                     arrays = {"values": np.ascontiguousarray(raw).view("<f4").astype(np.float32)}
                 elif tier is Tier.FP16:
                     arrays = {"values": np.ascontiguousarray(raw).view("<f2").astype(np.float16)}
-                elif G:
-                    arrays = {"codes": np.ascontiguousarray(raw),
-                              "group_scale_bias": np.ascontiguousarray(groups[:, tier.value - Tier.INT8.value, :]).astype(np.float16)}
                 else:
-                    arrays = {"codes": np.ascontiguousarray(raw[:, 4:]),
-                              "scale_bias": np.ascontiguousarray(raw[:, :4]).view("<f2").astype(np.float16)}
+                    codes_ = raw if G else raw[:, 4:]
+                    if tier is not Tier.INT8:
+                        codes_ = _repack(codes_, tier.bits, to_planar=True)
+                    arrays = {"codes": np.ascontiguousarray(codes_)}
+                    if G:
+                        arrays["group_scale_bias"] = np.ascontiguousarray(groups[:, tier.value - Tier.INT8.value, :]).astype(np.float16)
+                    else:
+                        arrays["scale_bias"] = np.ascontiguousarray(raw[:, :4]).view("<f2").astype(np.float16)
                 n = int(rows.shape[0])
                 if slots is not None:
                     slots[rows] = base + np.arange(n)
@@ -151,7 +173,7 @@ class StandardTable:
             base += n
         if slots is not None:
             slots = slots.astype(_slot_dtype(base))
-        return cls(str(table.name), R, D, tuple(parts), slots, int(table.uniform_tier), int(table.format_version), G)
+        return cls(str(table.name), R, D, tuple(parts), slots, int(table.uniform_tier), int(table.format_version), G, True)
 
     def row_tiers(self) -> np.ndarray:
         """uint8 [R]: every row's tier code."""
@@ -182,12 +204,15 @@ class StandardTable:
             rows = np.flatnonzero(codes == part.tier.value)
             if "values" in part.arrays:
                 raw = np.ascontiguousarray(part.arrays["values"].astype("<f4" if part.tier is Tier.FP32 else "<f2")).view(np.uint8)
-            elif G:
-                raw = part.arrays["codes"]
-                section[:, part.tier.value - Tier.INT8.value, :] = part.arrays["group_scale_bias"]
             else:
-                raw = np.concatenate([np.ascontiguousarray(part.arrays["scale_bias"].astype("<f2")).view(np.uint8),
-                                      part.arrays["codes"]], axis=1)
+                raw = part.arrays["codes"]
+                if part.tier is not Tier.INT8 and self.planar:
+                    raw = _repack(raw, part.tier.bits, to_planar=False)
+                if G:
+                    section[:, part.tier.value - Tier.INT8.value, :] = part.arrays["group_scale_bias"]
+                else:
+                    raw = np.concatenate([np.ascontiguousarray(part.arrays["scale_bias"].astype("<f2")).view(np.uint8),
+                                          raw], axis=1)
             raw = raw.reshape(part.rows, -1)[local[rows]]
             span = np.arange(raw.shape[1], dtype=np.int64)
             for r0 in range(0, rows.shape[0], _CHUNK_ROWS):
@@ -237,7 +262,8 @@ class StandardTable:
     def metadata(self) -> dict:
         return {"num_rows": self.num_rows, "dim": self.dim, "uniform_tier": self.uniform_tier,
                 "format_version": self.format_version, "parts": [[str(p.tier), p.rows] for p in self.parts],
-                "slots": self.slots is not None, "scale_group_rows": self.scale_group_rows}
+                "slots": self.slots is not None, "scale_group_rows": self.scale_group_rows,
+                **({"code_layout": PLANAR} if self.planar else {})}
 
     @property
     def tier_counts(self) -> dict[Tier, int]:
@@ -261,12 +287,15 @@ class StandardTable:
             listed = [(Tier.parse(t), int(n)) for t, n in meta["parts"]]
             has_slots = bool(meta["slots"])
             G = int(meta.get("scale_group_rows", 0))
+            planar = meta.get("code_layout", "interleaved") == PLANAR
+            if meta.get("code_layout", PLANAR) not in (PLANAR, "interleaved"):
+                raise ValueError(f"code_layout {meta['code_layout']!r}")
         except (KeyError, TypeError, ValueError, FormatError) as exc:
             raise FormatError(f"{where}: unreadable metadata {meta!r} ({exc})") from exc
         if (not listed or not 1 <= D <= 65536 or R < 1 or version not in (1, 2, 3) or (version == 3) != (G > 0)
                 or G < 0 or G & (G - 1)):
             raise FormatError(f"{where}: bad metadata {meta!r}")
-        table = cls(name, R, D, (), None, u, version, G)
+        table = cls(name, R, D, (), None, u, version, G, planar)
         parts = []
         for tier, n in listed:
             expect = {"default_row": ((1, D), np.float32)} if tier is Tier.DROPPED else (
@@ -292,7 +321,7 @@ class StandardTable:
                 raise FormatError(f"{where}: slot {int(slots.max())} is past the {total} slots of its sub-tables")
         elif len(listed) != 1 or total != R or listed[0][0] is Tier.DROPPED:
             raise FormatError(f"{where}: a table without slots must be one sub-table of {R} rows")
-        return cls(name, R, D, tuple(parts), slots, u, version, G)
+        return cls(name, R, D, tuple(parts), slots, u, version, G, planar)
 
 
 def read_tables(metadata: Mapping[str, str], initializers: Mapping[str, np.ndarray]) -> tuple[dict[str, StandardTable], list]:

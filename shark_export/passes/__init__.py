@@ -1,6 +1,8 @@
 """Graph passes on onnx-ir models, one job each, run in this order by the converter:
 
 0. `tidy.TidyExportPass`: the rewrites we vouch for after the export (metadata, CSE, merging equal lookups).
+0b. `exporter_patterns.ExporterPatternsPass`: exporter patterns other runtimes misread (a no-op Slice, 2-D bags
+   as Range offsets) → their exact equivalents.
 1. `lookups.find_lookups` (analysis): staging lookup nodes ↔ tables ↔ fields (by the module call that
    made each), weights verified by value, dense uses of tables recorded.
 2. `prune.PruneFieldsPass`: a pruned field's lookup becomes its mean embedding, broadcast to the lookup's shape.
@@ -24,6 +26,7 @@ Steps 2-6 run under onnx-ir's `PassManager`; each pass checks its pre- and post-
 
 from .cleanup import RemoveDeadPass
 from .dense_ops import DenseOpsPass
+from .exporter_patterns import ExporterPatternsPass
 from .finalize import FinalizeVersionsPass
 from .group_lookups import GroupLookupsPass
 from .lookup_casts import LookupCastsPass
@@ -36,6 +39,6 @@ from .tidy import TidyExportPass
 
 __all__ = [
     "Lookup", "LookupMap", "find_lookups", "lower_computed_weight_gathers", "raise_table_gathers", "TidyExportPass",
-    "PruneFieldsPass", "ReplaceLookupsPass", "GroupLookupsPass", "LookupCastsPass", "DenseOpsPass", "StandardOpsPass", "RemoveDeadPass", "FinalizeVersionsPass", "NameOutputsPass",
+    "PruneFieldsPass", "ReplaceLookupsPass", "GroupLookupsPass", "LookupCastsPass", "DenseOpsPass", "ExporterPatternsPass", "StandardOpsPass", "RemoveDeadPass", "FinalizeVersionsPass", "NameOutputsPass",
     "check_output_count",
 ]

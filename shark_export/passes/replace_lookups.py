@@ -54,6 +54,8 @@ class LookupRewrite:
             for name in ("mode", "include_last_offset", "padding_idx"):
                 attributes[name] = node.attributes.get_int(name, -1 if name == "padding_idx" else 0)
             inputs = [*storage(graph, lookup.table, table), *node.inputs[1:]]
+            while inputs[-1] is None:  # (a 2-D bag has no offsets, maybe no weights either)
+                inputs.pop()
         else:
             op_type = GATHER_OP
             inputs = [*storage(graph, lookup.table, table), node.inputs[1]]

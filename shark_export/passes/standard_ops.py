@@ -23,6 +23,7 @@ it becomes a subgraph of opset-18 ai.onnx ops (docs/PORTABLE.md):
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
@@ -60,68 +61,129 @@ class Builder:
         return constant(self.graph, f"standard_ops/{np.dtype(dtype).name}_{value}".replace("-", "m").replace(".", "p"), array)
 
 
+@dataclass(frozen=True)
+class Term:
+    """One sub-table's share of the rows of N entries: `values` float32 [N, D] (codes as floats, or float rows)
+    times `scale` [N, 1] plus `bias` [N, 1]; a missing scale is 1, a missing bias 0. For an entry outside the
+    sub-table (a mixed table) its scale and bias are 0, so every other term adds exact zeros."""
+
+    values: ir.Value
+    scale: ir.Value | None = None
+    bias: ir.Value | None = None
+
+
 def _unpack(b: Builder, codes: ir.Value, bits: int, dim: int) -> ir.Value:
-    """uint8 [N, ceil(D·bits/8)] packed codes → uint32 [N, D] (element per·k + i in bits bits·i.. of byte k).
-    Shifted in uint32: OpenVINO rounds a uint8 BitShift RIGHT instead of truncating (9 >> 4 gives 1 there), every
-    runtime shifts uint32 right; ORT has no uint16 BitShift. The codes are read as floats next, from any width."""
+    """float32 [N, D]: planar uint8 [N, P] codes (element j·P + k in field j of byte k, standard_tables) read as
+    floats. In float arithmetic: field j = Floor(c / 2^(bits·j)) less the fields above it, all exact in float32
+    (c ≤ 255). No BitShift (OpenVINO rounds a uint8 right shift; onnx2torch has none) and, planar, no
+    element-wise interleave: the fields are Concat'ed whole."""
     per = 8 // bits
-    mask = b.scalar((1 << bits) - 1, np.uint32)
-    codes = b.op("Cast", [codes], to=ir.DataType.UINT32)
+    rest = b.op("Cast", [codes], to=_FLOAT)
     fields = []
-    for i in range(per):
-        value = codes if i == 0 else b.op("BitShift", [codes, b.scalar(bits * i, np.uint32)], direction="RIGHT")
-        if i < per - 1:  # the top field needs no mask
-            value = b.op("BitwiseAnd", [value, mask])
-        fields.append(b.op("Unsqueeze", [value, b.i64(2)]))
-    q = b.op("Reshape", [b.op("Concat", fields, axis=2), b.i64(-1, per * -(-dim // per))])  # (an empty N too)
-    if -(-dim // per) * per != dim:
+    for j in range(per - 1, 0, -1):  # the top field first
+        top = b.op("Floor", [b.op("Mul", [rest, b.scalar(1.0 / (1 << (bits * j)), np.float32)])])
+        rest = b.op("Sub", [rest, b.op("Mul", [top, b.scalar(float(1 << (bits * j)), np.float32)])])
+        fields.insert(0, top)
+    q = b.op("Concat", [rest, *fields], axis=1)
+    if per * -(-dim // per) != dim:
         q = b.op("Slice", [q, b.i64(0), b.i64(dim), b.i64(1)])
     return q
 
 
-def _decode(b: Builder, table: StandardTable, part: Part, rows: ir.Value, table_rows: ir.Value) -> ir.Value:
-    """float32 [N, D]: rows `rows` (int64 [N], in range) of one sub-table; `table_rows` are the same rows'
+def _decode(b: Builder, table: StandardTable, part: Part, rows: ir.Value, table_rows: ir.Value) -> Term:
+    """The term of one sub-table for rows `rows` (int64 [N], in range) of it; `table_rows` are the same rows'
     indices in the table (their scale group, format v3)."""
     def tensor(key):
         return constant(b.graph, table.tensor_name(part, key), part.arrays[key])
 
-    if part.tier is Tier.DROPPED:
-        return b.op("Gather", [tensor("default_row"), rows], axis=0)
+    if part.tier is Tier.DROPPED:  # [1, D], broadcast by whoever scales it
+        return Term(tensor("default_row"))
     if part.tier is Tier.FP32:
-        return b.op("Gather", [tensor("values"), rows], axis=0)
+        return Term(b.op("Gather", [tensor("values"), rows], axis=0))
     if part.tier is Tier.FP16:
-        return b.op("Cast", [b.op("Gather", [tensor("values"), rows], axis=0)], to=_FLOAT)
+        return Term(b.op("Cast", [b.op("Gather", [tensor("values"), rows], axis=0)], to=_FLOAT))
     q = b.op("Gather", [tensor("codes"), rows], axis=0)
-    if part.tier is not Tier.INT8:
+    if part.tier is Tier.INT8:
+        q = b.op("Cast", [q], to=_FLOAT)
+    elif table.planar:
         q = _unpack(b, q, part.tier.bits, table.dim)
+    else:
+        q = _unpack_interleaved(b, q, part.tier.bits, table.dim)
     if table.scale_group_rows:
         groups = b.op("Div", [table_rows, b.scalar(table.scale_group_rows, np.int64)])
         pairs = b.op("Cast", [b.op("Gather", [tensor("group_scale_bias"), groups], axis=0)], to=_FLOAT)
     else:
         pairs = b.op("Cast", [b.op("Gather", [tensor("scale_bias"), rows], axis=0)], to=_FLOAT)
-    scale, bias = b.op("Split", [pairs], outputs=2, axis=1, num_outputs=2)
-    return b.op("Add", [b.op("Mul", [b.op("Cast", [q], to=_FLOAT), scale]), bias])
+    scale, bias = b.op("Split", [pairs, b.i64(1, 1)], outputs=2, axis=1)
+    return Term(q, scale, bias)
 
 
-def _rows(b: Builder, table: StandardTable, flat: ir.Value) -> ir.Value:
-    """float32 [N, D]: table rows `flat` (int64 [N]; an index outside 0..R-1 fails the first Gather)."""
+def _unpack_interleaved(b: Builder, codes: ir.Value, bits: int, dim: int) -> ir.Value:
+    """float32 [N, D] from interleaved codes (element per·k + j in field j of byte k): portable files written
+    before planar codes, lowered again."""
+    per = 8 // bits
+    rest = b.op("Cast", [codes], to=_FLOAT)
+    fields = []
+    for j in range(per - 1, 0, -1):
+        top = b.op("Floor", [b.op("Mul", [rest, b.scalar(1.0 / (1 << (bits * j)), np.float32)])])
+        rest = b.op("Sub", [rest, b.op("Mul", [top, b.scalar(float(1 << (bits * j)), np.float32)])])
+        fields.insert(0, b.op("Unsqueeze", [top, b.i64(2)]))
+    q = b.op("Reshape", [b.op("Concat", [b.op("Unsqueeze", [rest, b.i64(2)]), *fields], axis=2), b.i64(0, -1)])
+    if per * -(-dim // per) != dim:
+        q = b.op("Slice", [q, b.i64(0), b.i64(dim), b.i64(1)])
+    return q
+
+
+def _terms(b: Builder, table: StandardTable, flat: ir.Value) -> list[Term]:
+    """The terms whose sum is the rows `flat` (int64 [N]; an index outside 0..R-1 fails the first Gather).
+    A mixed table: each sub-table decodes its clipped local row for every entry, and its scale and bias are
+    multiplied by the entry's 0/1 membership, so exactly one term is non-zero per entry and the sum is exact."""
     if table.slots is None:
-        return _decode(b, table, table.parts[0], flat, flat)
+        return [_decode(b, table, table.parts[0], flat, flat)]
     slots = b.op("Cast", [b.op("Gather", [constant(b.graph, table.slots_name, table.slots), flat], axis=0)], to=_INT64)
-    out = None
+    at_or_past = []  # float [N, 1]: 1 where the slot is at or past the part's first slot
     base = 0
     for part in table.parts:
-        local = slots if base == 0 else b.op("Sub", [slots, b.scalar(base, np.int64)])
-        if len(table.parts) > 1:
-            local = b.op("Clip", [local, b.scalar(0, np.int64), b.scalar(part.rows - 1, np.int64)])
-        rows = _decode(b, table, part, local, flat)
-        if out is None:
-            out = rows
-        else:  # parts are in slot order: each takes the rows whose slot is at or past its first
-            inside = b.op("Unsqueeze", [b.op("GreaterOrEqual", [slots, b.scalar(base, np.int64)]), b.i64(1)])
-            out = b.op("Where", [inside, rows, out])
+        at_or_past.append(None if base == 0 else b.op("Cast", [b.op("Unsqueeze", [
+            b.op("Greater", [slots, b.scalar(base - 1, np.int64)]), b.i64(1)])], to=_FLOAT))
         base += part.rows
-    return out
+    terms, base = [], 0
+    for k, part in enumerate(table.parts):
+        inside = at_or_past[k]
+        if k + 1 < len(table.parts):
+            inside = (b.op("Sub", [b.scalar(1.0, np.float32), at_or_past[k + 1]]) if inside is None
+                      else b.op("Sub", [inside, at_or_past[k + 1]]))
+        local = slots if base == 0 else b.op("Sub", [slots, b.scalar(base, np.int64)])
+        local = b.op("Clip", [local, b.scalar(0, np.int64), b.scalar(part.rows - 1, np.int64)])
+        term = _decode(b, table, part, local, flat)
+        if inside is None and part.tier is Tier.DROPPED:  # every row dropped: the default row for every entry
+            inside = b.op("ConstantOfShape", [b.op("Concat", [b.op("Shape", [flat]), b.i64(1)], axis=0)],
+                          value=ir.tensor(np.array([1.0], dtype=np.float32)))
+        terms.append(_weighted(b, term, inside))
+        base += part.rows
+    return terms
+
+
+def _weighted(b: Builder, term: Term, weight: ir.Value | None) -> Term:
+    """The term times a per-entry weight [N, 1] (None: 1), folded into its scale and bias."""
+    if weight is None:
+        return term
+    scale = weight if term.scale is None else b.op("Mul", [term.scale, weight])
+    bias = None if term.bias is None else b.op("Mul", [term.bias, weight])
+    return Term(term.values, scale, bias)
+
+
+def _sum_rows(b: Builder, terms: list[Term]) -> ir.Value:
+    """float32 [N, D]: Σ values·scale + Σ bias (products are exact, so one term gives the kernels' fma bits)."""
+    total = None
+    for term in terms:
+        part = term.values if term.scale is None else b.op("Mul", [term.values, term.scale])
+        total = part if total is None else b.op("Add", [total, part])
+    biases = [t.bias for t in terms if t.bias is not None]
+    bias = biases[0] if biases else None
+    for extra in biases[1:]:
+        bias = b.op("Add", [bias, extra])
+    return total if bias is None else b.op("Add", [total, bias])
 
 
 def _flat_indices(b: Builder, indices: ir.Value, num_rows: int) -> ir.Value:
@@ -131,62 +193,104 @@ def _flat_indices(b: Builder, indices: ir.Value, num_rows: int) -> ir.Value:
 
 
 def _gather(b: Builder, table: StandardTable, indices: ir.Value) -> ir.Value:
-    rows = _rows(b, table, _flat_indices(b, indices, table.num_rows))
+    rows = _sum_rows(b, _terms(b, table, _flat_indices(b, indices, table.num_rows)))
     shape = b.op("Concat", [b.op("Shape", [indices]), b.i64(table.dim)], axis=0)
     return b.op("Reshape", [rows, shape])
 
 
 def _bag(b: Builder, table: StandardTable, indices: ir.Value, offsets: ir.Value | None, weights: ir.Value | None,
          mode: int, include_last_offset: int, padding_idx: int) -> ir.Value:
-    return bag_from_rows(b, lambda ids: _rows(b, table, _flat_indices(b, ids, table.num_rows)), b.i64(table.dim),
-                         indices, offsets, weights, mode, include_last_offset, padding_idx)
+    return bag_from_terms(b, lambda ids: _terms(b, table, _flat_indices(b, ids, table.num_rows)), b.i64(table.dim),
+                          indices, offsets, weights, mode, include_last_offset, padding_idx)
 
 
 def bag_from_rows(b: Builder, rows_of, dim: ir.Value, indices: ir.Value, offsets: ir.Value | None,
                   weights: ir.Value | None, mode: int, include_last_offset: int, padding_idx: int) -> ir.Value:
     """torch.nn.functional.embedding_bag in ai.onnx ops over the rows `rows_of(indices)` gives (float32 [N, D],
     one per entry of `indices`); `dim`: D as an int64 [1] value. Empty bags give zeros."""
-    D = dim
-    rows = rows_of(indices)  # [N, D], N = every entry
+    return bag_from_terms(b, lambda ids: [Term(rows_of(ids))], dim, indices, offsets, weights, mode,
+                          include_last_offset, padding_idx)
+
+
+def bag_from_terms(b: Builder, terms_of, dim: ir.Value, indices: ir.Value, offsets: ir.Value | None,
+                   weights: ir.Value | None, mode: int, include_last_offset: int, padding_idx: int) -> ir.Value:
+    """embedding_bag over the terms `terms_of(indices)` gives. Per-sample weights and padding (weight 0) scale
+    each entry's term, on [N, 1], not on its row."""
+    terms = terms_of(indices)
     flat_ids = b.op("Reshape", [b.op("Cast", [indices], to=_INT64), b.i64(-1)])
-    keep = None if padding_idx < 0 else b.op("Not", [b.op("Equal", [flat_ids, b.scalar(padding_idx, np.int64)])])
-    if weights is not None:
-        rows = b.op("Mul", [rows, b.op("Unsqueeze", [b.op("Reshape", [weights, b.i64(-1)]), b.i64(1)])])
+    keep = None if padding_idx < 0 else b.op("Cast", [b.op("Not", [b.op("Equal", [flat_ids, b.scalar(padding_idx, np.int64)])])], to=_FLOAT)
+    weight = None if weights is None else b.op("Reshape", [weights, b.i64(-1)])
     if keep is not None:
-        rows = b.op("Where", [b.op("Unsqueeze", [keep, b.i64(1)]), rows, b.scalar(0.0, np.float32)])
-    ones = b.op("Cast", [keep], to=_FLOAT) if keep is not None else None
-    if offsets is None:  # 2-D [B, L]: sum over L
-        shape = b.op("Concat", [b.op("Shape", [indices]), D], axis=0)
-        total = b.op("ReduceSum", [b.op("Reshape", [rows, shape]), b.i64(1)], keepdims=0)
-        if not mode:
-            return total
-        if ones is None:
-            count = b.op("Cast", [b.op("Slice", [b.op("Shape", [indices]), b.i64(1), b.i64(2), b.i64(0)])], to=_FLOAT)
+        weight = keep if weight is None else b.op("Mul", [weight, keep])
+    if weight is not None:
+        terms = [_weighted(b, t, b.op("Unsqueeze", [weight, b.i64(1)])) for t in terms]
+    if offsets is None:
+        total, count = _matrix_sums(b, terms, indices, dim, keep)
+    else:
+        total, count = _offset_sums(b, terms, flat_ids, offsets, dim, keep, mode)
+    if mode:
+        total = b.op("Div", [total, b.op("Max", [count, b.scalar(1.0, np.float32)])])
+    if offsets is not None and include_last_offset:  # K = B + 1: the last "bag" holds the entries past offsets[B]
+        total = b.op("Slice", [total, b.i64(0), b.op("Sub", [b.op("Shape", [total], start=0, end=1), b.i64(1)]), b.i64(0)])
+    return total
+
+
+def _matrix_sums(b: Builder, terms: list[Term], indices: ir.Value, dim: ir.Value, keep: ir.Value | None):
+    """([B, D] sums, [B, 1] counts) of 2-D [B, L] bags: each term's scaled rows summed over L by one batched
+    MatMul ([B, 1, L] scales × [B, L, D] values), its biases by a ReduceSum over L."""
+    shape = b.op("Shape", [indices])
+    rows3 = b.op("Concat", [shape, dim], axis=0)  # [B, L, D]
+    scales3 = b.op("Concat", [b.op("Slice", [shape, b.i64(0), b.i64(1), b.i64(0)]), b.i64(1, -1)], axis=0)  # [B, 1, L]
+    bd = b.op("Concat", [b.op("Slice", [shape, b.i64(0), b.i64(1), b.i64(0)]), dim], axis=0)  # [B, D]
+    total = None
+    for term in terms:
+        if term.scale is None:
+            values = b.op("Reshape", [term.values, rows3])
+            part = b.op("ReduceSum", [values, b.i64(1)], keepdims=0)
+        elif term.values.producer() is None or term.values.const_value is not None:  # a default row [1, D]
+            part = b.op("Mul", [b.op("ReduceSum", [b.op("Reshape", [term.scale, shape]), b.i64(1)], keepdims=1), term.values])
         else:
-            count = b.op("ReduceSum", [b.op("Reshape", [ones, b.op("Shape", [indices])]), b.i64(1)], keepdims=1)
-        return b.op("Div", [total, b.op("Max", [count, b.scalar(1.0, np.float32)])])
-    # 1-D indices with offsets: bag id of every entry, then scatter-add into [K, D] (K = len(offsets))
+            part = b.op("Reshape", [b.op("MatMul", [b.op("Reshape", [term.scale, scales3]), b.op("Reshape", [term.values, rows3])]), bd])
+        total = part if total is None else b.op("Add", [total, part])
+        if term.bias is not None:
+            total = b.op("Add", [total, b.op("ReduceSum", [b.op("Reshape", [term.bias, shape]), b.i64(1)], keepdims=1)])
+    if keep is None:
+        count = b.op("Cast", [b.op("Slice", [shape, b.i64(1), b.i64(2), b.i64(0)])], to=_FLOAT)
+    else:
+        count = b.op("ReduceSum", [b.op("Reshape", [keep, shape]), b.i64(1)], keepdims=1)
+    return total, count
+
+
+def _offset_sums(b: Builder, terms: list[Term], flat_ids: ir.Value, offsets: ir.Value, dim: ir.Value,
+                 keep: ir.Value | None, mode: int):
+    """([K, D] sums, [K, 1] counts) of 1-D bags with offsets (K = len(offsets)): the bag id of every entry is
+    CumSum of ScatterElements(add) of ones at the offsets, minus 1; ScatterND(add) sums the entries' rows.
+    Offsets are checked (a run with bad offsets fails where the runtime checks indices) and clamped, so that no
+    runtime writes out of bounds whatever they are."""
     offsets = b.op("Cast", [offsets], to=_INT64)
     n = b.op("Shape", [flat_ids])
     offsets = _checked_offsets(b, offsets, n)
+    # clamped into 0..n as well, for runtimes whose Gather does not fail on the guard's index (Where, not Min/Max
+    # or Clip: tract cannot size a ScatterElements after those)
+    offsets = b.op("Where", [b.op("Greater", [offsets, n]), n, offsets])
+    offsets = b.op("Where", [b.op("Less", [offsets, b.scalar(0, np.int64)]), b.scalar(0, np.int64), offsets])
     marks = b.op("ConstantOfShape", [b.op("Add", [n, b.i64(1)])], value=ir.tensor(np.array([0], dtype=np.int64)))
     marks = b.op("ScatterElements", [marks, offsets, b.op("ConstantOfShape", [b.op("Shape", [offsets])],
                                                          value=ir.tensor(np.array([1], dtype=np.int64)))],
                  axis=0, reduction="add")
     starts = b.op("Slice", [marks, b.i64(0), n, b.i64(0)])
-    bag_of = b.op("Unsqueeze", [b.op("Sub", [b.op("CumSum", [starts, b.scalar(0, np.int64)]), b.scalar(1, np.int64)]), b.i64(1)])
     k = b.op("Shape", [offsets])
-    zeros = b.op("ConstantOfShape", [b.op("Concat", [k, D], axis=0)], value=ir.tensor(np.array([0.0], dtype=np.float32)))
+    bag_of = b.op("CumSum", [starts, b.scalar(0, np.int64)])  # 1-based: offsets[0] == 0 marks entry 0
+    bag_of = b.op("Unsqueeze", [b.op("Clip", [b.op("Sub", [bag_of, b.scalar(1, np.int64)]), b.scalar(0, np.int64)]), b.i64(1)])
+    rows = _sum_rows(b, terms)
+    zeros = b.op("ConstantOfShape", [b.op("Concat", [k, dim], axis=0)], value=ir.tensor(np.array([0.0], dtype=np.float32)))
     total = b.op("ScatterND", [zeros, bag_of, rows], reduction="add")
+    count = None
     if mode:
-        if ones is None:
-            ones = b.op("ConstantOfShape", [n], value=ir.tensor(np.array([1.0], dtype=np.float32)))
+        ones = keep if keep is not None else b.op("ConstantOfShape", [n], value=ir.tensor(np.array([1.0], dtype=np.float32)))
         zero_counts = b.op("ConstantOfShape", [k], value=ir.tensor(np.array([0.0], dtype=np.float32)))
-        count = b.op("ScatterND", [zero_counts, bag_of, ones], reduction="add")
-        total = b.op("Div", [total, b.op("Unsqueeze", [b.op("Max", [count, b.scalar(1.0, np.float32)]), b.i64(1)])])
-    if include_last_offset:  # K = B + 1: the last "bag" holds the entries past offsets[B]
-        total = b.op("Slice", [total, b.i64(0), b.op("Sub", [k, b.i64(1)]), b.i64(0)])
-    return total
+        count = b.op("Unsqueeze", [b.op("ScatterND", [zero_counts, bag_of, ones], reduction="add"), b.i64(1)])
+    return total, count
 
 
 def _checked_offsets(b: Builder, offsets: ir.Value, n: ir.Value) -> ir.Value:
