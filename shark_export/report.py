@@ -176,5 +176,5 @@ def use_portable_bytes(report: ConvertReport, tables: dict) -> None:
             continue
         b = portable.byte_report()
         t.payload_bytes, t.scale_bytes, t.metadata_bytes = b.values, b.scales, b.metadata
-        layout = "uniform, no slot map" if portable.slots is None else f"{len(portable.parts)} sub-tables + {portable.slots.dtype.name} slot map"
+        layout = "uniform, no slot map" if portable.slots is None else f"{len(portable.parts)} sub-tables + slot map"
         t.storage = "; ".join(filter(None, [t.storage, f"portable ({layout})"]))

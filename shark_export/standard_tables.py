@@ -19,9 +19,12 @@ format v3 table (scale groups of G rows) keeps its groups: a quantized sub-table
 ``<t>.<tier>.group_scale_bias`` float16 [ceil(R/G), 2], the pair of each group's rows of that tier, found
 by the row's index divided by G (4 bytes per group and tier present, against the stored format's 12 per group).
 A *uniform* table (one tier, not dropped) is its sub-table alone: row r is sub-table row r. Any other table
-adds ``<t>.slots`` (the narrowest of uint8/uint16/uint32/uint64 [R] that holds the slots): row r's slot,
-its sub-table's first slot plus its rank among that tier's rows (every dropped row has the one slot of the
-default row). The table's shape, tiers and source format version are recorded in the model's metadata
+adds a *slot map* (:class:`SlotMap`): ``<t>.slot_codes`` uint8 [R] holds row r's sub-table p and its rank
+among that sub-table's rows in its block of S rows (``p·S + rank``; S = 256, 128, 64 or 32 for 1, 2, up to 4 or
+up to 8 sub-tables), ``<t>.slot_bases`` [ceil(R/S), P] (the narrowest of uint8, uint16, int32) each sub-table's rows before each block: row r is
+row ``bases[r // S, p] + rank`` of sub-table p (every dropped row is the one default row). 1 byte per row plus
+1, 2 or 4 bytes per block and sub-table: 1.06–1.25 bytes per row at 3 or 4 sub-tables. (Files written before it hold ``<t>.slots``, an
+unsigned [R] tensor of global slots; they are still read.) The table's shape, tiers and source format version are recorded in the model's metadata
 (``shark_export.standard_tables``), so :func:`read_tables` can rebuild the very ``QuantizedTable`` the
 converter stored (its checksum then matches the one recorded at conversion).
 """
@@ -37,7 +40,7 @@ import numpy as np
 from .errors import FormatError
 from .format import BLOCK_ROWS, QuantizedTable, Tier, row_bytes, row_stride
 
-__all__ = ["METADATA_KEY", "Part", "PortableBytes", "StandardTable", "read_tables", "inspect_text"]
+__all__ = ["METADATA_KEY", "Part", "PortableBytes", "SlotMap", "StandardTable", "read_tables", "inspect_text"]
 
 METADATA_KEY = "shark_export.standard_tables"
 _CHUNK_ROWS = 65536
@@ -57,15 +60,97 @@ def _repack(codes: np.ndarray, bits: int, to_planar: bool) -> np.ndarray:
     for j in range(per):
         out |= (regrouped[:, :, j] << (bits * j)).astype(np.uint8)
     return out
-_SLOT_DTYPES = (np.uint8, np.uint16, np.uint32, np.uint64)
+_SLOT_DTYPES = (np.uint8, np.uint16, np.uint32, np.uint64)  # the legacy slot map's
+_BASE_DTYPES = (np.uint8, np.uint16, np.int32)  # the narrowest that holds a table's slot bases
 
 
-def _slot_dtype(slots: int) -> np.dtype:
-    """The narrowest unsigned type holding 0..slots-1 (ONNX Gather reads any data type; the graph casts)."""
-    for dtype in _SLOT_DTYPES:
-        if slots - 1 <= np.iinfo(dtype).max:
-            return np.dtype(dtype)
-    raise FormatError(f"{slots} slots do not fit 64 bits")  # pragma: no cover - R <= 2^40
+@dataclass(frozen=True, eq=False)
+class SlotMap:
+    """Row → (sub-table, row in it) of a table with several sub-tables (or dropped rows only).
+
+    Packed (written now): ``codes`` uint8 [R] = p·block + rank, ``bases`` [ceil(R/block), P] (uint8, uint16 or
+    int32); row r is row
+    ``bases[r // block, p] + rank`` of sub-table p. Legacy (read back only): ``legacy`` [R], the global slot."""
+
+    codes: np.ndarray | None
+    bases: np.ndarray | None
+    block: int
+    legacy: np.ndarray | None = None
+
+    @staticmethod
+    def block_rows(parts: int) -> int:
+        return 256 >> max(0, (parts - 1).bit_length())
+
+    @classmethod
+    def build(cls, part_of_row: np.ndarray, dropped_part: int | None, parts: int) -> "SlotMap":
+        R, S = part_of_row.shape[0], cls.block_rows(parts)
+        blocks = -(-R // S)
+        bases = np.zeros((blocks, parts), dtype=np.int64)
+        rank = np.zeros(R, dtype=np.int64)
+        for p in range(parts):
+            if p == dropped_part:
+                continue  # every dropped row is row 0 of its sub-table: rank 0, base 0
+            member = part_of_row == p
+            before = np.concatenate([[0], np.cumsum(member)])  # rows of p before each row
+            bases[:, p] = before[np.arange(blocks) * S]
+            rows = np.flatnonzero(member)
+            rank[rows] = before[rows] - bases[rows // S, p]
+        top = int(bases.max(initial=0))
+        dtype = next((d for d in _BASE_DTYPES if top <= np.iinfo(d).max), None)
+        if dtype is None:
+            raise FormatError(f"a sub-table of {top} rows does not fit the int32 slot bases")
+        return cls((part_of_row * S + rank).astype(np.uint8), bases.astype(dtype), S)
+
+    def locate(self, part_rows: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(sub-table index, row in it) of every row, int64 [R] each."""
+        if self.legacy is not None:
+            starts = np.cumsum([0] + part_rows)
+            slots = self.legacy.astype(np.int64)
+            part = np.searchsorted(starts, slots, side="right") - 1
+            return part, slots - starts[part]
+        codes = self.codes.astype(np.int64)
+        part, rank = codes // self.block, codes % self.block
+        return part, self.bases.astype(np.int64)[np.arange(codes.shape[0]) // self.block, part] + rank
+
+    def tensors(self, table: str) -> dict[str, np.ndarray]:
+        if self.legacy is not None:
+            return {f"{table}.slots": self.legacy}
+        return {f"{table}.slot_codes": self.codes, f"{table}.slot_bases": self.bases}
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(a.nbytes) for a in self.tensors("").values())
+
+    @classmethod
+    def read(cls, where: str, table: str, block: int | None, tensors: Mapping[str, np.ndarray], R: int,
+             part_rows: list[int]) -> "SlotMap":
+        """The map of a file, every shape and value checked: a hostile file is a FormatError naming the tensor."""
+        P = len(part_rows)
+        if block is None:  # a file written before the packed map
+            slots = tensors.get(f"{table}.slots")
+            if slots is None or slots.shape != (R,) or slots.dtype not in [np.dtype(d) for d in _SLOT_DTYPES]:
+                raise FormatError(f"{where}: {table}.slots must be an unsigned integer [{R}] tensor")
+            if R and int(slots.max()) >= sum(part_rows):
+                raise FormatError(f"{where}: slot {int(slots.max())} is past the {sum(part_rows)} slots of its sub-tables")
+            return cls(None, None, 0, slots)
+        if block != cls.block_rows(P):
+            raise FormatError(f"{where}: slot block {block} for {P} sub-tables (expected {cls.block_rows(P)})")
+        codes, bases = tensors.get(f"{table}.slot_codes"), tensors.get(f"{table}.slot_bases")
+        if codes is None or codes.shape != (R,) or codes.dtype != np.uint8:
+            raise FormatError(f"{where}: {table}.slot_codes must be uint8 [{R}]")
+        if bases is None or bases.shape != (-(-R // block), P) or bases.dtype not in [np.dtype(d) for d in _BASE_DTYPES]:
+            raise FormatError(f"{where}: {table}.slot_bases must be uint8, uint16 or int32 [{-(-R // block)}, {P}]")
+        slot_map = cls(codes, bases, block)
+        part = codes.astype(np.int64) // block
+        if R and int(part.max()) >= P:
+            raise FormatError(f"{where}: {table}.slot_codes names sub-table {int(part.max())} of {P}")
+        part, local = slot_map.locate(part_rows)
+        bad = np.flatnonzero((local < 0) | (local >= np.asarray(part_rows, dtype=np.int64)[part]))
+        if bad.size:
+            r = int(bad[0])
+            raise FormatError(f"{where}: row {r} maps to row {int(local[r])} of sub-table {int(part[r])}, which has "
+                              f"{part_rows[int(part[r])]} rows")
+        return slot_map
 
 
 @dataclass(frozen=True)
@@ -121,7 +206,7 @@ class StandardTable:
     num_rows: int
     dim: int
     parts: tuple[Part, ...]
-    slots: np.ndarray | None
+    slots: SlotMap | None
     uniform_tier: int
     format_version: int
     scale_group_rows: int = 0
@@ -139,8 +224,9 @@ class StandardTable:
         groups = table.group_scales() if G else None  # float16 [ceil(R/G), 3, 2]
         codes = table.tiers()
         parts = []
-        slots = None if table.is_uniform and table.uniform_tier != Tier.DROPPED else np.empty(R, dtype=np.int64)
-        base = 0
+        uniform = table.is_uniform and table.uniform_tier != Tier.DROPPED
+        part_of_row = None if uniform else np.empty(R, dtype=np.int64)
+        dropped_part = None
         for tier in Tier:
             rows = np.flatnonzero(codes == tier.value) if not table.is_uniform else (
                 np.arange(R) if tier.value == table.uniform_tier else np.empty(0, np.int64))
@@ -149,8 +235,7 @@ class StandardTable:
             if tier is Tier.DROPPED:
                 arrays = {"default_row": np.asarray(table.default_row, dtype=np.float32).reshape(1, D).copy()}
                 n = 1
-                if slots is not None:
-                    slots[rows] = base
+                dropped_part = len(parts)
             else:
                 raw = _row_bytes_of(table, rows, tier)
                 if tier is Tier.FP32:
@@ -167,21 +252,18 @@ class StandardTable:
                     else:
                         arrays["scale_bias"] = np.ascontiguousarray(raw[:, :4]).view("<f2").astype(np.float16)
                 n = int(rows.shape[0])
-                if slots is not None:
-                    slots[rows] = base + np.arange(n)
+            if part_of_row is not None:
+                part_of_row[rows] = len(parts)
             parts.append(Part(tier, n, arrays))
-            base += n
-        if slots is not None:
-            slots = slots.astype(_slot_dtype(base))
+        slots = None if uniform else SlotMap.build(part_of_row, dropped_part, len(parts))
         return cls(str(table.name), R, D, tuple(parts), slots, int(table.uniform_tier), int(table.format_version), G, True)
 
     def row_tiers(self) -> np.ndarray:
         """uint8 [R]: every row's tier code."""
         if self.slots is None:
             return np.full(self.num_rows, self.parts[0].tier.value, dtype=np.uint8)
-        bases = np.cumsum([0] + [p.rows for p in self.parts])
-        which = np.searchsorted(bases, self.slots.astype(np.int64), side="right") - 1
-        return np.array([p.tier.value for p in self.parts], dtype=np.uint8)[which]
+        part, _ = self.slots.locate([p.rows for p in self.parts])
+        return np.array([p.tier.value for p in self.parts], dtype=np.uint8)[part]
 
     def to_quantized(self) -> QuantizedTable:
         """The stored-format table this was made from (same tensors, so the same checksum). A v1 table with no
@@ -240,29 +322,24 @@ class StandardTable:
         """int64 [R]: every row's index in its sub-table (0 for dropped rows)."""
         if self.slots is None:
             return np.arange(self.num_rows, dtype=np.int64)
-        bases = np.cumsum([0] + [p.rows for p in self.parts])
-        slots = self.slots.astype(np.int64)
-        return slots - bases[np.searchsorted(bases, slots, side="right") - 1]
+        return self.slots.locate([p.rows for p in self.parts])[1]
 
     # ---- tensors and metadata ---------------------------------------------------------------------
     def tensor_name(self, part: Part, key: str) -> str:
         return f"{self.name}.{part.tier}.{key}"
 
-    @property
-    def slots_name(self) -> str:
-        return f"{self.name}.slots"
-
     def initializers(self) -> dict[str, np.ndarray]:
         """Every tensor of the table by initializer name."""
         tensors = {self.tensor_name(p, k): a for p in self.parts for k, a in p.arrays.items()}
         if self.slots is not None:
-            tensors[self.slots_name] = self.slots
+            tensors.update(self.slots.tensors(self.name))
         return tensors
 
     def metadata(self) -> dict:
         return {"num_rows": self.num_rows, "dim": self.dim, "uniform_tier": self.uniform_tier,
                 "format_version": self.format_version, "parts": [[str(p.tier), p.rows] for p in self.parts],
                 "slots": self.slots is not None, "scale_group_rows": self.scale_group_rows,
+                **({"slot_block": self.slots.block} if self.slots is not None and self.slots.legacy is None else {}),
                 **({"code_layout": PLANAR} if self.planar else {})}
 
     @property
@@ -273,7 +350,7 @@ class StandardTable:
     def byte_report(self) -> PortableBytes:
         values = sum(p.value_bytes for p in self.parts)
         scales = sum(p.scale_bytes for p in self.parts)
-        meta = (int(self.slots.nbytes) if self.slots is not None else 0) + sum(
+        meta = (self.slots.nbytes if self.slots is not None else 0) + sum(
             int(p.arrays["default_row"].nbytes) for p in self.parts if "default_row" in p.arrays)
         return PortableBytes(values, scales, meta, values + scales + meta, 4 * self.num_rows * self.dim)
 
@@ -287,6 +364,7 @@ class StandardTable:
             listed = [(Tier.parse(t), int(n)) for t, n in meta["parts"]]
             has_slots = bool(meta["slots"])
             G = int(meta.get("scale_group_rows", 0))
+            block = None if meta.get("slot_block") is None else int(meta["slot_block"])
             planar = meta.get("code_layout", "interleaved") == PLANAR
             if meta.get("code_layout", PLANAR) not in (PLANAR, "interleaved"):
                 raise ValueError(f"code_layout {meta['code_layout']!r}")
@@ -314,11 +392,7 @@ class StandardTable:
         slots = None
         total = sum(n for _, n in listed)
         if has_slots:
-            slots = tensors.get(table.slots_name)
-            if slots is None or slots.shape != (R,) or slots.dtype not in [np.dtype(d) for d in _SLOT_DTYPES]:
-                raise FormatError(f"{where}: {table.slots_name} must be an unsigned integer [{R}] tensor")
-            if R and int(slots.max()) >= total:
-                raise FormatError(f"{where}: slot {int(slots.max())} is past the {total} slots of its sub-tables")
+            slots = SlotMap.read(where, name, block, tensors, R, [n for _, n in listed])
         elif len(listed) != 1 or total != R or listed[0][0] is Tier.DROPPED:
             raise FormatError(f"{where}: a table without slots must be one sub-table of {R} rows")
         return cls(name, R, D, tuple(parts), slots, u, version, G, planar)

@@ -199,10 +199,42 @@ def test_hostile_portable_tensors_are_named():
     tensors["t.int8.codes"] = tensors["t.int8.codes"][:-1]
     with pytest.raises(FormatError, match=r"t\.int8\.codes must be uint8"):
         StandardTable.from_tensors("t", portable.metadata(), tensors)
+    S = portable.slots.block
     tensors = portable.initializers()
-    tensors["t.slots"] = np.full(R, 250, dtype=tensors["t.slots"].dtype)
-    with pytest.raises(FormatError, match="past the"):
+    tensors["t.slot_codes"] = np.full(R, 255, dtype=np.uint8)  # a sub-table past the last
+    with pytest.raises(FormatError, match=r"t\.slot_codes names sub-table"):
         StandardTable.from_tensors("t", portable.metadata(), tensors)
+    tensors = portable.initializers()
+    tensors["t.slot_bases"] = tensors["t.slot_bases"].astype(np.int32) + np.int32(10 ** 6)  # rows past a sub-table's end
+    with pytest.raises(FormatError, match=r"maps to row \d+ of sub-table"):
+        StandardTable.from_tensors("t", portable.metadata(), tensors)
+    tensors = portable.initializers()
+    tensors["t.slot_bases"] = tensors["t.slot_bases"][:, :1]
+    with pytest.raises(FormatError, match=r"t\.slot_bases must be uint8, uint16 or int32"):
+        StandardTable.from_tensors("t", portable.metadata(), tensors)
+    with pytest.raises(FormatError, match="slot block"):
+        StandardTable.from_tensors("t", {**portable.metadata(), "slot_block": S * 2}, portable.initializers())
+
+
+def test_files_written_before_planar_codes_and_packed_slots_still_verify():
+    """A portable file of the earlier layout (interleaved int4/int2 codes, a global `slots` tensor, no
+    `code_layout` nor `slot_block` in the metadata) still reads back to the very stored table."""
+    from shark_export.standard_tables import SlotMap, _repack
+
+    table = _table("mixed_quantized", 7)
+    portable = StandardTable.from_quantized(table)
+    part, local = portable.slots.locate([p.rows for p in portable.parts])
+    starts = np.cumsum([0] + [p.rows for p in portable.parts])
+    tensors = {k: v for k, v in portable.initializers().items() if ".slot_" not in k}
+    tensors["t.slots"] = (starts[part] + local).astype(np.uint16)
+    for p in portable.parts:
+        if p.tier.bits in (2, 4):
+            tensors[f"t.{p.tier}.codes"] = _repack(p.arrays["codes"], p.tier.bits, to_planar=False)
+    meta = {k: v for k, v in portable.metadata().items() if k not in ("code_layout", "slot_block")}
+    old = StandardTable.from_tensors("t", meta, tensors)
+    assert isinstance(old.slots, SlotMap) and old.slots.legacy is not None and not old.planar
+    back = old.to_quantized()
+    assert np.array_equal(back.payload, table.payload) and np.array_equal(back.row_meta, table.row_meta)
 
 
 # --- through the converter ------------------------------------------------------------------------

@@ -5,14 +5,16 @@ map for anything but a uniform table; the stored bytes rearranged, never re-quan
 it becomes a subgraph of opset-18 ai.onnx ops (docs/PORTABLE.md):
 
 - rows: indices flattened to int64 [N] (negative ones moved to R, so that ORT's Gather rejects them as it
-  rejects indices >= R), then per sub-table: Gather codes/values, unpack (BitwiseAnd / BitShift, interleaved
-  with Unsqueeze + Concat + Reshape, Slice to D), Cast to float, Gather the float16 [scale, bias] pairs, Cast,
-  Split, Mul, Add. `q·scale` is exact in float32 (8-bit code × 11-bit significand), so Mul then Add rounds
-  once, as the kernels' fma and the reference's float64 do: the rows are bit-identical. A mixed table
-  gathers its slots first and decodes every sub-table, each row taking the one its slot falls in (Where).
+  rejects indices >= R), then per sub-table a *term*: Gather codes/values, Cast to float (int4/int2: planar
+  fields split off in float arithmetic, Concat, Slice to D), Gather the float16 [scale, bias] pairs, Cast,
+  Split. A gather's rows are values·scale + bias: `q·scale` is exact in float32 (8-bit code × 11-bit
+  significand), so Mul then Add rounds once, as the kernels' fma and the reference's float64 do: the rows are
+  bit-identical. A mixed table reads its slot map and scales every sub-table's term by the entry's 0/1
+  membership (on [N, 1]): the other terms add exact zeros.
 - gather: rows reshaped to [*indices.shape, D].
-- bag, 2-D indices: rows [B, L, D], weighted (Mul), padding entries zeroed (Where), ReduceSum over L; mean
-  divides by the count of non-padding entries (at least 1).
+- bags scale each term by the per-sample weight and 0 for padding entries, on [N, 1] (scale and bias).
+- bag, 2-D indices [B, L]: per term one batched MatMul [B, 1, L] (scales) × [B, L, D] (values) plus the
+  ReduceSum of the biases over L; mean divides by the count of non-padding entries (at least 1).
 - bag, 1-D indices with offsets: bag id of every entry = CumSum of ScatterElements(add) of ones at the
   offsets, minus 1; ScatterND(add) sums the entries into [B(+1), D] (the extra bag of include_last_offset,
   entries past the last offset, is sliced off). Sums are float32 in entry order (the reference sums in float64).
@@ -105,10 +107,8 @@ def _decode(b: Builder, table: StandardTable, part: Part, rows: ir.Value, table_
     q = b.op("Gather", [tensor("codes"), rows], axis=0)
     if part.tier is Tier.INT8:
         q = b.op("Cast", [q], to=_FLOAT)
-    elif table.planar:
-        q = _unpack(b, q, part.tier.bits, table.dim)
     else:
-        q = _unpack_interleaved(b, q, part.tier.bits, table.dim)
+        q = _unpack(b, q, part.tier.bits, table.dim)
     if table.scale_group_rows:
         groups = b.op("Div", [table_rows, b.scalar(table.scale_group_rows, np.int64)])
         pairs = b.op("Cast", [b.op("Gather", [tensor("group_scale_bias"), groups], axis=0)], to=_FLOAT)
@@ -118,49 +118,31 @@ def _decode(b: Builder, table: StandardTable, part: Part, rows: ir.Value, table_
     return Term(q, scale, bias)
 
 
-def _unpack_interleaved(b: Builder, codes: ir.Value, bits: int, dim: int) -> ir.Value:
-    """float32 [N, D] from interleaved codes (element per·k + j in field j of byte k): portable files written
-    before planar codes, lowered again."""
-    per = 8 // bits
-    rest = b.op("Cast", [codes], to=_FLOAT)
-    fields = []
-    for j in range(per - 1, 0, -1):
-        top = b.op("Floor", [b.op("Mul", [rest, b.scalar(1.0 / (1 << (bits * j)), np.float32)])])
-        rest = b.op("Sub", [rest, b.op("Mul", [top, b.scalar(float(1 << (bits * j)), np.float32)])])
-        fields.insert(0, b.op("Unsqueeze", [top, b.i64(2)]))
-    q = b.op("Reshape", [b.op("Concat", [b.op("Unsqueeze", [rest, b.i64(2)]), *fields], axis=2), b.i64(0, -1)])
-    if per * -(-dim // per) != dim:
-        q = b.op("Slice", [q, b.i64(0), b.i64(dim), b.i64(1)])
-    return q
-
-
 def _terms(b: Builder, table: StandardTable, flat: ir.Value) -> list[Term]:
     """The terms whose sum is the rows `flat` (int64 [N]; an index outside 0..R-1 fails the first Gather).
-    A mixed table: each sub-table decodes its clipped local row for every entry, and its scale and bias are
-    multiplied by the entry's 0/1 membership, so exactly one term is non-zero per entry and the sum is exact."""
+    A table with a slot map: each sub-table decodes, for every entry, its row `bases[r // S, p] + rank` (clipped
+    into the sub-table), and its scale and bias are multiplied by the entry's 0/1 membership (p == the entry's
+    sub-table), so exactly one term is non-zero per entry and the sum is exact."""
     if table.slots is None:
         return [_decode(b, table, table.parts[0], flat, flat)]
-    slots = b.op("Cast", [b.op("Gather", [constant(b.graph, table.slots_name, table.slots), flat], axis=0)], to=_INT64)
-    at_or_past = []  # float [N, 1]: 1 where the slot is at or past the part's first slot
-    base = 0
-    for part in table.parts:
-        at_or_past.append(None if base == 0 else b.op("Cast", [b.op("Unsqueeze", [
-            b.op("Greater", [slots, b.scalar(base - 1, np.int64)]), b.i64(1)])], to=_FLOAT))
-        base += part.rows
-    terms, base = [], 0
-    for k, part in enumerate(table.parts):
-        inside = at_or_past[k]
-        if k + 1 < len(table.parts):
-            inside = (b.op("Sub", [b.scalar(1.0, np.float32), at_or_past[k + 1]]) if inside is None
-                      else b.op("Sub", [inside, at_or_past[k + 1]]))
-        local = slots if base == 0 else b.op("Sub", [slots, b.scalar(base, np.int64)])
-        local = b.op("Clip", [local, b.scalar(0, np.int64), b.scalar(part.rows - 1, np.int64)])
-        term = _decode(b, table, part, local, flat)
-        if inside is None and part.tier is Tier.DROPPED:  # every row dropped: the default row for every entry
-            inside = b.op("ConstantOfShape", [b.op("Concat", [b.op("Shape", [flat]), b.i64(1)], axis=0)],
-                          value=ir.tensor(np.array([1.0], dtype=np.float32)))
-        terms.append(_weighted(b, term, inside))
-        base += part.rows
+    slot_map, S = table.slots, table.slots.block
+    arrays = slot_map.tensors(table.name)
+    code = b.op("Cast", [b.op("Gather", [constant(b.graph, f"{table.name}.slot_codes", arrays[f"{table.name}.slot_codes"]), flat],
+                               axis=0)], to=_FLOAT)  # p·S + rank ≤ 255: every step below is exact in float32
+    part_of = b.op("Floor", [b.op("Mul", [code, b.scalar(1.0 / S, np.float32)])])
+    rank = b.op("Cast", [b.op("Sub", [code, b.op("Mul", [part_of, b.scalar(float(S), np.float32)])])], to=_INT64)
+    block = b.op("Div", [flat, b.scalar(S, np.int64)])
+    bases = b.op("Cast", [b.op("Gather", [constant(b.graph, f"{table.name}.slot_bases", arrays[f"{table.name}.slot_bases"]), block],
+                               axis=0)], to=_INT64)  # [N, P]
+    terms = []
+    for p, part in enumerate(table.parts):
+        inside = b.op("Unsqueeze", [b.op("Cast", [b.op("Equal", [part_of, b.scalar(float(p), np.float32)])], to=_FLOAT), b.i64(1)])
+        if part.tier is Tier.DROPPED:
+            local = None
+        else:
+            local = b.op("Add", [b.op("Gather", [bases, b.scalar(p, np.int64)], axis=1), rank])
+            local = b.op("Clip", [local, b.scalar(0, np.int64), b.scalar(part.rows - 1, np.int64)])
+        terms.append(_weighted(b, _decode(b, table, part, local, flat), inside))
     return terms
 
 

@@ -1,0 +1,62 @@
+"""Run an ONNX file on one ONNX runtime: the runners tests/test_portable_runtimes.py uses, and, as a script, a child
+process that feeds one input set and prints what happened (`RAN <shapes> finite|nonfinite` or `ERROR <type> <text>`)
+so that a runtime that aborts or crashes on bad input takes down only the child.
+
+    python runtime_child.py <runtime> <model.onnx> <inputs.npz>
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+
+def run_onnxruntime(path: str, feeds: dict) -> list:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def run_reference(path: str, feeds: dict) -> list:
+    from onnx.reference import ReferenceEvaluator
+
+    return ReferenceEvaluator(path).run(None, feeds)
+
+
+def run_openvino(path: str, feeds: dict) -> list:
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(path, "CPU")
+    results = compiled(feeds)
+    return [np.asarray(results[output]) for output in compiled.outputs]
+
+
+def run_tract(path: str, feeds: dict) -> list:
+    import tract
+
+    runnable = tract.onnx().load(path).into_model().into_runnable()
+    return [output.to_numpy() for output in runnable.run(list(feeds.values()))]
+
+
+RUNNERS = {"onnxruntime": run_onnxruntime, "onnx.reference": run_reference, "openvino": run_openvino, "tract": run_tract}
+MODULES = {"onnxruntime": "onnxruntime", "onnx.reference": "onnx", "openvino": "openvino", "tract": "tract"}
+
+
+def main(argv: list[str]) -> int:
+    runtime, path, inputs = argv
+    feeds = dict(np.load(inputs))
+    try:
+        outputs = [np.asarray(o) for o in RUNNERS[runtime](path, feeds)]
+    except Exception as exc:  # noqa: BLE001 - the parent reads what failed
+        print("ERROR", type(exc).__name__, " ".join(str(exc).split())[:2000], flush=True)
+        return 0
+    finite = all(np.isfinite(o).all() for o in outputs if o.dtype.kind == "f")
+    print("RAN", [list(o.shape) for o in outputs], "finite" if finite else "nonfinite", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
