@@ -7,7 +7,7 @@ it becomes a subgraph of opset-18 ai.onnx ops (docs/PORTABLE.md):
 - rows: indices flattened to int64 [N] (negative ones moved to R, so that ORT's Gather rejects them as it
   rejects indices >= R), then per sub-table a *term*: Gather codes/values, Cast to float (int4/int2: planar
   fields split off in float arithmetic, Concat, Slice to D), Gather the float16 [scale, bias] pairs, Cast,
-  Split. A gather's rows are values·scale + bias: `q·scale` is exact in float32 (8-bit code × 11-bit
+  Slice. A gather's rows are values·scale + bias: `q·scale` is exact in float32 (8-bit code × 11-bit
   significand), so Mul then Add rounds once, as the kernels' fma and the reference's float64 do: the rows are
   bit-identical. A mixed table reads its slot map and scales every sub-table's term by the entry's 0/1
   membership (on [N, 1]): the other terms add exact zeros.
@@ -29,13 +29,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
+from onnx_ir.passes.common import LiftConstantsToInitializersPass
 
 from ..format import QuantizedTable, Tier
 from ..schemas import BAG_2D_FIELD, BAG_OFFSETS_FIELD, BAG_OP, DOMAIN, GATHER_FIELD, GATHER_OP, MULTI_OP, multi_field_inputs
 from ..standard_tables import METADATA_KEY, Part, StandardTable
 from .initializers import constant
 
-MIN_ONNX_OPSET = 18  # BitwiseAnd, Split(num_outputs), ScatterND/ScatterElements reduction="add"
+MIN_ONNX_OPSET = 18  # ScatterND/ScatterElements reduction="add" need 16; torch's exporter writes 18
 _FLOAT, _INT64 = ir.DataType.FLOAT, ir.DataType.INT64
 
 
@@ -114,7 +115,9 @@ def _decode(b: Builder, table: StandardTable, part: Part, rows: ir.Value, table_
         pairs = b.op("Cast", [b.op("Gather", [tensor("group_scale_bias"), groups], axis=0)], to=_FLOAT)
     else:
         pairs = b.op("Cast", [b.op("Gather", [tensor("scale_bias"), rows], axis=0)], to=_FLOAT)
-    scale, bias = b.op("Split", [pairs, b.i64(1, 1)], outputs=2, axis=1)
+    # two Slices, not a Split: onnx2torch has no Split-18
+    scale = b.op("Slice", [pairs, b.i64(0), b.i64(1), b.i64(1)])
+    bias = b.op("Slice", [pairs, b.i64(1), b.i64(2), b.i64(1)])
     return Term(q, scale, bias)
 
 
@@ -141,7 +144,7 @@ def _terms(b: Builder, table: StandardTable, flat: ir.Value) -> list[Term]:
             local = None
         else:
             local = b.op("Add", [b.op("Gather", [bases, b.scalar(p, np.int64)], axis=1), rank])
-            local = b.op("Clip", [local, b.scalar(0, np.int64), b.scalar(part.rows - 1, np.int64)])
+            local = b.op("Min", [b.op("Max", [local, b.scalar(0, np.int64)]), b.scalar(part.rows - 1, np.int64)])
         terms.append(_weighted(b, _decode(b, table, part, local, flat), inside))
     return terms
 
@@ -283,8 +286,9 @@ def _checked_offsets(b: Builder, offsets: ir.Value, n: ir.Value) -> ir.Value:
     k = b.op("Shape", [offsets])
 
     def any_of(flags: ir.Value) -> ir.Value:  # 1 when any flag is set, 0 for none (empty offsets included)
-        as_int = b.op("Cast", [flags], to=_INT64)
-        return b.op("ReduceMax", [b.op("Concat", [as_int, b.i64(0)], axis=0), b.i64(0)], keepdims=0)
+        # (a count of at most len(offsets), compared with 0: ReduceSum-13, which onnx2torch reads, not ReduceMax-18)
+        count = b.op("ReduceSum", [b.op("Cast", [flags], to=_INT64), b.i64(0)], keepdims=0)
+        return b.op("Cast", [b.op("Greater", [count, b.scalar(0, np.int64)])], to=_INT64)
 
     first_not_zero = b.op("Not", [b.op("Equal", [b.op("Slice", [offsets, b.i64(0), b.i64(1), b.i64(0)]),
                                                  b.scalar(0, np.int64)])])
@@ -332,7 +336,7 @@ class StandardOpsPass(ir.passes.InPlacePass):
     def requires(self, model: ir.Model) -> None:
         opset = model.graph.opset_imports.get("", 0)
         if any(n.domain == DOMAIN for n in model.graph) and opset < MIN_ONNX_OPSET:
-            raise ir.passes.PreconditionError(f"ai.onnx opset {opset} < {MIN_ONNX_OPSET}: the portable lookups need BitwiseAnd and reductions of opset 18")
+            raise ir.passes.PreconditionError(f"ai.onnx opset {opset} < {MIN_ONNX_OPSET}: the portable lookups need the scatter reductions of opset 16 and are written at 18")
 
     def ensures(self, model: ir.Model) -> None:
         left = sorted({n.name for n in ir.traversal.RecursiveGraphIterator(model.graph) if n.domain == DOMAIN})
@@ -391,6 +395,9 @@ class StandardOpsPass(ir.passes.InPlacePass):
                 graph.initializers.pop(value.name, None)
         if not any(n.domain == DOMAIN for n in ir.traversal.RecursiveGraphIterator(graph)):
             graph.opset_imports.pop(DOMAIN, None)
+        # the exporter's Constant nodes become initializers (the same values): onnx2torch reads Unsqueeze axes,
+        # Reshape shapes and Slice bounds from initializers only
+        LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
         if self.tables_out:
             model.metadata_props[METADATA_KEY] = json.dumps({
                 "tables": {n: t.metadata() for n, t in sorted(self.tables_out.items())},
