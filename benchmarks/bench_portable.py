@@ -6,7 +6,8 @@ lookup kind (issue 23).
 a. **Models**: the four recommenders of tests/portable_models.py (16 single-id fields with D = 1 tables; 1-D bags
    with offsets, weights and include_last_offset; 2-D mean/sum bags with padding, D = 13; a two-tower with a
    shared table) at fp16, int8, int4, mixed and an 8% budget, each converted twice (our ops / ops="standard").
-   Per pair: file bytes and their ratio, nodes, and the time of one batch at 1 intra-op thread. Times are
+   Per pair: file bytes and their ratio, nodes, and the time of one batch at 1 intra-op thread, with the
+   model's fp32 portable file (quant="fp32": plain Gathers of float tables, no decode) as a third side. Times are
    taken in interleaved rounds (custom, portable, custom, ...) and the ratio reported is the median of the
    per-round ratios, so machine load moves both sides alike.
 b. **Lookups alone**: one table of 200,000 × 16 (int8, int4, mixed: 10% fp16, 40% int8, 50% int4), Zipf ids,
@@ -43,17 +44,23 @@ def _plain_session(model):
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
-def paired(custom, portable, rounds: int) -> dict:
-    """Median ms of each and the median of per-round ratios (interleaved: load hits both alike)."""
-    custom(), portable()
-    a, b = [], []
+def paired(custom, portable, rounds: int, fp32=None) -> dict:
+    """Median ms of each and the median of per-round ratios portable / custom (and portable / fp32 portable,
+    when given), taken in interleaved rounds: load hits every side alike."""
+    sides = {"custom": custom, "portable": portable, **({"fp32": fp32} if fp32 else {})}
+    times = {k: [] for k in sides}
+    for fn in sides.values():
+        fn()
     for _ in range(rounds):
-        for fn, times in ((custom, a), (portable, b)):
+        for k, fn in sides.items():
             t0 = time.perf_counter()
             fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return {"custom_ms": statistics.median(a), "portable_ms": statistics.median(b),
-            "ratio": statistics.median(y / x for x, y in zip(a, b))}
+            times[k].append((time.perf_counter() - t0) * 1e3)
+    out = {f"{k}_ms": statistics.median(v) for k, v in times.items()}
+    out["ratio"] = statistics.median(y / x for x, y in zip(times["custom"], times["portable"]))
+    if fp32:
+        out["ratio_to_fp32"] = statistics.median(y / x for x, y in zip(times["fp32"], times["portable"]))
+    return out
 
 
 def models(batch: int, rounds: int, out: Path) -> list[dict]:
@@ -62,8 +69,13 @@ def models(batch: int, rounds: int, out: Path) -> list[dict]:
 
     from shark_export import ops
 
+    from shark_export import convert
+
     rows = []
     for name in pm.MODELS:
+        fp32_path = out / f"{name}_fp32_standard.onnx"
+        convert(pm.built(name), pm.batch(name, 8), fp32_path, quant="fp32", ops="standard")
+        fp32 = _plain_session(str(fp32_path))
         for preset in pm.PRESETS:
             paths = pm.convert_pair(name, preset, out)
             custom = ops.session(str(paths["custom"]), threads=1)
@@ -75,10 +87,12 @@ def models(batch: int, rounds: int, out: Path) -> list[dict]:
             row = {"model": name, "preset": preset, "max_abs_err": err, "custom_bytes": sizes["custom"],
                    "portable_bytes": sizes["standard"], "bytes_ratio": sizes["standard"] / sizes["custom"],
                    "portable_nodes": len(onnx.load(str(paths["standard"]), load_external_data=False).graph.node),
-                   **paired(lambda: custom.run(None, feeds), lambda: portable.run(None, feeds), rounds)}
+                   **paired(lambda: custom.run(None, feeds), lambda: portable.run(None, feeds), rounds,
+                            lambda: fp32.run(None, feeds))}
             rows.append(row)
-            print(f"{name:12s} {preset:8s} bytes x{row['bytes_ratio']:.3f}  {row['custom_ms']:.3f} / "
-                  f"{row['portable_ms']:.3f} ms  x{row['ratio']:.2f}  err {err:.1e}", flush=True)
+            print(f"{name:12s} {preset:8s} bytes x{row['bytes_ratio']:.3f}  custom {row['custom_ms']:.3f} / portable "
+                  f"{row['portable_ms']:.3f} / fp32 portable {row['fp32_ms']:.3f} ms  x{row['ratio']:.2f} "
+                  f"(x{row['ratio_to_fp32']:.2f} of fp32)  err {err:.1e}", flush=True)
     return rows
 
 

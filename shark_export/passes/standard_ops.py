@@ -121,13 +121,21 @@ def _decode(b: Builder, table: StandardTable, part: Part, rows: ir.Value, table_
     return Term(q, scale, bias)
 
 
-def _terms(b: Builder, table: StandardTable, flat: ir.Value) -> list[Term]:
-    """The terms whose sum is the rows `flat` (int64 [N]; an index outside 0..R-1 fails the first Gather).
-    A table with a slot map: each sub-table decodes, for every entry, its row `bases[r // S, p] + rank` (clipped
-    into the sub-table), and its scale and bias are multiplied by the entry's 0/1 membership (p == the entry's
-    sub-table), so exactly one term is non-zero per entry and the sum is exact."""
+def _terms(b: Builder, table: StandardTable, flat: ir.Value, weight: ir.Value | None = None) -> list[Term]:
+    """The terms whose sum is the rows `flat` (int64 [N]; an index outside 0..R-1 fails the first Gather), each
+    entry weighted by `weight` (float32 [N], None: 1). A table with a slot map gives one term: its merged rows."""
     if table.slots is None:
-        return [_decode(b, table, table.parts[0], flat, flat)]
+        column = None if weight is None else b.op("Unsqueeze", [weight, b.i64(1)])
+        return [_weighted(b, _decode(b, table, table.parts[0], flat, flat), column)]
+    return [Term(_mixed_rows(b, table, flat, weight))]
+
+
+def _mixed_rows(b: Builder, table: StandardTable, flat: ir.Value, weight: ir.Value | None) -> ir.Value:
+    """float32 [N, D]: the (weighted) rows `flat` of a table with a slot map. Each sub-table decodes only the
+    entries whose row it holds (NonZero of the entry's sub-table, read from the slot map: row r is row
+    `bases[r // S, p] + rank` of sub-table p); the decoded blocks are concatenated in sub-table order and one
+    Gather puts every entry back in place (its position: the entries of the sub-tables before it plus its rank
+    among its own sub-table's, a CumSum). Every row is decoded once, as in a uniform table: no select."""
     slot_map, S = table.slots, table.slots.block
     arrays = slot_map.tensors(table.name)
     code = b.op("Cast", [b.op("Gather", [constant(b.graph, f"{table.name}.slot_codes", arrays[f"{table.name}.slot_codes"]), flat],
@@ -135,18 +143,42 @@ def _terms(b: Builder, table: StandardTable, flat: ir.Value) -> list[Term]:
     part_of = b.op("Floor", [b.op("Mul", [code, b.scalar(1.0 / S, np.float32)])])
     rank = b.op("Cast", [b.op("Sub", [code, b.op("Mul", [part_of, b.scalar(float(S), np.float32)])])], to=_INT64)
     block = b.op("Div", [flat, b.scalar(S, np.int64)])
-    bases = b.op("Cast", [b.op("Gather", [constant(b.graph, f"{table.name}.slot_bases", arrays[f"{table.name}.slot_bases"]), block],
-                               axis=0)], to=_INT64)  # [N, P]
-    terms = []
+    bases = constant(b.graph, f"{table.name}.slot_bases", arrays[f"{table.name}.slot_bases"])
+    pieces, place, before = [], None, None
     for p, part in enumerate(table.parts):
-        inside = b.op("Unsqueeze", [b.op("Cast", [b.op("Equal", [part_of, b.scalar(float(p), np.float32)])], to=_FLOAT), b.i64(1)])
+        member = b.op("Equal", [part_of, b.scalar(float(p), np.float32)])
+        # the entries of sub-table p (all of them, in order, for a table of one sub-table: dropped rows only)
+        at = b.op("Reshape", [b.op("NonZero", [member]), b.i64(-1)]) if len(table.parts) > 1 else None
+
+        def of(values):  # values [N, ...] at the sub-table's entries
+            return values if at is None else b.op("Gather", [values, at], axis=0)
+
+        # (int32 counts: tract cannot CumSum int64, which it reads as a dimension; CumSum's attributes are written
+        # out because onnx2torch defaults `reverse` to 1)
+        if len(table.parts) > 1:
+            ones = b.op("Cast", [member], to=ir.DataType.INT32)
+            mine = b.op("Sub", [b.op("CumSum", [ones, b.scalar(0, np.int64)], exclusive=0, reverse=0), b.scalar(1, np.int32)])
+            if before is not None:
+                mine = b.op("Add", [mine, before])
+            mine = b.op("Mul", [mine, ones])
+            place = mine if place is None else b.op("Add", [place, mine])
+            count = b.op("ReduceSum", [ones, b.i64(0)], keepdims=1)
+            before = count if before is None else b.op("Add", [before, count])
+        column = None if weight is None else b.op("Unsqueeze", [of(weight), b.i64(1)])
         if part.tier is Tier.DROPPED:
-            local = None
+            row = constant(b.graph, table.tensor_name(part, "default_row"), part.arrays["default_row"])
+            if column is None:  # ones [n, 1] (not an Expand to NonZero's length: tract cannot size that)
+                column = b.op("Unsqueeze", [b.op("Cast", [of(member)], to=_FLOAT), b.i64(1)])
+            rows = b.op("Mul", [column, row])
         else:
-            local = b.op("Add", [b.op("Gather", [bases, b.scalar(p, np.int64)], axis=1), rank])
-            local = b.op("Min", [b.op("Max", [local, b.scalar(0, np.int64)]), b.scalar(part.rows - 1, np.int64)])
-        terms.append(_weighted(b, _decode(b, table, part, local, flat), inside))
-    return terms
+            local = b.op("Gather", [b.op("Gather", [bases, of(block)], axis=0), b.scalar(p, np.int64)], axis=1)
+            local = b.op("Add", [b.op("Cast", [local], to=_INT64), of(rank)])
+            term = _decode(b, table, part, local, of(flat))
+            rows = _sum_rows(b, [_weighted(b, term, column)])
+        pieces.append(rows)
+    if len(pieces) == 1:  # (every entry in the one sub-table, in order)
+        return pieces[0]
+    return b.op("Gather", [b.op("Concat", pieces, axis=0), b.op("Cast", [place], to=_INT64)], axis=0)
 
 
 def _weighted(b: Builder, term: Term, weight: ir.Value | None) -> Term:
@@ -185,30 +217,31 @@ def _gather(b: Builder, table: StandardTable, indices: ir.Value) -> ir.Value:
 
 def _bag(b: Builder, table: StandardTable, indices: ir.Value, offsets: ir.Value | None, weights: ir.Value | None,
          mode: int, include_last_offset: int, padding_idx: int) -> ir.Value:
-    return bag_from_terms(b, lambda ids: _terms(b, table, _flat_indices(b, ids, table.num_rows)), b.i64(table.dim),
-                          indices, offsets, weights, mode, include_last_offset, padding_idx)
+    return bag_from_terms(b, lambda ids, weight: _terms(b, table, _flat_indices(b, ids, table.num_rows), weight),
+                          b.i64(table.dim), indices, offsets, weights, mode, include_last_offset, padding_idx)
 
 
 def bag_from_rows(b: Builder, rows_of, dim: ir.Value, indices: ir.Value, offsets: ir.Value | None,
                   weights: ir.Value | None, mode: int, include_last_offset: int, padding_idx: int) -> ir.Value:
     """torch.nn.functional.embedding_bag in ai.onnx ops over the rows `rows_of(indices)` gives (float32 [N, D],
     one per entry of `indices`); `dim`: D as an int64 [1] value. Empty bags give zeros."""
-    return bag_from_terms(b, lambda ids: [Term(rows_of(ids))], dim, indices, offsets, weights, mode,
-                          include_last_offset, padding_idx)
+    def terms_of(ids, weight):
+        column = None if weight is None else b.op("Unsqueeze", [weight, b.i64(1)])
+        return [_weighted(b, Term(rows_of(ids)), column)]
+
+    return bag_from_terms(b, terms_of, dim, indices, offsets, weights, mode, include_last_offset, padding_idx)
 
 
 def bag_from_terms(b: Builder, terms_of, dim: ir.Value, indices: ir.Value, offsets: ir.Value | None,
                    weights: ir.Value | None, mode: int, include_last_offset: int, padding_idx: int) -> ir.Value:
-    """embedding_bag over the terms `terms_of(indices)` gives. Per-sample weights and padding (weight 0) scale
-    each entry's term, on [N, 1], not on its row."""
-    terms = terms_of(indices)
+    """embedding_bag over the terms `terms_of(indices, weight)` gives (weight float32 [N] or None: per-sample
+    weights, 0 for padding entries, which each term folds into its scale and bias, not its row)."""
     flat_ids = b.op("Reshape", [b.op("Cast", [indices], to=_INT64), b.i64(-1)])
     keep = None if padding_idx < 0 else b.op("Cast", [b.op("Not", [b.op("Equal", [flat_ids, b.scalar(padding_idx, np.int64)])])], to=_FLOAT)
     weight = None if weights is None else b.op("Reshape", [weights, b.i64(-1)])
     if keep is not None:
         weight = keep if weight is None else b.op("Mul", [weight, keep])
-    if weight is not None:
-        terms = [_weighted(b, t, b.op("Unsqueeze", [weight, b.i64(1)])) for t in terms]
+    terms = terms_of(indices, weight)
     if offsets is None:
         total, count = _matrix_sums(b, terms, indices, dim, keep)
     else:
@@ -265,7 +298,7 @@ def _offset_sums(b: Builder, terms: list[Term], flat_ids: ir.Value, offsets: ir.
                  axis=0, reduction="add")
     starts = b.op("Slice", [marks, b.i64(0), n, b.i64(0)])
     k = b.op("Shape", [offsets])
-    bag_of = b.op("CumSum", [starts, b.scalar(0, np.int64)])  # 1-based: offsets[0] == 0 marks entry 0
+    bag_of = b.op("CumSum", [starts, b.scalar(0, np.int64)], exclusive=0, reverse=0)  # 1-based: offsets[0] == 0 marks entry 0
     bag_of = b.op("Unsqueeze", [b.op("Clip", [b.op("Sub", [bag_of, b.scalar(1, np.int64)]), b.scalar(0, np.int64)]), b.i64(1)])
     rows = _sum_rows(b, terms)
     zeros = b.op("ConstantOfShape", [b.op("Concat", [k, dim], axis=0)], value=ir.tensor(np.array([0.0], dtype=np.float32)))
