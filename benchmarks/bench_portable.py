@@ -96,7 +96,7 @@ def models(batch: int, rounds: int, out: Path) -> list[dict]:
     return rows
 
 
-def lookups(batch: int, rounds: int) -> list[dict]:
+def lookups(batch: int, rounds: int, num_rows: int = 200_000) -> list[dict]:
     import onnx_ir as ir
     from op_models import bag_model, gather_model
 
@@ -106,7 +106,7 @@ def lookups(batch: int, rounds: int) -> list[dict]:
     from shark_export.passes.standard_ops import StandardOpsPass
     from shark_export.quantize import quantize_table
 
-    R, D, L = 200_000, 16, 20
+    R, D, L = num_rows, 16, 20
     rng = np.random.default_rng(0)
     weights = (rng.normal(size=(R, D)) * np.logspace(0, -2, R)[:, None]).astype(np.float32)
     tiers = {"int8": np.full(R, Tier.INT8.value, np.uint8), "int4": np.full(R, Tier.INT4.value, np.uint8),
