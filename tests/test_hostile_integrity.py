@@ -131,9 +131,11 @@ def test_every_attribute_that_changes_outputs_is_verified(converted, tmp_path, c
             values[1] = {"padding_idxs": 5, "modes": 0, "include_last_offsets": 1}[key] if values[1] != 5 else 3
             _set(node, key, values)
     else:
-        node = next(n for n in nodes if n.op_type == "RowwiseDequantEmbeddingBag")
+        # the bag with offsets (a 2-D bag's inputs end at its ids: swapping input 3 with the last would be no change)
+        node = next(n for n in nodes if n.op_type == "RowwiseDequantEmbeddingBag" and len(n.input) > 4)
         if change in ("padding_idx", "mode", "include_last_offset"):
-            _set(node, change, {"padding_idx": 7, "mode": 0, "include_last_offset": 1}[change])
+            current = {a.name: a.i for a in node.attribute}.get(change, 0)
+            _set(node, change, {"padding_idx": 7, "mode": 1 - current, "include_last_offset": 1 - current}[change])
     if change == "output_dtype":
         _set(node, "output_dtype", 10)
     if change == "field_names" and multi:
