@@ -5,16 +5,16 @@ map for anything but a uniform table; the stored bytes rearranged, never re-quan
 it becomes a subgraph of opset-18 ai.onnx ops (docs/PORTABLE.md):
 
 - rows: indices flattened to int64 [N] (negative ones moved to R, so that ORT's Gather rejects them as it
-  rejects indices >= R), then per sub-table a *term*: Gather codes/values, Cast to float (int4/int2: planar
-  fields split off in float arithmetic, Concat, Slice to D), Gather the float16 [scale, bias] pairs, Cast,
-  Slice. A gather's rows are values·scale + bias: `q·scale` is exact in float32 (8-bit code × 11-bit
-  significand), so Mul then Add rounds once, as the kernels' fma and the reference's float64 do: the rows are
-  bit-identical. A mixed table reads its slot map and scales every sub-table's term by the entry's 0/1
-  membership (on [N, 1]): the other terms add exact zeros.
+  rejects indices >= R), then a `Term`: Gather codes/values, Cast to float (int4/int2: planar fields split off
+  in float arithmetic, Concat, Slice to D), Gather the float16 [scale, bias] pairs, Cast, Slice. A gather's
+  rows are values·scale + bias: `q·scale` is exact in float32 (8-bit code × 11-bit significand), so Mul then
+  Add rounds once, as the kernels' fma and the reference's float64 do: the rows are bit-identical. A mixed
+  table reads its slot map; each sub-table decodes only its own entries (NonZero) and one Gather puts the
+  concatenated blocks back in entry order.
 - gather: rows reshaped to [*indices.shape, D].
-- bags scale each term by the per-sample weight and 0 for padding entries, on [N, 1] (scale and bias).
-- bag, 2-D indices [B, L]: per term one batched MatMul [B, 1, L] (scales) × [B, L, D] (values) plus the
-  ReduceSum of the biases over L; mean divides by the count of non-padding entries (at least 1).
+- bags fold the per-sample weight (0 for padding entries) into the term's scale and bias, on [N, 1].
+- bag, 2-D indices [B, L]: one batched MatMul [B, 1, L] (scales) × [B, L, D] (values) plus the ReduceSum of
+  the biases over L; mean divides by the count of non-padding entries (at least 1).
 - bag, 1-D indices with offsets: bag id of every entry = CumSum of ScatterElements(add) of ones at the
   offsets, minus 1; ScatterND(add) sums the entries into [B(+1), D] (the extra bag of include_last_offset,
   entries past the last offset, is sliced off). Sums are float32 in entry order (the reference sums in float64).
@@ -66,9 +66,8 @@ class Builder:
 
 @dataclass(frozen=True)
 class Term:
-    """One sub-table's share of the rows of N entries: `values` float32 [N, D] (codes as floats, or float rows)
-    times `scale` [N, 1] plus `bias` [N, 1]; a missing scale is 1, a missing bias 0. For an entry outside the
-    sub-table (a mixed table) its scale and bias are 0, so every other term adds exact zeros."""
+    """The rows of N entries as `values` float32 [N, D] (codes as floats, or float rows) times `scale` [N, 1] plus `bias` [N, 1]; a missing scale is 1, a missing bias 0. Kept apart until the
+    end so that a bag folds its weights (and 0 for padding) into scale and bias, on [N, 1]."""
 
     values: ir.Value
     scale: ir.Value | None = None
@@ -94,13 +93,11 @@ def _unpack(b: Builder, codes: ir.Value, bits: int, dim: int) -> ir.Value:
 
 
 def _decode(b: Builder, table: StandardTable, part: Part, rows: ir.Value, table_rows: ir.Value) -> Term:
-    """The term of one sub-table for rows `rows` (int64 [N], in range) of it; `table_rows` are the same rows'
-    indices in the table (their scale group, format v3)."""
+    """The rows `rows` (int64 [N], in range) of one sub-table (not the dropped one); `table_rows` are the same
+    rows' indices in the table (their scale group, format v3)."""
     def tensor(key):
         return constant(b.graph, table.tensor_name(part, key), part.arrays[key])
 
-    if part.tier is Tier.DROPPED:  # [1, D], broadcast by whoever scales it
-        return Term(tensor("default_row"))
     if part.tier is Tier.FP32:
         return Term(b.op("Gather", [tensor("values"), rows], axis=0))
     if part.tier is Tier.FP16:
@@ -121,13 +118,13 @@ def _decode(b: Builder, table: StandardTable, part: Part, rows: ir.Value, table_
     return Term(q, scale, bias)
 
 
-def _terms(b: Builder, table: StandardTable, flat: ir.Value, weight: ir.Value | None = None) -> list[Term]:
-    """The terms whose sum is the rows `flat` (int64 [N]; an index outside 0..R-1 fails the first Gather), each
-    entry weighted by `weight` (float32 [N], None: 1). A table with a slot map gives one term: its merged rows."""
+def _term(b: Builder, table: StandardTable, flat: ir.Value, weight: ir.Value | None = None) -> Term:
+    """The rows `flat` (int64 [N]; an index outside 0..R-1 fails the first Gather), each entry weighted by
+    `weight` (float32 [N], None: 1). A table with a slot map gives its merged rows."""
     if table.slots is None:
         column = None if weight is None else b.op("Unsqueeze", [weight, b.i64(1)])
-        return [_weighted(b, _decode(b, table, table.parts[0], flat, flat), column)]
-    return [Term(_mixed_rows(b, table, flat, weight))]
+        return _weighted(b, _decode(b, table, table.parts[0], flat, flat), column)
+    return Term(_mixed_rows(b, table, flat, weight))
 
 
 def _mixed_rows(b: Builder, table: StandardTable, flat: ir.Value, weight: ir.Value | None) -> ir.Value:
@@ -174,7 +171,7 @@ def _mixed_rows(b: Builder, table: StandardTable, flat: ir.Value, weight: ir.Val
             local = b.op("Gather", [b.op("Gather", [bases, of(block)], axis=0), b.scalar(p, np.int64)], axis=1)
             local = b.op("Add", [b.op("Cast", [local], to=_INT64), of(rank)])
             term = _decode(b, table, part, local, of(flat))
-            rows = _sum_rows(b, [_weighted(b, term, column)])
+            rows = _rows(b, _weighted(b, term, column))
         pieces.append(rows)
     if len(pieces) == 1:  # (every entry in the one sub-table, in order)
         return pieces[0]
@@ -190,17 +187,10 @@ def _weighted(b: Builder, term: Term, weight: ir.Value | None) -> Term:
     return Term(term.values, scale, bias)
 
 
-def _sum_rows(b: Builder, terms: list[Term]) -> ir.Value:
-    """float32 [N, D]: Σ values·scale + Σ bias (products are exact, so one term gives the kernels' fma bits)."""
-    total = None
-    for term in terms:
-        part = term.values if term.scale is None else b.op("Mul", [term.values, term.scale])
-        total = part if total is None else b.op("Add", [total, part])
-    biases = [t.bias for t in terms if t.bias is not None]
-    bias = biases[0] if biases else None
-    for extra in biases[1:]:
-        bias = b.op("Add", [bias, extra])
-    return total if bias is None else b.op("Add", [total, bias])
+def _rows(b: Builder, term: Term) -> ir.Value:
+    """float32 [N, D]: values·scale + bias (the product is exact, the Add rounds once: the kernels' fma bits)."""
+    rows = term.values if term.scale is None else b.op("Mul", [term.values, term.scale])
+    return rows if term.bias is None else b.op("Add", [rows, term.bias])
 
 
 def _flat_indices(b: Builder, indices: ir.Value, num_rows: int) -> ir.Value:
@@ -210,42 +200,42 @@ def _flat_indices(b: Builder, indices: ir.Value, num_rows: int) -> ir.Value:
 
 
 def _gather(b: Builder, table: StandardTable, indices: ir.Value) -> ir.Value:
-    rows = _sum_rows(b, _terms(b, table, _flat_indices(b, indices, table.num_rows)))
+    rows = _rows(b, _term(b, table, _flat_indices(b, indices, table.num_rows)))
     shape = b.op("Concat", [b.op("Shape", [indices]), b.i64(table.dim)], axis=0)
     return b.op("Reshape", [rows, shape])
 
 
 def _bag(b: Builder, table: StandardTable, indices: ir.Value, offsets: ir.Value | None, weights: ir.Value | None,
          mode: int, include_last_offset: int, padding_idx: int) -> ir.Value:
-    return bag_from_terms(b, lambda ids, weight: _terms(b, table, _flat_indices(b, ids, table.num_rows), weight),
-                          b.i64(table.dim), indices, offsets, weights, mode, include_last_offset, padding_idx)
+    return bag_from_term(b, lambda ids, weight: _term(b, table, _flat_indices(b, ids, table.num_rows), weight),
+                         b.i64(table.dim), indices, offsets, weights, mode, include_last_offset, padding_idx)
 
 
 def bag_from_rows(b: Builder, rows_of, dim: ir.Value, indices: ir.Value, offsets: ir.Value | None,
                   weights: ir.Value | None, mode: int, include_last_offset: int, padding_idx: int) -> ir.Value:
     """torch.nn.functional.embedding_bag in ai.onnx ops over the rows `rows_of(indices)` gives (float32 [N, D],
     one per entry of `indices`); `dim`: D as an int64 [1] value. Empty bags give zeros."""
-    def terms_of(ids, weight):
+    def term_of(ids, weight):
         column = None if weight is None else b.op("Unsqueeze", [weight, b.i64(1)])
-        return [_weighted(b, Term(rows_of(ids)), column)]
+        return _weighted(b, Term(rows_of(ids)), column)
 
-    return bag_from_terms(b, terms_of, dim, indices, offsets, weights, mode, include_last_offset, padding_idx)
+    return bag_from_term(b, term_of, dim, indices, offsets, weights, mode, include_last_offset, padding_idx)
 
 
-def bag_from_terms(b: Builder, terms_of, dim: ir.Value, indices: ir.Value, offsets: ir.Value | None,
+def bag_from_term(b: Builder, term_of, dim: ir.Value, indices: ir.Value, offsets: ir.Value | None,
                    weights: ir.Value | None, mode: int, include_last_offset: int, padding_idx: int) -> ir.Value:
-    """embedding_bag over the terms `terms_of(indices, weight)` gives (weight float32 [N] or None: per-sample
-    weights, 0 for padding entries, which each term folds into its scale and bias, not its row)."""
+    """embedding_bag over the rows `term_of(indices, weight)` gives (weight float32 [N] or None: per-sample
+    weights, 0 for padding entries, which the term folds into its scale and bias, not its rows)."""
     flat_ids = b.op("Reshape", [b.op("Cast", [indices], to=_INT64), b.i64(-1)])
     keep = None if padding_idx < 0 else b.op("Cast", [b.op("Not", [b.op("Equal", [flat_ids, b.scalar(padding_idx, np.int64)])])], to=_FLOAT)
     weight = None if weights is None else b.op("Reshape", [weights, b.i64(-1)])
     if keep is not None:
         weight = keep if weight is None else b.op("Mul", [weight, keep])
-    terms = terms_of(indices, weight)
+    term = term_of(indices, weight)
     if offsets is None:
-        total, count = _matrix_sums(b, terms, indices, dim, keep)
+        total, count = _matrix_sums(b, term, indices, dim, keep)
     else:
-        total, count = _offset_sums(b, terms, flat_ids, offsets, dim, keep, mode)
+        total, count = _offset_sums(b, term, flat_ids, offsets, dim, keep, mode)
     if mode:
         total = b.op("Div", [total, b.op("Max", [count, b.scalar(1.0, np.float32)])])
     if offsets is not None and include_last_offset:  # K = B + 1: the last "bag" holds the entries past offsets[B]
@@ -253,25 +243,19 @@ def bag_from_terms(b: Builder, terms_of, dim: ir.Value, indices: ir.Value, offse
     return total
 
 
-def _matrix_sums(b: Builder, terms: list[Term], indices: ir.Value, dim: ir.Value, keep: ir.Value | None):
-    """([B, D] sums, [B, 1] counts) of 2-D [B, L] bags: each term's scaled rows summed over L by one batched
-    MatMul ([B, 1, L] scales × [B, L, D] values), its biases by a ReduceSum over L."""
+def _matrix_sums(b: Builder, term: Term, indices: ir.Value, dim: ir.Value, keep: ir.Value | None):
+    """([B, D] sums, [B, 1] counts) of 2-D [B, L] bags: the scaled rows summed over L by one batched MatMul
+    ([B, 1, L] scales × [B, L, D] values), the biases by a ReduceSum over L."""
     shape = b.op("Shape", [indices])
-    rows3 = b.op("Concat", [shape, dim], axis=0)  # [B, L, D]
-    scales3 = b.op("Concat", [b.op("Slice", [shape, b.i64(0), b.i64(1), b.i64(0)]), b.i64(1, -1)], axis=0)  # [B, 1, L]
-    bd = b.op("Concat", [b.op("Slice", [shape, b.i64(0), b.i64(1), b.i64(0)]), dim], axis=0)  # [B, D]
-    total = None
-    for term in terms:
-        if term.scale is None:
-            values = b.op("Reshape", [term.values, rows3])
-            part = b.op("ReduceSum", [values, b.i64(1)], keepdims=0)
-        elif term.values.producer() is None or term.values.const_value is not None:  # a default row [1, D]
-            part = b.op("Mul", [b.op("ReduceSum", [b.op("Reshape", [term.scale, shape]), b.i64(1)], keepdims=1), term.values])
-        else:
-            part = b.op("Reshape", [b.op("MatMul", [b.op("Reshape", [term.scale, scales3]), b.op("Reshape", [term.values, rows3])]), bd])
-        total = part if total is None else b.op("Add", [total, part])
-        if term.bias is not None:
-            total = b.op("Add", [total, b.op("ReduceSum", [b.op("Reshape", [term.bias, shape]), b.i64(1)], keepdims=1)])
+    values = b.op("Reshape", [term.values, b.op("Concat", [shape, dim], axis=0)])  # [B, L, D]
+    if term.scale is None:
+        total = b.op("ReduceSum", [values, b.i64(1)], keepdims=0)
+    else:
+        batch = b.op("Slice", [shape, b.i64(0), b.i64(1), b.i64(0)])
+        scales = b.op("Reshape", [term.scale, b.op("Concat", [batch, b.i64(1, -1)], axis=0)])  # [B, 1, L]
+        total = b.op("Reshape", [b.op("MatMul", [scales, values]), b.op("Concat", [batch, dim], axis=0)])
+    if term.bias is not None:
+        total = b.op("Add", [total, b.op("ReduceSum", [b.op("Reshape", [term.bias, shape]), b.i64(1)], keepdims=1)])
     if keep is None:
         count = b.op("Cast", [b.op("Slice", [shape, b.i64(1), b.i64(2), b.i64(0)])], to=_FLOAT)
     else:
@@ -279,7 +263,7 @@ def _matrix_sums(b: Builder, terms: list[Term], indices: ir.Value, dim: ir.Value
     return total, count
 
 
-def _offset_sums(b: Builder, terms: list[Term], flat_ids: ir.Value, offsets: ir.Value, dim: ir.Value,
+def _offset_sums(b: Builder, term: Term, flat_ids: ir.Value, offsets: ir.Value, dim: ir.Value,
                  keep: ir.Value | None, mode: int):
     """([K, D] sums, [K, 1] counts) of 1-D bags with offsets (K = len(offsets)): the bag id of every entry is
     CumSum of ScatterElements(add) of ones at the offsets, minus 1; ScatterND(add) sums the entries' rows.
@@ -300,7 +284,7 @@ def _offset_sums(b: Builder, terms: list[Term], flat_ids: ir.Value, offsets: ir.
     k = b.op("Shape", [offsets])
     bag_of = b.op("CumSum", [starts, b.scalar(0, np.int64)], exclusive=0, reverse=0)  # 1-based: offsets[0] == 0 marks entry 0
     bag_of = b.op("Unsqueeze", [b.op("Clip", [b.op("Sub", [bag_of, b.scalar(1, np.int64)]), b.scalar(0, np.int64)]), b.i64(1)])
-    rows = _sum_rows(b, terms)
+    rows = _rows(b, term)
     zeros = b.op("ConstantOfShape", [b.op("Concat", [k, dim], axis=0)], value=ir.tensor(np.array([0.0], dtype=np.float32)))
     total = b.op("ScatterND", [zeros, bag_of, rows], reduction="add")
     count = None
