@@ -18,18 +18,21 @@ import re
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from . import demo
 from .errors import SharkExportError
-from .streamed_tables import ALIGNMENT, DEFAULT_SHARD_BYTES
+
+# torch, numpy and the converter are imported by the commands that use them: `shark-export --help` and a
+# mistyped command answer without loading torch. (The literals are streamed_tables' ALIGNMENT and
+# DEFAULT_SHARD_BYTES; tests/test_cli.py checks they agree.)
+_ALIGNMENT = 1 << 16
+_DEFAULT_SHARD_BYTES = 2 << 30
 
 
-def _load_model(args, checkpoint: str | None = None) -> torch.nn.Module:
+def _load_model(args, checkpoint: str | None = None):
     """The model of --model/--module. With `checkpoint` (convert's --checkpoint or --state-dict) the factory builds
     it on the meta device and convert reads its tensors from the checkpoint, tables row range by row range;
     otherwise --state-dict is memory-mapped and assigned (no second copy of the weights)."""
+    import torch
+
     if bool(args.module) == bool(args.model):
         raise SharkExportError("give exactly one of --model pkg.module:function or --module saved_module.pt")
     if args.module:
@@ -70,6 +73,9 @@ def _import_factory_module(name: str):
 
 def load_batch_file(path: str):
     """One batch (or, for .pt, whatever object the file holds) from a .pt or .npz file."""
+    import numpy as np
+    import torch
+
     file = Path(path)
     if not file.is_file():
         raise SharkExportError(f"input file {path!r} does not exist")
@@ -279,6 +285,8 @@ def _cmd_check(args) -> int:
 
 
 def _cmd_score(args) -> int:
+    import numpy as np
+
     from .field_scoring import score_fields
     from .row_priority import score_rows
 
@@ -326,6 +334,8 @@ def _cmd_prune(args) -> int:
     """SHARK's order, step 1: the pruned copy (a whole module) for the user's fine-tuning loop."""
     import os
     import tempfile
+
+    import torch
 
     from .pruning import prune_fields
 
@@ -377,9 +387,23 @@ def _byte_size(text: str) -> int:
     if not match:
         raise argparse.ArgumentTypeError(f"expected a size such as 2G, 512M or 65536, got {text!r}")
     size = int(float(match.group(1)) * _UNITS[match.group(2).upper()])
-    if size < ALIGNMENT:
-        raise argparse.ArgumentTypeError(f"a data file holds at least {ALIGNMENT} bytes (one aligned payload), got {text!r}")
+    if size < _ALIGNMENT:
+        raise argparse.ArgumentTypeError(f"a data file holds at least {_ALIGNMENT} bytes (one aligned payload), got {text!r}")
     return size
+
+
+def demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("shark_export_demo"), help="output directory")
+    parser.add_argument("--samples", type=int, default=120_000)
+    parser.add_argument("--quant", default="mixed", help="fp32, fp16, int8, int4 or mixed")
+    parser.add_argument("--dim", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=2)
+
+
+def _cmd_demo(args) -> int:
+    from . import demo
+
+    return demo.run_from_args(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -394,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_positive_int, default=1, metavar="N",
                    help="processes that quantize the checkpoint's tables, each a share of every table's rows "
                         "(torch.distributed, gloo; the same bytes as one). Under torchrun: its processes")
-    p.add_argument("--shard-size", type=_byte_size, default=DEFAULT_SHARD_BYTES, metavar="BYTES",
+    p.add_argument("--shard-size", type=_byte_size, default=_DEFAULT_SHARD_BYTES, metavar="BYTES",
                    help="with --checkpoint: the largest data file (e.g. 2G, 512M; a larger table gets a file of its "
                         "own), default 2G")
     p.add_argument("--out", required=True, help="output .onnx path")
@@ -478,8 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cmd_optimize)
 
     p = commands.add_parser("demo", help="train, convert and check a model on generated data")
-    demo.add_arguments(p)
-    p.set_defaults(run=demo.run_from_args)
+    demo_arguments(p)
+    p.set_defaults(run=_cmd_demo)
     return parser
 
 

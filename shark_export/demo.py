@@ -69,17 +69,11 @@ def run(out_dir: Path, samples: int = 120_000, quant: str = "mixed", dim: int = 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .cli import demo_arguments  # (the CLI defines them: it must not import this module to print --help)
+
     parser = argparse.ArgumentParser(prog="shark-export demo", description=__doc__.splitlines()[0])
-    add_arguments(parser)
+    demo_arguments(parser)
     return run_from_args(parser.parse_args(argv))
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("shark_export_demo"), help="output directory")
-    parser.add_argument("--samples", type=int, default=120_000)
-    parser.add_argument("--quant", default="mixed", help="fp32, fp16, int8, int4 or mixed")
-    parser.add_argument("--dim", type=int, default=16)
-    parser.add_argument("--epochs", type=int, default=2)
 
 
 def run_from_args(args: argparse.Namespace) -> int:

@@ -176,3 +176,31 @@ def test_prune_then_finetune_then_convert(files, capsys):
     np.testing.assert_allclose(OnnxModelRunner(files / "tuned.onnx").run(batches[0])[0].reshape(want.shape), want, atol=0.02)
     assert main(["prune", *args, "--calibration", str(files / "cal.pt"), "--out", str(files / "x.pt")]) == 2
     assert "name the fields to prune" in capsys.readouterr().err and not (files / "x.pt").exists()
+
+
+def test_help_does_not_load_torch():
+    """`shark-export --help` (and building the parser) must not import torch or the converter: it answers in about
+    a second, not the several torch takes. Checked in a child process, whose modules this test does not share."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import contextlib, io, sys
+        from shark_export import cli
+        with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.suppress(SystemExit):
+            cli.main(["--help"])
+        heavy = sorted(m for m in ("torch", "shark_export.converter", "shark_export.demo") if m in sys.modules)
+        assert not heavy, heavy
+        for command in ("convert", "check", "score", "inspect", "prune", "optimize", "demo"):
+            assert command in out.getvalue(), command
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+    assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_the_cli_size_literals_are_the_writers():
+    from shark_export import cli, streamed_tables
+
+    assert (cli._ALIGNMENT, cli._DEFAULT_SHARD_BYTES) == (streamed_tables.ALIGNMENT, streamed_tables.DEFAULT_SHARD_BYTES)
