@@ -393,7 +393,8 @@ def _byte_size(text: str) -> int:
 
 
 def demo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("shark_export_demo"), help="output directory")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output directory (default: a new temporary directory, printed at the start)")
     parser.add_argument("--samples", type=int, default=120_000)
     parser.add_argument("--quant", default="mixed", help="fp32, fp16, int8, int4 or mixed")
     parser.add_argument("--dim", type=int, default=16)

@@ -10,6 +10,7 @@ converted model in ONNX Runtime with our ops, and prints the size report and bot
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
@@ -77,7 +78,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    return run(args.out, samples=args.samples, quant=args.quant, dim=args.dim, epochs=args.epochs)
+    out = args.out
+    if out is None:  # never into the current directory unasked
+        out = Path(tempfile.mkdtemp(prefix="shark_export_demo_"))
+    print(f"writing to {out}")
+    return run(out, samples=args.samples, quant=args.quant, dim=args.dim, epochs=args.epochs)
 
 
 if __name__ == "__main__":
