@@ -179,6 +179,20 @@ def _read_table(node, storage: list[str], attributes: dict, initializers: dict, 
     storage_of[table_name] = list(storage)
 
 
+def io_text(graph) -> str:
+    """The graph's inputs and outputs, one per line with dtype and shape: the names a serving call feeds and
+    reads (a dict argument `batch` of forward becomes inputs `batch_<key>`; a pruned field's input is gone)."""
+    def describe(value) -> str:
+        tensor = value.type.tensor_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name if tensor.elem_type else "?"
+        dims = [d.dim_param or (str(d.dim_value) if d.HasField("dim_value") else "?") for d in tensor.shape.dim]
+        return f"  {value.name:<30} {dtype:<8} [{', '.join(dims)}]"
+
+    initializers = {i.name for i in graph.initializer}
+    inputs = [v for v in graph.input if v.name not in initializers]
+    return "\n".join(["inputs:", *map(describe, inputs), "outputs:", *map(describe, graph.output)])
+
+
 def inspect_model(path) -> str:
     from . import standard_tables
 
@@ -186,14 +200,14 @@ def inspect_model(path) -> str:
         head = onnx.load(str(path), load_external_data=False)
         portable_model = any(p.key == standard_tables.METADATA_KEY for p in head.metadata_props)
     except Exception:  # noqa: BLE001 - read_tables below names the problem
-        portable_model = False
+        head, portable_model = None, False
     if portable_model:
         model = onnx.load(str(path))
         portable, lookups = _portable_tables(Path(path), model, {i.name: i for i in model.graph.initializer})
-        return standard_tables.inspect_text(path, portable, lookups)
+        return standard_tables.inspect_text(path, portable, lookups) + "\n" + io_text(head.graph)
     tables, lookups = read_tables(path)
     if not tables:
-        return f"{path}: no shark_export lookups"
+        return f"{path}: no shark_export lookups" + ("\n" + io_text(head.graph) if head is not None else "")
     header = f"{'table':<32} {'rows':>10} {'dim':>5} {'tiers':<40} {'payload':>11} {'scales':>9} {'meta':>9} {'total':>11} {'of fp32':>8}"
     lines = [f"{path}", header, "-" * len(header)]
     total = fp32 = 0
@@ -208,4 +222,5 @@ def inspect_model(path) -> str:
     lines.append("-" * len(header))
     lines.append(f"{'total':<32} {'':>10} {'':>5} {'':<40} {'':>11} {'':>9} {'':>9} {total:>11} {total / fp32:>8.2%}")
     lines.append("lookups: " + ", ".join(f"{node} ({op.removeprefix('RowwiseDequant')} on {table})" for node, op, table in lookups))
+    lines.append(io_text(head.graph))
     return "\n".join(lines)

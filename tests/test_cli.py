@@ -204,3 +204,24 @@ def test_the_cli_size_literals_are_the_writers():
     from shark_export import cli, streamed_tables
 
     assert (cli._ALIGNMENT, cli._DEFAULT_SHARD_BYTES) == (streamed_tables.ALIGNMENT, streamed_tables.DEFAULT_SHARD_BYTES)
+
+
+@pytest.mark.parametrize("ops", ["custom", "standard"])
+def test_inspect_lists_the_inputs_and_outputs_a_server_feeds_and_reads(tmp_path, capsys, ops):
+    """A dict argument `batch` becomes inputs `batch_<key>`: inspect prints every input and output with its dtype
+    and shape (read from the file itself, compared with onnx's own view of it)."""
+    import onnx
+
+    from shark_export import convert
+
+    path = tmp_path / "m.onnx"
+    convert(DictInput().eval(), DictInput.batch(4), path, quant="int8", ops=ops)
+    capsys.readouterr()
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    graph = onnx.load(str(path)).graph
+    listed = out[out.index("inputs:"):]
+    for value in [*graph.input, *graph.output]:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name
+        assert any(line.split()[:2] == [value.name, dtype] for line in listed.splitlines()), (value.name, listed)
+    assert all(v.name.startswith("batch_") for v in graph.input if v.name not in {i.name for i in graph.initializer})
