@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from .errors import UnsupportedModelError
+from .errors import IndexOutOfRangeError, UnsupportedModelError
 
 EMBEDDING_TYPES = (nn.Embedding, nn.EmbeddingBag)
 # Set by pruning.prune_fields on an embedding module: the call indices whose output is the field's mean.
@@ -150,7 +150,39 @@ def _same_lookup(a: tuple, b: tuple) -> bool:
     return True
 
 
-def _record_calls(model: nn.Module, batch, table_of_module: dict[str, str]) -> list[tuple[str, int, tuple]]:
+@contextlib.contextmanager
+def checked_ids(model: nn.Module, what: str) -> Iterator[None]:
+    """Every embedding call's ids checked before the module runs: integer, and in 0..R-1 of its table. A bad id
+    is an error naming the module, the value, its position and R (torch's own would be `IndexError: index out
+    of range in self`, naming nothing). `what` says which inputs these are ("the example inputs", ...)."""
+    def check(path, module, args, kwargs):
+        ids = lookup_arguments(args, kwargs)[0]
+        if not isinstance(ids, torch.Tensor):
+            return
+        rows = module.num_embeddings
+        if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+            raise UnsupportedModelError(f"{what}: module {path!r} ({type(module).__name__}({rows}, {module.embedding_dim})) "
+                                        f"got {str(ids.dtype).removeprefix('torch.')} ids; ids must be int64 or int32 "
+                                        "(convert them with .long())")
+        if ids.numel() == 0:
+            return
+        bad = ((ids < 0) | (ids >= rows)).nonzero()
+        if bad.shape[0]:
+            where = tuple(int(i) for i in bad[0])
+            raise IndexOutOfRangeError(f"{what}: module {path!r} got id {int(ids[where])} at position {list(where)}, "
+                                       f"outside its {rows} rows (0..{rows - 1})")
+
+    handles = [module.register_forward_pre_hook(lambda module, args, kwargs, path=path: check(path, module, args, kwargs),
+                                                with_kwargs=True)
+               for path, module in model.named_modules() if isinstance(module, EMBEDDING_TYPES)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _record_calls(model: nn.Module, batch, table_of_module: dict[str, str], what: str = "the example inputs") -> list[tuple[str, int, tuple]]:
     """(module path, call index, signature) of every embedding call of one no-grad forward."""
     calls: list[tuple[str, int, tuple]] = []
 
@@ -161,7 +193,7 @@ def _record_calls(model: nn.Module, batch, table_of_module: dict[str, str]) -> l
         tensors = tuple(None if t is None else t.detach() for t in lookup_arguments(args, kwargs))
         calls.append((path, index, (table_of_module[path], settings, tensors)))
 
-    with torch.no_grad(), lookup_hooks(model, record):
+    with torch.no_grad(), checked_ids(model, what), lookup_hooks(model, record):
         call_model(model, batch)
     return calls
 
@@ -189,8 +221,8 @@ def find_fields(model: nn.Module, example_inputs, more_batches=(), require_calls
             if group[j] == j and _same_lookup(calls[j][2], calls[k][2]):
                 group[k] = j
                 break
-    for batch in more_batches:
-        again = _record_calls(model, batch, table_of_module)
+    for number, batch in enumerate(more_batches):
+        again = _record_calls(model, batch, table_of_module, f"calibration batch {number}")
         if [c[:2] for c in again] != [c[:2] for c in calls]:
             continue  # data-dependent control flow: this batch's calls do not line up with the example's
         refined = list(range(len(calls)))

@@ -314,3 +314,28 @@ def test_large_tables_are_written_as_external_data(tmp_path, monkeypatch):
     got = OnnxModelRunner(path).run(batch)[0]
     assert check_parity(model, path, batch, atol=0.05, rtol=0.05)
     assert read_tables(path)[0]["user.weight"].num_rows == 300 and got.shape == (5,)
+
+
+@pytest.mark.parametrize("bad", ["past-the-end", "negative", "float"])
+def test_bad_ids_in_the_example_or_calibration_inputs_name_the_module(bad, tmp_path):
+    """torch would say `IndexError: index out of range in self`: the converter names the module, the id, its
+    position and the table's rows (or the dtype), for the example inputs and for each calibration batch."""
+    from models import DictInput
+
+    from shark_export.errors import IndexOutOfRangeError, UnsupportedModelError
+
+    model = DictInput().eval()
+    good = DictInput.batch(4)
+    broken = {k: v.clone() for k, v in good.items()}
+    if bad == "float":
+        broken["user"] = broken["user"].float()
+        error, message = UnsupportedModelError, r"module 'emb\.user' \(Embedding\(200, 6\)\) got float32 ids"
+    else:
+        broken["user"][2] = 200 if bad == "past-the-end" else -3
+        value = 200 if bad == "past-the-end" else -3
+        error, message = IndexOutOfRangeError, rf"module 'emb\.user' got id {value} at position \[2\], outside its 200 rows"
+    with pytest.raises(error, match="the example inputs: " + message):
+        convert(model, broken, tmp_path / "m.onnx")
+    with pytest.raises(error, match="calibration batch 1: " + message):
+        convert(model, good, tmp_path / "m.onnx", calibration=[good, broken])
+    assert not (tmp_path / "m.onnx").exists()
