@@ -35,6 +35,8 @@ _LAZY = {
     "QuantConfig": "quant_config",
     "RowPriority": "row_priority",
     "score_rows": "row_priority",
+    "OnnxModelRunner": "model_io",
+    "run": "model_io",
 }
 
 

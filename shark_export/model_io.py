@@ -53,6 +53,8 @@ def _plain_session(path: Path, providers: list[str] | None, threads: int | None)
 
 
 class OnnxModelRunner:
+    """A converted model fed the way the torch model is called: `OnnxModelRunner(path)(*args, **kwargs)`."""
+
     def __init__(self, path, providers: list[str] | None = None, threads: int | None = None):
         from .ops import session
 
@@ -84,12 +86,39 @@ class OnnxModelRunner:
             if expected_path is not None and path != expected_path:
                 raise SharkExportError(f"input {path} given where {self.path.name} expects {expected_path}")
             if name is not None:
-                feeds[name] = tensor.detach().cpu().numpy()
+                feeds[name] = self._as_input(name, path, tensor.detach().cpu().numpy())
         return feeds
+
+    def _as_input(self, name: str, path, array: np.ndarray) -> np.ndarray:
+        """The array at the dtype the graph input takes: an integer widened losslessly (int32 ids for an int64
+        input, as the torch model accepts them), anything else an error naming the input."""
+        want = _ORT_DTYPES.get(self.input_types.get(name, ""))
+        if want is None or array.dtype == want:
+            return array
+        if array.dtype.kind in "iu" and np.dtype(want).kind in "iu" and np.can_cast(array.dtype, want, "safe"):
+            return array.astype(want)
+        raise SharkExportError(f"input {name!r} ({path if path is not None else 'positional'}) is {array.dtype}, "
+                               f"but {self.path.name} takes {np.dtype(want).name}")
 
     def run(self, inputs: Any) -> list[np.ndarray]:
         example = ExampleInputs.of(canonical_inputs(inputs))
         return [np.asarray(out, dtype=np.float32) for out in self.session.run(self.output_names, self.feeds(example))]
+
+    def __call__(self, *args, **kwargs) -> list[np.ndarray]:
+        """The outputs (numpy, in `output_names` order) for the arguments the torch model's forward takes; the
+        inputs of pruned fields are accepted and not fed."""
+        example = ExampleInputs.of(canonical_inputs(tuple(args)), kwargs)
+        return self.session.run(self.output_names, self.feeds(example))
+
+
+_ORT_DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
+               "tensor(double)": np.float64, "tensor(float16)": np.float16, "tensor(bool)": np.bool_}
+
+
+def run(path, *args, **kwargs) -> list[np.ndarray]:
+    """Run the converted model at `path` on the torch model's own arguments (`shark_export.run("m.onnx", batch)`
+    for `model(batch)`): a session is opened for the call (keep an `OnnxModelRunner(path)` to run many)."""
+    return OnnxModelRunner(path)(*args, **kwargs)
 
 
 def read_metadata(path) -> dict[str, str]:

@@ -339,3 +339,29 @@ def test_bad_ids_in_the_example_or_calibration_inputs_name_the_module(bad, tmp_p
     with pytest.raises(error, match="calibration batch 1: " + message):
         convert(model, good, tmp_path / "m.onnx", calibration=[good, broken])
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_run_takes_the_torch_models_own_arguments(tmp_path):
+    """shark_export.run(path, batch) for model(batch): dict keys, int32 ids widened to the int64 inputs, outputs
+    as the torch model gives them; a float where ids go is an error naming the input."""
+    import shark_export
+    from models import DictInput
+
+    from shark_export.errors import SharkExportError
+
+    model = DictInput().eval()
+    path = tmp_path / "m.onnx"
+    convert(model, DictInput.batch(4), path, quant="fp32")
+    batch = DictInput.batch(7, seed=2)
+    with torch.no_grad():
+        want = model(batch)
+    want = [want] if isinstance(want, torch.Tensor) else list(want.values() if isinstance(want, dict) else want)
+    for given in (batch, {k: v.int() for k, v in batch.items()}):
+        got = shark_export.run(path, given)
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w.numpy(), rtol=1e-5, atol=1e-6)
+    runner = shark_export.OnnxModelRunner(path)
+    np.testing.assert_array_equal(runner(batch)[0], shark_export.run(path, batch)[0])
+    with pytest.raises(SharkExportError, match=r"input 'batch_user' \(.*user.*\) is float32, but m\.onnx takes int64"):
+        runner({**batch, "user": batch["user"].float()})
