@@ -21,18 +21,26 @@ from ..export import FLOAT_BAG, STAGING_DOMAIN
 _FAR = 1 << 62  # a Slice end at or past this keeps the rest of the axis, whatever its length
 
 
-def constant_array(value: ir.Value | None) -> np.ndarray | None:
-    """The value's array when the graph fixes it: an initializer, a Constant node, or Cast / Reshape /
-    Squeeze / Unsqueeze / Identity / Concat of them (how the exporter writes slice bounds and shapes); None
-    otherwise."""
+def evaluate(value: ir.Value | None, shape_of=None, memo: dict | None = None) -> np.ndarray | None:
+    """The value's array when the graph fixes it: initializers and Constant nodes through Identity, Cast (to an
+    integer), Reshape, Squeeze, Unsqueeze, Concat, Gather and Mul (how the exporter writes slice bounds, shapes
+    and offsets); None otherwise. `shape_of(value)` gives a Shape node's input shape as ints (None: unknown),
+    so that values computed from shapes can be evaluated at a chosen batch size."""
     if value is None:
         return None
+    memo = {} if memo is None else memo
+    if value not in memo:
+        memo[value] = _evaluate_node(value, shape_of, memo)
+    return memo[value]
+
+
+def _evaluate_node(value: ir.Value, shape_of, memo: dict) -> np.ndarray | None:
     if value.const_value is not None:
         return value.const_value.numpy()
     node = value.producer()
-    if node is None:
+    if node is None or node.domain not in ("", "ai.onnx"):
         return None
-    if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+    if node.op_type == "Constant":
         for name, attr in node.attributes.items():
             if name == "value":
                 return attr.value.numpy()
@@ -41,30 +49,42 @@ def constant_array(value: ir.Value | None) -> np.ndarray | None:
             if name in ("value_float", "value_floats"):
                 return np.array(attr.value, dtype=np.float32)
         return None
-    if node.op_type == "Concat":
-        parts = [constant_array(v) for v in node.inputs]
-        if any(p is None for p in parts) or not parts:
+    if node.op_type == "Shape":
+        dims = None if shape_of is None else shape_of(node.inputs[0])
+        if dims is None:
             return None
-        return np.concatenate([np.atleast_1d(p) for p in parts], axis=node.attributes.get_int("axis", 0))
-    inputs = [constant_array(v) for v in node.inputs[:2]]
-    if node.op_type == "Identity" and inputs[0] is not None:
-        return inputs[0]
-    if node.op_type == "Cast" and inputs[0] is not None and inputs[0].dtype.kind in "iu":
+        return np.array(dims, dtype=np.int64)[node.attributes.get_int("start", 0):node.attributes.get_int("end", len(dims))]
+    inputs = [evaluate(v, shape_of, memo) for v in node.inputs]
+    if not inputs or any(v is None for v in inputs):
+        return None
+    first = inputs[0]
+    op, axis = node.op_type, node.attributes.get_int("axis", 0)
+    if op == "Identity":
+        return first
+    if op == "Cast" and first.dtype.kind in "iu":
         to = ir.DataType(node.attributes.get_int("to", 0))
-        if to in (ir.DataType.INT64, ir.DataType.INT32):
-            return inputs[0].astype(to.numpy())  # (an integer to int32 Cast wraps as numpy does)
-    if node.op_type == "Reshape" and inputs[0] is not None and inputs[1] is not None and 0 not in inputs[1]:
+        return first.astype(to.numpy()) if to in (ir.DataType.INT64, ir.DataType.INT32) else None  # (wraps as numpy)
+    if op == "Reshape" and 0 not in inputs[1]:
         try:
-            return inputs[0].reshape(inputs[1])
+            return first.reshape(inputs[1])
         except ValueError:
             return None
-    if node.op_type in ("Squeeze", "Unsqueeze") and inputs[0] is not None:
-        axes = inputs[1] if len(node.inputs) > 1 else None
-        if node.op_type == "Squeeze":
-            return np.squeeze(inputs[0]) if axes is None else np.squeeze(inputs[0], tuple(int(a) for a in axes))
-        if axes is not None:
-            return np.expand_dims(inputs[0], tuple(int(a) for a in axes))
+    if op == "Squeeze":
+        return np.squeeze(first) if len(inputs) == 1 else np.squeeze(first, tuple(int(a) for a in inputs[1]))
+    if op == "Unsqueeze" and len(inputs) > 1:
+        return np.expand_dims(first, tuple(int(a) for a in inputs[1]))
+    if op == "Concat":
+        return np.concatenate([np.atleast_1d(v) for v in inputs], axis=axis)
+    if op == "Gather":
+        return np.take(first, inputs[1], axis=axis)
+    if op == "Mul" and first.dtype.kind in "iu":
+        return first * inputs[1]
     return None
+
+
+def constant_array(value: ir.Value | None) -> np.ndarray | None:
+    """The value's array when constants alone fix it (no shape): see `evaluate`."""
+    return evaluate(value)
 
 
 def _is_noop_slice(node: ir.Node) -> bool:
@@ -88,56 +108,18 @@ def _is_noop_slice(node: ir.Node) -> bool:
     return True
 
 
-def _shape_values(value: ir.Value, batch: int, source: ir.Value, memo: dict) -> np.ndarray | None:
-    """The value computed from constants and the shapes of `source` and of values batched like it (the same
-    symbolic first dimension; torch shares one symbol for the batch), with that dimension set to `batch` and
-    the others as typed; None when it depends on anything else or uses an op not followed here."""
-    if value in memo:
-        return memo[value]
-    fixed = constant_array(value)
-    result = None
-    if fixed is not None:
-        result = fixed
-    else:
-        node = value.producer()
-        if node is not None and node.domain in ("", "ai.onnx"):
-            result = _shape_op(node, batch, source, memo)
-    memo[value] = result
-    return result
-
-
-def _shape_op(node: ir.Node, batch: int, source: ir.Value, memo: dict) -> np.ndarray | None:
-    if node.op_type == "Shape":
-        of = node.inputs[0]
-        if of is not source and (of is None or of.shape is None or len(of.shape) == 0
-                                 or isinstance(of.shape[0], int) or of.shape[0] != source.shape[0]):
+def _batched_shape(source: ir.Value, batch: int):
+    """shape_of for `evaluate`: the shape of `source`, or of a value batched like it (the same symbolic first
+    dimension: torch shares one symbol for the batch), with that dimension set to `batch`, the others as typed."""
+    def shape_of(value: ir.Value | None):
+        if value is None or value.shape is None or len(value.shape) == 0:
             return None
-        dims = [batch, *of.shape[1:]]
-        if not all(isinstance(d, int) for d in dims):
+        if value is not source and (isinstance(value.shape[0], int) or value.shape[0] != source.shape[0]):
             return None
-        full = np.array(dims, dtype=np.int64)
-        start = node.attributes.get_int("start", 0)
-        end = node.attributes.get_int("end", len(dims))
-        return full[start:end]
-    inputs = [_shape_values(v, batch, source, memo) if v is not None else None for v in node.inputs]
-    if any(v is None for v in inputs):
-        return None
-    if node.op_type in ("Cast", "Identity"):
-        to = node.attributes.get_int("to", 0)
-        return inputs[0].astype(np.int64) if node.op_type == "Identity" or to in (6, 7) else None
-    if node.op_type == "Mul":
-        return inputs[0] * inputs[1]
-    if node.op_type == "Squeeze":
-        return np.squeeze(inputs[0]) if len(inputs) == 1 else np.squeeze(inputs[0], tuple(int(a) for a in inputs[1]))
-    if node.op_type == "Unsqueeze":
-        return np.expand_dims(inputs[0], tuple(int(a) for a in inputs[1]))
-    if node.op_type == "Gather":
-        return np.take(inputs[0], inputs[1], axis=node.attributes.get_int("axis", 0))
-    if node.op_type == "Reshape" and 0 not in inputs[1]:
-        return inputs[0].reshape(inputs[1])
-    if node.op_type == "Concat":
-        return np.concatenate([np.atleast_1d(v) for v in inputs], axis=node.attributes.get_int("axis", 0))
-    return None
+        dims = [batch, *value.shape[1:]]
+        return dims if all(isinstance(d, int) for d in dims) else None
+
+    return shape_of
 
 
 def _matrix_of_flat(indices: ir.Value | None) -> ir.Value | None:
@@ -160,7 +142,7 @@ def _offsets_are_rows(offsets: ir.Value | None, x: ir.Value) -> bool:
     L = int(x.shape[1])
     for batch in (3, 7):
         memo: dict = {}
-        start, limit, delta = (_shape_values(v, batch, x, memo) for v in node.inputs)
+        start, limit, delta = (evaluate(v, _batched_shape(x, batch), memo) for v in node.inputs)
         if any(v is None or v.size != 1 for v in (start, limit, delta)):
             return False
         if (int(start.reshape(())), int(limit.reshape(())), int(delta.reshape(()))) != (0, batch * L, L):
