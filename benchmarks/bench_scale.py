@@ -128,6 +128,7 @@ def main() -> int:
         for quant, workers in [(q, w) for q in args.quant for w in args.workers]:
             out = args.dir / f"out-{size:g}-{quant}-{workers}" / "m.onnx"
             shutil.rmtree(out.parent, ignore_errors=True)
+            out.parent.mkdir(parents=True)
             command = [sys.executable, "-c", CHILD, str(rows), str(args.dim), str(args.tables), str(ckpt), quant, str(out),
                        str(workers)]
             usage = {}
@@ -148,6 +149,7 @@ def main() -> int:
                   + (f", cgroup peak {usage['max_usage'] / 2**30:.2f} GiB (page cache included), limit hit and "
                      f"reclaimed {usage['failcnt']} times" if usage else ""), flush=True)
             shutil.rmtree(out.parent, ignore_errors=True)
+            out.parent.mkdir(parents=True)
         shutil.rmtree(ckpt, ignore_errors=True)
     print("\n| fp32 tables | quant | workers | s | s/GB | quantize s | faithfulness share | VmHWM GiB | anon peak GiB "
           "| worker VmHWM / anon GiB | output GiB |")

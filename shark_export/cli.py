@@ -337,6 +337,7 @@ def _cmd_prune(args) -> int:
 
     import torch
 
+    from .model_file import require_output_dir
     from .pruning import prune_fields
 
     model = _load_model(args)
@@ -346,7 +347,7 @@ def _cmd_prune(args) -> int:
         raise SharkExportError("name the fields to prune: --prune, --prune-keep or --prune-drop-fraction")
     pruned = prune_fields(model, plan, calibration)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    require_output_dir(out)
     fd, staged = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
     os.close(fd)
     try:

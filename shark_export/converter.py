@@ -21,7 +21,7 @@ from .checkpoint_tables import tables_from_checkpoint
 from .fields import find_fields, find_tables, has_stock_forward
 from .row_bounds import store_tables
 from .integrity import CHECKSUMS_KEY, LOOKUPS_KEY, checksums_of, lookup_checksums_of
-from .model_file import make_stage_dir, stage
+from .model_file import make_stage_dir, require_output_dir, stage
 from .parallel_store import WorkerError, WorkerGroup, serve
 from .streamed_tables import DEFAULT_SHARD_BYTES, SegmentStore, external_payloads
 from .model_io import FAITHFULNESS_KEY, INPUTS_KEY, OUTPUTS_KEY, REPORT_KEY
@@ -263,6 +263,7 @@ def _convert_steps(
     label_list = None if labels is None else (
         labels_per_batch(labels, [batch_size_of(b) for b in calibration]) if calibration else list(labels))
     output_path = Path(output_path)
+    require_output_dir(output_path)  # before any work: a mistyped directory fails now, not after the export
     steps = progress(total=6, desc="convert", enabled=show_progress)
 
     # 1. tables, fields (the torch calls), pruning plan, output names

@@ -101,10 +101,19 @@ def stage_prefix(output_path: Path) -> str:
     return f".{output_path.name}.{os.getpid()}-{_process_start(os.getpid()) or 0}-"
 
 
+def require_output_dir(output_path: Path) -> None:
+    """The directory a model is written into must exist: a typo in a path is not silently made a new directory."""
+    parent = Path(output_path).parent
+    if not parent.is_dir():
+        what = "is not a directory" if parent.exists() else "does not exist"
+        raise SharkExportError(f"output directory {str(parent)!r} {what} (for {Path(output_path).name!r}): create it "
+                               f"first (mkdir -p {parent}) or write the model elsewhere")
+
+
 def make_stage_dir(output_path: Path) -> Path:
     """A private directory next to `output_path` for staging, named after its owner; leftovers of killed
     conversions in that directory are cleaned first."""
-    output_path.parent.mkdir(parents=True, exist_ok=True)
+    require_output_dir(output_path)
     clean_leftovers(output_path.parent)
     return Path(tempfile.mkdtemp(dir=output_path.parent, prefix=stage_prefix(output_path)))
 
@@ -147,7 +156,7 @@ class StagedModel:
         """`stage_dir` and `data_names`: a stage made before (make_stage_dir) holding the model's data files
         already (streamed tables: the graph's external tensors name them); the model is saved around them."""
         self.output_path = Path(output_path)
-        self.output_path.parent.mkdir(parents=True, exist_ok=True)
+        require_output_dir(self.output_path)
         self._dir = make_stage_dir(self.output_path) if stage_dir is None else Path(stage_dir)
         self.path = self._dir / self.output_path.name
         if data_names is not None:

@@ -93,7 +93,6 @@ def optimize_offline(source, output, *, level: str = "extended", inputs=None) ->
         raise SharkExportError(f"ONNX model {str(source)!r} does not exist")
     if output.resolve() == source.resolve():
         raise SharkExportError(f"the optimized model must not overwrite its source {str(source)!r}")
-    output.parent.mkdir(parents=True, exist_ok=True)
     stage = make_stage_dir(output)
     try:
         staged = stage / output.name

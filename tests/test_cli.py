@@ -225,3 +225,11 @@ def test_inspect_lists_the_inputs_and_outputs_a_server_feeds_and_reads(tmp_path,
         dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name
         assert any(line.split()[:2] == [value.name, dtype] for line in listed.splitlines()), (value.name, listed)
     assert all(v.name.startswith("batch_") for v in graph.input if v.name not in {i.name for i in graph.initializer})
+
+
+def test_convert_into_a_missing_directory_says_so(files, capsys):
+    assert main(["convert", "--model", "models:tuple_inputs_model", "--state-dict", str(files / "state.pt"),
+                 "--inputs", str(files / "example.pt"), "--out", str(files / "typo" / "m.onnx"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "shark-export convert: error: output directory" in err and "typo" in err and "mkdir -p" in err
+    assert not (files / "typo").exists()

@@ -365,3 +365,18 @@ def test_run_takes_the_torch_models_own_arguments(tmp_path):
     np.testing.assert_array_equal(runner(batch)[0], shark_export.run(path, batch)[0])
     with pytest.raises(SharkExportError, match=r"input 'batch_user' \(.*user.*\) is float32, but m\.onnx takes int64"):
         runner({**batch, "user": batch["user"].float()})
+
+
+def test_a_missing_output_directory_is_an_error_before_any_work(tmp_path):
+    """A mistyped directory is not silently created: a typed error naming it, raised before the export."""
+    from models import DictInput
+
+    from shark_export.errors import SharkExportError
+
+    target = tmp_path / "no_such_dir" / "m.onnx"
+    with pytest.raises(SharkExportError, match=r"output directory '.*no_such_dir' does not exist .*mkdir -p"):
+        convert(DictInput().eval(), DictInput.batch(4), target)
+    assert not target.parent.exists()
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(SharkExportError, match="is not a directory"):
+        convert(DictInput().eval(), DictInput.batch(4), tmp_path / "a_file" / "m.onnx")
