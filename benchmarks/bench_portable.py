@@ -35,15 +35,6 @@ except ImportError:  # pragma: no cover - a checkout without PYTHONPATH
     sys.path.insert(0, str(ROOT))
 
 
-def _plain_session(model):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-
-
 def paired(custom, portable, rounds: int, fp32=None) -> dict:
     """Median ms of each and the median of per-round ratios portable / custom (and portable / fp32 portable,
     when given), taken in interleaved rounds: load hits every side alike."""
@@ -70,17 +61,19 @@ def models(batch: int, rounds: int, out: Path) -> list[dict]:
     from shark_export import ops
 
     from shark_export import convert
+    from shark_export.export import ExampleInputs
+    from shark_export.model_io import OnnxModelRunner, plain_session
 
     rows = []
     for name in pm.MODELS:
         fp32_path = out / f"{name}_fp32_standard.onnx"
         convert(pm.built(name), pm.batch(name, 8), fp32_path, quant="fp32", ops="standard")
-        fp32 = _plain_session(str(fp32_path))
+        fp32 = plain_session(fp32_path, threads=1)
         for preset in pm.PRESETS:
             paths = pm.convert_pair(name, preset, out)
             custom = ops.session(str(paths["custom"]), threads=1)
-            portable = _plain_session(str(paths["standard"]))
-            feeds = dict(zip([i.name for i in custom.get_inputs()], pm.flat_inputs(pm.batch(name, batch, seed=7))))
+            portable = plain_session(paths["standard"], threads=1)
+            feeds = OnnxModelRunner(paths["custom"]).feeds(ExampleInputs.of(pm.batch(name, batch, seed=7)))
             want, got = custom.run(None, feeds), portable.run(None, feeds)
             err = max(float(np.abs(g - w).max()) for g, w in zip(got, want))
             sizes = {k: p.stat().st_size for k, p in paths.items()}
@@ -102,6 +95,7 @@ def lookups(batch: int, rounds: int, num_rows: int = 200_000) -> list[dict]:
 
     from shark_export import ops, reference
     from shark_export.format import Tier
+    from shark_export.model_io import plain_session
     from shark_export.passes.cleanup import RemoveDeadPass
     from shark_export.passes.standard_ops import StandardOpsPass
     from shark_export.quantize import quantize_table
@@ -136,7 +130,7 @@ def lookups(batch: int, rounds: int, num_rows: int = 200_000) -> list[dict]:
             RemoveDeadPass()(lowered)
             portable_model = ir.to_proto(lowered)
             custom = ops.session(model.SerializeToString(), threads=1)
-            portable = _plain_session(portable_model.SerializeToString())
+            portable = plain_session(portable_model.SerializeToString(), threads=1)
             expected = want(feeds)
             for session in (custom, portable):
                 np.testing.assert_allclose(session.run(None, feeds)[0], expected, rtol=1e-5, atol=1e-5)

@@ -43,13 +43,15 @@ def uses_custom_ops(path) -> bool:
     return any(entry.domain == DOMAIN for entry in proto.opset_import)
 
 
-def _plain_session(path: Path, providers: list[str] | None, threads: int | None):
+def plain_session(model, providers: list[str] | None = None, threads: int | None = None):
+    """A stock onnxruntime session (no custom-op library) for a portable model: a path or serialized bytes."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads, options.inter_op_num_threads = int(threads), 1
-    return ort.InferenceSession(str(path), sess_options=options, providers=providers or ["CPUExecutionProvider"])
+    source = bytes(model) if isinstance(model, (bytes, bytearray)) else str(model)
+    return ort.InferenceSession(source, sess_options=options, providers=providers or ["CPUExecutionProvider"])
 
 
 class OnnxModelRunner:
@@ -64,7 +66,7 @@ class OnnxModelRunner:
         if uses_custom_ops(self.path):
             self.session = session(str(self.path), providers=providers, threads=threads)
         else:  # a portable model: a stock session, the custom-op library is neither needed nor loaded
-            self.session = _plain_session(self.path, providers, threads)
+            self.session = plain_session(self.path, providers, threads)
         metadata = self.session.get_modelmeta().custom_metadata_map
         graph_inputs = [i.name for i in self.session.get_inputs()]
         if INPUTS_KEY in metadata:

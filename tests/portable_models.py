@@ -9,7 +9,8 @@ tests/test_portable_runtimes.py runs them on each runtime, benchmarks/bench_port
 - `TwoTower`: dict inputs, two outputs (score and user vector), one table shared by both towers.
 
 `PRESETS` names the quantization settings each is converted with (fp16, int8, int4, mixed, an 8% budget
-with int2 and dropped rows). `batch(name, n, seed)` gives a model's inputs as torch tensors.
+with int2 and dropped rows). `batch(name, n, seed)` gives a model's inputs as torch tensors (fed to a file through
+`shark_export.OnnxModelRunner(path).feeds(ExampleInputs.of(batch))`).
 """
 
 from __future__ import annotations
@@ -121,17 +122,6 @@ def built(name: str, seed: int = 0) -> nn.Module:
                 if module.padding_idx is not None:
                     module.weight[module.padding_idx] = 0
     return model.eval()
-
-
-def flat_inputs(inputs) -> list:
-    """The model's inputs in ONNX input order (tuples in order, dicts in key order), as numpy arrays."""
-    out = []
-    for value in inputs:
-        if isinstance(value, dict):
-            out.extend(v.numpy() for v in value.values())
-        else:
-            out.append(value.numpy())
-    return out
 
 
 def convert_pair(name: str, preset: str, out_dir, seed: int = 0) -> dict:

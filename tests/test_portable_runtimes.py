@@ -34,6 +34,8 @@ from runtime_child import MODULES, RUNNERS
 from test_standard_ops import R, _lower, _table
 
 from shark_export import ops, reference
+from shark_export.export import ExampleInputs
+from shark_export.model_io import OnnxModelRunner
 
 KINDS = ["fp16", "int8", "int4", "int2", "dropped", "mixed", "mixed_quantized"]
 
@@ -106,8 +108,7 @@ def _converted(name: str, preset: str, tmp_path_factory) -> dict:
 
 
 def _feeds(paths: dict, name: str, n: int, seed: int) -> dict:
-    names = [i.name for i in ops.session(str(paths["custom"])).get_inputs()]
-    return dict(zip(names, portable_models.flat_inputs(portable_models.batch(name, n, seed=seed))))
+    return OnnxModelRunner(paths["custom"]).feeds(ExampleInputs.of(portable_models.batch(name, n, seed=seed)))
 
 
 _FAST = {("offset_bags", "mixed"), ("matrix_bags", "budget8"), ("two_tower", "int4")}

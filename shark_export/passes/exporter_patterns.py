@@ -82,16 +82,11 @@ def _evaluate_node(value: ir.Value, shape_of, memo: dict) -> np.ndarray | None:
     return None
 
 
-def constant_array(value: ir.Value | None) -> np.ndarray | None:
-    """The value's array when constants alone fix it (no shape): see `evaluate`."""
-    return evaluate(value)
-
-
 def _is_noop_slice(node: ir.Node) -> bool:
     data = node.inputs[0]
     if data is None or data.shape is None or len(node.inputs) < 3:
         return False
-    bounds = [constant_array(v) for v in node.inputs[1:5]] + [None] * (5 - len(node.inputs))
+    bounds = [evaluate(v) for v in node.inputs[1:5]] + [None] * (5 - len(node.inputs))
     starts, ends, axes, steps = bounds
     if starts is None or ends is None or (len(node.inputs) > 3 and node.inputs[3] is not None and axes is None) or (
             len(node.inputs) > 4 and node.inputs[4] is not None and steps is None):
@@ -127,7 +122,7 @@ def _matrix_of_flat(indices: ir.Value | None) -> ir.Value | None:
     node = indices.producer() if indices is not None else None
     if node is None or node.op_type != "Reshape" or node.domain not in ("", "ai.onnx"):
         return None
-    x, shape = node.inputs[0], constant_array(node.inputs[1])
+    x, shape = node.inputs[0], evaluate(node.inputs[1])
     if shape is None or shape.reshape(-1).tolist() != [-1] or x is None or x.shape is None or len(x.shape) != 2:
         return None
     return x if isinstance(x.shape[1], int) and x.shape[1] >= 1 else None

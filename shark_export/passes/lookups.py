@@ -19,7 +19,7 @@ import onnx_ir as ir
 from ..errors import ExportError
 from ..export import FLOAT_BAG, FLOAT_GATHER, STAGING_DOMAIN, ExportedLookup
 from ..fields import Field, Table, fields_by_call
-from .standard_ops import MIN_ONNX_OPSET, Builder, bag_from_rows, replace_with_lowered
+from .standard_ops import MIN_ONNX_OPSET, Builder, bag_from_rows, negatives_past_end, replace_with_lowered
 
 
 @dataclass(frozen=True)
@@ -121,11 +121,8 @@ def _lower_computed_bag(graph: ir.Graph, node: ir.Node, origins: dict) -> None:
                           f"{graph.opset_imports.get('', 0)}")
     b = Builder(graph, f"{node.name}/pooled")
 
-    def rows_of(ids: ir.Value) -> ir.Value:
-        flat = b.op("Reshape", [b.op("Cast", [ids], to=ir.DataType.INT64), b.i64(-1)])
-        rows = b.op("Shape", [weight], start=0, end=1)
-        negative = b.op("Less", [flat, b.scalar(0, np.int64)])  # torch refuses them; a Gather would wrap them
-        return b.op("Gather", [weight, b.op("Where", [negative, rows, flat])], axis=0)
+    def rows_of(flat: ir.Value) -> ir.Value:
+        return b.op("Gather", [weight, negatives_past_end(b, flat, b.op("Shape", [weight], start=0, end=1))], axis=0)
 
     inputs = list(node.inputs) + [None] * (4 - len(node.inputs))
     attrs = node.attributes

@@ -193,45 +193,54 @@ def _rows(b: Builder, term: Term) -> ir.Value:
     return rows if term.bias is None else b.op("Add", [rows, term.bias])
 
 
-def _flat_indices(b: Builder, indices: ir.Value, num_rows: int) -> ir.Value:
-    flat = b.op("Reshape", [b.op("Cast", [indices], to=_INT64), b.i64(-1)])
-    negative = b.op("Less", [flat, b.scalar(0, np.int64)])
-    return b.op("Where", [negative, b.scalar(num_rows, np.int64), flat])  # ONNX Gather would wrap them
+def flatten_ids(b: Builder, indices: ir.Value) -> ir.Value:
+    """int64 [N]: the ids of any rank and integer type, flattened."""
+    return b.op("Reshape", [b.op("Cast", [indices], to=_INT64), b.i64(-1)])
+
+
+def negatives_past_end(b: Builder, flat: ir.Value, num_rows: int | ir.Value) -> ir.Value:
+    """`flat` with every negative id replaced by R (`num_rows`, an int or an int64 value): ONNX Gather would wrap
+    a negative id to a row from the end; moved past it, it fails the Gather where the runtime checks (torch and
+    our ops reject it)."""
+    rows = b.scalar(num_rows, np.int64) if isinstance(num_rows, int) else num_rows
+    return b.op("Where", [b.op("Less", [flat, b.scalar(0, np.int64)]), rows, flat])
 
 
 def _gather(b: Builder, table: StandardTable, indices: ir.Value) -> ir.Value:
-    rows = _rows(b, _term(b, table, _flat_indices(b, indices, table.num_rows)))
+    rows = _rows(b, _term(b, table, negatives_past_end(b, flatten_ids(b, indices), table.num_rows)))
     shape = b.op("Concat", [b.op("Shape", [indices]), b.i64(table.dim)], axis=0)
     return b.op("Reshape", [rows, shape])
 
 
 def _bag(b: Builder, table: StandardTable, indices: ir.Value, offsets: ir.Value | None, weights: ir.Value | None,
          mode: int, include_last_offset: int, padding_idx: int) -> ir.Value:
-    return bag_from_term(b, lambda ids, weight: _term(b, table, _flat_indices(b, ids, table.num_rows), weight),
+    return bag_from_term(b, lambda flat, weight: _term(b, table, negatives_past_end(b, flat, table.num_rows), weight),
                          b.i64(table.dim), indices, offsets, weights, mode, include_last_offset, padding_idx)
 
 
 def bag_from_rows(b: Builder, rows_of, dim: ir.Value, indices: ir.Value, offsets: ir.Value | None,
                   weights: ir.Value | None, mode: int, include_last_offset: int, padding_idx: int) -> ir.Value:
-    """torch.nn.functional.embedding_bag in ai.onnx ops over the rows `rows_of(indices)` gives (float32 [N, D],
-    one per entry of `indices`); `dim`: D as an int64 [1] value. Empty bags give zeros."""
-    def term_of(ids, weight):
+    """torch.nn.functional.embedding_bag in ai.onnx ops over the rows `rows_of(flat ids)` gives (float32 [N, D],
+    one per entry of `indices`, from their int64 [N] flattening); `dim`: D as an int64 [1] value. Empty bags
+    give zeros."""
+    def term_of(flat, weight):
         column = None if weight is None else b.op("Unsqueeze", [weight, b.i64(1)])
-        return _weighted(b, Term(rows_of(ids)), column)
+        return _weighted(b, Term(rows_of(flat)), column)
 
     return bag_from_term(b, term_of, dim, indices, offsets, weights, mode, include_last_offset, padding_idx)
 
 
 def bag_from_term(b: Builder, term_of, dim: ir.Value, indices: ir.Value, offsets: ir.Value | None,
                    weights: ir.Value | None, mode: int, include_last_offset: int, padding_idx: int) -> ir.Value:
-    """embedding_bag over the rows `term_of(indices, weight)` gives (weight float32 [N] or None: per-sample
-    weights, 0 for padding entries, which the term folds into its scale and bias, not its rows)."""
-    flat_ids = b.op("Reshape", [b.op("Cast", [indices], to=_INT64), b.i64(-1)])
+    """embedding_bag over the rows `term_of(flat ids, weight)` gives (flat ids int64 [N], flattened once here;
+    weight float32 [N] or None: per-sample weights, 0 for padding entries, which the term folds into its scale
+    and bias, not its rows)."""
+    flat_ids = flatten_ids(b, indices)
     keep = None if padding_idx < 0 else b.op("Cast", [b.op("Not", [b.op("Equal", [flat_ids, b.scalar(padding_idx, np.int64)])])], to=_FLOAT)
     weight = None if weights is None else b.op("Reshape", [weights, b.i64(-1)])
     if keep is not None:
         weight = keep if weight is None else b.op("Mul", [weight, keep])
-    term = term_of(indices, weight)
+    term = term_of(flat_ids, weight)
     if offsets is None:
         total, count = _matrix_sums(b, term, indices, dim, keep)
     else:
