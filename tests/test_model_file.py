@@ -73,6 +73,8 @@ def test_same_model_gives_the_same_bytes_in_two_places_and_two_processes(tmp_pat
     monkeypatch.setattr(model_file, "EXTERNAL_DATA_BYTES", 1000)  # external data too
     script = _CONVERT_SCRIPT.format(tests=os.path.dirname(__file__))
     paths = [tmp_path / "a" / "model.onnx", tmp_path / "b" / "other_name.onnx"]
+    for p in paths:
+        p.parent.mkdir()
     convert(built(TupleInputs), TupleInputs.batch(4), paths[0], quant="mixed", calibration=_calibration())
     env = dict(os.environ, PYTHONHASHSEED="123")
     code = f"import shark_export.model_file as m; m.EXTERNAL_DATA_BYTES = 1000\n{script}"
