@@ -36,6 +36,7 @@ from .passes import (
     FinalizeVersionsPass,
     GroupLookupsPass,
     LookupCastsPass,
+    NameDimsPass,
     NameOutputsPass,
     PruneFieldsPass,
     RemoveDeadPass,
@@ -327,6 +328,7 @@ def _convert_steps(
         cleanup,
         FinalizeVersionsPass(),
         NameOutputsPass(output_names),
+        NameDimsPass(),
     ])(ir_model)
     removed = set(cleanup.removed_inputs)
     report = ConvertReport(

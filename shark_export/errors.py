@@ -23,6 +23,11 @@ class MissingCustomOpsError(SharkExportError, RuntimeError):
     register and where ``shark_export.ops.library_path()`` finds it."""
 
 
+class InputTypeError(SharkExportError, TypeError):
+    """An input fed to a converted model has another dtype than the graph input it feeds (int32 ids where the
+    graph takes int64, float ids): the message names the input, both dtypes and the fix."""
+
+
 class ExportError(SharkExportError, RuntimeError):
     """torch could not export the model, or a lookup in it cannot be mapped to a table."""
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from .errors import SharkExportError
 from .export import ExampleInputs
+from .ort_errors import numpy_dtype
 
 INPUTS_KEY = "shark_export.inputs"
 OUTPUTS_KEY = "shark_export.outputs"
@@ -47,11 +48,13 @@ def plain_session(model, providers: list[str] | None = None, threads: int | None
     """A stock onnxruntime session (no custom-op library) for a portable model: a path or serialized bytes."""
     import onnxruntime as ort
 
+    from .ort_session import Session
+
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads, options.inter_op_num_threads = int(threads), 1
     source = bytes(model) if isinstance(model, (bytes, bytearray)) else str(model)
-    return ort.InferenceSession(source, sess_options=options, providers=providers or ["CPUExecutionProvider"])
+    return Session(source, sess_options=options, providers=providers or ["CPUExecutionProvider"])
 
 
 class OnnxModelRunner:
@@ -94,7 +97,7 @@ class OnnxModelRunner:
     def _as_input(self, name: str, path, array: np.ndarray) -> np.ndarray:
         """The array at the dtype the graph input takes: an integer widened losslessly (int32 ids for an int64
         input, as the torch model accepts them), anything else an error naming the input."""
-        want = _ORT_DTYPES.get(self.input_types.get(name, ""))
+        want = numpy_dtype(self.input_types.get(name, ""))
         if want is None or array.dtype == want:
             return array
         if array.dtype.kind in "iu" and np.dtype(want).kind in "iu" and np.can_cast(array.dtype, want, "safe"):
@@ -111,10 +114,6 @@ class OnnxModelRunner:
         inputs of pruned fields are accepted and not fed."""
         example = ExampleInputs.of(canonical_inputs(tuple(args)), kwargs)
         return self.session.run(self.output_names, self.feeds(example))
-
-
-_ORT_DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
-               "tensor(double)": np.float64, "tensor(float16)": np.float16, "tensor(bool)": np.bool_}
 
 
 def run(path, *args, **kwargs) -> list[np.ndarray]:

@@ -150,9 +150,13 @@ def session(
         source = model.SerializeToString()
     else:
         raise TypeError(f"model must be a path, bytes or onnx.ModelProto, got {type(model).__name__}")
+    from .ort_session import Session
+
+    if providers is not None:
+        _warn_unavailable_providers(providers, ort.get_available_providers())
     so = session_options(threads, config)
     try:
-        return ort.InferenceSession(
+        return Session(
             source, sess_options=so, providers=list(providers) if providers is not None else ["CPUExecutionProvider"]
         )
     except Exception as exc:  # noqa: BLE001 - ORT raises its own types; only a missing op of ours is rewritten
@@ -164,3 +168,28 @@ def session(
         if error is None:
             raise
         raise error from exc
+
+
+def _warn_unavailable_providers(asked: Sequence, available: list[str]) -> None:
+    """ORT falls back to the CPU without a word when an execution provider is missing; say why and what to do."""
+    import importlib.metadata as metadata
+    import warnings
+
+    missing = [p for p in (p if isinstance(p, str) else p[0] for p in asked) if p not in available]
+    if not missing:
+        return
+    installed = {name for name in ("onnxruntime", "onnxruntime-gpu") if _installed(metadata, name)}
+    fix = ("pip install shark-export[gpu] (onnxruntime-gpu)" if "onnxruntime-gpu" not in installed else
+           "onnxruntime and onnxruntime-gpu are both installed and share one module, the CPU one's files won: "
+           "pip install --force-reinstall --no-deps onnxruntime-gpu" if "onnxruntime" in installed else
+           "check that the CUDA and cuDNN libraries onnxruntime-gpu needs are installed")
+    warnings.warn(f"execution provider(s) {missing} are not available in this onnxruntime (available: {available}); "
+                  f"ONNX Runtime runs those nodes elsewhere. {fix}", RuntimeWarning, stacklevel=3)
+
+
+def _installed(metadata, name: str) -> bool:
+    try:
+        metadata.distribution(name)
+        return True
+    except metadata.PackageNotFoundError:
+        return False

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import re
 
-from .errors import FormatError
+import numpy as np
+
+from .errors import FormatError, InputTypeError
 from .schemas import DOMAIN, MULTI_OP, multi_field_inputs
 
 _TYPE_MISMATCH = re.compile(r"Type \(tensor\((\w+)\)\) of output arg \(([^)]*)\) of node \(([^)]*)\) does not match "
@@ -100,3 +102,31 @@ def _name(inferred: str, declared: str, wanted: str) -> str:
 
 def _ort_name(t: str) -> str:
     return {"float": "float32", "float16": "float16"}.get(t, t)
+
+
+_ORT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
+              "tensor(double)": np.float64, "tensor(float16)": np.float16, "tensor(bool)": np.bool_}
+
+
+def numpy_dtype(ort_type: str):
+    """The numpy dtype of an ORT type string (`tensor(int64)`), or None for one we do not feed."""
+    return _ORT_TYPES.get(ort_type)
+
+
+def wrong_input_dtype(inputs, feed) -> InputTypeError | None:
+    """The first fed array whose dtype is not its graph input's, as an error naming both; None when all match."""
+    if not isinstance(feed, dict):
+        return None
+    for graph_input in inputs:
+        want = numpy_dtype(graph_input.type)
+        value = feed.get(graph_input.name)
+        got = getattr(value, "dtype", None)
+        if want is None or got is None or np.dtype(got) == np.dtype(want):
+            continue
+        want = np.dtype(want)
+        fix = f"feed it as {want.name} (.astype(np.{want.name}))"
+        if want.kind in "iu" and np.dtype(got).kind == "f":
+            fix = f"ids are integers: {fix}, after checking the values are whole numbers"
+        return InputTypeError(f"input {graph_input.name!r} is {np.dtype(got).name} but the model takes {want.name}: "
+                              f"{fix}; shark_export.run(path, *args) widens int32 ids itself")
+    return None

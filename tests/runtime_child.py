@@ -29,7 +29,8 @@ def run_reference(path: str, feeds: dict) -> list:
 def run_openvino(path: str, feeds: dict) -> list:
     import openvino as ov
 
-    compiled = ov.Core().compile_model(path, "CPU")
+    # f32: on a CPU with bf16 instructions (AVX512-BF16, AMX) OpenVINO's default runs MatMul in bf16
+    compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     results = compiled(feeds)
     return [np.asarray(results[output]) for output in compiled.outputs]
 

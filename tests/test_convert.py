@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import numpy as np
 import onnx
@@ -380,3 +381,53 @@ def test_a_missing_output_directory_is_an_error_before_any_work(tmp_path):
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(SharkExportError, match="is not a directory"):
         convert(DictInput().eval(), DictInput.batch(4), tmp_path / "a_file" / "m.onnx")
+
+
+def test_a_raw_session_names_the_input_fed_with_the_wrong_dtype(tmp_path):
+    """ORT alone says `Unexpected input data type. Actual: (tensor(int32))`: shark_export.session's run names the
+    input, both dtypes and the fix; a right feed runs as before."""
+    from models import DictInput
+
+    from shark_export.errors import InputTypeError
+
+    path = tmp_path / "m.onnx"
+    convert(DictInput().eval(), DictInput.batch(4), path, quant="int8")
+    sess = shark_export.session(path)
+    feeds = OnnxModelRunner(path).feeds(shark_export.export.ExampleInputs.of(DictInput.batch(5, seed=1)))
+    want = sess.run(None, feeds)
+    name = next(k for k, v in feeds.items() if v.dtype == np.int64)
+    for wrong in (np.int32, np.float32):
+        with pytest.raises(InputTypeError, match=rf"input '{name}' is {np.dtype(wrong).name} but the model takes int64"):
+            sess.run(None, {**feeds, name: feeds[name].astype(wrong)})
+    np.testing.assert_array_equal(sess.run(None, feeds)[0], want[0])
+
+
+class _LastOffsetBag(torch.nn.Module):
+    """A 1-D bag with include_last_offset (offsets are one longer than the batch: the exporter writes `s - 1`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.user = torch.nn.Embedding(50, 4)
+        self.items = torch.nn.EmbeddingBag(60, 4, mode="sum", include_last_offset=True)
+
+    def forward(self, user, items, offsets):
+        return (self.user(user) * self.items(items, offsets)).sum(1)
+
+
+def test_dynamic_dimensions_are_named_after_what_they_count(tmp_path):
+    """`batch` for the outputs' first dimension, `<input>_dim<axis>` for the others, renamed inside the expressions
+    of every value so the file stays consistent (ORT and onnx's shape inference agree with it)."""
+    model = _LastOffsetBag().eval()
+    batch = (torch.randint(0, 50, (6,)), torch.randint(0, 60, (15,)), torch.tensor([0, 2, 2, 5, 9, 12, 15]))
+    path = tmp_path / "m.onnx"
+    convert(model, batch, path, quant="int8")
+    graph = onnx.load(str(path)).graph
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in [*graph.input, *graph.output]}
+    assert dims["user"] == ["batch"] and dims["output"] == ["batch"] and dims["items"] == ["items_dim0"], dims
+    assert re.fullmatch(r"batch ?\+ ?1", str(dims["offsets"][0])), dims  # the exporter's `s0 + 1`, renamed inside
+    every = {d.dim_param for v in [*graph.value_info, *graph.input, *graph.output] for d in v.type.tensor_type.shape.dim}
+    assert not any(re.search(r"\bs\d+\b", p) for p in every if p), sorted(every)
+    onnx.shape_inference.infer_shapes(onnx.load(str(path)), strict_mode=True)
+    args = (torch.randint(0, 50, (3,)), torch.randint(0, 60, (4,)), torch.tensor([0, 1, 1, 4]))
+    with torch.no_grad():
+        np.testing.assert_allclose(shark_export.run(path, *args)[0], model(*args).numpy(), atol=0.05)

@@ -79,15 +79,15 @@ def test_library_needs_no_cuda_library():
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ELF check is Linux-only")
-def test_library_contains_cuda_kernels_when_nvcc_was_available():
-    """pip install . builds with SHARK_WITH_CUDA=AUTO: where nvcc is on PATH (CI), the kernels must be in."""
+def test_library_contains_cuda_kernels_when_asked_for():
+    """SHARK_WITH_CUDA=ON pip install . (CI sets it) must put the kernels in; the default is a CPU library."""
     path = shark_export.library_path()
     has = _built_with_cuda(path)
     if not has:
-        if shutil.which("nvcc") and os.environ.get("SHARK_WITH_CUDA", "AUTO").upper() != "OFF":
-            pytest.fail(f"nvcc is on PATH but {path} has no CUDA device code (.nv_fatbin): built with "
-                        f"SHARK_WITH_CUDA=OFF, or CMake did not find nvcc?")
-        pytest.skip("library built without CUDA (no nvcc when it was built)")
+        if os.environ.get("SHARK_WITH_CUDA", "").upper() == "ON":
+            pytest.fail(f"SHARK_WITH_CUDA=ON but {path} has no CUDA device code (.nv_fatbin): was it built "
+                        f"with another setting?")
+        pytest.skip("library built without its CUDA kernels (SHARK_WITH_CUDA=ON compiles them)")
     cuobjdump = shutil.which("cuobjdump")
     if cuobjdump:
         out = subprocess.run([cuobjdump, "--list-elf", "--list-ptx", path], capture_output=True, text=True).stdout

@@ -18,7 +18,8 @@
 5. `finalize.FinalizeVersionsPass`: IR version and opsets ORT reads; no staging node left.
 4b. `standard_ops.StandardOpsPass` (`convert(ops="standard")` only, fusion off): every RowwiseDequant* op →
    ai.onnx ops on portable table storage (shark_export.standard_tables), no custom domain left.
-6. `outputs.NameOutputsPass`: graph outputs named after torch's output tree.
+6. `outputs.NameOutputsPass`: graph outputs named after torch's output tree; `outputs.NameDimsPass`: dynamic
+   dimensions named `batch` and `<input>_dim<axis>` instead of the exporter's `s92`.
 
 Steps 2-6 run under onnx-ir's `PassManager`; each pass checks its pre- and post-conditions
 (`requires` / `ensures`) and reports honestly whether it changed the model.
@@ -30,7 +31,7 @@ from .exporter_patterns import ExporterPatternsPass
 from .finalize import FinalizeVersionsPass
 from .group_lookups import GroupLookupsPass
 from .lookup_casts import LookupCastsPass
-from .outputs import NameOutputsPass, check_output_count
+from .outputs import NameDimsPass, NameOutputsPass, check_output_count
 from .lookups import Lookup, LookupMap, find_lookups, lower_computed_weight_gathers, raise_table_gathers
 from .prune import PruneFieldsPass
 from .replace_lookups import ReplaceLookupsPass
@@ -40,5 +41,6 @@ from .tidy import TidyExportPass
 __all__ = [
     "Lookup", "LookupMap", "find_lookups", "lower_computed_weight_gathers", "raise_table_gathers", "TidyExportPass",
     "PruneFieldsPass", "ReplaceLookupsPass", "GroupLookupsPass", "LookupCastsPass", "DenseOpsPass", "ExporterPatternsPass", "StandardOpsPass", "RemoveDeadPass", "FinalizeVersionsPass", "NameOutputsPass",
+    "NameDimsPass",
     "check_output_count",
 ]
