@@ -38,6 +38,7 @@ from .passes import (
     LookupCastsPass,
     NameDimsPass,
     NameOutputsPass,
+    graph_interface,
     PruneFieldsPass,
     RemoveDeadPass,
     ReplaceLookupsPass,
@@ -342,6 +343,7 @@ def _convert_steps(
         dense_rewrites={k: v for k, v in dense_ops.rewritten.items() if v},
         float16_lookups=casts.folded,
         ops=ops,
+        **graph_interface(ir_model.graph),
     )
     if standard is not None:
         use_portable_bytes(report, standard.tables_out)

@@ -56,6 +56,9 @@ class ConvertReport:
     dense_int8_nodes: int = 0  # how many MatMul/Gemm it quantized
     dense_impact: ParityReport | None = None  # the int8-dense file vs the original float model
     ops: str = "custom"  # "standard": ai.onnx ops on portable storage (shark_export.standard_tables)
+    # The file's graph inputs and outputs ({"name", "dtype", "shape"}): what a serving call feeds and reads.
+    inputs: list[dict] = field(default_factory=list)
+    outputs: list[dict] = field(default_factory=list)
 
     @property
     def fp32_bytes(self) -> int:
@@ -91,6 +94,10 @@ class ConvertReport:
                 f"file: {self.file_bytes} B = tables {self.bytes_after} B + other weights {self.dense_bytes} B "
                 f"+ graph and metadata {other} B"
             )
+        for kind, values in (("inputs", self.inputs), ("outputs", self.outputs)):
+            if values:
+                lines.append(f"{kind}: " + ", ".join(f"{v['name']} {v['dtype']} [{', '.join(map(str, v['shape'] or ['?']))}]"
+                                                     for v in values))
         if self.pruned_fields:
             lines.append(f"pruned fields: {', '.join(self.pruned_fields)}; removed inputs: {', '.join(self.removed_inputs) or 'none'}")
         for name, others in self.merged_fields.items():
@@ -125,6 +132,8 @@ class ConvertReport:
             "fields": self.fields,
             "pruned_fields": self.pruned_fields,
             "removed_inputs": self.removed_inputs,
+            "inputs": self.inputs,
+            "outputs": self.outputs,
             "merged_fields": self.merged_fields,
             "unused_fields": self.unused_fields,
             "fused_lookups": self.fused_lookups,

@@ -420,8 +420,13 @@ def test_dynamic_dimensions_are_named_after_what_they_count(tmp_path):
     model = _LastOffsetBag().eval()
     batch = (torch.randint(0, 50, (6,)), torch.randint(0, 60, (15,)), torch.tensor([0, 2, 2, 5, 9, 12, 15]))
     path = tmp_path / "m.onnx"
-    convert(model, batch, path, quant="int8")
+    report = convert(model, batch, path, quant="int8")
     graph = onnx.load(str(path)).graph
+    sess = shark_export.session(path)  # the report lists what ORT will ask for and give, in order
+    assert [(v["name"], v["dtype"]) for v in report.inputs] == [(i.name, "int64") for i in sess.get_inputs()]
+    assert [v["name"] for v in report.outputs] == [o.name for o in sess.get_outputs()]
+    assert [v["shape"] for v in report.inputs] == [i.shape for i in sess.get_inputs()]
+    assert "inputs: user int64 [batch], items int64 [items_dim0]" in str(report), str(report)
     dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in [*graph.input, *graph.output]}
     assert dims["user"] == ["batch"] and dims["output"] == ["batch"] and dims["items"] == ["items_dim0"], dims
     assert re.fullmatch(r"batch ?\+ ?1", str(dims["offsets"][0])), dims  # the exporter's `s0 + 1`, renamed inside

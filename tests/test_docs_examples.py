@@ -123,6 +123,25 @@ def test_readme_examples_run_as_written(workspace):
     assert not (workspace / "shark_export_demo").exists()
 
 
+def test_ci_checks_the_newcomers_path():
+    """.ci/run runs tools/check_newcomer.sh, which installs as the README's first command says and runs its
+    command-line block as written (read from the README itself)."""
+    assert re.search(r"^bash tools/check_newcomer.sh$", (REPO / ".ci" / "run").read_text(), re.M)
+    script = (REPO / "tools" / "check_newcomer.sh").read_text()
+    assert "### Command line" in script and "### Command line" in (REPO / "README.md").read_text()
+
+
+OTHER_DOCUMENTS = [d for d in DOCUMENTS if d not in ("README.md", "examples/cpp/README.md")
+                   and any(lang in RUNNABLE for lang, _, _ in code_blocks(d))]
+
+
+@pytest.mark.parametrize("document", OTHER_DOCUMENTS)
+def test_other_documents_examples_run_as_written(document, tmp_path_factory):
+    root = tmp_path_factory.mktemp("doc")
+    shutil.copytree(REPO / "examples", root / "examples", ignore=shutil.ignore_patterns("build*", "__pycache__"))
+    run_document(document, root)
+
+
 def test_cpp_readme_examples_run_as_written(workspace):
     if not (workspace / "model.onnx").is_file():
         run_document("README.md", workspace)  # its model.onnx is the one the C++ example serves

@@ -31,7 +31,7 @@ from .exporter_patterns import ExporterPatternsPass
 from .finalize import FinalizeVersionsPass
 from .group_lookups import GroupLookupsPass
 from .lookup_casts import LookupCastsPass
-from .outputs import NameDimsPass, NameOutputsPass, check_output_count
+from .outputs import NameDimsPass, NameOutputsPass, check_output_count, graph_interface
 from .lookups import Lookup, LookupMap, find_lookups, lower_computed_weight_gathers, raise_table_gathers
 from .prune import PruneFieldsPass
 from .replace_lookups import ReplaceLookupsPass
@@ -42,5 +42,5 @@ __all__ = [
     "Lookup", "LookupMap", "find_lookups", "lower_computed_weight_gathers", "raise_table_gathers", "TidyExportPass",
     "PruneFieldsPass", "ReplaceLookupsPass", "GroupLookupsPass", "LookupCastsPass", "DenseOpsPass", "ExporterPatternsPass", "StandardOpsPass", "RemoveDeadPass", "FinalizeVersionsPass", "NameOutputsPass",
     "NameDimsPass",
-    "check_output_count",
+    "check_output_count", "graph_interface",
 ]

@@ -94,3 +94,14 @@ def _symbolic_dims(values):
         for axis, dim in enumerate(value.shape or ()):
             if _text(dim):
                 yield value, axis, dim
+
+
+def graph_interface(graph: ir.Graph) -> dict[str, list[dict]]:
+    """What a serving call feeds and reads: every graph input and output with its dtype and shape (dynamic
+    dimensions by name), for the convert report."""
+    def describe(value: ir.Value) -> dict:
+        dtype = value.dtype.numpy().name if value.dtype is not None else "?"
+        shape = [d if isinstance(d, int) else (_text(d) or "?") for d in value.shape] if value.shape is not None else None
+        return {"name": value.name, "dtype": dtype, "shape": shape}
+
+    return {"inputs": [describe(v) for v in graph.inputs], "outputs": [describe(v) for v in graph.outputs]}
