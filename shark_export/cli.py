@@ -36,6 +36,7 @@ def _load_model(args, checkpoint: str | None = None):
     if bool(args.module) == bool(args.model):
         raise SharkExportError("give exactly one of --model pkg.module:function or --module saved_module.pt")
     if args.module:
+        _require_file(args.module, "--module")
         model = torch.load(args.module, weights_only=False, map_location="cpu")
         if not isinstance(model, torch.nn.Module):
             raise SharkExportError(f"{args.module} holds a {type(model).__name__}, not a torch.nn.Module")
@@ -47,15 +48,23 @@ def _load_model(args, checkpoint: str | None = None):
         if factory is None:
             raise SharkExportError(f"--model {args.model}: module {module_name!r} has no attribute {function_name!r}")
         on_meta = checkpoint is not None or bool(args.state_dict)
-        for given in filter(None, (checkpoint, args.state_dict)):
-            if not Path(given).exists():
-                raise SharkExportError(f"checkpoint {given!r} does not exist")
+        for given, flag in ((args.state_dict, "--state-dict"), (checkpoint, "--checkpoint")):
+            if given:  # convert reads --state-dict as its checkpoint: that one is named first
+                _require_file(given, flag, directory_ok=flag == "--checkpoint")
         with torch.device("meta") if on_meta else contextlib.nullcontext():
             model = factory(**json.loads(args.factory_kwargs or "{}"))
         if args.state_dict and checkpoint is None:
             state = torch.load(args.state_dict, map_location="cpu", weights_only=True, mmap=True)
             model.load_state_dict(state, assign=True)
     return model.eval()
+
+
+def _require_file(path: str, flag: str, directory_ok: bool = False) -> None:
+    """A typed error naming the flag and the path (relative paths resolve against the current directory)."""
+    file = Path(path)
+    if not (file.is_file() or (directory_ok and file.is_dir())):
+        raise SharkExportError(f"{flag} {path!r} does not exist (looked in {Path.cwd()})" if not file.exists()
+                               else f"{flag} {path!r} is not a file")
 
 
 def _import_factory_module(name: str):

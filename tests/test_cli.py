@@ -233,3 +233,18 @@ def test_convert_into_a_missing_directory_says_so(files, capsys):
     err = capsys.readouterr().err
     assert "shark-export convert: error: output directory" in err and "typo" in err and "mkdir -p" in err
     assert not (files / "typo").exists()
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--module", "{dir}/nope.pt"], "--module '{dir}/nope.pt' does not exist"),
+    (["--model", "models:tuple_inputs_model", "--state-dict", "{dir}/nope.pt"], "--state-dict '{dir}/nope.pt' does not exist"),
+    (["--model", "models:tuple_inputs_model", "--checkpoint", "{dir}/nope"], "--checkpoint '{dir}/nope' does not exist"),
+    (["--model", "models:tuple_inputs_model", "--state-dict", "{dir}"], "--state-dict '{dir}' is not a file"),
+])
+def test_a_missing_model_file_names_the_flag(files, capsys, flags, named):
+    """No FileNotFoundError traceback: exit 2 with the flag and the path, and nothing written."""
+    flags = [f.format(dir=files) for f in flags]
+    out = files / "m.onnx"
+    assert main(["convert", *flags, "--inputs", str(files / "example.pt"), "--out", str(out), "--quiet"]) == 2
+    assert named.format(dir=files) in capsys.readouterr().err
+    assert not out.exists()
