@@ -14,7 +14,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 from .converter import convert
 from .example_models import DeepFM, split_batches, train
@@ -70,7 +69,7 @@ def run(out_dir: Path, samples: int = 120_000, quant: str = "mixed", dim: int = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import demo_arguments  # (the CLI defines them: it must not import this module to print --help)
+    from .cli_parser import demo_arguments  # (the CLI parser defines them: it must not import this module)
 
     parser = argparse.ArgumentParser(prog="shark-export demo", description=__doc__.splitlines()[0])
     demo_arguments(parser)

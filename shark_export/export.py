@@ -276,8 +276,8 @@ def _translation_registry():
         from torch.onnx._internal.exporter import _core, _registration
 
         registry = _registration.ONNXRegistry.from_torchlib(opset_version=EXPORT_OPSET)
-        for op, translation in _TRANSLATIONS.items():
-            registry.register_op(op, translation, is_complex=False)
+        for torch_op, translation in _TRANSLATIONS.items():
+            registry.register_op(torch_op, translation, is_complex=False)
         return _core, registry
     except (ImportError, AttributeError, TypeError):
         return None

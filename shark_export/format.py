@@ -15,7 +15,6 @@ independent code path; the C++ kernels are tested against that reader.
 from __future__ import annotations
 
 import enum
-import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -467,18 +466,4 @@ class QuantizedTable:
                       if self.scale_group_rows else "")
             raise FormatError(f"{n}: payload has {n_payload} bytes{groups}, but the rows' strides add up to {end}")
         return counts
-
-    # ---- files (shark_export.table_file) ----------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the table to one ``.npz`` file, atomically (see :func:`shark_export.table_file.save_table`)."""
-        from .table_file import save_table
-
-        save_table(self, path)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "QuantizedTable":
-        """Read and validate a file written by :meth:`save` (see :func:`shark_export.table_file.load_table`)."""
-        from .table_file import load_table
-
-        return load_table(path)
 

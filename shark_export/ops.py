@@ -7,16 +7,12 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence, Union
 
+from .domain import DOMAIN, DOMAIN_VERSION  # noqa: F401 - the package's names for them (shark_export.ops.DOMAIN)
 from .errors import LibraryNotFoundError, MissingCustomOpsError
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
     import onnxruntime
-
-#: ONNX domain of the custom ops (RowwiseDequantGather, RowwiseDequantEmbeddingBag), opset version 1.
-DOMAIN = "shark_export"
-#: Opset version of DOMAIN.
-DOMAIN_VERSION = 1
 
 #: Environment variable naming a library file to use instead of the installed one.
 LIBRARY_ENV = "SHARK_EXPORT_LIBRARY"

@@ -11,13 +11,9 @@ import onnx
 from onnx import TensorProto
 from onnx.defs import OpSchema
 
+from .domain import BAG_OP, DOMAIN, GATHER_OP, MULTI_OP
+from .domain import DOMAIN_VERSION as OPSET_VERSION
 from .format import READABLE_VERSIONS
-from .ops import DOMAIN
-from .ops import DOMAIN_VERSION as OPSET_VERSION
-
-GATHER_OP = "RowwiseDequantGather"
-BAG_OP = "RowwiseDequantEmbeddingBag"
-MULTI_OP = "RowwiseDequantMultiLookup"
 
 #: RowwiseDequantMultiLookup field kinds (attribute `kinds`).
 GATHER_FIELD, BAG_2D_FIELD, BAG_OFFSETS_FIELD = 0, 1, 2

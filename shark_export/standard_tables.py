@@ -373,7 +373,6 @@ class StandardTable:
         if (not listed or not 1 <= D <= 65536 or R < 1 or version not in (1, 2, 3) or (version == 3) != (G > 0)
                 or G < 0 or G & (G - 1)):
             raise FormatError(f"{where}: bad metadata {meta!r}")
-        table = cls(name, R, D, (), None, u, version, G, planar)
         parts = []
         for tier, n in listed:
             expect = {"default_row": ((1, D), np.float32)} if tier is Tier.DROPPED else (

@@ -201,9 +201,9 @@ def test_help_does_not_load_torch():
 
 
 def test_the_cli_size_literals_are_the_writers():
-    from shark_export import cli, streamed_tables
+    from shark_export import cli_parser, streamed_tables
 
-    assert (cli._ALIGNMENT, cli._DEFAULT_SHARD_BYTES) == (streamed_tables.ALIGNMENT, streamed_tables.DEFAULT_SHARD_BYTES)
+    assert (cli_parser._ALIGNMENT, cli_parser._DEFAULT_SHARD_BYTES) == (streamed_tables.ALIGNMENT, streamed_tables.DEFAULT_SHARD_BYTES)
 
 
 @pytest.mark.parametrize("ops", ["custom", "standard"])

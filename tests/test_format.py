@@ -16,6 +16,7 @@ from shark_export import reference as ref
 from shark_export.errors import FormatError, IndexOutOfRangeError
 from shark_export.format import FORMAT_VERSION, READABLE_VERSIONS, QuantizedTable, Tier, row_stride
 from shark_export.quantize import quantize_table
+from shark_export.table_file import load_table, save_table
 
 DIMS = [1, 3, 7, 8, 13, 64]
 ROWS = [1, 63, 64, 65, 200]
@@ -632,17 +633,17 @@ def test_save_load_round_trip(tmp_path, uniform):
     if uniform:
         table = quantize_table(_weights(_rng(1), 50, 7), "int2", name="ü-table")
     path = tmp_path / "t.npz"
-    table.save(path)
-    loaded = QuantizedTable.load(path)
+    save_table(table, path)
+    loaded = load_table(path)
     _assert_same(table, loaded)
     np.testing.assert_array_equal(ref.dequantize(loaded), ref.dequantize(table))
     assert os.listdir(tmp_path) == ["t.npz"]  # no temp file left behind
-    table.save(str(path))  # overwrite in place
-    _assert_same(table, QuantizedTable.load(str(path)))
+    save_table(table, str(path))  # overwrite in place
+    _assert_same(table, load_table(str(path)))
     path2 = tmp_path / "no_suffix"
-    table.save(path2)
+    save_table(table, path2)
     assert sorted(os.listdir(tmp_path)) == ["no_suffix", "t.npz"]
-    _assert_same(table, QuantizedTable.load(path2))
+    _assert_same(table, load_table(path2))
 
 
 def test_save_failure_leaves_no_temp_file(tmp_path, monkeypatch):
@@ -651,22 +652,22 @@ def test_save_failure_leaves_no_temp_file(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(fmt.os, "replace", boom)
+    monkeypatch.setattr(os, "replace", boom)
     with pytest.raises(RuntimeError, match="disk full"):
-        table.save(tmp_path / "t.npz")
+        save_table(table, tmp_path / "t.npz")
     assert os.listdir(tmp_path) == []
 
 
 def test_load_corrupt_truncated_and_foreign_files(tmp_path):
     table, _ = _mixed()
     good = tmp_path / "good.npz"
-    table.save(good)
+    save_table(table, good)
     data = good.read_bytes()
 
     truncated = tmp_path / "truncated.npz"
     truncated.write_bytes(data[: len(data) // 2])
     with pytest.raises(FormatError, match=r"truncated\.npz"):
-        QuantizedTable.load(truncated)
+        load_table(truncated)
 
     with zipfile.ZipFile(good) as z:
         info = z.getinfo("payload.npy")
@@ -676,25 +677,25 @@ def test_load_corrupt_truncated_and_foreign_files(tmp_path):
     bad = tmp_path / "corrupt.npz"
     bad.write_bytes(bytes(corrupt))
     with pytest.raises(FormatError, match=r"corrupt\.npz"):
-        QuantizedTable.load(bad)
+        load_table(bad)
 
     text = tmp_path / "text.npz"
     text.write_text("hello")
     with pytest.raises(FormatError, match=r"text\.npz: not a readable shark-export table file"):
-        QuantizedTable.load(text)
+        load_table(text)
 
     npy = tmp_path / "array.npy"
     np.save(npy, np.zeros(3))
     with pytest.raises(FormatError, match=r"array\.npy: not a shark-export table file"):
-        QuantizedTable.load(npy)
+        load_table(npy)
 
     other = tmp_path / "other.npz"
     np.savez(other, a=np.zeros(3))
     with pytest.raises(FormatError, match=r"other\.npz: not a shark-export table file \(missing"):
-        QuantizedTable.load(other)
+        load_table(other)
 
     with pytest.raises(FileNotFoundError):
-        QuantizedTable.load(tmp_path / "missing.npz")
+        load_table(tmp_path / "missing.npz")
 
 
 def _rewrite(src, dst, **changes):
@@ -707,32 +708,32 @@ def _rewrite(src, dst, **changes):
 def test_load_wrong_version_and_inconsistent_content(tmp_path):
     table, _ = _mixed()
     good = tmp_path / "good.npz"
-    table.save(good)
+    save_table(table, good)
     v4 = tmp_path / "v4.npz"
     _rewrite(good, v4, format_version=np.array(4))
     with pytest.raises(FormatError, match=r"v4\.npz: format_version 4 is not supported \(this reader knows versions 1, 2, 3\)"):
-        QuantizedTable.load(v4)
+        load_table(v4)
     grouped = quantize_table(_weights(_rng(9), 300, 5), np.arange(300) % 6, scale_group_rows=64)
-    grouped.save(tmp_path / "g.npz")
-    back = QuantizedTable.load(tmp_path / "g.npz")  # v3 files keep their scale groups
+    save_table(grouped, tmp_path / "g.npz")
+    back = load_table(tmp_path / "g.npz")  # v3 files keep their scale groups
     assert back.format_version == 3 and back.scale_group_rows == 64
     np.testing.assert_array_equal(back.payload, grouped.payload)
     _rewrite(tmp_path / "g.npz", tmp_path / "g0.npz", scale_group_rows=np.array(0))
     with pytest.raises(FormatError, match=r"g0\.npz: .*scale_group_rows 0 is not a power of two"):
-        QuantizedTable.load(tmp_path / "g0.npz")
+        load_table(tmp_path / "g0.npz")
     old = quantize_table(_weights(_rng(8), 70, 5), np.arange(70) % 6, format_version=1)
-    old.save(tmp_path / "v1.npz")
-    back = QuantizedTable.load(tmp_path / "v1.npz")  # version 1 files still read, with their strides
+    save_table(old, tmp_path / "v1.npz")
+    back = load_table(tmp_path / "v1.npz")  # version 1 files still read, with their strides
     assert back.format_version == 1 and back.payload.nbytes == old.payload.nbytes
     np.testing.assert_array_equal(ref.dequantize(back), ref.dequantize(old))
     short = tmp_path / "short.npz"
     _rewrite(good, short, payload=table.payload[:-4])
     with pytest.raises(FormatError, match=r"short\.npz: table 'm': payload has"):
-        QuantizedTable.load(short)
+        load_table(short)
     magic = tmp_path / "magic.npz"
     _rewrite(good, magic, magic=np.array("something else"))
     with pytest.raises(FormatError, match=r"magic\.npz: not a shark-export table file \(magic"):
-        QuantizedTable.load(magic)
+        load_table(magic)
 
 
 # --------------------------------------------------------------------------------------------------
