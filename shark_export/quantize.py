@@ -14,6 +14,7 @@ import numpy as np
 
 from .errors import FormatError
 from .page_hints import advise_mapping
+from .row_codes import WORK_ELEMENTS, encode_tier_rows, group_params
 from .format import (
     BLOCK_ROWS,
     FORMAT_VERSION,
@@ -27,218 +28,9 @@ from .format import (
     check_version,
     group_section_bytes,
     _stride_lut,
-    row_bytes,
 )
 
 __all__ = ["quantize_table", "plan_layout", "TableLayout", "encode_rows", "is_row_source"]
-
-# Clipping search parameters per tier: (bins, max_steps). Each step evaluates two candidate ranges.
-# int4/int2: steps of 1% of the range, shrinking it by up to 50%. int8: its error surface is jagged at
-# coarse steps (a 1% clip rarely beats min/max), so steps of 1/800 of the range, shrinking it by up to 10%.
-_CLIP_SEARCH = {Tier.INT8: (800, 80), Tier.INT4: (100, 50), Tier.INT2: (100, 50)}
-# Elements per internal work block: keeps the float64 temporaries of one block in cache-sized pieces.
-_WORK_ELEMENTS = 1 << 18
-
-
-def _f16_directed(x: np.ndarray, up: bool) -> np.ndarray:
-    """float64 -> float16 rounded toward +inf (``up``) or -inf: round to nearest, then step one ulp
-    with ``np.nextafter`` where that went the wrong way. Inputs must lie within the fp16 range."""
-    h = x.astype(np.float16)
-    back = h.astype(np.float64)
-    wrong = back < x if up else back > x
-    if wrong.any():
-        h[wrong] = np.nextafter(h[wrong], np.float16(np.inf if up else -np.inf))
-    return h
-
-
-def _quant_params(lo: np.ndarray, hi: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
-    """(scale, bias) as float16 for rows with range [lo, hi] (float64): bias = fp16 down of lo,
-    scale = fp16 up of (hi - bias)/L, bumped one more ulp in the rare case float64 rounding of the
-    quotient left ``bias + L*scale < hi`` (that product and sum are exact in float64)."""
-    bias = _f16_directed(lo, up=False)
-    b64 = bias.astype(np.float64)
-    scale = _f16_directed((hi - b64) / levels, up=True)
-    short = b64 + levels * scale.astype(np.float64) < hi
-    if short.any():
-        scale[short] = np.nextafter(scale[short], np.float16(np.inf))
-    return scale, bias
-
-
-def _codes(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, levels: int) -> np.ndarray:
-    """float64 [n, D] codes ``clamp(rint((x - bias)/scale), 0, L)`` (0 where scale == 0).
-    ``x`` must be a float64 scratch array: it is overwritten and returned."""
-    s = scale.astype(np.float64)
-    zero = s == 0
-    s[zero] = 1.0
-    np.subtract(x, bias.astype(np.float64)[:, None], out=x)
-    np.divide(x, s[:, None], out=x)
-    np.rint(x, out=x)
-    np.clip(x, 0, levels, out=x)
-    if zero.any():
-        x[zero] = 0
-    return x
-
-
-def _l2_error(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, levels: int, valid: np.ndarray | None = None) -> np.ndarray:
-    """Per-row squared L2 error of storing ``x`` (float64 [n, D]) with range [lo, hi], computed on the
-    exact stored values (fp16 scale/bias, float32 dequantized result). ``valid`` (bool [n, D]) masks out
-    padding (a v3 scale group padded to the longest group of its batch)."""
-    scale, bias = _quant_params(lo, hi, levels)
-    q = _codes(x.copy(), scale, bias, levels)
-    q *= scale.astype(np.float64)[:, None]
-    q += bias.astype(np.float64)[:, None]
-    xhat = q.astype(np.float32).astype(np.float64)
-    xhat -= x
-    if valid is not None:
-        xhat[~valid] = 0.0
-    return np.einsum("ij,ij->i", xhat, xhat)
-
-
-def _l2_clip_range(x: np.ndarray, mn: np.ndarray, mx: np.ndarray, tier: Tier,
-                   valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Greedy clipping search of Guan et al. 2019 ("Post-training 4-bit quantization on embedding
-    tables"), vectorized across the rows of ``x`` (float64 [n, D]).
-
-    Start at [min, max] with step (max - min)/bins; at each step evaluate raising ``lo`` by one step and
-    lowering ``hi`` by one step, move the end whose candidate has the lower L2 error, and keep the best
-    range seen (the start range included, so the result is never worse than min/max). Errors are
-    measured on the exact stored representation (fp16 scale/bias, float32 result).
-
-    Cost: ``2 * max_steps + 1`` full quantize-dequantize evaluations per row, ~12 float64 passes over
-    the row each. With (bins, max_steps) = (100, 50) for int4/int2 (the range may shrink by up to half)
-    and (800, 80) for int8 (up to 10%), that is 101 resp. 161 evaluations: roughly 70-140x the plain
-    min/max quantizer (measured, 100k x 64 rows, one core: int4/int2 ~6.5 s, int8 ~13 s against ~0.1 s
-    without clipping; so ~11 / ~22 min for a 10M x 64 table). Memory stays a few float64 copies of
-    one chunk.
-    Typical gain (D = 64): L2 error -15..-25% for int4, -10% for int8, -50..-75% for int2 on
-    heavy-tailed rows.
-    """
-    bins, steps = _CLIP_SEARCH[tier]
-    L = tier.levels
-    step = (mx - mn) / bins
-    lo, hi = mn.copy(), mx.copy()
-    best = _l2_error(x, lo, hi, L, valid)
-    best_lo, best_hi = lo.copy(), hi.copy()
-    for _ in range(steps):
-        e_left = _l2_error(x, lo + step, hi, L, valid)
-        e_right = _l2_error(x, lo, hi - step, L, valid)
-        left = e_left < e_right
-        lo = np.where(left, lo + step, lo)
-        hi = np.where(left, hi, hi - step)
-        cur = np.where(left, e_left, e_right)
-        better = cur < best
-        best = np.where(better, cur, best)
-        best_lo = np.where(better, lo, best_lo)
-        best_hi = np.where(better, hi, best_hi)
-    return best_lo, best_hi
-
-
-def _pack(q: np.ndarray, tier: Tier, out: np.ndarray) -> None:
-    """Write codes ``q`` (float64 or uint8 [n, D], values 0..L) into ``out`` (uint8 [n, nbytes])."""
-    n, D = q.shape
-    if tier is Tier.INT8:
-        np.copyto(out, q, casting="unsafe")
-        return
-    per = 2 if tier is Tier.INT4 else 4
-    width = 8 // per
-    nbytes = out.shape[1]
-    padded = np.zeros((n, nbytes * per), dtype=np.uint8)
-    np.copyto(padded[:, :D], q, casting="unsafe")
-    acc = padded[:, 0::per].copy()
-    for i in range(1, per):
-        acc |= padded[:, i::per] << (width * i)
-    out[...] = acc
-
-
-def _encode_rows(x: np.ndarray, mn: np.ndarray, mx: np.ndarray, tier: Tier, clip: str, out: np.ndarray,
-                 shared: tuple[np.ndarray, np.ndarray] | None = None) -> None:
-    """Encode rows ``x`` ([n, D], any float dtype; row min/max ``mn``/``mx``) of ``tier`` into ``out``
-    (uint8 [n, stride], fully written, padding zero). ``shared``: each row's (scale, bias) from its v3
-    scale group (float16 [n] each); the rows are then written as codes only."""
-    n, D = x.shape
-    if tier is Tier.FP32:
-        out.view("<f4")[...] = x
-        return
-    if tier is Tier.FP16:
-        out[:, 2 * D:] = 0
-        out[:, : 2 * D].view("<f2")[...] = x  # float64/float32 -> float16 is rounded once, to nearest even
-        return
-    L = tier.levels
-    xf = x.astype(np.float64)
-    if shared is not None:
-        scale, bias = shared
-        nbytes = row_bytes(tier, D) - 4
-        _pack(_codes(xf, scale, bias, L), tier, out[:, :nbytes])
-        return
-    lo, hi = mn.astype(np.float64), mx.astype(np.float64)
-    if clip == "l2":
-        lo, hi = _l2_clip_range(xf, lo, hi, tier)
-    scale, bias = _quant_params(lo, hi, L)
-    header = out[:, :4].view("<f2")
-    header[:, 0] = scale
-    header[:, 1] = bias
-    nbytes = row_bytes(tier, D) - 4
-    out[:, 4 + nbytes:] = 0
-    _pack(_codes(xf, scale, bias, L), tier, out[:, 4: 4 + nbytes])
-
-
-def _group_params(w: np.ndarray, codes: np.ndarray | None, uniform: int, G: int, clip: str) -> np.ndarray:
-    """float16 [groups, 3, 2]: (scale, bias) per v3 scale group of ``G`` rows and quantized tier (int8, int4,
-    int2), from the min/max -- or with ``clip="l2"`` the L2-optimal clip range -- of all the values of the
-    group's rows of that tier; zeros where a group has no row of a tier. Rows are read in bounded batches."""
-    R, D = w.shape
-    n_groups = -(-R // G)
-    params = np.zeros((n_groups, 3, 2), dtype=np.float16)
-    for slot, tier in enumerate((Tier.INT8, Tier.INT4, Tier.INT2)):
-        if uniform >= 0:
-            if uniform != tier:
-                continue
-            rows = None  # every row
-        else:
-            rows = np.flatnonzero(codes == tier)
-            if rows.shape[0] == 0:
-                continue
-        ids = np.arange(R) if rows is None else rows
-        if clip != "l2":  # min/max: per-row extremes in bounded chunks, reduced per group
-            lo = np.full(n_groups, np.inf)
-            hi = np.full(n_groups, -np.inf)
-            step = max(1, _WORK_ELEMENTS // D)
-            for i0 in range(0, ids.shape[0], step):
-                part = ids[i0: i0 + step]
-                x = np.asarray(w[part], dtype=np.float64)
-                np.minimum.at(lo, part // G, x.min(axis=1))
-                np.maximum.at(hi, part // G, x.max(axis=1))
-            present = np.isfinite(lo)
-            scale, bias = _quant_params(lo[present], hi[present], tier.levels)
-            params[present, slot, 0] = scale
-            params[present, slot, 1] = bias
-            continue
-        # The clipping search needs every value of a group at once: groups in batches of about
-        # _WORK_ELEMENTS values (at least one group per batch).
-        counts = np.bincount(ids // G, minlength=n_groups)
-        present = np.flatnonzero(counts)
-        starts = np.zeros(n_groups + 1, dtype=np.int64)
-        np.cumsum(counts, out=starts[1:])
-        per_batch = max(1, _WORK_ELEMENTS // max(1, int(counts.max()) * D))
-        for i0 in range(0, present.shape[0], per_batch):
-            gs = present[i0: i0 + per_batch]
-            n_rows = counts[gs]
-            width = int(n_rows.max())
-            # Position k of group gs[i] is row rows[starts[gs[i]] + k] (k < n_rows[i]).
-            k = np.arange(width)
-            valid_rows = k[None, :] < n_rows[:, None]
-            pos = np.minimum(starts[gs][:, None] + k[None, :], starts[gs + 1][:, None] - 1)
-            row_ids = pos if rows is None else rows[pos]
-            x = np.asarray(w[row_ids.reshape(-1)], dtype=np.float64).reshape(gs.shape[0], width * D)
-            valid = np.repeat(valid_rows, D, axis=1)
-            mn = np.where(valid, x, np.inf).min(axis=1)
-            mx = np.where(valid, x, -np.inf).max(axis=1)
-            lo, hi = _l2_clip_range(x, mn, mx, tier, valid if not valid.all() else None)
-            scale, bias = _quant_params(lo, hi, tier.levels)
-            params[gs, slot, 0] = scale
-            params[gs, slot, 1] = bias
-    return params
-
 
 def _let_go(payload: np.ndarray, start: int, end: int) -> int:
     """Drop the written pages [start, end) of a file-backed (np.memmap, shared) payload from this process's mapping:
@@ -352,7 +144,7 @@ def quantize_table(
     an integer array of R codes (a table whose codes are all equal is stored as uniform too).
     ``default_row`` (float32 [D], finite) is what dropped rows read as; by default zeros when a row is
     dropped, and (v2) empty when none is.
-    ``clip="l2"`` runs the per-row clipping search (see :func:`_l2_clip_range`; ~70-140x slower) for
+    ``clip="l2"`` runs the per-row clipping search (see :func:`l2_clip_range`; ~70-140x slower) for
     quantized rows instead of using their min/max.
     ``allocate``: called with the payload's byte count, returns the zero-filled uint8 buffer to write it into
     (default: a new array). ``scale_group_rows`` (a power of two; format v3, the default version when it is given) shares one
@@ -376,15 +168,15 @@ def quantize_table(
     name, R, G = layout.name, layout.rows, layout.group_rows
     # `allocate(nbytes)`: a zero-filled buffer to write into (a file-backed one: the table is never held whole)
     payload = np.zeros(layout.nbytes, dtype=np.uint8) if allocate is None else allocate(layout.nbytes)
-    group_params = None
+    groups = None
     if G:
         chunk = layout.chunk_rows(chunk_rows)
         for r0 in range(0, R, chunk):  # every value checked before any group range is taken from it
             r1 = min(R, r0 + chunk)
             _check_chunk(w[r0:r1], None if layout.uniform >= 0 else layout.codes[r0:r1], layout.uniform, r0, name)
-        group_params = _group_params(w, layout.codes, layout.uniform, G, clip)
-        payload[layout.row_bytes:] = group_params.reshape(-1).view(np.uint8)
-    encode_rows(w, layout, payload, 0, R, clip=clip, chunk_rows=chunk_rows, group_params=group_params)
+        groups = group_params(w, layout.codes, layout.uniform, G, clip)
+        payload[layout.row_bytes:] = groups.reshape(-1).view(np.uint8)
+    encode_rows(w, layout, payload, 0, R, clip=clip, chunk_rows=chunk_rows, group_params=groups)
     return layout.table(payload)
 
 
@@ -462,7 +254,7 @@ class TableLayout:
 
     def chunk_rows(self, chunk_rows: int = 65536) -> int:
         """Rows per work chunk: at most `chunk_rows` and 2^18 values, a multiple of BLOCK_ROWS."""
-        chunk = max(BLOCK_ROWS, min(int(chunk_rows), _WORK_ELEMENTS // self.dim))
+        chunk = max(BLOCK_ROWS, min(int(chunk_rows), WORK_ELEMENTS // self.dim))
         return -(-chunk // BLOCK_ROWS) * BLOCK_ROWS
 
     def offset_of(self, r: int) -> int:
@@ -540,7 +332,7 @@ def encode_rows(w: Any, layout: TableLayout, payload: np.ndarray, r0: int, r1: i
             s = int(lut[uniform])
             if s:
                 region = payload[c0 * s: c1 * s].reshape(c1 - c0, s)
-                _encode_rows(x, mn, mx, Tier(uniform), clip, region, shared(np.arange(c0, c1), Tier(uniform)))
+                encode_tier_rows(x, mn, mx, Tier(uniform), clip, region, shared(np.arange(c0, c1), Tier(uniform)))
             continue
         base = layout.offset_of(c0)
         sizes = lut[cc]
@@ -551,7 +343,7 @@ def encode_rows(w: Any, layout: TableLayout, payload: np.ndarray, r0: int, r1: i
             s = int(lut[t])
             if s:
                 region = payload[base: base + int(ends[-1])].reshape(c1 - c0, s)
-                _encode_rows(x, mn, mx, t, clip, region, shared(np.arange(c0, c1), t))
+                encode_tier_rows(x, mn, mx, t, clip, region, shared(np.arange(c0, c1), t))
             continue
         starts = base + ends - sizes
         for code in present:
@@ -561,7 +353,7 @@ def encode_rows(w: Any, layout: TableLayout, payload: np.ndarray, r0: int, r1: i
                 continue
             sel = np.flatnonzero(cc == code)
             buf = np.empty((sel.shape[0], s), dtype=np.uint8)
-            _encode_rows(x[sel], mn[sel], mx[sel], t, clip, buf, shared(c0 + sel, t))
+            encode_tier_rows(x[sel], mn[sel], mx[sel], t, clip, buf, shared(c0 + sel, t))
             if words is not None:
                 words[(starts[sel] >> 2)[:, None] + np.arange(s >> 2)] = buf.view(np.uint32)
             else:

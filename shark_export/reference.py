@@ -293,69 +293,80 @@ def embedding_bag(
     dt = _output_dtype(output_dtype)
     _checked(table)
     name = _label(table)
-    R, D = int(table.num_rows), int(table.dim)
     modes = {"sum": 0, "mean": 1, 0: 0, 1: 1}
     if isinstance(mode, bool) or mode not in modes:
         raise FormatError(f"{name}: embedding_bag mode must be 'sum' (0) or 'mean' (1), got {mode!r}")
     mean = modes[mode] == 1
     idx = _as_rows(table, indices)
+    padding_idx = _checked_padding(name, padding_idx, int(table.num_rows))
+    starts, ends = _bag_bounds(name, idx, offsets, include_last_offset)
+    flat = idx.reshape(-1)
+    _check_rows(table, flat)
+    weights = None
+    if per_sample_weights is not None:
+        if mean:
+            raise FormatError(f"{name}: per_sample_weights is only supported in mode 'sum', got mode {mode!r}")
+        weights = _checked_weights(name, per_sample_weights, idx.shape)
+    return _reduce_bags(table, flat, starts, ends, weights, mean, padding_idx).astype(np.float32).astype(dt, copy=False)
+
+
+def _checked_padding(name: str, padding_idx: Any, num_rows: int) -> int:
     if isinstance(padding_idx, bool) or not isinstance(padding_idx, (int, np.integer)):
         raise FormatError(f"{name}: padding_idx must be an integer, got {padding_idx!r}")
     padding_idx = int(padding_idx)
-    if padding_idx != -1 and not 0 <= padding_idx < R:
-        raise FormatError(f"{name}: padding_idx {padding_idx} must be -1 (none) or in 0..{R - 1}")
+    if padding_idx != -1 and not 0 <= padding_idx < num_rows:
+        raise FormatError(f"{name}: padding_idx {padding_idx} must be -1 (none) or in 0..{num_rows - 1}")
+    return padding_idx
 
+
+def _bag_bounds(name: str, idx: np.ndarray, offsets: Any, include_last_offset: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Each bag's [start, end) among the flat indices: rows of a 2-D `idx`, or checked `offsets`."""
     if idx.ndim == 2:
         if offsets is not None:
             raise FormatError(f"{name}: offsets must be None when indices is 2-D (got shape {idx.shape})")
         B, L = idx.shape
         starts = np.arange(B, dtype=np.int64) * L
-        ends = starts + L
-    elif idx.ndim == 1:
-        if offsets is None:
-            raise FormatError(f"{name}: 1-D indices need offsets")
-        off = np.asarray(offsets)
-        if off.ndim != 1 or off.dtype.kind not in "iu":
-            raise FormatError(f"{name}: offsets must be a 1-D integer array, got {off.dtype} with shape {off.shape}")
-        off = off.astype(np.int64)
-        n = idx.shape[0]
-        if include_last_offset and off.shape[0] == 0:
-            raise FormatError(f"{name}: include_last_offset needs at least one offset (B + 1 entries)")
-        if off.shape[0] and off[0] != 0:
-            raise FormatError(f"{name}: offsets[0] must be 0, got {int(off[0])}")
-        dec = np.flatnonzero(np.diff(off) < 0)
-        if dec.shape[0]:
-            i = int(dec[0]) + 1
-            raise FormatError(
-                f"{name}: offsets must be non-decreasing, but offsets[{i}] = {int(off[i])} < "
-                f"offsets[{i - 1}] = {int(off[i - 1])}"
-            )
-        if off.shape[0] and off[-1] > n:
-            raise FormatError(f"{name}: offsets[{off.shape[0] - 1}] = {int(off[-1])} exceeds len(indices) = {n}")
-        if include_last_offset:
-            starts, ends = off[:-1], off[1:]
-        else:
-            starts, ends = off, np.append(off[1:], n)
-        B = starts.shape[0]
-    else:
+        return starts, starts + L
+    if idx.ndim != 1:
         raise FormatError(f"{name}: indices must be 1-D (with offsets) or 2-D [B, L], got shape {idx.shape}")
+    if offsets is None:
+        raise FormatError(f"{name}: 1-D indices need offsets")
+    off = np.asarray(offsets)
+    if off.ndim != 1 or off.dtype.kind not in "iu":
+        raise FormatError(f"{name}: offsets must be a 1-D integer array, got {off.dtype} with shape {off.shape}")
+    off = off.astype(np.int64)
+    n = idx.shape[0]
+    if include_last_offset and off.shape[0] == 0:
+        raise FormatError(f"{name}: include_last_offset needs at least one offset (B + 1 entries)")
+    if off.shape[0] and off[0] != 0:
+        raise FormatError(f"{name}: offsets[0] must be 0, got {int(off[0])}")
+    dec = np.flatnonzero(np.diff(off) < 0)
+    if dec.shape[0]:
+        i = int(dec[0]) + 1
+        raise FormatError(
+            f"{name}: offsets must be non-decreasing, but offsets[{i}] = {int(off[i])} < "
+            f"offsets[{i - 1}] = {int(off[i - 1])}"
+        )
+    if off.shape[0] and off[-1] > n:
+        raise FormatError(f"{name}: offsets[{off.shape[0] - 1}] = {int(off[-1])} exceeds len(indices) = {n}")
+    if include_last_offset:
+        return off[:-1], off[1:]
+    return off, np.append(off[1:], n)
 
-    flat = idx.reshape(-1)
-    _check_rows(table, flat)
-    if per_sample_weights is not None:
-        if mean:
-            raise FormatError(f"{name}: per_sample_weights is only supported in mode 'sum', got mode {mode!r}")
-        psw = np.asarray(per_sample_weights)
-        if psw.shape != idx.shape:
-            raise FormatError(
-                f"{name}: per_sample_weights has shape {psw.shape}, expected the shape of indices {idx.shape}"
-            )
-        if psw.dtype.kind != "f":
-            raise FormatError(f"{name}: per_sample_weights must be floating point, got {psw.dtype}")
-        weights = psw.reshape(-1).astype(np.float64)
-    else:
-        weights = None
 
+def _checked_weights(name: str, per_sample_weights: Any, shape: tuple) -> np.ndarray:
+    psw = np.asarray(per_sample_weights)
+    if psw.shape != shape:
+        raise FormatError(f"{name}: per_sample_weights has shape {psw.shape}, expected the shape of indices {shape}")
+    if psw.dtype.kind != "f":
+        raise FormatError(f"{name}: per_sample_weights must be floating point, got {psw.dtype}")
+    return psw.reshape(-1).astype(np.float64)
+
+
+def _reduce_bags(table: QuantizedTable, flat: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+                 weights: np.ndarray | None, mean: bool, padding_idx: int) -> np.ndarray:
+    """float64 [B, D]: each bag's (weighted) sum or mean of its non-padding rows; empty bags are zeros."""
+    B = starts.shape[0]
     lengths = ends - starts
     bag = np.repeat(np.arange(B, dtype=np.int64), lengths)
     bag_first = np.cumsum(lengths) - lengths  # where each bag starts among the selected entries
@@ -364,7 +375,7 @@ def embedding_bag(
     keep = rows != padding_idx if padding_idx >= 0 else np.ones(rows.shape, dtype=bool)
     bag, pos, rows = bag[keep], pos[keep], rows[keep]
 
-    out = np.zeros((B, D), dtype=np.float64)
+    out = np.zeros((B, int(table.dim)), dtype=np.float64)
     counts = np.bincount(bag, minlength=B)
     if rows.shape[0]:
         uniq, inverse = np.unique(rows, return_inverse=True)
@@ -376,7 +387,7 @@ def embedding_bag(
         out[nonempty] = np.add.reduceat(values, first, axis=0)  # entries are grouped by bag, in order
         if mean:
             out[nonempty] /= counts[nonempty, None]
-    return out.astype(np.float32).astype(dt, copy=False)
+    return out
 
 
 def multi_lookup(fields: list[dict], output_dtype: Any = np.float32) -> np.ndarray:

@@ -26,7 +26,8 @@ from __future__ import annotations
 import numpy as np
 
 from .format import QuantizedTable, Tier, row_stride
-from .quantize import _quant_params, is_row_source, plan_layout, quantize_table
+from .quantize import is_row_source, plan_layout, quantize_table
+from .row_codes import quant_params
 from .reference import dequantize_rows
 
 # Rows per chunk when measuring errors: bounded float64 temporaries.
@@ -81,7 +82,7 @@ def row_bounds(weight, tiers: np.ndarray) -> np.ndarray:
         for tier in (Tier.INT8, Tier.INT4, Tier.INT2):
             sel = np.flatnonzero(t == tier)
             if sel.shape[0]:
-                scale, _ = _quant_params(mn[sel], mx[sel], tier.levels)
+                scale, _ = quant_params(mn[sel], mx[sel], tier.levels)
                 rounding = np.ldexp(np.maximum(np.abs(mn[sel]), np.abs(mx[sel])), -23)
                 bounds[r0 + sel] = scale.astype(np.float64) / 2 + rounding
     return bounds

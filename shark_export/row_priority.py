@@ -162,75 +162,90 @@ def score_rows(
         raise SharkExportError(f"unknown method {method!r}; choose 'count' or 'taylor'")
     if method == "taylor" and labels is None:
         raise SharkExportError("method='taylor' needs labels (it differentiates the loss)")
-    tables = find_tables(model)
-    table_of_module = {path: t.name for t in tables.values() for path in t.module_paths}
-    totals = {name: _SparseSum(t.num_rows) for name, t in tables.items()}
-    scale = 1.0
+    counter = _RowCounter(model, method, loss, head, pos_weight, neg_weight)
     label_iter = iter(labels) if labels is not None else None
-    pending: list = []
-
-    sample_counts: list[int] = []
-
-    def record(path, index, module, args, kwargs, output):
-        ids, samples, coef = _occurrences(module, args, kwargs)
-        leaf = output.detach().requires_grad_(True) if method == "taylor" else None
-        pending.append((path, module, ids, samples, coef, leaf))
-        sample_counts.append(int(output.shape[0]) if output.dim() >= 2 else 1)
-        return leaf
-
     frozen = [p for p in model.parameters() if p.requires_grad]
     for p in frozen:  # only the lookups' gradients are needed
         p.requires_grad_(False)
     try:
-        with torch.set_grad_enabled(method == "taylor"), lookup_hooks(model, record):
+        with torch.set_grad_enabled(method == "taylor"), lookup_hooks(model, counter.record):
             for t, batch in enumerate(batches):
-                weights = None
                 batch_labels = None
                 if label_iter is not None:
                     try:
                         batch_labels = next(label_iter)
                     except StopIteration:
                         raise SharkExportError(f"labels ran out at batch {t}: give one label array per batch") from None
-                    weights = _label_weights(batch_labels, t, head, pos_weight, neg_weight)
                 if t > 0:
-                    scale /= decay
-                if scale > _RESCALE_AT:
-                    for total in totals.values():
-                        total.scale(scale)
-                    scale = 1.0
-                pending.clear()
-                sample_counts.clear()
-                output = call_model(model, batch)
-                grads = [None] * len(pending)
-                if method == "taylor":
-                    y = batch_labels if isinstance(batch_labels, torch.Tensor) else torch.as_tensor(np.asarray(batch_labels))
-                    y = y[:, head] if y.dim() == 2 else y
-                    losses = per_sample_loss(loss, output, y)
-                    grads = torch.autograd.grad(losses.sum(), [entry[5] for entry in pending], allow_unused=True)
-                batch_rows = _leading_rows(output)
-                for (path, module, ids, samples, coef, leaf), n_samples, grad in zip(pending, sample_counts, grads):
-                    if ids.size == 0:
-                        continue
-                    if weights is not None and weights.shape[0] == batch_rows and n_samples != batch_rows:
-                        # Not one lookup row per sample (torchrec's jagged values, say): which sample an id
-                        # belongs to is unknown here, so each occurrence counts with the batch's mean weight.
-                        w = np.full(ids.shape[0], weights.mean() * scale)
-                    elif weights is not None and samples.max() >= weights.shape[0]:
-                        raise SharkExportError(
-                            f"batch {t}: labels have {weights.shape[0]} rows but field {path!r} has {samples.max() + 1} samples"
-                        )
-                    else:
-                        w = np.full(ids.shape[0], scale) if weights is None else weights[samples] * scale
-                    if method == "taylor":
-                        w = w * _taylor_factors(module, leaf, grad, ids, samples, coef)
-                    unique, inverse = np.unique(ids, return_inverse=True)
-                    totals[table_of_module[path]].add(unique, np.bincount(inverse, weights=w))
+                    counter.age(decay)
+                counter.count_batch(t, batch, batch_labels)
     finally:
         for p in frozen:
             p.requires_grad_(True)
-    scores = {}
-    for name, total in totals.items():
-        total.merge()
-        scores[name] = SparseRows(total.num_rows, total.ids, (total.values / scale).astype(np.float32))
-    params = dict(pos_weight=pos_weight, neg_weight=neg_weight, decay=decay, head=head)
-    return RowPriority(scores, method, params)
+    return RowPriority(counter.priorities(), method, dict(pos_weight=pos_weight, neg_weight=neg_weight, decay=decay,
+                                                          head=head))
+
+
+class _RowCounter:
+    """score_rows' running sums: each table's decayed, label-weighted occurrence counts (or Taylor terms).
+    Older batches are divided down by multiplying the running `scale` instead, rescaled now and then."""
+
+    def __init__(self, model: nn.Module, method: str, loss, head: int, pos_weight: float, neg_weight: float):
+        self.model, self.method, self.loss, self.head = model, method, loss, head
+        self.pos_weight, self.neg_weight = pos_weight, neg_weight
+        tables = find_tables(model)
+        self.table_of_module = {path: t.name for t in tables.values() for path in t.module_paths}
+        self.totals = {name: _SparseSum(t.num_rows) for name, t in tables.items()}
+        self.scale = 1.0
+        self.pending: list = []  # the lookups of the batch being run: (path, module, ids, samples, coef, leaf, rows)
+
+    def record(self, path, index, module, args, kwargs, output):
+        ids, samples, coef = _occurrences(module, args, kwargs)
+        leaf = output.detach().requires_grad_(True) if self.method == "taylor" else None
+        self.pending.append((path, module, ids, samples, coef, leaf, int(output.shape[0]) if output.dim() >= 2 else 1))
+        return leaf
+
+    def age(self, decay: float) -> None:
+        self.scale /= decay
+        if self.scale > _RESCALE_AT:
+            for total in self.totals.values():
+                total.scale(self.scale)
+            self.scale = 1.0
+
+    def count_batch(self, t: int, batch, batch_labels) -> None:
+        weights = None if batch_labels is None else _label_weights(batch_labels, t, self.head, self.pos_weight,
+                                                                   self.neg_weight)
+        self.pending.clear()
+        output = call_model(self.model, batch)
+        grads = [None] * len(self.pending)
+        if self.method == "taylor":
+            y = batch_labels if isinstance(batch_labels, torch.Tensor) else torch.as_tensor(np.asarray(batch_labels))
+            y = y[:, self.head] if y.dim() == 2 else y
+            losses = per_sample_loss(self.loss, output, y)
+            grads = torch.autograd.grad(losses.sum(), [entry[5] for entry in self.pending], allow_unused=True)
+        batch_rows = _leading_rows(output)
+        for (path, module, ids, samples, coef, leaf, n_samples), grad in zip(self.pending, grads):
+            if ids.size == 0:
+                continue
+            w = self._occurrence_weights(t, path, ids, samples, weights, batch_rows, n_samples)
+            if self.method == "taylor":
+                w = w * _taylor_factors(module, leaf, grad, ids, samples, coef)
+            unique, inverse = np.unique(ids, return_inverse=True)
+            self.totals[self.table_of_module[path]].add(unique, np.bincount(inverse, weights=w))
+
+    def _occurrence_weights(self, t, path, ids, samples, weights, batch_rows, n_samples) -> np.ndarray:
+        if weights is not None and weights.shape[0] == batch_rows and n_samples != batch_rows:
+            # Not one lookup row per sample (torchrec's jagged values, say): which sample an id belongs to is
+            # unknown here, so each occurrence counts with the batch's mean weight.
+            return np.full(ids.shape[0], weights.mean() * self.scale)
+        if weights is not None and samples.max() >= weights.shape[0]:
+            raise SharkExportError(
+                f"batch {t}: labels have {weights.shape[0]} rows but field {path!r} has {samples.max() + 1} samples")
+        return np.full(ids.shape[0], self.scale) if weights is None else weights[samples] * self.scale
+
+    def priorities(self) -> dict[str, SparseRows]:
+        scores = {}
+        for name, total in self.totals.items():
+            total.merge()
+            scores[name] = SparseRows(total.num_rows, total.ids, (total.values / self.scale).astype(np.float32))
+        return scores
