@@ -14,13 +14,13 @@ independent code path; the C++ kernels are tested against that reader.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
 
 from .errors import FormatError, IndexOutOfRangeError
+from .tiers import HEADER_BYTES, MAX_DIM, Tier, row_bytes
 
 __all__ = [
     "FORMAT_VERSION",
@@ -41,111 +41,13 @@ __all__ = [
 FORMAT_VERSION = 2  # written for a table without scale groups
 GROUPED_FORMAT_VERSION = 3  # written for a table with scale groups
 READABLE_VERSIONS = (1, 2, 3)
-GROUP_RECORD_BYTES = 12  # v3: one [scale f16][bias f16] slot per quantized tier (int8, int4, int2) per group
+#: The tiers with a scale and bias, in the order of their slots in a v3 group record.
+QUANTIZED_TIERS = tuple(t for t in Tier if t.is_quantized)
+GROUP_RECORD_BYTES = HEADER_BYTES * len(QUANTIZED_TIERS)  # v3: one [scale f16][bias f16] slot per quantized tier
 MAX_GROUP_ROWS = 2**40
-MAX_DIM = 65536
 MAX_ROWS = 2**40
 FP16_MAX = 65504.0
 BLOCK_ROWS = 64  # rows per row_meta block
-_META_BLOCK_BYTES = 32  # one row_meta block: 4 x uint64
-
-
-
-class Tier(enum.IntEnum):
-    """Precision of one stored row; the value is the 3-bit code stored in ``row_meta``."""
-
-    FP32 = 0
-    FP16 = 1
-    INT8 = 2
-    INT4 = 3
-    INT2 = 4
-    DROPPED = 5
-
-    @property
-    def bits(self) -> int:
-        """Bits per element (0 for a dropped row)."""
-        return _TIER_BITS[self.value]
-
-    @property
-    def is_quantized(self) -> bool:
-        """True for the int8/int4/int2 tiers (rows with a ``[scale f16][bias f16]`` header)."""
-        return self.value in (2, 3, 4)
-
-    @property
-    def levels(self) -> int:
-        """``L = 2^bits - 1``, the largest code of a quantized tier (0 for fp32/fp16/dropped)."""
-        return (1 << self.bits) - 1 if self.is_quantized else 0
-
-    @classmethod
-    def parse(cls, value: Any) -> "Tier":
-        """A Tier from a Tier, an int code 0..5, or a name (``"int8"``, ``"FP16"``, ``"float32"``, ``"drop"``)."""
-        if isinstance(value, Tier):
-            return value
-        if isinstance(value, (bool, np.bool_)):
-            raise FormatError(f"tier must be a Tier, a code 0..5 or a name, got {value!r}")
-        if isinstance(value, (int, np.integer)):
-            code = int(value)
-            if 0 <= code <= 5:
-                return cls(code)
-            raise FormatError(f"invalid tier code {code} (valid codes: 0..5)")
-        if isinstance(value, str):
-            key = value.strip().lower()
-            if key in _TIER_ALIASES:
-                return _TIER_ALIASES[key]
-            if key.isdigit():
-                return cls.parse(int(key))
-            raise FormatError(
-                f"unknown tier name {value!r} (valid: {', '.join(t.name.lower() for t in Tier)})"
-            )
-        raise FormatError(f"tier must be a Tier, a code 0..5 or a name, got {value!r} ({type(value).__name__})")
-
-    def __str__(self) -> str:
-        return self.name.lower()
-
-
-_TIER_BITS = (32, 16, 8, 4, 2, 0)
-_TIER_ALIASES = {
-    "fp32": Tier.FP32,
-    "float32": Tier.FP32,
-    "f32": Tier.FP32,
-    "float": Tier.FP32,
-    "fp16": Tier.FP16,
-    "float16": Tier.FP16,
-    "f16": Tier.FP16,
-    "half": Tier.FP16,
-    "int8": Tier.INT8,
-    "int4": Tier.INT4,
-    "int2": Tier.INT2,
-    "dropped": Tier.DROPPED,
-    "drop": Tier.DROPPED,
-    "none": Tier.DROPPED,
-}
-
-
-def _check_dim(dim: int) -> int:
-    if isinstance(dim, (bool, np.bool_)) or not isinstance(dim, (int, np.integer)):
-        raise FormatError(f"dim must be an integer, got {dim!r}")
-    dim = int(dim)
-    if not 1 <= dim <= MAX_DIM:
-        raise FormatError(f"dim {dim} is outside the supported range 1..{MAX_DIM}")
-    return dim
-
-
-def row_bytes(tier: Any, dim: int) -> int:
-    """Bytes of one row of ``tier`` *before* padding (FORMAT.md table): 4D, 2D, 4+D, 4+ceil(D/2), 4+ceil(D/4), 0."""
-    tier = Tier.parse(tier)
-    dim = _check_dim(dim)
-    if tier is Tier.FP32:
-        return 4 * dim
-    if tier is Tier.FP16:
-        return 2 * dim
-    if tier is Tier.INT8:
-        return 4 + dim
-    if tier is Tier.INT4:
-        return 4 + (dim + 1) // 2
-    if tier is Tier.INT2:
-        return 4 + (dim + 3) // 4
-    return 0
 
 
 def row_stride(tier: Any, dim: int, format_version: int = FORMAT_VERSION) -> int:
@@ -155,7 +57,7 @@ def row_stride(tier: Any, dim: int, format_version: int = FORMAT_VERSION) -> int
     if format_version == 1:
         return (n + 3) & ~3
     if format_version >= 3 and Tier.parse(tier).is_quantized:
-        return n - 4
+        return n - HEADER_BYTES
     return n
 
 

@@ -23,7 +23,9 @@ from typing import Any
 import numpy as np
 
 from .errors import FormatError, IndexOutOfRangeError
-from .format import MAX_DIM, MAX_ROWS, READABLE_VERSIONS, QuantizedTable, Tier, row_stride
+from .format import (GROUP_RECORD_BYTES, MAX_DIM, MAX_ROWS, QUANTIZED_TIERS, READABLE_VERSIONS, QuantizedTable,
+                     row_stride)
+from .tiers import HEADER_BYTES, Tier, decode_values, value_bytes
 
 __all__ = ["dequantize_rows", "dequantize", "gather", "embedding_bag"]
 
@@ -36,19 +38,19 @@ def _label(table: QuantizedTable) -> str:
 
 def _strides(dim: int, format_version: int) -> np.ndarray:
     lut = np.zeros(8, dtype=np.int64)  # codes 6/7: invalid, stride 0 here, rejected below
-    for code in range(6):
-        lut[code] = row_stride(code, dim, format_version)
+    for tier in Tier:
+        lut[tier] = row_stride(tier, dim, format_version)
     return lut
 
 
 def _header_bytes(table: QuantizedTable, code: int) -> int:
-    """The [scale][bias] header in front of a quantized row's codes: 4 bytes, none in v3 (groups hold it)."""
-    return 4 if code in (2, 3, 4) and int(table.format_version) < 3 else 0
+    """The [scale][bias] header in front of a quantized row's codes; none in v3 (groups hold it)."""
+    return HEADER_BYTES if Tier(code).is_quantized and int(table.format_version) < 3 else 0
 
 
-def _value_bytes(code: int, dim: int, header: int = 4) -> int:
-    """Bytes a row of ``code`` really uses (header + values, no padding), from the FORMAT.md table."""
-    return {0: 4 * dim, 1: 2 * dim, 2: header + dim, 3: header + (dim + 1) // 2, 4: header + (dim + 3) // 4, 5: 0}[code]
+def _value_bytes(code: int, dim: int, header: int) -> int:
+    """Bytes a row of ``code`` really uses (header + values, no padding)."""
+    return header + value_bytes(Tier(code), dim)
 
 
 def _group_section(table: QuantizedTable) -> tuple[int, int]:
@@ -132,7 +134,8 @@ def _decode(table: QuantizedTable, code: int, offsets: np.ndarray, rows: np.ndar
     """float32 [n, D] values of ``rows`` of one tier ``code`` at byte ``offsets``."""
     D = int(table.dim)
     n = offsets.shape[0]
-    if code == 5:
+    tier = Tier(code)
+    if tier is Tier.DROPPED:
         if table.default_row.shape != (D,):
             raise FormatError(f"{_label(table)}: {n} dropped row(s) read default_row, which is empty")
         return np.broadcast_to(np.asarray(table.default_row, dtype=np.float32), (n, D))
@@ -140,30 +143,17 @@ def _decode(table: QuantizedTable, code: int, offsets: np.ndarray, rows: np.ndar
     nbytes = _value_bytes(code, D, header)
     payload = np.asarray(table.payload)
     raw = payload[offsets[:, None] + np.arange(nbytes)]  # [n, nbytes] uint8, contiguous
-    if code == 0:
-        return raw.view("<f4").astype(np.float32)
-    if code == 1:
-        return raw.view("<f2").astype(np.float32)
+    if not tier.is_quantized:
+        return decode_values(raw, tier, D)
     if header:
-        sb = raw[:, 0:4]
-    else:  # v3: the 4-byte slot of the row's tier in its group's 12-byte record
+        sb = raw[:, 0:HEADER_BYTES]
+    else:  # v3: the slot of the row's tier in its group's record
         G, section = _group_section(table)
-        slot = section + 12 * (rows // G) + 4 * (code - 2)
-        sb = payload[slot[:, None] + np.arange(4)]
+        slot = section + GROUP_RECORD_BYTES * (rows // G) + HEADER_BYTES * QUANTIZED_TIERS.index(tier)
+        sb = payload[slot[:, None] + np.arange(HEADER_BYTES)]
     scale = sb[:, 0:2].copy().view("<f2")[:, 0].astype(np.float64)
     bias = sb[:, 2:4].copy().view("<f2")[:, 0].astype(np.float64)
-    body = raw[:, header:]
-    if code == 2:
-        q = body
-    else:
-        bits = 4 if code == 3 else 2
-        per = 8 // bits
-        mask = (1 << bits) - 1
-        q = np.empty((n, body.shape[1] * per), dtype=np.uint8)
-        for i in range(per):  # element per*k + i sits in bits bits*i .. bits*i + bits-1 of byte k
-            q[:, i::per] = (body >> (bits * i)) & mask
-        q = q[:, :D]
-    return (q.astype(np.float64) * scale[:, None] + bias[:, None]).astype(np.float32)
+    return decode_values(raw[:, header:], tier, D, scale, bias)
 
 
 def _as_rows(table: QuantizedTable, rows: Any) -> np.ndarray:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .format import Tier, row_bytes
+from .tiers import Tier, pack_codes, row_bytes
 
 # Clipping search parameters per tier: (bins, max_steps). Each step evaluates two candidate ranges.
 # int4/int2: steps of 1% of the range, shrinking it by up to 50%. int8: its error surface is jagged at
@@ -107,23 +107,6 @@ def l2_clip_range(x: np.ndarray, mn: np.ndarray, mx: np.ndarray, tier: Tier,
         best_lo = np.where(better, lo, best_lo)
         best_hi = np.where(better, hi, best_hi)
     return best_lo, best_hi
-
-
-def pack_codes(q: np.ndarray, tier: Tier, out: np.ndarray) -> None:
-    """Write codes ``q`` (float64 or uint8 [n, D], values 0..L) into ``out`` (uint8 [n, nbytes])."""
-    n, D = q.shape
-    if tier is Tier.INT8:
-        np.copyto(out, q, casting="unsafe")
-        return
-    per = 2 if tier is Tier.INT4 else 4
-    width = 8 // per
-    nbytes = out.shape[1]
-    padded = np.zeros((n, nbytes * per), dtype=np.uint8)
-    np.copyto(padded[:, :D], q, casting="unsafe")
-    acc = padded[:, 0::per].copy()
-    for i in range(1, per):
-        acc |= padded[:, i::per] << (width * i)
-    out[...] = acc
 
 
 def encode_tier_rows(x: np.ndarray, mn: np.ndarray, mx: np.ndarray, tier: Tier, clip: str, out: np.ndarray,
