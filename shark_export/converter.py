@@ -20,6 +20,7 @@ from .export import ExampleInputs, export_to_ir
 from .checkpoint_tables import tables_from_checkpoint
 from .fields import find_fields, find_tables, has_stock_forward
 from .row_bounds import store_tables
+from .lookup_spec import OUTPUT_DTYPE_NAMES, storage_names
 from .integrity import CHECKSUMS_KEY, LOOKUPS_KEY, checksums_of, lookup_checksums_of
 from .model_file import make_stage_dir, require_output_dir, stage
 from .parallel_store import WorkerError, WorkerGroup, serve
@@ -355,7 +356,7 @@ def _convert_steps(
         LOOKUPS_KEY: lookup_checksums_of(ir_model.graph),
         REPORT_KEY: json.dumps({k: v for k, v in report.to_dict().items() if k != "output_path"}),
         FAITHFULNESS_KEY: json.dumps({"pruned_means": {n: np.asarray(m, np.float32).tolist() for n, m in pruned_means.items()},
-                                      "lookup_dtype": "float16" if config.output_onnx_dtype == 10 else "float32"}),
+                                      "lookup_dtype": OUTPUT_DTYPE_NAMES[config.output_onnx_dtype]}),
     })
     if DOMAIN in ir_model.opset_imports:  # a model that needs our library says which one, to any runtime user
         ir_model.metadata_props[RUNTIME_KEY] = ir_model.doc_string = RUNTIME_NOTE
@@ -374,7 +375,7 @@ def _convert_steps(
                 pruned_means=pruned_means, labels=label_list, **impact_goals,
                 dequantized=set(found.dense_uses) | {l.table for l in found.lookups if l.field in found.functional_fields}
                 | _tables_of_custom_modules(model, tables),
-                lookup_dtype=np.float16 if config.output_onnx_dtype == 10 else np.float32,
+                lookup_dtype=np.dtype(OUTPUT_DTYPE_NAMES[config.output_onnx_dtype]),
             )
             if not report.faithfulness and not keep_unfaithful:
                 raise ParityError(
@@ -467,7 +468,7 @@ def _tables_of_custom_modules(model, tables: dict) -> set[str]:
 
 def _dense_bytes(ir_model: ir.Model, quantized: dict, standard=None) -> int:
     """Bytes of every initializer that is not a stored table: the model's other weights."""
-    storage = {f"{n}.{part}" for n in quantized for part in ("payload", "row_meta", "default_row")}
+    storage = {tensor for n in quantized for tensor in storage_names(n)}
     if standard is not None:
         storage |= {name for table in standard.tables_out.values() for name in table.initializers()}
     return int(sum(v.const_value.nbytes for v in ir_model.graph.initializers.values()

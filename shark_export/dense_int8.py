@@ -19,7 +19,7 @@ import onnx
 import onnx_ir as ir
 
 from .errors import ExportError
-from .schemas import DOMAIN
+from .domain import DOMAIN
 
 DENSE_CHOICES = ("fp32", "int8")
 _QUANTIZED_OPS = ("MatMul", "Gemm")

@@ -10,7 +10,8 @@ from onnx import numpy_helper
 
 from .errors import AmbiguousModelError, FormatError, SharkExportError
 from .format import QuantizedTable
-from .schemas import DOMAIN, MULTI_OP, multi_field_inputs
+from .domain import DOMAIN, MULTI_OP
+from .lookup_spec import MultiLookupSpec, attributes_of_proto, table_of_storage
 
 
 def table_from_node_inputs(name: str, attributes: dict[str, int], payload, row_meta, default_row) -> QuantizedTable:
@@ -121,42 +122,20 @@ def _read_node(node, initializers: dict, tables: dict[str, QuantizedTable], look
         if len(node.input) < 4 or any(isinstance(v, list) for v in attributes.values()):
             raise FormatError(f"node {node.name!r}: expected payload, row_meta, default_row and indices inputs and int attributes")
         _read_table(node, node.input[:3], attributes, initializers, tables, storage_of)
-        lookups.append((node.name, node.op_type, node.input[0].removesuffix(".payload")))
+        lookups.append((node.name, node.op_type, table_of_storage(node.input[0])))
         return
-    kinds = attributes.get("kinds")
-    if not isinstance(kinds, list) or not kinds:
-        raise FormatError(f"node {node.name!r}: attribute 'kinds' must be a non-empty int list")
-    per_field = {}
-    for key, name in (("format_versions", "format_version"), ("num_rows", "num_rows"), ("dims", "dim"),
-                      ("uniform_tiers", "uniform_tier")):
-        values = attributes.get(key)
-        if not isinstance(values, list) or len(values) != len(kinds):
-            raise FormatError(f"node {node.name!r}: attribute {key!r} must list one int per field ({len(kinds)})")
-        per_field[name] = values
-    groups = attributes.get("scale_group_rows", [0] * len(kinds))
-    if not isinstance(groups, list) or len(groups) != len(kinds):
-        raise FormatError(f"node {node.name!r}: attribute 'scale_group_rows' must list one int per field ({len(kinds)})")
-    if any(groups):
-        per_field["scale_group_rows"] = groups
-    weights = attributes.get("has_weights", [0] * len(kinds))
-    if not isinstance(weights, list) or len(weights) != len(kinds):
-        raise FormatError(f"node {node.name!r}: attribute 'has_weights' must list one int per field ({len(kinds)})")
-    names = {a.name: a.s.decode("utf-8", "replace") for a in node.attribute if a.type == onnx.AttributeProto.STRING}
-    fields = names.get("field_names", "").split("\n")
-    first = 0
-    for k, kind in enumerate(kinds):
+    spec = MultiLookupSpec.from_attributes(attributes_of_proto(node), f"node {node.name!r}")
+    for k, (first, field, name) in enumerate(spec.field_inputs()):
         storage = node.input[first:first + 3]
         if len(storage) < 3:
             raise FormatError(f"node {node.name!r}: field {k} has no storage inputs (the node has {len(node.input)} inputs)")
-        _read_table(node, storage, {name: values[k] for name, values in per_field.items()}, initializers, tables, storage_of)
-        field = fields[k] if k < len(fields) and fields[k] else f"#{k}"
-        lookups.append((f"{node.name}[{field}]", node.op_type, storage[0].removesuffix(".payload")))
-        first += multi_field_inputs(kind, weights[k])
+        _read_table(node, storage, field.table_attributes(), initializers, tables, storage_of)
+        lookups.append((f"{node.name}[{name}]", node.op_type, table_of_storage(storage[0])))
 
 
 def _read_table(node, storage: list[str], attributes: dict, initializers: dict, tables: dict[str, QuantizedTable],
                 storage_of: dict[str, list[str]]) -> None:
-    table_name = storage[0].removesuffix(".payload")
+    table_name = table_of_storage(storage[0])
     if table_name in tables:
         # every reader of a table reads the same three tensors (the digest covers what the first one reads)
         first = storage_of[table_name]

@@ -12,6 +12,7 @@ from typing import Mapping
 
 import numpy as np
 
+from .domain import DOMAIN
 from .errors import IntegrityError
 
 CHECKSUMS_KEY = "shark_export.table_checksums"
@@ -75,15 +76,11 @@ def lookup_checksums_of(graph) -> str:
     same way verify reads it back (`_proto_lookup_digests`)."""
     import onnx_ir as ir
 
-    from .schemas import DOMAIN
-
     nodes = [ir.serde.serialize_node(node) for node in graph if node.domain == DOMAIN]
     return json.dumps(_node_digests(nodes), sort_keys=True)
 
 
 def _proto_lookup_digests(model) -> dict[str, str]:
-    from .schemas import DOMAIN
-
     return _node_digests([node for node in model.graph.node if node.domain == DOMAIN])
 
 

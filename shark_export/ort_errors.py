@@ -9,13 +9,12 @@ import re
 import numpy as np
 
 from .errors import FormatError, InputTypeError
-from .schemas import DOMAIN, MULTI_OP, multi_field_inputs
+from .domain import DOMAIN, MULTI_OP
+from .lookup_spec import OUTPUT_DTYPE_NAMES, SINGLE_OP_INPUTS, MultiLookupSpec, attributes_of_proto
 
 _TYPE_MISMATCH = re.compile(r"Type \(tensor\((\w+)\)\) of output arg \(([^)]*)\) of node \(([^)]*)\) does not match "
                             r"expected type \(tensor\((\w+)\)\)")
 _ABSENT = re.compile(r"Node \(([^)]*)\) Op \((RowwiseDequant\w+)\).*Input(\d+) is absent, but not optional")
-_SINGLE_INPUTS = ("payload", "row_meta", "default_row", "indices", "offsets", "per_sample_weights")
-_DTYPES = {1: "float32", 10: "float16"}
 
 
 def _load(source):
@@ -51,20 +50,16 @@ def _absent_input(node) -> str:
         return "an input is absent"
     position = empty[0]
     if node.op_type != MULTI_OP:
-        role = _SINGLE_INPUTS[position] if position < len(_SINGLE_INPUTS) else f"#{position}"
+        role = SINGLE_OP_INPUTS[position] if position < len(SINGLE_OP_INPUTS) else f"#{position}"
         return f"its input {role!r} (input {position}) is absent (empty name), but required"
-    kinds = _int_attribute(node, "kinds", [])
-    weights = _int_attribute(node, "has_weights", [0] * len(kinds)) if isinstance(kinds, list) else []
-    names = next((a.s.decode("utf-8", "replace").split("\n") for a in node.attribute if a.name == "field_names"), [])
-    first = 0
-    for k, kind in enumerate(kinds if isinstance(kinds, list) else []):
-        count = multi_field_inputs(kind, weights[k] if k < len(weights) else 0)
-        if position < first + count:
-            local = position - first
-            roles = ["payload", "row_meta", "default_row", "indices"] + (["offsets"] if kind == 2 else []) + ["per_sample_weights"]
-            field = names[k] if k < len(names) and names[k] else f"#{k}"
-            return f"field {field!r}: its input {roles[local]!r} (node input {position}) is absent (empty name), but required"
-        first += count
+    try:
+        spec = MultiLookupSpec.from_attributes(attributes_of_proto(node), f"node {node.name!r}")
+    except FormatError:  # attributes ORT accepted but we cannot read: say what is known
+        return f"input {position} is absent (empty name), but required"
+    for first, field, name in spec.field_inputs():
+        if position < first + len(field.input_roles):
+            role = field.input_roles[position - first]
+            return f"field {name!r}: its input {role!r} (node input {position}) is absent (empty name), but required"
     return f"input {position} is absent (empty name), but required"
 
 
@@ -83,7 +78,7 @@ def named_model_error(exc: BaseException, source) -> FormatError | None:
         if node is None:
             return None
         dtype = _int_attribute(node, "output_dtype", 1)
-        wanted = _DTYPES.get(dtype, f"element type {dtype}")
+        wanted = OUTPUT_DTYPE_NAMES.get(dtype, f"element type {dtype}")
         return FormatError(
             f"{node.op_type} node {node_name!r}: attribute output_dtype {dtype} ({wanted}) disagrees with its output "
             f"{output!r}, whose type elsewhere in the graph is {_name(inferred, declared, wanted)}: output_dtype must be "

@@ -8,6 +8,7 @@ import numpy as np
 
 from .errors import SharkExportError
 from .format import FORMAT_VERSION, GROUPED_FORMAT_VERSION, MAX_GROUP_ROWS, Tier, group_section_bytes, row_stride
+from .lookup_spec import FLOAT, FLOAT16
 from .row_ranking import RowRanking, SparseRows
 
 PRESETS = ("fp32", "fp16", "int8", "int4", "mixed")
@@ -121,7 +122,7 @@ class QuantConfig:
 
     @property
     def output_onnx_dtype(self) -> int:
-        return 1 if self.output_dtype == "float32" else 10
+        return FLOAT if self.output_dtype == "float32" else FLOAT16
 
     @property
     def needs_priorities(self) -> bool:

@@ -13,16 +13,10 @@ from onnx.defs import OpSchema
 
 from .domain import BAG_OP, DOMAIN, GATHER_OP, MULTI_OP
 from .domain import DOMAIN_VERSION as OPSET_VERSION
+from .errors import FormatError
 from .format import READABLE_VERSIONS
+from .lookup_spec import BAG_2D_FIELD, BAG_OFFSETS_FIELD, GATHER_FIELD, MultiLookupSpec
 
-#: RowwiseDequantMultiLookup field kinds (attribute `kinds`).
-GATHER_FIELD, BAG_2D_FIELD, BAG_OFFSETS_FIELD = 0, 1, 2
-
-
-def multi_field_inputs(kind: int, has_weights: bool) -> int:
-    """How many of RowwiseDequantMultiLookup's inputs a field takes: payload, row_meta, default_row,
-    indices, then offsets (bags with offsets) and per_sample_weights (when it has them)."""
-    return 4 + (kind == BAG_OFFSETS_FIELD) + bool(has_weights)
 
 _INDEX_TYPES = ["tensor(int32)", "tensor(int64)"]
 _OUTPUT_TYPES = ["tensor(float)", "tensor(float16)"]
@@ -157,32 +151,28 @@ def _bag_schema() -> OpSchema:
     return schema
 
 
-def _ints_attribute(ctx, name: str, n: int, default: int | None = None) -> list[int]:
-    attribute = ctx.get_attribute(name)
-    if attribute is None:
-        if default is None:
-            raise onnx.shape_inference.InferenceError(f"{ctx.get_display_name()}: missing attribute {name!r}")
-        return [default] * n
-    values = list(attribute.ints)
-    if n >= 0 and len(values) != n:
-        raise onnx.shape_inference.InferenceError(
-            f"{ctx.get_display_name()}: attribute {name!r} has {len(values)} entries, kinds has {n} (one per field)"
-        )
-    return values
+def _multi_spec(ctx) -> MultiLookupSpec:
+    attributes = {}
+    for name in MultiLookupSpec.ATTRIBUTE_NAMES:
+        attribute = ctx.get_attribute(name)
+        if attribute is not None:
+            attributes[name] = (attribute.s.decode("utf-8", "replace") if attribute.type == onnx.AttributeProto.STRING
+                                else attribute.i if attribute.type == onnx.AttributeProto.INT else list(attribute.ints))
+    try:
+        return MultiLookupSpec.from_attributes(attributes, ctx.get_display_name())
+    except FormatError as exc:
+        raise onnx.shape_inference.InferenceError(str(exc)) from None
 
 
 def _infer_multi(ctx) -> None:
-    kinds = _ints_attribute(ctx, "kinds", -1)
-    n = len(kinds)
-    for version in _ints_attribute(ctx, "format_versions", n):
-        if version not in READABLE_VERSIONS:
+    spec = _multi_spec(ctx)
+    for field in spec.fields:
+        if field.format_version not in READABLE_VERSIONS:
             raise onnx.shape_inference.InferenceError(
-                f"{ctx.get_display_name()}: format_version {version} is not supported (this build reads versions 1 to 3)"
+                f"{ctx.get_display_name()}: format_version {field.format_version} is not supported (this build reads "
+                f"versions 1 to 3)"
             )
-    dims = _ints_attribute(ctx, "dims", n)
-    weights = _ints_attribute(ctx, "has_weights", n, 0)
-    lasts = _ints_attribute(ctx, "include_last_offsets", n, 0)
-    needed = sum(multi_field_inputs(k, w) for k, w in zip(kinds, weights))
+    needed = sum(len(field.input_roles) for field in spec.fields)
     if ctx.get_num_inputs() != needed:
         raise onnx.shape_inference.InferenceError(
             f"{ctx.get_display_name()}: the fields' kinds and has_weights need {needed} inputs, the node has "
@@ -191,8 +181,8 @@ def _infer_multi(ctx) -> None:
     out = onnx.TypeProto()
     out.tensor_type.elem_type = _output_elem_type(ctx)
     batch, width = None, 0
-    first = 0
-    for kind, dim, w, last in zip(kinds, dims, weights, lasts):
+    for first, field, _ in spec.field_inputs():
+        kind, dim, last = field.kind, field.dim, field.include_last_offset
         indices = ctx.get_input_type(first + 3)
         shape = indices.tensor_type.shape if indices is not None and indices.tensor_type.HasField("shape") else None
         samples = None
@@ -219,7 +209,6 @@ def _infer_multi(ctx) -> None:
                         samples = n_offsets
         if batch is None and samples is not None:
             batch = samples
-        first += multi_field_inputs(kind, w)
     shape = out.tensor_type.shape
     b = shape.dim.add()
     if batch is not None:

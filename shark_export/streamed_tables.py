@@ -21,6 +21,7 @@ import onnx_ir as ir
 
 from .format import QuantizedTable
 from .integrity import TableDigest
+from .lookup_spec import storage_names
 from .page_hints import advise_mapping, drop_cached
 
 ALIGNMENT = 1 << 16  # payload offsets in a data file: page- and allocation-granularity aligned (mappable)
@@ -148,7 +149,7 @@ class PackJob:
 def external_payloads(graph: ir.Graph, store: SegmentStore) -> None:
     """The payload initializers of the packed tables become references into their data files."""
     for table, (data_name, offset, length) in store.locations.items():
-        value = graph.initializers.get(f"{table}.payload")
+        value = graph.initializers.get(storage_names(table)[0])
         if value is None:
             continue
         value.const_value = ir.ExternalTensor(data_name, offset, length, ir.DataType.UINT8, shape=ir.Shape([length]),

@@ -5,7 +5,8 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from ..export import STAGING_DOMAIN
-from ..schemas import DOMAIN, OPSET_VERSION
+from ..domain import DOMAIN
+from ..domain import DOMAIN_VERSION as OPSET_VERSION
 
 IR_VERSION = 10  # ORT 1.31 reads IR ≤ 13; onnx 1.23 would write 14 by default
 MAX_ONNX_OPSET = 26

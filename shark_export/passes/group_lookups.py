@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from ..schemas import BAG_2D_FIELD, BAG_OFFSETS_FIELD, BAG_OP, DOMAIN, GATHER_FIELD, GATHER_OP, MULTI_OP
+from ..domain import BAG_OP, DOMAIN, GATHER_OP, MULTI_OP
+from ..lookup_spec import (BAG_2D_FIELD, BAG_OFFSETS_FIELD, FLOAT, GATHER_FIELD, FieldSpec, MultiLookupSpec,
+                           attributes_of_ir)
 from .initializers import constant
 
 _LOOKUP_PREFIX = "lookup/"  # ReplaceLookupsPass names every field's lookup node so
@@ -174,7 +176,7 @@ class GroupLookupsPass(ir.passes.InPlacePass):
     @staticmethod
     def _joins(first: _Member, other: _Member) -> bool:
         return (other.cast_to == first.cast_to and
-                other.lookup.attributes.get_int("output_dtype", 1) == first.lookup.attributes.get_int("output_dtype", 1))
+                other.lookup.attributes.get_int("output_dtype", FLOAT) == first.lookup.attributes.get_int("output_dtype", FLOAT))
 
     def _fuse(self, graph: ir.Graph, concat: ir.Node, members: list[_Member]) -> ir.Value | None:
         """The fused node (plus Cast / Reshape back to what the run's inputs concatenated give), or None."""
@@ -183,9 +185,7 @@ class GroupLookupsPass(ir.passes.InPlacePass):
         if rest and not all(isinstance(d, int) for d in rest):
             return None  # the reshape back needs the trailing dims
         inputs: list[ir.Value] = []
-        lists: dict[str, list[int]] = {k: [] for k in ("kinds", "format_versions", "num_rows", "dims", "uniform_tiers", "modes",
-                                                       "include_last_offsets", "padding_idxs", "has_weights",
-                                                       "scale_group_rows")}
+        specs = []
         for m in members:
             node = m.lookup
             kind = _kind(node)
@@ -195,21 +195,11 @@ class GroupLookupsPass(ir.passes.InPlacePass):
                 inputs.append(node.inputs[4])
             if weights is not None:
                 inputs.append(weights)
-            a = node.attributes
-            lists["kinds"].append(kind)
-            lists["format_versions"].append(a.get_int("format_version", 0))
-            lists["num_rows"].append(a.get_int("num_rows", 0))
-            lists["dims"].append(a.get_int("dim", 0))
-            lists["uniform_tiers"].append(a.get_int("uniform_tier", -1))
-            lists["modes"].append(a.get_int("mode", 0))
-            lists["include_last_offsets"].append(a.get_int("include_last_offset", 0))
-            lists["padding_idxs"].append(a.get_int("padding_idx", -1))
-            lists["has_weights"].append(int(weights is not None))
-            lists["scale_group_rows"].append(a.get_int("scale_group_rows", 0))
-        output_dtype = members[0].lookup.attributes.get_int("output_dtype", 1)
-        fields = [m.field for m in members]
-        node = ir.node(MULTI_OP, inputs, attributes={**lists, "output_dtype": output_dtype, "field_names": "\n".join(fields)},
-                       domain=DOMAIN, name=f"lookups/{concat.name}" + (f"/{len(self.groups)}" if self.groups else ""))
+            specs.append(FieldSpec.of_single_op(attributes_of_ir(node), kind, weights is not None))
+        output_dtype = members[0].lookup.attributes.get_int("output_dtype", FLOAT)
+        spec = MultiLookupSpec(tuple(specs), tuple(m.field for m in members), output_dtype)
+        node = ir.node(MULTI_OP, inputs, attributes=spec.attributes(), domain=DOMAIN,
+                       name=f"lookups/{concat.name}" + (f"/{len(self.groups)}" if self.groups else ""))
         width = sum(_width(m) for m in members)
         fused = node.outputs[0]
         fused.type = ir.TensorType(ir.DataType(output_dtype))
@@ -230,5 +220,5 @@ class GroupLookupsPass(ir.passes.InPlacePass):
             fused.type = concat.outputs[0].type
             fused.shape = ir.Shape([batch, width // per_row, *rest])
         graph.insert_before(concat, new_nodes)
-        self.groups.append(fields)
+        self.groups.append(list(spec.names))
         return fused

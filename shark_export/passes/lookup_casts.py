@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from ..schemas import BAG_OP, DOMAIN, GATHER_OP, MULTI_OP
+from ..domain import BAG_OP, DOMAIN, GATHER_OP, MULTI_OP
+from ..lookup_spec import FLOAT
 
 _ONNX = ("", "ai.onnx")
 _LOOKUP_OPS = (GATHER_OP, BAG_OP, MULTI_OP)
@@ -42,7 +43,7 @@ class LookupCastsPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         for node in list(graph):
-            if node.domain != DOMAIN or node.op_type not in _LOOKUP_OPS or node.attributes.get_int("output_dtype", 1) != ir.DataType.FLOAT:
+            if node.domain != DOMAIN or node.op_type not in _LOOKUP_OPS or node.attributes.get_int("output_dtype", FLOAT) != FLOAT:
                 continue
             out = node.outputs[0]
             casts = _narrowing_casts(out)

@@ -7,7 +7,8 @@ import numpy as np
 import onnx_ir as ir
 
 from ..errors import ExportError
-from ..schemas import BAG_OP, DOMAIN, GATHER_OP
+from ..domain import BAG_OP, DOMAIN, GATHER_OP
+from ..lookup_spec import STORAGE_PARTS, storage_names
 from .initializers import constant
 from .lookups import Lookup, is_staging_lookup
 
@@ -65,11 +66,7 @@ class LookupRewrite:
 
 def storage(graph: ir.Graph, name: str, table) -> list[ir.Value]:
     """The table's three storage initializers, shared by every op that reads the table."""
-    return [
-        constant(graph, f"{name}.payload", table.payload),
-        constant(graph, f"{name}.row_meta", table.row_meta),
-        constant(graph, f"{name}.default_row", table.default_row),
-    ]
+    return [constant(graph, tensor, getattr(table, part)) for tensor, part in zip(storage_names(name), STORAGE_PARTS)]
 
 
 class ReplaceLookupsPass(ir.passes.InPlacePass):

@@ -32,7 +32,9 @@ import onnx_ir as ir
 from onnx_ir.passes.common import LiftConstantsToInitializersPass
 
 from ..format import QuantizedTable, Tier
-from ..schemas import BAG_2D_FIELD, BAG_OFFSETS_FIELD, BAG_OP, DOMAIN, GATHER_FIELD, GATHER_OP, MULTI_OP, multi_field_inputs
+from ..domain import BAG_OP, DOMAIN, GATHER_OP, MULTI_OP
+from ..lookup_spec import (BAG_2D_FIELD, BAG_OFFSETS_FIELD, FLOAT, FLOAT16, GATHER_FIELD, FieldSpec, MultiLookupSpec,
+                           SINGLE_OP_INPUTS, attributes_of_ir, table_of_storage)
 from ..standard_tables import METADATA_KEY, Part, StandardTable
 from .initializers import constant
 
@@ -369,51 +371,41 @@ class StandardOpsPass(ir.passes.InPlacePass):
         if left:  # (dead staging nodes go with the cleanup that follows)
             raise ir.passes.PostconditionError(f"shark_export ops left: {left}")
 
-    def _table(self, graph: ir.Graph, node: ir.Node, first: int, attributes: dict[str, int]) -> StandardTable:
+    def _table(self, node: ir.Node, first: int, spec: FieldSpec) -> StandardTable:
         payload = node.inputs[first]
-        name = payload.name.removesuffix(".payload")
+        name = table_of_storage(payload.name)
         self._storage.extend(v for v in node.inputs[first:first + 3] if v is not None)
         if name not in self.tables_out:
             if self.tables is not None and name in self.tables:
                 stored = self.tables[name]
             else:
                 arrays = [node.inputs[first + i].const_value.numpy() for i in range(3)]
-                keys = ("format_version", "num_rows", "dim", "uniform_tier") + (("scale_group_rows",) if attributes.get("scale_group_rows") else ())
-                stored = QuantizedTable.from_stored(name, {k: attributes[k] for k in keys}, *arrays)
+                stored = QuantizedTable.from_stored(name, spec.table_attributes(), *arrays)
             self.tables_out[name] = StandardTable.from_quantized(stored)
         return self.tables_out[name]
 
-    def _field(self, b: Builder, table: StandardTable, kind: int, inputs: list, attributes: dict) -> ir.Value:
-        if kind == GATHER_FIELD:
-            return _gather(b, table, inputs[0])
-        offsets = inputs[1] if kind == BAG_OFFSETS_FIELD else None
-        weights = inputs[2 if kind == BAG_OFFSETS_FIELD else 1] if attributes.get("has_weights") else None
-        return _bag(b, table, inputs[0], offsets, weights, attributes.get("mode", 0),
-                    attributes.get("include_last_offset", 0), attributes.get("padding_idx", -1))
+    def _field(self, b: Builder, node: ir.Node, first: int, spec: FieldSpec,
+               roles: tuple[str, ...] | list[str]) -> tuple[ir.Value, StandardTable]:
+        """The lowering of the field whose inputs (`roles`) start at node input `first`, and the table it reads."""
+        table = self._table(node, first, spec)
+        inputs = dict(zip(roles, node.inputs[first:first + len(roles)]))
+        if spec.kind == GATHER_FIELD:
+            return _gather(b, table, inputs["indices"]), table
+        return _bag(b, table, inputs["indices"], inputs.get("offsets"), inputs.get("per_sample_weights"), spec.mode,
+                    spec.include_last_offset, spec.padding_idx), table
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         for node in [n for n in graph if n.domain == DOMAIN]:
             b = Builder(graph, node.name or node.op_type)
             if node.op_type in (GATHER_OP, BAG_OP):
-                attributes = {k: _attribute(node, k, d) for k, d in (("format_version", 0), ("num_rows", 0), ("dim", 0),
-                              ("uniform_tier", -1), ("mode", 0), ("include_last_offset", 0), ("padding_idx", -1),
-                              ("scale_group_rows", 0))}
-                table = self._table(graph, node, 0, attributes)
-                if node.op_type == GATHER_OP:
-                    out = _gather(b, table, node.inputs[3])
-                else:
-                    has_offsets = len(node.inputs) > 4 and node.inputs[4] is not None
-                    attributes["has_weights"] = int(len(node.inputs) > 5 and node.inputs[5] is not None)
-                    extra = [node.inputs[3], *([node.inputs[4]] if has_offsets else []),
-                             *([node.inputs[5]] if attributes["has_weights"] else [])]
-                    out = self._field(b, table, BAG_OFFSETS_FIELD if has_offsets else BAG_2D_FIELD, extra, attributes)
+                out, table = self._field(b, node, 0, _single_field(node), SINGLE_OP_INPUTS)
                 self.lowered.append((node.name, node.op_type.removeprefix("RowwiseDequant"), table.name))
             elif node.op_type == MULTI_OP:
                 out = self._lower_multi(b, node)
             else:
                 raise ir.passes.PreconditionError(f"unknown shark_export op {node.op_type} ({node.name})")
-            if _attribute(node, "output_dtype", 1) == ir.DataType.FLOAT16:
+            if node.attributes.get_int("output_dtype", FLOAT) == FLOAT16:
                 out = b.op("Cast", [out], to=ir.DataType.FLOAT16)
             replace_with_lowered(graph, node, b.nodes, out)
         for value in self._storage:  # the stored-format tensors nothing reads any more
@@ -432,24 +424,20 @@ class StandardOpsPass(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, modified=bool(self.lowered))
 
     def _lower_multi(self, b: Builder, node: ir.Node) -> ir.Value:
-        a = node.attributes
-        kinds = list(a["kinds"].value)
-        lists = {key: list(a[key].value) for key in ("format_versions", "num_rows", "dims", "uniform_tiers", "modes",
-                                                     "include_last_offsets", "padding_idxs", "has_weights") if key in a}
-        names = a["field_names"].value.split("\n") if "field_names" in a else [f"#{k}" for k in range(len(kinds))]
-        blocks, first = [], 0
-        for k, kind in enumerate(kinds):
-            attributes = {"format_version": lists["format_versions"][k], "num_rows": lists["num_rows"][k],
-                          "dim": lists["dims"][k], "uniform_tier": lists["uniform_tiers"][k], "mode": lists["modes"][k],
-                          "include_last_offset": lists["include_last_offsets"][k], "padding_idx": lists["padding_idxs"][k],
-                          "has_weights": lists.get("has_weights", [0] * len(kinds))[k],
-                          "scale_group_rows": list(a["scale_group_rows"].value)[k] if "scale_group_rows" in a else 0}
-            table = self._table(b.graph, node, first, attributes)
-            out = self._field(b, table, kind, list(node.inputs[first + 3:first + multi_field_inputs(kind, attributes["has_weights"])]), attributes)
+        spec = MultiLookupSpec.from_attributes(attributes_of_ir(node), f"node {node.name!r}")
+        blocks = []
+        for first, field, name in spec.field_inputs():
+            out, table = self._field(b, node, first, field, field.input_roles)
             blocks.append(b.op("Reshape", [out, b.i64(0, -1)]))
-            self.lowered.append((f"{node.name}[{names[k]}]", "MultiLookup", table.name))
-            first += multi_field_inputs(kind, attributes["has_weights"])
+            self.lowered.append((f"{node.name}[{name}]", "MultiLookup", table.name))
         return blocks[0] if len(blocks) == 1 else b.op("Concat", blocks, axis=1)
+
+
+def _single_field(node: ir.Node) -> FieldSpec:
+    """A RowwiseDequantGather / EmbeddingBag node's field: its kind from the inputs it has."""
+    present = [i < len(node.inputs) and node.inputs[i] is not None for i in (4, 5)]
+    kind = GATHER_FIELD if node.op_type == GATHER_OP else (BAG_OFFSETS_FIELD if present[0] else BAG_2D_FIELD)
+    return FieldSpec.of_single_op(attributes_of_ir(node), kind, node.op_type == BAG_OP and present[1])
 
 
 def storage_names(tables: dict[str, StandardTable]) -> set[str]:
