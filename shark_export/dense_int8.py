@@ -21,7 +21,6 @@ import onnx_ir as ir
 from .errors import ExportError
 from .domain import DOMAIN
 
-DENSE_CHOICES = ("fp32", "int8")
 _QUANTIZED_OPS = ("MatMul", "Gemm")
 
 

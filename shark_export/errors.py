@@ -23,6 +23,10 @@ class MissingCustomOpsError(SharkExportError, RuntimeError):
     register and where ``shark_export.ops.library_path()`` finds it."""
 
 
+class OptionError(SharkExportError, ValueError):
+    """An option given to convert (or another entry point) has a value it does not take; the message names both."""
+
+
 class InputTypeError(SharkExportError, TypeError):
     """An input fed to a converted model has another dtype than the graph input it feeds (int32 ids where the
     graph takes int64, float ids): the message names the input, both dtypes and the fix."""

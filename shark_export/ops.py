@@ -7,8 +7,11 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence, Union
 
-from .domain import DOMAIN, DOMAIN_VERSION  # noqa: F401 - the package's names for them (shark_export.ops.DOMAIN)
+from . import domain
 from .errors import LibraryNotFoundError, MissingCustomOpsError
+
+#: ONNX domain of the custom ops and its opset version (shark_export.domain; here as the package has always named them).
+DOMAIN, DOMAIN_VERSION = domain.DOMAIN, domain.DOMAIN_VERSION
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx

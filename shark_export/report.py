@@ -174,16 +174,3 @@ def table_reports(tables: dict, quantized: dict, storage_notes: dict[str, str], 
         reports.append(TableReport(name, q.num_rows, q.dim, counts, b.fp32, b.payload, b.scales, b.metadata,
                                    storage=storage_notes.get(name, ""), dense_uses=uses))
     return reports
-
-
-def use_portable_bytes(report: ConvertReport, tables: dict) -> None:
-    """ops="standard": each table's bytes are those of its portable tensors (values or codes, float16 scale and
-    bias pairs, slot map plus default row as metadata), not the stored format's."""
-    for t in report.tables:
-        portable = tables.get(t.table)
-        if portable is None or t.pruned:
-            continue
-        b = portable.byte_report()
-        t.payload_bytes, t.scale_bytes, t.metadata_bytes = b.values, b.scales, b.metadata
-        layout = "uniform, no slot map" if portable.slots is None else f"{len(portable.parts)} sub-tables + slot map"
-        t.storage = "; ".join(filter(None, [t.storage, f"portable ({layout})"]))

@@ -438,8 +438,3 @@ def _single_field(node: ir.Node) -> FieldSpec:
     present = [i < len(node.inputs) and node.inputs[i] is not None for i in (4, 5)]
     kind = GATHER_FIELD if node.op_type == GATHER_OP else (BAG_OFFSETS_FIELD if present[0] else BAG_2D_FIELD)
     return FieldSpec.of_single_op(attributes_of_ir(node), kind, node.op_type == BAG_OP and present[1])
-
-
-def storage_names(tables: dict[str, StandardTable]) -> set[str]:
-    """Initializer names of the portable tables (what the report counts as tables, not dense weights)."""
-    return {name for table in tables.values() for name in table.initializers()}
