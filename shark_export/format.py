@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .errors import FormatError, IndexOutOfRangeError
-from .tiers import HEADER_BYTES, MAX_DIM, Tier, row_bytes
+from .tiers import HEADER_BYTES, MAX_DIM, QUANTIZED_TIERS, Tier, row_bytes
 
 __all__ = [
     "FORMAT_VERSION",
@@ -41,8 +41,6 @@ __all__ = [
 FORMAT_VERSION = 2  # written for a table without scale groups
 GROUPED_FORMAT_VERSION = 3  # written for a table with scale groups
 READABLE_VERSIONS = (1, 2, 3)
-#: The tiers with a scale and bias, in the order of their slots in a v3 group record.
-QUANTIZED_TIERS = tuple(t for t in Tier if t.is_quantized)
 GROUP_RECORD_BYTES = HEADER_BYTES * len(QUANTIZED_TIERS)  # v3: one [scale f16][bias f16] slot per quantized tier
 MAX_GROUP_ROWS = 2**40
 MAX_ROWS = 2**40
@@ -125,10 +123,11 @@ class TableBytes:
 
 @dataclass(frozen=True, eq=False)
 class QuantizedTable:
-    """One embedding table in storage format v1.
+    """One embedding table in storage format v1, v2 or v3.
 
-    Build it with :func:`quantize_table` or :meth:`load`; a hand-built instance is checked by
-    :meth:`validate` (which :meth:`load` always runs). ``uniform_tier`` is the tier code of a uniform
+    Build it with :func:`shark_export.quantize.quantize_table` or read it with
+    :func:`shark_export.table_file.load_table`; a hand-built instance is checked by :meth:`validate` (which
+    `load_table` always runs). ``uniform_tier`` is the tier code of a uniform
     table (then ``row_meta`` has shape ``[0, 4]``) or ``-1`` for a mixed table. ``tier_counts`` maps
     every :class:`Tier` to its number of rows. ``format_version`` sets the row strides (v1 padded to 4
     bytes, v2 unpadded) and whether ``default_row`` may be empty (v2, no dropped row). v3 tables have

@@ -29,6 +29,7 @@ from .format import (
     group_section_bytes,
     _stride_lut,
 )
+from .tiers import QUANTIZED_TIERS
 
 __all__ = ["quantize_table", "plan_layout", "TableLayout", "encode_rows", "is_row_source"]
 
@@ -66,6 +67,12 @@ def _parse_tiers(tiers: Any, R: int, name: str) -> tuple[int, np.ndarray | None]
     if np.all(codes == first):
         return first, None
     return -1, codes
+
+
+def row_meta_of(codes: np.ndarray, dim: int, format_version: int) -> tuple[np.ndarray, int]:
+    """row_meta [nb, 4] and the rows' payload length for per-row tier ``codes`` (uint8[R], all valid) of a table
+    of ``dim`` in ``format_version``."""
+    return _build_row_meta(codes, _stride_lut(dim, format_version))
 
 
 def _build_row_meta(codes: np.ndarray, lut: np.ndarray) -> tuple[np.ndarray, int]:
@@ -316,7 +323,7 @@ def encode_rows(w: Any, layout: TableLayout, payload: np.ndarray, r0: int, r1: i
         """The v3 group (scale, bias) of each of ``rows`` (absolute row ids) of a quantized ``tier``."""
         if not G or not tier.is_quantized:
             return None
-        slot = group_params[rows // G, int(tier) - int(Tier.INT8)]
+        slot = group_params[rows // G, QUANTIZED_TIERS.index(tier)]
         return slot[:, 0], slot[:, 1]
 
     chunk = layout.chunk_rows(chunk_rows)

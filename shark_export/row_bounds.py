@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from .format import QuantizedTable, Tier, row_stride
+from .tiers import QUANTIZED_TIERS
 from .quantize import is_row_source, plan_layout, quantize_table
 from .row_codes import quant_params
 from .reference import dequantize_rows
@@ -62,7 +63,7 @@ def keep_zero_rows_exact(codes: np.ndarray, zeros: np.ndarray, dim: int, grouped
         return codes
     at = codes[zeros]
     if grouped:
-        at[np.isin(at, (Tier.DROPPED, Tier.INT8, Tier.INT4, Tier.INT2))] = Tier.FP16
+        at[np.isin(at, (Tier.DROPPED, *QUANTIZED_TIERS))] = Tier.FP16
     else:
         exact = Tier.INT2 if row_stride(Tier.INT2, dim, 2) < row_stride(Tier.FP16, dim, 2) else Tier.FP16
         at[at == Tier.DROPPED] = exact
@@ -79,7 +80,7 @@ def row_bounds(weight, tiers: np.ndarray) -> np.ndarray:
         x = np.asarray(weight[r0:r1], dtype=np.float64)
         t = tiers[r0:r1]
         mn, mx = x.min(axis=1), x.max(axis=1)
-        for tier in (Tier.INT8, Tier.INT4, Tier.INT2):
+        for tier in QUANTIZED_TIERS:
             sel = np.flatnonzero(t == tier)
             if sel.shape[0]:
                 scale, _ = quant_params(mn[sel], mx[sel], tier.levels)

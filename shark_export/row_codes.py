@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .tiers import Tier, pack_codes, row_bytes
+from .tiers import QUANTIZED_TIERS, Tier, pack_codes, row_bytes
 
 # Clipping search parameters per tier: (bins, max_steps). Each step evaluates two candidate ranges.
 # int4/int2: steps of 1% of the range, shrinking it by up to 50%. int8: its error surface is jagged at
@@ -115,12 +115,10 @@ def encode_tier_rows(x: np.ndarray, mn: np.ndarray, mx: np.ndarray, tier: Tier, 
     (uint8 [n, stride], fully written, padding zero). ``shared``: each row's (scale, bias) from its v3
     scale group (float16 [n] each); the rows are then written as codes only."""
     n, D = x.shape
-    if tier is Tier.FP32:
-        out.view("<f4")[...] = x
-        return
-    if tier is Tier.FP16:
-        out[:, 2 * D:] = 0
-        out[:, : 2 * D].view("<f2")[...] = x  # float64/float32 -> float16 is rounded once, to nearest even
+    if not tier.is_quantized:  # a float tier: the values (float64/float32 -> float16 rounds once, to nearest even)
+        width = D * tier.bits // 8
+        out[:, width:] = 0
+        out[:, :width].view(tier.spec.dtype)[...] = x
         return
     L = tier.levels
     xf = x.astype(np.float64)
@@ -148,7 +146,7 @@ def group_params(w: np.ndarray, codes: np.ndarray | None, uniform: int, G: int, 
     R, D = w.shape
     n_groups = -(-R // G)
     params = np.zeros((n_groups, 3, 2), dtype=np.float16)
-    for slot, tier in enumerate((Tier.INT8, Tier.INT4, Tier.INT2)):
+    for slot, tier in enumerate(QUANTIZED_TIERS):
         if uniform >= 0:
             if uniform != tier:
                 continue

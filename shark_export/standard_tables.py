@@ -39,6 +39,7 @@ import numpy as np
 
 from .errors import FormatError
 from .format import BLOCK_ROWS, QuantizedTable, Tier, row_bytes, row_stride
+from .tiers import QUANTIZED_TIERS
 
 __all__ = ["METADATA_KEY", "Part", "PortableBytes", "SlotMap", "StandardTable", "read_tables", "inspect_text"]
 
@@ -248,7 +249,7 @@ class StandardTable:
                         codes_ = _repack(codes_, tier.bits, to_planar=True)
                     arrays = {"codes": np.ascontiguousarray(codes_)}
                     if G:
-                        arrays["group_scale_bias"] = np.ascontiguousarray(groups[:, tier.value - Tier.INT8.value, :]).astype(np.float16)
+                        arrays["group_scale_bias"] = np.ascontiguousarray(groups[:, QUANTIZED_TIERS.index(tier), :]).astype(np.float16)
                     else:
                         arrays["scale_bias"] = np.ascontiguousarray(raw[:, :4]).view("<f2").astype(np.float16)
                 n = int(rows.shape[0])
@@ -291,7 +292,7 @@ class StandardTable:
                 if part.tier is not Tier.INT8 and self.planar:
                     raw = _repack(raw, part.tier.bits, to_planar=False)
                 if G:
-                    section[:, part.tier.value - Tier.INT8.value, :] = part.arrays["group_scale_bias"]
+                    section[:, QUANTIZED_TIERS.index(part.tier), :] = part.arrays["group_scale_bias"]
                 else:
                     raw = np.concatenate([np.ascontiguousarray(part.arrays["scale_bias"].astype("<f2")).view(np.uint8),
                                           raw], axis=1)

@@ -92,6 +92,9 @@ TIERS = {
     Tier.DROPPED: TierSpec(0, "dropped", None, ("drop", "none")),
 }
 
+#: The tiers with a scale and bias, in the order of their slots in a v3 group record.
+QUANTIZED_TIERS = tuple(t for t in Tier if t.is_quantized)
+
 
 def _check_dim(dim: int) -> int:
     if isinstance(dim, (bool, np.bool_)) or not isinstance(dim, (int, np.integer)):

@@ -50,8 +50,8 @@ from cuda_testlib import NO_ERROR, TestLib  # noqa: E402
 
 try:  # the whole package (needs onnx, onnx-ir, onnxscript, ...)
     from shark_export import reference as ref
-    from shark_export.format import BLOCK_ROWS, QuantizedTable, Tier, row_stride
-    from shark_export.quantize import quantize_table
+    from shark_export.format import FORMAT_VERSION, QuantizedTable, Tier, row_stride
+    from shark_export.quantize import quantize_table, row_meta_of
 except Exception as exc:  # noqa: BLE001  -- only format.py/reference.py are needed: load them without __init__
     print(f"note: import shark_export failed ({type(exc).__name__}: {exc}); loading format/reference directly")
     for name in [m for m in sys.modules if m == "shark_export" or m.startswith("shark_export.")]:
@@ -60,8 +60,8 @@ except Exception as exc:  # noqa: BLE001  -- only format.py/reference.py are nee
     pkg.__path__ = [str(REPO / "shark_export")]
     sys.modules["shark_export"] = pkg
     from shark_export import reference as ref  # noqa: E402
-    from shark_export.format import BLOCK_ROWS, QuantizedTable, Tier, row_stride  # noqa: E402
-    from shark_export.quantize import quantize_table  # noqa: E402
+    from shark_export.format import FORMAT_VERSION, QuantizedTable, Tier, row_stride  # noqa: E402
+    from shark_export.quantize import quantize_table, row_meta_of  # noqa: E402
 
 U = 2.0**-24
 FAILURES: list[str] = []
@@ -205,20 +205,8 @@ def _as_mixed(table: QuantizedTable) -> QuantizedTable:
 
 
 def _meta_from_codes(codes: np.ndarray, D: int) -> np.ndarray:
-    R = codes.shape[0]
-    nb = -(-R // BLOCK_ROWS)
-    lut = np.array([row_stride(t, D) for t in Tier], dtype=np.int64)
-    sizes = np.zeros(nb * BLOCK_ROWS, dtype=np.int64)
-    sizes[:R] = lut[codes]
-    padded = np.zeros(nb * BLOCK_ROWS, dtype=np.uint64)
-    padded[:R] = codes
-    meta = np.zeros((nb, 4), dtype=np.uint64)
-    meta[:, 0] = np.concatenate([[0], np.cumsum(sizes.reshape(nb, BLOCK_ROWS).sum(1))[:-1]]).astype(np.uint64)
-    bit = np.uint64(1) << np.arange(BLOCK_ROWS, dtype=np.uint64)
-    for k in range(3):
-        planes = ((padded.reshape(nb, BLOCK_ROWS) >> np.uint64(k)) & np.uint64(1)) * bit
-        meta[:, 1 + k] = np.bitwise_or.reduce(planes, axis=1)
-    return meta
+    """The row_meta of a mixed table with tier `codes` in the format these tables are built in (FORMAT_VERSION)."""
+    return row_meta_of(codes.astype(np.uint8), D, FORMAT_VERSION)[0]
 
 
 def _bits(a: np.ndarray) -> np.ndarray:
@@ -368,7 +356,7 @@ class ZipfIds:
 def random_payload(codes: np.ndarray, D: int, rng) -> tuple[np.ndarray, np.ndarray]:
     """(payload, row byte offsets) of a table with tier `codes`: random bytes with finite values (the top
     exponent bit of every fp32/fp16 value and scale/bias cleared: |x| < 2)."""
-    lut = np.array([row_stride(t, D) for t in Tier], dtype=np.int64)
+    lut = np.array([row_stride(t, D, FORMAT_VERSION) for t in Tier], dtype=np.int64)
     sizes = lut[codes]
     offs = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     payload = rng.integers(0, 256, size=int(sizes.sum()), dtype=np.uint8)
@@ -448,8 +436,8 @@ def bench(be: Backend, args) -> dict[str, Any]:
     # torch baselines
     w32 = torch.randn(R, D, device=dev) * 0.1
     w16 = w32.half()
-    p8 = tables["int8"][0].payload.view(R, row_stride(Tier.INT8, D))
-    p4 = tables["int4"][0].payload.view(R, row_stride(Tier.INT4, D))
+    p8 = tables["int8"][0].payload.view(R, row_stride(Tier.INT8, D, FORMAT_VERSION))
+    p4 = tables["int4"][0].payload.view(R, row_stride(Tier.INT4, D, FORMAT_VERSION))
 
     def deq8(rows):
         sb = rows[:, :4].contiguous().view(torch.float16).float()
@@ -479,7 +467,7 @@ def bench(be: Backend, args) -> dict[str, Any]:
     idx_bytes = n * 8
     cases: list[tuple[str, str, Callable[[], Any], int]] = []
     for name, (tab, payload, codes) in tables.items():
-        read = int(np.array([row_stride(t, D) for t in Tier])[codes[ids_np]].sum())
+        read = int(np.array([row_stride(t, D, FORMAT_VERSION) for t in Tier])[codes[ids_np]].sum())
         if name == "mixed":
             read += n * 32  # the row_meta block record of each lookup
         cases.append(("lookup", f"ours_{name}", (lambda tab=tab: be.gather(tab, ids, out32)), read + out_bytes + idx_bytes))
@@ -487,13 +475,13 @@ def bench(be: Backend, args) -> dict[str, Any]:
                       (lambda tab=tab: be.bag(tab, ids2d, pooled)), read + args.batch * D * 4 + idx_bytes))
     out16 = torch.empty((n, D), dtype=torch.float16, device=dev)
     cases.append(("lookup", "ours_int8_to_f16", lambda: be.gather(tables["int8"][0], ids, out16),
-                  n * row_stride(Tier.INT8, D) + n * D * 2 + idx_bytes))
+                  n * row_stride(Tier.INT8, D, FORMAT_VERSION) + n * D * 2 + idx_bytes))
     F = torch.nn.functional
     cases += [
         ("lookup", "torch_embedding_fp32", lambda: F.embedding(ids, w32), n * D * 4 + out_bytes + idx_bytes),
         ("lookup", "torch_embedding_fp16", lambda: F.embedding(ids, w16), n * D * 2 + n * D * 2 + idx_bytes),
-        ("lookup", "torch_deq_after_gather_int8", lambda: deq8(p8[ids]), n * row_stride(Tier.INT8, D) + out_bytes + idx_bytes),
-        ("lookup", "torch_deq_after_gather_int4", lambda: deq4(p4[ids]), n * row_stride(Tier.INT4, D) + out_bytes + idx_bytes),
+        ("lookup", "torch_deq_after_gather_int8", lambda: deq8(p8[ids]), n * row_stride(Tier.INT8, D, FORMAT_VERSION) + out_bytes + idx_bytes),
+        ("lookup", "torch_deq_after_gather_int4", lambda: deq4(p4[ids]), n * row_stride(Tier.INT4, D, FORMAT_VERSION) + out_bytes + idx_bytes),
         ("pooled", "torch_embedding_bag_fp32", lambda: F.embedding_bag(ids2d, w32, mode="sum"),
          n * D * 4 + args.batch * D * 4 + idx_bytes),
         ("pooled", "torch_embedding_bag_fp16", lambda: F.embedding_bag(ids2d, w16, mode="sum"),
@@ -512,7 +500,7 @@ def bench(be: Backend, args) -> dict[str, Any]:
             torch.cuda.current_stream().synchronize()
 
         cases.append(("lookup", "ours_int8_with_error_readback_sync", checked,
-                      n * row_stride(Tier.INT8, D) + out_bytes + idx_bytes))
+                      n * row_stride(Tier.INT8, D, FORMAT_VERSION) + out_bytes + idx_bytes))
 
     results["cases"] = []
     print(f"\n{'case':7} {'contender':38} {'median ms':>10} {'min ms':>9} {'GB/s':>8} {'% of copy':>9}")

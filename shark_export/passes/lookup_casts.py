@@ -11,7 +11,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from ..domain import BAG_OP, DOMAIN, GATHER_OP, MULTI_OP
-from ..lookup_spec import FLOAT
+from ..lookup_spec import FLOAT, FLOAT16
 
 _ONNX = ("", "ai.onnx")
 _LOOKUP_OPS = (GATHER_OP, BAG_OP, MULTI_OP)
@@ -62,3 +62,13 @@ class LookupCastsPass(ir.passes.InPlacePass):
                 graph.remove(cast, safe=True)
             self.folded.append(node.name)
         return ir.passes.PassResult(model, modified=bool(self.folded))
+
+    def ensures(self, model: ir.Model) -> None:
+        """Every folded lookup writes float16 and no Cast(to=float16) reads it any more."""
+        folded = set(self.folded)
+        for node in model.graph:
+            if node.name not in folded or node.domain != DOMAIN:
+                continue
+            if node.attributes.get_int("output_dtype", FLOAT) != FLOAT16 or _narrowing_casts(node.outputs[0]):
+                raise ir.passes.PostconditionError(f"lookup {node.name!r} was folded but still writes float32 or "
+                                                   "is read through a Cast")
