@@ -31,19 +31,11 @@ inline bool groups_ok(const DeviceTable& t) { return t.group_shift < 0 || t.grou
 inline uintptr_t index_align(IndexKind k) { return k == IndexKind::kInt64 ? 8 : 4; }
 inline uintptr_t out_align(OutKind k) { return k == OutKind::kFloat16 ? 2 : 4; }
 
-// Calls f.template operator()<TIER>() for the table's tier (kMixed for a mixed table).
+// Calls f.template run<TIER>() for the table's tier (kMixed for a mixed table).
 template <class F>
 cudaError_t dispatch_tier(int tier, F&& f) {
-  switch (tier) {
-    case kFp32: return f.template run<kFp32>();
-    case kFp16: return f.template run<kFp16>();
-    case kInt8: return f.template run<kInt8>();
-    case kInt4: return f.template run<kInt4>();
-    case kInt2: return f.template run<kInt2>();
-    case kDropped: return f.template run<kDropped>();
-    case kMixed: return f.template run<kMixed>();
-    default: return cudaErrorInvalidValue;
-  }
+  if (tier < kMixed || tier >= shark_format::kNumTiers) return cudaErrorInvalidValue;
+  return shark_format::visit_layout(tier, [&](auto t) { return f.template run<decltype(t)::value>(); });
 }
 
 }  // namespace shark_cuda

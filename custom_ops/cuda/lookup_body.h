@@ -22,7 +22,7 @@ inline uint32_t group_size(uint32_t dim) {
 template <int TIER, typename OutT>
 SHARK_HD void emit_row(const RowRef& row, const float* dflt, uint32_t D, OutT* o, uint32_t lane, uint32_t G) {
   float s = 0.f, b = 0.f;
-  if constexpr (is_quantized(TIER)) scale_bias(row.sb, &s, &b);
+  if constexpr (shark_format::TierTraits<TIER>::kQuantized) scale_bias(row.sb, &s, &b);
   const uint32_t units = (D + 3) / 4;
   for (uint32_t u = lane; u < units; u += G) {
     const uint32_t n = D - 4 * u < 4 ? D - 4 * u : 4;
@@ -40,14 +40,7 @@ SHARK_HD void emit_row(const RowRef& row, const float* dflt, uint32_t D, OutT* o
 template <typename OutT>
 SHARK_HD void emit_row_any(int tier, const RowRef& row, const float* dflt, uint32_t D, OutT* o, uint32_t lane,
                            uint32_t G) {
-  switch (tier) {
-    case kFp32: emit_row<kFp32>(row, dflt, D, o, lane, G); break;
-    case kFp16: emit_row<kFp16>(row, dflt, D, o, lane, G); break;
-    case kInt8: emit_row<kInt8>(row, dflt, D, o, lane, G); break;
-    case kInt4: emit_row<kInt4>(row, dflt, D, o, lane, G); break;
-    case kInt2: emit_row<kInt2>(row, dflt, D, o, lane, G); break;
-    default: emit_row<kDropped>(row, dflt, D, o, lane, G); break;
-  }
+  shark_format::visit_tier(tier, [&](auto t) { emit_row<decltype(t)::value>(row, dflt, D, o, lane, G); });
 }
 
 template <typename OutT>
@@ -153,14 +146,7 @@ SHARK_HD Raw load_unit_tier(int tier, const uint8_t* row, const float* dflt, uin
   if constexpr (TIER != kMixed) {
     return load_unit<TIER>(row, dflt, u, D);
   } else {
-    switch (tier) {
-      case kFp32: return load_unit<kFp32>(row, dflt, u, D);
-      case kFp16: return load_unit<kFp16>(row, dflt, u, D);
-      case kInt8: return load_unit<kInt8>(row, dflt, u, D);
-      case kInt4: return load_unit<kInt4>(row, dflt, u, D);
-      case kInt2: return load_unit<kInt2>(row, dflt, u, D);
-      default: return load_unit<kDropped>(row, dflt, u, D);
-    }
+    return shark_format::visit_tier(tier, [&](auto t) { return load_unit<decltype(t)::value>(row, dflt, u, D); });
   }
 }
 
@@ -169,14 +155,7 @@ SHARK_HD void accum_unit_tier(int tier, const Raw& r, float s, float b, bool wei
   if constexpr (TIER != kMixed) {
     accum_unit<TIER>(r, s, b, weighted, w, acc);
   } else {
-    switch (tier) {
-      case kFp32: accum_unit<kFp32>(r, s, b, weighted, w, acc); break;
-      case kFp16: accum_unit<kFp16>(r, s, b, weighted, w, acc); break;
-      case kInt8: accum_unit<kInt8>(r, s, b, weighted, w, acc); break;
-      case kInt4: accum_unit<kInt4>(r, s, b, weighted, w, acc); break;
-      case kInt2: accum_unit<kInt2>(r, s, b, weighted, w, acc); break;
-      default: accum_unit<kDropped>(r, s, b, weighted, w, acc); break;
-    }
+    shark_format::visit_tier(tier, [&](auto t) { accum_unit<decltype(t)::value>(r, s, b, weighted, w, acc); });
   }
 }
 

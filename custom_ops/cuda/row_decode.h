@@ -231,7 +231,7 @@ SHARK_HD void record_min(unsigned long long* slot, unsigned long long pos) {
 }
 
 // ---- row location --------------------------------------------------------------------------------
-SHARK_HD_CONSTEXPR bool is_quantized(int tier) { return tier == kInt8 || tier == kInt4 || tier == kInt2; }
+using shark_format::is_quantized;
 
 // A located row: `data` its values (fp32/fp16) or codes (int8/int4/int2), `sb` (quantized tiers only) its
 // [scale f16][bias f16] -- the row's own header in v1/v2 (codes at +4), its group's slot in v3 (the row
@@ -328,7 +328,7 @@ SHARK_HD void decode_unit(const Raw& r, float s, float b, float x[4]) {
     x[2] = half_to_f32(r.w[1] & 0xffffu);
     x[3] = half_to_f32(r.w[1] >> 16);
   } else {
-    constexpr uint32_t kBits = TIER == kInt8 ? 8 : TIER == kInt4 ? 4 : 2;
+    constexpr uint32_t kBits = shark_format::TierTraits<TIER>::kBits;
     constexpr uint32_t kMask = (1u << kBits) - 1;
     for (uint32_t i = 0; i < 4; ++i) x[i] = dequant((r.w[0] >> (kBits * i)) & kMask, s, b);
   }

@@ -14,14 +14,7 @@ namespace shark {
 // Mixed tables: acc.add<T> for a tier known at run time only.
 template <class Acc>
 static inline void add_any(Acc& acc, int tier, RowRef row, const float* dflt, float w) {
-  switch (tier) {
-    case kFp32: acc.template add<kFp32>(row, dflt, w); break;
-    case kFp16: acc.template add<kFp16>(row, dflt, w); break;
-    case kInt8: acc.template add<kInt8>(row, dflt, w); break;
-    case kInt4: acc.template add<kInt4>(row, dflt, w); break;
-    case kInt2: acc.template add<kInt2>(row, dflt, w); break;
-    default: acc.template add<kDropped>(row, dflt, w); break;
-  }
+  shark_format::visit_tier(tier, [&](auto t) { acc.template add<decltype(t)::value>(row, dflt, w); });
 }
 
 // The bag loop: walk each bag's indices (prefetch ahead, range-check, locate mixed rows, skip padding)
@@ -138,15 +131,9 @@ static TaskFn bag_task_for_dim(uint32_t dim) {
 
 template <class Rows, typename IdxT, typename OutT, bool WEIGHTED>
 static TaskFn bag_task_for_tier(int tier, uint32_t dim) {
-  switch (tier) {
-    case kFp32: return bag_task_for_dim<Rows, kFp32, IdxT, OutT, WEIGHTED>(dim);
-    case kFp16: return bag_task_for_dim<Rows, kFp16, IdxT, OutT, WEIGHTED>(dim);
-    case kInt8: return bag_task_for_dim<Rows, kInt8, IdxT, OutT, WEIGHTED>(dim);
-    case kInt4: return bag_task_for_dim<Rows, kInt4, IdxT, OutT, WEIGHTED>(dim);
-    case kInt2: return bag_task_for_dim<Rows, kInt2, IdxT, OutT, WEIGHTED>(dim);
-    case kDropped: return bag_task_for_dim<Rows, kDropped, IdxT, OutT, WEIGHTED>(dim);
-    default: return bag_task_for_dim<Rows, kMixed, IdxT, OutT, WEIGHTED>(dim);
-  }
+  return shark_format::visit_layout(tier, [dim](auto t) {
+    return bag_task_for_dim<Rows, decltype(t)::value, IdxT, OutT, WEIGHTED>(dim);
+  });
 }
 
 template <class Rows, typename IdxT, typename OutT>

@@ -36,19 +36,100 @@ SHARK_FORMAT_FN uint32_t popcount64(uint64_t x) {
 #endif
 }
 
-// Bytes of a row of `tier` with `dim` elements, before any padding.
-SHARK_FORMAT_FN uint64_t row_bytes(int tier, uint64_t dim) {
+// Each tier's storage (docs/FORMAT.md): bits per element, and whether its codes come with a [scale f16][bias f16]
+// pair. A new tier is one specialization here, one case in visit_tier, its block popcount below, and its row
+// decoding (kernels/rows_*.h on the CPU, cuda/row_decode.h); docs/ARCHITECTURE.md lists the rest.
+template <int T>
+struct TierTraits;
+template <>
+struct TierTraits<kFp32> {
+  static constexpr uint32_t kBits = 32;
+  static constexpr bool kQuantized = false;
+  static constexpr const char* kName = "fp32";
+};
+template <>
+struct TierTraits<kFp16> {
+  static constexpr uint32_t kBits = 16;
+  static constexpr bool kQuantized = false;
+  static constexpr const char* kName = "fp16";
+};
+template <>
+struct TierTraits<kInt8> {
+  static constexpr uint32_t kBits = 8;
+  static constexpr bool kQuantized = true;
+  static constexpr const char* kName = "int8";
+};
+template <>
+struct TierTraits<kInt4> {
+  static constexpr uint32_t kBits = 4;
+  static constexpr bool kQuantized = true;
+  static constexpr const char* kName = "int4";
+};
+template <>
+struct TierTraits<kInt2> {
+  static constexpr uint32_t kBits = 2;
+  static constexpr bool kQuantized = true;
+  static constexpr const char* kName = "int2";
+};
+template <>
+struct TierTraits<kDropped> {
+  static constexpr uint32_t kBits = 0;
+  static constexpr bool kQuantized = false;
+  static constexpr const char* kName = "dropped";
+};
+
+// A tier code as a type: inside a generic lambda `[&](auto t)`, `decltype(t)::value` is a constant.
+template <int T>
+struct TierConst {
+  static constexpr int value = T;
+};
+
+// The one switch over the tier codes: f(TierConst<tier>{}), its result returned. A code that is no tier goes as
+// kDropped (tables are validated first: codes 6 and 7 never reach a kernel). Every per-tier choice of the CPU
+// kernels, the CUDA kernels and their host emulation goes through visit_tier or visit_layout.
+#if defined(__CUDACC__)
+#pragma nv_exec_check_disable
+#endif
+template <class F>
+SHARK_FORMAT_FN decltype(auto) visit_tier(int tier, F&& f) {
   switch (tier) {
-    case kFp32: return 4 * dim;
-    case kFp16: return 2 * dim;
-    case kInt8: return 4 + dim;
-    case kInt4: return 4 + (dim + 1) / 2;
-    case kInt2: return 4 + (dim + 3) / 4;
-    default: return 0;
+    case kFp32: return f(TierConst<kFp32>{});
+    case kFp16: return f(TierConst<kFp16>{});
+    case kInt8: return f(TierConst<kInt8>{});
+    case kInt4: return f(TierConst<kInt4>{});
+    case kInt2: return f(TierConst<kInt2>{});
+    default: return f(TierConst<kDropped>{});
   }
 }
 
-SHARK_FORMAT_FN bool is_quantized(int tier) { return tier == kInt8 || tier == kInt4 || tier == kInt2; }
+// visit_tier for a table's layout: its uniform tier, or kMixed (rows of any tier, each read from its block).
+#if defined(__CUDACC__)
+#pragma nv_exec_check_disable
+#endif
+template <class F>
+SHARK_FORMAT_FN decltype(auto) visit_layout(int uniform_tier, F&& f) {
+  if (uniform_tier == kMixed) return f(TierConst<kMixed>{});
+  return visit_tier(uniform_tier, static_cast<F&&>(f));
+}
+
+// (Visitors here are structs with always-inline members, not lambdas: a lambda of an inline function is a weak
+// symbol that the AVX2 translation unit could emit for everyone; tests/test_build.py checks none is.)
+struct RowBytesOf {
+  uint64_t dim;
+  template <class T>
+  SHARK_FORMAT_FN uint64_t operator()(T) const {
+    return (dim * TierTraits<T::value>::kBits + 7) / 8 + (TierTraits<T::value>::kQuantized ? 4 : 0);
+  }
+};
+struct IsQuantized {
+  template <class T>
+  SHARK_FORMAT_FN bool operator()(T) const { return TierTraits<T::value>::kQuantized; }
+};
+
+// Bytes of a row of `tier` with `dim` elements, before any padding.
+SHARK_FORMAT_FN uint64_t row_bytes(int tier, uint64_t dim) { return visit_tier(tier, RowBytesOf{dim}); }
+
+SHARK_FORMAT_FN bool is_quantized(int tier) { return visit_tier(tier, IsQuantized{}); }
 
 // Bytes in front of a quantized row's codes: its own [scale f16][bias f16] in v1 and v2; none in v3, where
 // scale and bias are shared by a group of rows (group_slot_offset).

@@ -13,14 +13,9 @@ namespace shark {
 template <class Rows, bool STREAM, typename OutT>
 static inline void emit_row_any(int tier, RowRef row, uint32_t D, const float* dflt, const OutT* dflt_out,
                                 OutT* out) {
-  switch (tier) {
-    case kFp32: Rows::template emit_row<kFp32, STREAM>(row, D, dflt, dflt_out, out); break;
-    case kFp16: Rows::template emit_row<kFp16, STREAM>(row, D, dflt, dflt_out, out); break;
-    case kInt8: Rows::template emit_row<kInt8, STREAM>(row, D, dflt, dflt_out, out); break;
-    case kInt4: Rows::template emit_row<kInt4, STREAM>(row, D, dflt, dflt_out, out); break;
-    case kInt2: Rows::template emit_row<kInt2, STREAM>(row, D, dflt, dflt_out, out); break;
-    default: Rows::template emit_row<kDropped, STREAM>(row, D, dflt, dflt_out, out); break;
-  }
+  shark_format::visit_tier(tier, [&](auto t) {
+    Rows::template emit_row<decltype(t)::value, STREAM>(row, D, dflt, dflt_out, out);
+  });
 }
 
 namespace {  // internal linkage: each instruction set's translation unit has its own copy
@@ -119,15 +114,9 @@ static void gather_task(void* p, size_t task) {
 
 template <class Rows, bool STREAM, typename IdxT, typename OutT>
 static TaskFn gather_task_for_tier(int tier) {
-  switch (tier) {
-    case kFp32: return &gather_task<Rows, kFp32, STREAM, IdxT, OutT>;
-    case kFp16: return &gather_task<Rows, kFp16, STREAM, IdxT, OutT>;
-    case kInt8: return &gather_task<Rows, kInt8, STREAM, IdxT, OutT>;
-    case kInt4: return &gather_task<Rows, kInt4, STREAM, IdxT, OutT>;
-    case kInt2: return &gather_task<Rows, kInt2, STREAM, IdxT, OutT>;
-    case kDropped: return &gather_task<Rows, kDropped, STREAM, IdxT, OutT>;
-    default: return &gather_task<Rows, kMixed, STREAM, IdxT, OutT>;
-  }
+  return shark_format::visit_layout(tier, [](auto t) -> TaskFn {
+    return &gather_task<Rows, decltype(t)::value, STREAM, IdxT, OutT>;
+  });
 }
 
 template <class Rows, bool STREAM>

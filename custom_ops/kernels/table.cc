@@ -5,15 +5,8 @@
 namespace shark {
 
 const char* tier_name(int tier) {
-  switch (tier) {
-    case kFp32: return "fp32";
-    case kFp16: return "fp16";
-    case kInt8: return "int8";
-    case kInt4: return "int4";
-    case kInt2: return "int2";
-    case kDropped: return "dropped";
-    default: return "invalid";
-  }
+  if (tier < 0 || tier >= kNumTiers) return "invalid";
+  return shark_format::visit_tier(tier, [](auto t) { return shark_format::TierTraits<decltype(t)::value>::kName; });
 }
 
 static std::string shape_str(const std::vector<int64_t>& s) {

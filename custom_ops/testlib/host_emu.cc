@@ -32,25 +32,16 @@ void emu_bag(const DeviceTable& t, const BagParams& p, ErrorSlot* err) {
 
 template <template <int, typename, typename> class F, typename... A>
 int dispatch(int tier, int idx64, int half, A&&... a) {
-#define SHARK_EMU_CASE(T)                                       \
-  case T:                                                       \
-    if (idx64) {                                                \
-      half ? F<T, int64_t, uint16_t>::run(a...) : F<T, int64_t, float>::run(a...); \
-    } else {                                                    \
-      half ? F<T, int32_t, uint16_t>::run(a...) : F<T, int32_t, float>::run(a...); \
-    }                                                           \
-    return 0;
-  switch (tier) {
-    SHARK_EMU_CASE(kFp32)
-    SHARK_EMU_CASE(kFp16)
-    SHARK_EMU_CASE(kInt8)
-    SHARK_EMU_CASE(kInt4)
-    SHARK_EMU_CASE(kInt2)
-    SHARK_EMU_CASE(kDropped)
-    SHARK_EMU_CASE(kMixed)
-    default: return -1;
-  }
-#undef SHARK_EMU_CASE
+  if (tier < kMixed || tier >= shark_format::kNumTiers) return -1;
+  shark_format::visit_layout(tier, [&](auto t) {
+    constexpr int T = decltype(t)::value;
+    if (idx64) {
+      half ? F<T, int64_t, uint16_t>::run(a...) : F<T, int64_t, float>::run(a...);
+    } else {
+      half ? F<T, int32_t, uint16_t>::run(a...) : F<T, int32_t, float>::run(a...);
+    }
+  });
+  return 0;
 }
 
 template <int TIER, typename IdxT, typename OutT>
