@@ -37,10 +37,23 @@ SHARK_HD void emit_row(const RowRef& row, const float* dflt, uint32_t D, OutT* o
   }
 }
 
+// The per-tier calls of a mixed table's rows, as structs with force-inlined members (as on the CPU,
+// kernels/gather_loops.h: a lambda's call is not always inlined into the tier switch).
+template <typename OutT>
+struct EmitRowAny {
+  const RowRef& row;
+  const float* dflt;
+  uint32_t D;
+  OutT* o;
+  uint32_t lane, G;
+  template <class T>
+  SHARK_HD void operator()(T) const { emit_row<T::value>(row, dflt, D, o, lane, G); }
+};
+
 template <typename OutT>
 SHARK_HD void emit_row_any(int tier, const RowRef& row, const float* dflt, uint32_t D, OutT* o, uint32_t lane,
                            uint32_t G) {
-  shark_format::visit_tier(tier, [&](auto t) { emit_row<decltype(t)::value>(row, dflt, D, o, lane, G); });
+  shark_format::visit_tier(tier, EmitRowAny<OutT>{row, dflt, D, o, lane, G});
 }
 
 template <typename OutT>
@@ -141,12 +154,30 @@ SHARK_HD void accum_unit(const Raw& r, float s, float b, bool weighted, float w,
 }
 
 // Per-tier dispatch of a mixed table's row (TIER == kMixed) or the table's one tier.
+// load_unit / accum_unit for a row whose tier is known at run time only (see EmitRowAny).
+struct LoadUnit {
+  const uint8_t* row;
+  const float* dflt;
+  uint32_t u, D;
+  template <class T>
+  SHARK_HD Raw operator()(T) const { return load_unit<T::value>(row, dflt, u, D); }
+};
+struct AccumUnit {
+  const Raw& r;
+  float s, b;
+  bool weighted;
+  float w;
+  float* acc;
+  template <class T>
+  SHARK_HD void operator()(T) const { accum_unit<T::value>(r, s, b, weighted, w, acc); }
+};
+
 template <int TIER>
 SHARK_HD Raw load_unit_tier(int tier, const uint8_t* row, const float* dflt, uint32_t u, uint32_t D) {
   if constexpr (TIER != kMixed) {
     return load_unit<TIER>(row, dflt, u, D);
   } else {
-    return shark_format::visit_tier(tier, [&](auto t) { return load_unit<decltype(t)::value>(row, dflt, u, D); });
+    return shark_format::visit_tier(tier, LoadUnit{row, dflt, u, D});
   }
 }
 
@@ -155,7 +186,7 @@ SHARK_HD void accum_unit_tier(int tier, const Raw& r, float s, float b, bool wei
   if constexpr (TIER != kMixed) {
     accum_unit<TIER>(r, s, b, weighted, w, acc);
   } else {
-    shark_format::visit_tier(tier, [&](auto t) { accum_unit<decltype(t)::value>(r, s, b, weighted, w, acc); });
+    shark_format::visit_tier(tier, AccumUnit{r, s, b, weighted, w, acc});
   }
 }
 

@@ -307,12 +307,9 @@ SHARK_HD Raw load_unit(const uint8_t* row, const float* dflt, uint32_t u, uint32
       r.w[0] = ld_bytes(p, n > 1 ? 4 : 2);                // elements 4u, 4u+1
       if (n > 2) r.w[1] = ld_bytes(p + 4, n > 3 ? 4 : 2);  // elements 4u+2, 4u+3
     }
-  } else if constexpr (TIER == kInt8) {
-    r.w[0] = ld_bytes(row + 4 * static_cast<uint64_t>(u), n);
-  } else if constexpr (TIER == kInt4) {
-    r.w[0] = ld_bytes(row + 2 * static_cast<uint64_t>(u), (n + 1) / 2);
-  } else if constexpr (TIER == kInt2) {
-    r.w[0] = ld_u8(row + static_cast<uint64_t>(u));
+  } else if constexpr (shark_format::TierTraits<TIER>::kQuantized) {  // a unit's 4 codes: BITS / 2 bytes
+    constexpr uint32_t kBits = shark_format::TierTraits<TIER>::kBits;
+    r.w[0] = ld_bytes(row + kBits / 2 * static_cast<uint64_t>(u), (n * kBits + 7) / 8);
   }
   return r;
 }

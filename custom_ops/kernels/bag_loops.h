@@ -11,10 +11,22 @@
 
 namespace shark {
 
-// Mixed tables: acc.add<T> for a tier known at run time only.
+// Mixed tables: acc.add<T> for a tier known at run time only (a struct for the reason EmitRow is one).
+template <class Acc>
+struct AddRow {
+  Acc& acc;
+  RowRef row;
+  const float* dflt;
+  float w;
+  template <class T>
+  SHARK_ALWAYS_INLINE void operator()(T) const {
+    acc.template add<T::value>(row, dflt, w);
+  }
+};
+
 template <class Acc>
 static inline void add_any(Acc& acc, int tier, RowRef row, const float* dflt, float w) {
-  shark_format::visit_tier(tier, [&](auto t) { acc.template add<decltype(t)::value>(row, dflt, w); });
+  shark_format::visit_tier(tier, AddRow<Acc>{acc, row, dflt, w});
 }
 
 // The bag loop: walk each bag's indices (prefetch ahead, range-check, locate mixed rows, skip padding)

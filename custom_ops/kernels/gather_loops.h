@@ -9,13 +9,25 @@
 
 namespace shark {
 
-// Mixed tables: a row's tier is known at run time only.
+// Mixed tables: a row's tier is known at run time only. (A struct, not a lambda: its call is always inlined
+// into the tier switch, which a lambda's is not, and the mixed gather is bound by this per-row step.)
+template <class Rows, bool STREAM, typename OutT>
+struct EmitRow {
+  RowRef row;
+  uint32_t D;
+  const float* dflt;
+  const OutT* dflt_out;
+  OutT* out;
+  template <class T>
+  SHARK_ALWAYS_INLINE void operator()(T) const {
+    Rows::template emit_row<T::value, STREAM>(row, D, dflt, dflt_out, out);
+  }
+};
+
 template <class Rows, bool STREAM, typename OutT>
 static inline void emit_row_any(int tier, RowRef row, uint32_t D, const float* dflt, const OutT* dflt_out,
                                 OutT* out) {
-  shark_format::visit_tier(tier, [&](auto t) {
-    Rows::template emit_row<decltype(t)::value, STREAM>(row, D, dflt, dflt_out, out);
-  });
+  shark_format::visit_tier(tier, EmitRow<Rows, STREAM, OutT>{row, D, dflt, dflt_out, out});
 }
 
 namespace {  // internal linkage: each instruction set's translation unit has its own copy

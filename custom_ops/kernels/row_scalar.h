@@ -35,10 +35,11 @@ static inline void scale_bias(const uint8_t* sb, float* s, float* b) {
   *b = half_to_float(h[1]);
 }
 
-static inline uint32_t code_at(int tier, const uint8_t* c, uint32_t j) {
-  if (tier == kInt8) return c[j];
-  if (tier == kInt4) return (c[j >> 1] >> ((j & 1u) * 4)) & 0xfu;
-  return (c[j >> 2] >> ((j & 3u) * 2)) & 0x3u;
+// Code j of a row of a BITS-bit tier: element per·k + i sits in bits BITS·i .. BITS·i + BITS-1 of byte k.
+template <uint32_t BITS>
+static inline uint32_t code_at(const uint8_t* c, uint32_t j) {
+  constexpr uint32_t kPer = 8 / BITS;
+  return (c[j / kPer] >> ((j % kPer) * BITS)) & ((1u << BITS) - 1u);
 }
 
 // Element j of a row as float32 (`row`: RowRef::data, the values or codes; `dflt`: default_row, read by
@@ -49,14 +50,15 @@ static inline float load1(const uint8_t* row, const float* dflt, uint32_t j, flo
     float v;
     std::memcpy(&v, row + 4 * static_cast<size_t>(j), 4);
     return v;
-  }
-  if constexpr (TIER == kFp16) {
+  } else if constexpr (TIER == kFp16) {
     uint16_t h;
     std::memcpy(&h, row + 2 * static_cast<size_t>(j), 2);
     return half_to_float(h);
+  } else if constexpr (TIER == kDropped) {
+    return dflt[j];
+  } else {
+    return static_cast<float>(code_at<shark_format::TierTraits<TIER>::kBits>(row, j)) * s + b;
   }
-  if constexpr (TIER == kDropped) return dflt[j];
-  return static_cast<float>(code_at(TIER, row, j)) * s + b;
 }
 
 }  // namespace shark

@@ -56,31 +56,34 @@ struct Avx2Rows {
     if constexpr (TIER == kInt8) {
       __m128i v = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(c + j));
       return _mm256_cvtepu8_epi32(v);
-    } else if constexpr (TIER == kInt4) {
-      uint32_t w;
-      std::memcpy(&w, c + (j >> 1), 4);
-      __m256i v = _mm256_cvtepu8_epi32(_mm_shuffle_epi8(_mm_cvtsi32_si128(static_cast<int>(w)),
-                                                        _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 0, 0, 0, 0, 0, 0, 0, 0)));
-      v = _mm256_srlv_epi32(v, _mm256_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4));
-      return _mm256_and_si256(v, _mm256_set1_epi32(0xf));
-    } else {
-      uint16_t w;
-      std::memcpy(&w, c + (j >> 2), 2);
-      __m256i v = _mm256_cvtepu8_epi32(_mm_shuffle_epi8(_mm_cvtsi32_si128(w),
-                                                        _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0)));
-      v = _mm256_srlv_epi32(v, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6));
-      return _mm256_and_si256(v, _mm256_set1_epi32(0x3));
+    } else {  // BITS < 8: the 8 codes are the BITS bytes at j·BITS/8; lane l takes byte l/per, shifted
+      constexpr uint32_t kBits = shark_format::TierTraits<TIER>::kBits, kPer = 8 / kBits;
+      uint32_t w = 0;
+      std::memcpy(&w, c + j / kPer, kBits);
+      const __m128i bytes = _mm_shuffle_epi8(
+          _mm_cvtsi32_si128(static_cast<int>(w)),
+          _mm_setr_epi8(0 / kPer, 1 / kPer, 2 / kPer, 3 / kPer, 4 / kPer, 5 / kPer, 6 / kPer, 7 / kPer, 0, 0, 0, 0, 0, 0, 0, 0));
+      __m256i v = _mm256_srlv_epi32(_mm256_cvtepu8_epi32(bytes),
+                                    _mm256_setr_epi32(0 % kPer * kBits, 1 % kPer * kBits, 2 % kPer * kBits,
+                                                      3 % kPer * kBits, 4 % kPer * kBits, 5 % kPer * kBits,
+                                                      6 % kPer * kBits, 7 % kPer * kBits));
+      return _mm256_and_si256(v, _mm256_set1_epi32((1 << kBits) - 1));
     }
   }
 
   // Elements j..j+7 of a row of any stored tier as float32 (`row`: RowRef::data; dropped rows read `dflt`).
   template <int TIER>
   static inline __m256 load8(const uint8_t* row, const float* dflt, uint32_t j, __m256 vs, __m256 vb) {
-    if constexpr (TIER == kFp32) return _mm256_loadu_ps(reinterpret_cast<const float*>(row) + j);
-    if constexpr (TIER == kFp16) return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * j)));
-    if constexpr (TIER == kDropped) return _mm256_loadu_ps(dflt + j);
-    __m256 q = _mm256_cvtepi32_ps(codes8<TIER>(row, j));
-    return _mm256_fmadd_ps(q, vs, vb);  // = mul then add: the product is exact (row_scalar.h)
+    if constexpr (TIER == kFp32) {
+      return _mm256_loadu_ps(reinterpret_cast<const float*>(row) + j);
+    } else if constexpr (TIER == kFp16) {
+      return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * j)));
+    } else if constexpr (TIER == kDropped) {
+      return _mm256_loadu_ps(dflt + j);
+    } else {
+      __m256 q = _mm256_cvtepi32_ps(codes8<TIER>(row, j));
+      return _mm256_fmadd_ps(q, vs, vb);  // = mul then add: the product is exact (row_scalar.h)
+    }
   }
 
   // out[0..D) = row. STREAM (D % 8 == 0, `out` 16-byte aligned): non-temporal stores.
@@ -95,7 +98,7 @@ struct Avx2Rows {
       } else {
         float s, b;
         __m256 vs = _mm256_setzero_ps(), vb = _mm256_setzero_ps();
-        if constexpr (TIER >= kInt8 && TIER != kDropped) scale_bias8(rr.sb, &s, &b, &vs, &vb);
+        if constexpr (kQuantizedTier<TIER>) scale_bias8(rr.sb, &s, &b, &vs, &vb);
         for (uint32_t j = 0; j < D; j += 8) stream8(out + j, load8<TIER>(row, dflt, j, vs, vb));
       }
     } else if constexpr (TIER == kDropped) {
@@ -105,7 +108,7 @@ struct Avx2Rows {
     } else {
       float s = 0.f, b = 0.f;
       __m256 vs = _mm256_setzero_ps(), vb = _mm256_setzero_ps();
-      if constexpr (TIER >= kInt8) scale_bias8(rr.sb, &s, &b, &vs, &vb);
+      if constexpr (kQuantizedTier<TIER>) scale_bias8(rr.sb, &s, &b, &vs, &vb);
       uint32_t j = 0;
       for (; j + 8 <= D; j += 8) put8(out + j, load8<TIER>(row, dflt, j, vs, vb));
       for (; j < D; ++j) put(out + j, load1<TIER>(row, dflt, j, s, b));
@@ -118,7 +121,7 @@ struct Avx2Rows {
     const uint8_t* row = rr.data;
     float s = 0.f, b = 0.f;
     __m256 vs = _mm256_setzero_ps(), vb = _mm256_setzero_ps();
-    if constexpr (TIER >= kInt8 && TIER != kDropped) scale_bias8(rr.sb, &s, &b, &vs, &vb);
+    if constexpr (kQuantizedTier<TIER>) scale_bias8(rr.sb, &s, &b, &vs, &vb);
     const __m256 vw = _mm256_set1_ps(w);
     uint32_t j = 0;
     for (; j + 8 <= D; j += 8) {
@@ -158,7 +161,7 @@ struct Avx2Rows {
       const uint8_t* row = rr.data;
       float s, b;
       __m256 vs = _mm256_setzero_ps(), vb = _mm256_setzero_ps();
-      if constexpr (TIER >= kInt8 && TIER != kDropped) scale_bias8(rr.sb, &s, &b, &vs, &vb);
+      if constexpr (kQuantizedTier<TIER>) scale_bias8(rr.sb, &s, &b, &vs, &vb);
       for (int v = 0; v < NV; ++v) {
         __m256 x = load8<TIER>(row, dflt, static_cast<uint32_t>(8 * v), vs, vb);
         if constexpr (WEIGHTED) x = _mm256_mul_ps(_mm256_set1_ps(w), x);

@@ -28,7 +28,7 @@ struct PortableRows {
       std::memcpy(out, row, sizeof(OutT) * D);
     } else {
       float s = 0.f, b = 0.f;
-      if constexpr (TIER >= kInt8) scale_bias(rr.sb, &s, &b);
+      if constexpr (kQuantizedTier<TIER>) scale_bias(rr.sb, &s, &b);
       for (uint32_t j = 0; j < D; ++j) put(out + j, load1<TIER>(row, dflt, j, s, b));
     }
   }
@@ -38,7 +38,7 @@ struct PortableRows {
   static inline void accum_row(RowRef rr, uint32_t D, const float* dflt, float w, float* acc) {
     const uint8_t* row = rr.data;
     float s = 0.f, b = 0.f;
-    if constexpr (TIER >= kInt8 && TIER != kDropped) scale_bias(rr.sb, &s, &b);
+    if constexpr (kQuantizedTier<TIER>) scale_bias(rr.sb, &s, &b);
     for (uint32_t j = 0; j < D; ++j) {
       float x = load1<TIER>(row, dflt, j, s, b);
       if constexpr (WEIGHTED) x = w * x;

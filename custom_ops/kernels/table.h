@@ -29,6 +29,9 @@ enum Tier : int {
   kDropped = shark_format::kDropped,
 };
 constexpr int kNumTiers = shark_format::kNumTiers;
+// Rows of tier T are codes with a scale and bias (shark_format::TierTraits): the int tiers.
+template <int T>
+constexpr bool kQuantizedTier = shark_format::TierTraits<T>::kQuantized;
 constexpr int kMixed = shark_format::kMixed;
 
 enum class OutType : int { kFloat32 = 1, kFloat16 = 10 };  // ONNX element type numbers
@@ -115,7 +118,7 @@ struct RowRef {
 template <int TIER>
 static SHARK_ALWAYS_INLINE RowRef row_ref(const TableView& t, const uint8_t* gs, uint64_t offset, uint64_t r) {
   const uint8_t* p = t.payload + offset;
-  if constexpr (TIER == kInt8 || TIER == kInt4 || TIER == kInt2) {
+  if constexpr (kQuantizedTier<TIER>) {
     if (gs) return RowRef{p, gs + shark_format::group_slot_offset(r, t.group_shift, TIER)};
     return RowRef{p + 4, p};
   } else {
