@@ -9,6 +9,7 @@ import numpy as np
 from .errors import SharkExportError
 from .format import FORMAT_VERSION, GROUPED_FORMAT_VERSION, MAX_GROUP_ROWS, Tier, group_section_bytes, row_stride
 from .lookup_spec import FLOAT, FLOAT16
+from .tiers import BY_PRECISION
 from .row_ranking import RowRanking, SparseRows
 
 PRESETS = ("fp32", "fp16", "int8", "int4", "mixed")
@@ -20,8 +21,7 @@ AUTO_GROUP_ROWS = 256
 _SINGLE = {"fp32": Tier.FP32, "fp16": Tier.FP16, "int8": Tier.INT8, "int4": Tier.INT4}
 # int2 and dropped (the row reads the table's default row: the mean of its dropped rows) may be budget
 # rungs, not whole-table presets. Listed from the cheapest to the most precise.
-_RUNGS = {"dropped": Tier.DROPPED, "int2": Tier.INT2, "int4": Tier.INT4, "int8": Tier.INT8, "fp16": Tier.FP16,
-          "fp32": Tier.FP32}
+_RUNGS = {str(t): t for t in reversed(BY_PRECISION)}
 
 
 class QuantConfigError(SharkExportError, ValueError):
@@ -278,7 +278,7 @@ def assign_tiers(config: QuantConfig, tables: dict, priorities: dict | None) -> 
 
 # --- storage: the cheapest tier that is at least as precise, and uniform vs mixed ------------------------
 
-_BY_PRECISION = (Tier.FP32, Tier.FP16, Tier.INT8, Tier.INT4, Tier.INT2)  # most precise first
+_BY_PRECISION = tuple(t for t in BY_PRECISION if t is not Tier.DROPPED)  # the stored tiers, most precise first
 _META_BLOCK_BYTES = 32  # one row_meta block (64 rows)
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from .format import QuantizedTable, Tier, row_stride
-from .tiers import QUANTIZED_TIERS
+from .tiers import BY_PRECISION, QUANTIZED_TIERS
 from .quantize import is_row_source, plan_layout, quantize_table
 from .row_codes import quant_params
 from .reference import dequantize_rows
@@ -36,7 +36,8 @@ _CHUNK_ELEMENTS = 1 << 20
 # A row over its bound moves one tier up per round; four rounds reach fp32 from int2, two more let the
 # group ranges settle after the rows that left them.
 _MAX_ROUNDS = 6
-_UP = {Tier.INT2: Tier.INT4, Tier.INT4: Tier.INT8, Tier.INT8: Tier.FP16, Tier.FP16: Tier.FP32}
+_STORED = [t for t in BY_PRECISION if t is not Tier.DROPPED]
+_UP = dict(zip(_STORED[1:], _STORED[:-1]))  # each stored tier to the next more precise one
 _UP_CODES = np.array([_UP.get(t, t) for t in Tier], dtype=np.uint8)  # fp32 and dropped rows stay
 
 

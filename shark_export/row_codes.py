@@ -8,10 +8,6 @@ import numpy as np
 
 from .tiers import QUANTIZED_TIERS, Tier, pack_codes, row_bytes
 
-# Clipping search parameters per tier: (bins, max_steps). Each step evaluates two candidate ranges.
-# int4/int2: steps of 1% of the range, shrinking it by up to 50%. int8: its error surface is jagged at
-# coarse steps (a 1% clip rarely beats min/max), so steps of 1/800 of the range, shrinking it by up to 10%.
-_CLIP_SEARCH = {Tier.INT8: (800, 80), Tier.INT4: (100, 50), Tier.INT2: (100, 50)}
 # Elements per internal work block: keeps the float64 temporaries of one block in cache-sized pieces.
 WORK_ELEMENTS = 1 << 18
 
@@ -89,7 +85,7 @@ def l2_clip_range(x: np.ndarray, mn: np.ndarray, mx: np.ndarray, tier: Tier,
     Typical gain (D = 64): L2 error -15..-25% for int4, -10% for int8, -50..-75% for int2 on
     heavy-tailed rows.
     """
-    bins, steps = _CLIP_SEARCH[tier]
+    bins, steps = tier.spec.clip_search
     L = tier.levels
     step = (mx - mn) / bins
     lo, hi = mn.copy(), mx.copy()
