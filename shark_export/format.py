@@ -199,7 +199,7 @@ class QuantizedTable:
         before = (np.uint64(1) << j) - np.uint64(1)  # rows of the block before row r
         p0, p1, p2 = meta[:, 1], meta[:, 2], meta[:, 3]
         off = meta[:, 0].astype(np.int64)
-        for t in range(6):
+        for t in range(len(Tier)):
             if lut[t] == 0:
                 continue
             mask = (p0 if t & 1 else ~p0) & (p1 if t & 2 else ~p1) & (p2 if t & 4 else ~p2)
@@ -279,8 +279,8 @@ class QuantizedTable:
             raise FormatError(f"{n}: num_rows {R} is outside 1..2^40")
         if not 1 <= D <= MAX_DIM:
             raise FormatError(f"{n}: dim {D} is outside 1..{MAX_DIM}")
-        if not -1 <= u <= 5:
-            raise FormatError(f"{n}: uniform_tier {u} is not a tier code 0..5 or -1 (mixed)")
+        if not -1 <= u < len(Tier):
+            raise FormatError(f"{n}: uniform_tier {u} is not a tier code 0..{len(Tier) - 1} or -1 (mixed)")
         for attr, dtype, ndim in (("payload", np.uint8, 1), ("row_meta", np.uint64, 2), ("default_row", np.float32, 1)):
             arr = getattr(self, attr)
             if not isinstance(arr, np.ndarray):
@@ -338,12 +338,14 @@ class QuantizedTable:
             raise FormatError(
                 f"{n}: row_meta block {nb - 1} has tier bits set for rows at or past num_rows={R}"
             )
-        invalid = p1 & p2  # codes 6 and 7 have bits 1 and 2 set
+        invalid = np.zeros_like(p0)  # rows whose code is no tier (every such code has a bit set: rows past R have none)
+        for code in range(len(Tier), 8):
+            invalid |= (p0 if code & 1 else ~p0) & (p1 if code & 2 else ~p1) & (p2 if code & 4 else ~p2)
         if invalid.any():
             b = int(np.flatnonzero(invalid)[0])
             j = int(np.flatnonzero(np.unpackbits(np.array([invalid[b]], dtype="<u8").view(np.uint8), bitorder="little"))[0])
             code = int(((int(p0[b]) >> j) & 1) | (((int(p1[b]) >> j) & 1) << 1) | (((int(p2[b]) >> j) & 1) << 2))
-            raise FormatError(f"{n}: row {b * BLOCK_ROWS + j} has invalid tier code {code} (valid codes: 0..5)")
+            raise FormatError(f"{n}: row {b * BLOCK_ROWS + j} has invalid tier code {code} (valid codes: 0..{len(Tier) - 1})")
         sizes = np.zeros(nb, dtype=np.uint64)
         counts = {}
         for t in Tier:

@@ -358,7 +358,7 @@ def _plan_tiers(tiers: "np.ndarray | Tier", rows: int, dim: int, scale_group_row
             notes.append(f"{given}→{stored} ({nbytes(stored)} B/row ≤ {nbytes(given)} B/row)")
         return stored, notes
     codes = np.asarray(tiers, dtype=np.uint8).copy()
-    lut = np.array([cheapest_tier(Tier(c), dim, scale_group_rows) if c <= 5 else c for c in range(8)], dtype=np.uint8)
+    lut = np.array([cheapest_tier(Tier(c), dim, scale_group_rows) if c < len(Tier) else c for c in range(8)], dtype=np.uint8)
     for code in np.unique(codes):
         if lut[code] != code:
             notes.append(f"{Tier(int(code))}→{Tier(int(lut[code]))} ({nbytes(Tier(int(lut[code])))} B/row ≤ "

@@ -57,11 +57,11 @@ def _parse_tiers(tiers: Any, R: int, name: str) -> tuple[int, np.ndarray | None]
             f"table {name!r}: tiers must be one tier code per row ({R}), got an array of shape {arr.shape}"
         )
     if arr.dtype.kind not in "iu":
-        raise FormatError(f"table {name!r}: tiers must be an integer array of codes 0..5, got dtype {arr.dtype}")
-    bad = (arr < 0) | (arr > 5)
+        raise FormatError(f"table {name!r}: tiers must be an integer array of tier codes, got dtype {arr.dtype}")
+    bad = (arr < 0) | (arr >= len(Tier))
     if bad.any():
         r = int(np.argmax(bad))
-        raise FormatError(f"table {name!r}: row {r} has invalid tier code {int(arr[r])} (valid codes: 0..5)")
+        raise FormatError(f"table {name!r}: row {r} has invalid tier code {int(arr[r])} (valid codes: 0..{len(Tier) - 1})")
     codes = arr.astype(np.uint8, copy=False)
     first = int(codes[0])
     if np.all(codes == first):

@@ -81,7 +81,7 @@ def _locate(table: QuantizedTable, rows: np.ndarray) -> tuple[np.ndarray, np.nda
     n_payload = _group_section(table)[1]  # the rows end where the v3 group section starts
     if table.uniform_tier >= 0:
         code = int(table.uniform_tier)
-        if not 0 <= code <= 5:
+        if not 0 <= code < len(Tier):
             raise FormatError(f"{_label(table)}: uniform_tier {code} is not a tier code")
         codes = np.full(rows.shape, code, dtype=np.uint8)
         offsets = rows * lut[code]
@@ -108,7 +108,7 @@ def _locate(table: QuantizedTable, rows: np.ndarray) -> tuple[np.ndarray, np.nda
         before = np.cumsum(sizes, axis=1) - sizes  # exclusive prefix sum inside the block
         offsets = meta[inverse, 0].astype(np.int64) + before[inverse, within]
         codes = block_codes[inverse, within].astype(np.uint8)
-    ends = offsets + np.array([_value_bytes(c, D, _header_bytes(table, c)) for c in range(6)], dtype=np.int64)[codes]
+    ends = offsets + np.array([_value_bytes(c, D, _header_bytes(table, c)) for c in range(len(Tier))], dtype=np.int64)[codes]
     overrun = ends > n_payload
     if overrun.any():
         i = int(np.argmax(overrun))
@@ -126,7 +126,7 @@ def row_spans(table: QuantizedTable, rows: Any) -> tuple[np.ndarray, np.ndarray]
     r = r[(r >= 0) & (r < int(table.num_rows))]
     codes, offsets = _locate(table, r)
     D = int(table.dim)
-    lengths = np.array([_value_bytes(c, D, _header_bytes(table, c)) for c in range(6)], dtype=np.int64)[codes]
+    lengths = np.array([_value_bytes(c, D, _header_bytes(table, c)) for c in range(len(Tier))], dtype=np.int64)[codes]
     return offsets, lengths
 
 

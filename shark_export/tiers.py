@@ -48,16 +48,16 @@ class Tier(enum.IntEnum):
 
     @classmethod
     def parse(cls, value: Any) -> "Tier":
-        """A Tier from a Tier, an int code 0..5, or a name (``"int8"``, ``"FP16"``, ``"float32"``, ``"drop"``)."""
+        """A Tier from a Tier, an int code, or a name (``"int8"``, ``"FP16"``, ``"float32"``, ``"drop"``)."""
         if isinstance(value, Tier):
             return value
         if isinstance(value, (bool, np.bool_)):
-            raise FormatError(f"tier must be a Tier, a code 0..5 or a name, got {value!r}")
+            raise FormatError(f"tier must be a Tier, a code 0..{len(Tier) - 1} or a name, got {value!r}")
         if isinstance(value, (int, np.integer)):
             code = int(value)
             if 0 <= code < len(Tier):
                 return cls(code)
-            raise FormatError(f"invalid tier code {code} (valid codes: 0..5)")
+            raise FormatError(f"invalid tier code {code} (valid codes: 0..{len(cls) - 1})")
         if isinstance(value, str):
             key = value.strip().lower()
             found = next((t for t, spec in TIERS.items() if key == t.name.lower() or key in spec.aliases), None)
@@ -66,7 +66,7 @@ class Tier(enum.IntEnum):
             if key.isdigit():
                 return cls.parse(int(key))
             raise FormatError(f"unknown tier name {value!r} (valid: {', '.join(t.name.lower() for t in Tier)})")
-        raise FormatError(f"tier must be a Tier, a code 0..5 or a name, got {value!r} ({type(value).__name__})")
+        raise FormatError(f"tier must be a Tier, a code 0..{len(Tier) - 1} or a name, got {value!r} ({type(value).__name__})")
 
     def __str__(self) -> str:
         return self.name.lower()

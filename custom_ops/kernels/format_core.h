@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <utility>
 
 #if defined(__CUDACC__)
 #define SHARK_FORMAT_FN __host__ __device__ __forceinline__
@@ -16,7 +17,7 @@
 
 namespace shark_format {
 
-// Tier codes (the 3-bit codes stored in row_meta's planes); 6 and 7 are invalid.
+// Tier codes (the 3-bit codes stored in row_meta's planes); codes from kNumTiers to 7 are invalid.
 constexpr int kFp32 = 0, kFp16 = 1, kInt8 = 2, kInt4 = 3, kInt2 = 4, kDropped = 5;
 constexpr int kNumTiers = 6;
 constexpr int kMixed = -1;  // uniform_tier of a mixed table
@@ -147,8 +148,17 @@ SHARK_FORMAT_FN uint64_t row_stride(int tier, uint64_t dim, int64_t format_versi
 
 // v3 group scales: rows r with equal r >> group_shift form a group; after the rows, `payload` holds one
 // 12-byte record per group, three [scale f16][bias f16] slots for int8, int4 and int2 rows in that order.
+// The tier codes 0 .. kNumTiers-1, for folds over every tier.
+using AllTiers = std::make_integer_sequence<int, kNumTiers>;
+
+// How many quantized tiers have a code below `tier`: a quantized tier's slot in a v3 group record.
+template <int... C>
+SHARK_FORMAT_FN constexpr int quantized_below(int tier, std::integer_sequence<int, C...>) {
+  return (0 + ... + (C < tier && TierTraits<C>::kQuantized ? 1 : 0));
+}
+
 constexpr int kGroupSlotBytes = 4;
-constexpr int kGroupRecordBytes = 12;
+constexpr int kGroupRecordBytes = kGroupSlotBytes * quantized_below(kNumTiers, AllTiers{});
 SHARK_FORMAT_FN uint64_t group_count(uint64_t num_rows, int group_shift) {
   return group_shift < 0 ? 0 : ((num_rows - 1) >> group_shift) + 1;
 }
@@ -157,10 +167,10 @@ SHARK_FORMAT_FN uint64_t group_section_bytes(uint64_t num_rows, int group_shift)
 }
 // Byte offset, inside the group section, of the scale and bias of row r of a quantized tier.
 SHARK_FORMAT_FN uint64_t group_slot_offset(uint64_t r, int group_shift, int tier) {
-  return (r >> group_shift) * kGroupRecordBytes + static_cast<uint64_t>(tier - kInt8) * kGroupSlotBytes;
+  return (r >> group_shift) * kGroupRecordBytes + static_cast<uint64_t>(quantized_below(tier, AllTiers{})) * kGroupSlotBytes;
 }
 
-// Per-tier strides of a table (codes 6 and 7: 0).
+// Per-tier strides of a table (codes that are no tier: 0).
 SHARK_FORMAT_FN void fill_strides(uint64_t dim, int64_t format_version, uint32_t stride[8]) {
   for (int k = 0; k < 8; ++k) stride[k] = k < kNumTiers ? static_cast<uint32_t>(row_stride(k, dim, format_version)) : 0u;
 }
@@ -170,32 +180,45 @@ SHARK_FORMAT_FN int tier_in_block(uint64_t p0, uint64_t p1, uint64_t p2, unsigne
   return static_cast<int>(((p0 >> j) & 1u) | (((p1 >> j) & 1u) << 1) | (((p2 >> j) & 1u) << 2));
 }
 
+// The rows among `mask` whose 3-bit code in planes p0, p1, p2 is C.
+template <int C>
+SHARK_FORMAT_FN uint64_t rows_of_code(uint64_t p0, uint64_t p1, uint64_t p2, uint64_t mask) {
+  return mask & ((C & 1) ? p0 : ~p0) & ((C & 2) ? p1 : ~p1) & ((C & 4) ? p2 : ~p2);
+}
+
+// Bytes of the rows among `mask`: each tier's rows counted with a popcount, times its stride (a dropped row has
+// no bytes, so its rows are not counted at all).
+template <int... C>
+SHARK_FORMAT_FN uint64_t rows_bytes(uint64_t p0, uint64_t p1, uint64_t p2, uint64_t mask, const uint32_t* stride,
+                                    std::integer_sequence<int, C...>) {
+  return (uint64_t{0} + ... + (TierTraits<C>::kBits ? uint64_t{stride[C]} * popcount64(rows_of_code<C>(p0, p1, p2, mask))
+                                                    : uint64_t{0}));
+}
+
+// The rows of a block whose code is no tier (validation rejects them).
+template <int... C>
+SHARK_FORMAT_FN uint64_t invalid_rows(uint64_t p0, uint64_t p1, uint64_t p2, std::integer_sequence<int, C...>) {
+  return (uint64_t{0} | ... | rows_of_code<kNumTiers + C>(p0, p1, p2, ~uint64_t{0}));
+}
+SHARK_FORMAT_FN uint64_t invalid_rows(uint64_t p0, uint64_t p1, uint64_t p2) {
+  return invalid_rows(p0, p1, p2, std::make_integer_sequence<int, 8 - kNumTiers>{});
+}
+
 // Byte offset of row j of a block whose first row starts at `base`: base plus the strides of the rows
-// below j, counted per tier with popcounts of the planes (codes 6/7 are rejected by validation).
+// below j (rows of invalid codes are rejected by validation).
 SHARK_FORMAT_FN uint64_t offset_in_block(uint64_t base, uint64_t p0, uint64_t p1, uint64_t p2, unsigned j,
                                          const uint32_t* stride) {
-  const uint64_t below = (uint64_t{1} << j) - 1;
-  const uint64_t n0 = ~p0 & below, n1 = ~p1, n2 = ~p2, q0 = p0 & below;
-  uint64_t off = base;
-  off += uint64_t{stride[kFp32]} * popcount64(n0 & n1 & n2);
-  off += uint64_t{stride[kFp16]} * popcount64(q0 & n1 & n2);
-  off += uint64_t{stride[kInt8]} * popcount64(n0 & p1 & n2);
-  off += uint64_t{stride[kInt4]} * popcount64(q0 & p1 & n2);
-  off += uint64_t{stride[kInt2]} * popcount64(n0 & n1 & p2);
-  return off;
+  return base + rows_bytes(p0, p1, p2, (uint64_t{1} << j) - 1, stride, AllTiers{});
 }
 
 // Bytes of all the rows of a block whose rows at or past num_rows are masked off by `valid`.
 SHARK_FORMAT_FN uint64_t block_bytes(uint64_t p0, uint64_t p1, uint64_t p2, uint64_t valid, const uint32_t* stride) {
-  const uint64_t n0 = ~p0 & valid, n1 = ~p1, n2 = ~p2, q0 = p0 & valid;
-  return uint64_t{stride[kFp32]} * popcount64(n0 & n1 & n2) + uint64_t{stride[kFp16]} * popcount64(q0 & n1 & n2) +
-         uint64_t{stride[kInt8]} * popcount64(n0 & p1 & n2) + uint64_t{stride[kInt4]} * popcount64(q0 & p1 & n2) +
-         uint64_t{stride[kInt2]} * popcount64(n0 & n1 & p2);
+  return rows_bytes(p0, p1, p2, valid, stride, AllTiers{});
 }
 
-// Rows of a block that are dropped (code 5 = bits 0 and 2), among `valid`.
+// Rows of a block that are dropped, among `valid`.
 SHARK_FORMAT_FN uint64_t dropped_in_block(uint64_t p0, uint64_t p1, uint64_t p2, uint64_t valid) {
-  return popcount64(p0 & valid & ~p1 & p2);
+  return popcount64(rows_of_code<kDropped>(p0, p1, p2, valid));
 }
 
 }  // namespace shark_format

@@ -119,7 +119,7 @@ std::string validate_table(const TableView& t, const TableShapes& s) {
       e << "row_meta block " << b << " has tier bits set for rows past num_rows " << R;
       return e.str();
     }
-    const uint64_t bad = p1 & p2;  // codes 6 and 7
+    const uint64_t bad = shark_format::invalid_rows(p0, p1, p2);
     if (bad) {
       unsigned j = 0;
       while (!((bad >> j) & 1u)) ++j;
