@@ -160,12 +160,13 @@ class QuantizedTable:
         return group_section_bytes(self.num_rows, self.scale_group_rows)
 
     def group_scales(self) -> np.ndarray:
-        """float16 ``[groups, 3, 2]``: (scale, bias) of each group's int8, int4 and int2 rows (v3 only)."""
+        """float16 ``[groups, len(QUANTIZED_TIERS), 2]``: (scale, bias) of each group's rows of each quantized tier
+        (v3 only)."""
         if not self.scale_group_rows:
             raise FormatError(f"table {self.name!r} (format_version {self.format_version}) has no scale groups")
         n = self.group_bytes
         section = np.ascontiguousarray(self.payload[self.payload.shape[0] - n:])
-        return section.view("<f2").reshape(-1, 3, 2)
+        return section.view("<f2").reshape(-1, len(QUANTIZED_TIERS), 2)
 
     def tiers(self) -> np.ndarray:
         """uint8[R]: the tier code of every row (constant for a uniform table, decoded from the planes otherwise)."""

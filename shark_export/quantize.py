@@ -303,7 +303,7 @@ def _layout(name: str, R: int, D: int, format_version: int, G: int, tiers: Any, 
         counts = {t: (R if t.value == uniform else 0) for t in Tier}
     else:
         row_meta, n_payload = _build_row_meta(codes, lut)
-        bc = np.bincount(codes, minlength=6)
+        bc = np.bincount(codes, minlength=len(Tier))
         counts = {t: int(bc[t.value]) for t in Tier}
     return TableLayout(name, int(R), int(D), format_version, G, int(uniform), codes, row_meta, int(n_payload), counts,
                        default)
@@ -344,7 +344,7 @@ def encode_rows(w: Any, layout: TableLayout, payload: np.ndarray, r0: int, r1: i
         base = layout.offset_of(c0)
         sizes = lut[cc]
         ends = np.cumsum(sizes)
-        present = np.flatnonzero(np.bincount(cc, minlength=6))
+        present = np.flatnonzero(np.bincount(cc, minlength=len(Tier)))
         if present.shape[0] == 1:  # one tier in this chunk: its rows are contiguous
             t = Tier(int(present[0]))
             s = int(lut[t])

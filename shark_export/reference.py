@@ -60,7 +60,7 @@ def _group_section(table: QuantizedTable) -> tuple[int, int]:
     if int(table.format_version) < 3:
         return 0, n
     groups = -(-int(table.num_rows) // G)
-    return G, n - 12 * groups
+    return G, n - GROUP_RECORD_BYTES * groups
 
 
 def _check_rows(table: QuantizedTable, flat: np.ndarray) -> None:
@@ -98,7 +98,7 @@ def _locate(table: QuantizedTable, rows: np.ndarray) -> tuple[np.ndarray, np.nda
             block_codes |= ((meta[:, 1 + k, None] >> shifts) & np.uint64(1)).astype(np.int64) << k
         row_ids = ublocks[:, None] * 64 + np.arange(64)
         in_table = row_ids < R
-        invalid = (block_codes >= 6) & in_table
+        invalid = (block_codes >= len(Tier)) & in_table
         if invalid.any():
             b, j = np.argwhere(invalid)[0]
             raise FormatError(
@@ -170,7 +170,7 @@ def _checked(table: QuantizedTable) -> QuantizedTable:
         raise FormatError(f"expected a QuantizedTable, got {type(table).__name__}")
     name = _label(table)
     values = {}
-    for attr, low, high in (("num_rows", 1, MAX_ROWS), ("dim", 1, MAX_DIM), ("uniform_tier", -1, 5)):
+    for attr, low, high in (("num_rows", 1, MAX_ROWS), ("dim", 1, MAX_DIM), ("uniform_tier", -1, len(Tier) - 1)):
         v = getattr(table, attr)
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or not low <= int(v) <= high:
             raise FormatError(f"{name}: {attr} {v!r} is outside {low}..{high}")

@@ -136,12 +136,12 @@ def encode_tier_rows(x: np.ndarray, mn: np.ndarray, mx: np.ndarray, tier: Tier, 
 
 
 def group_params(w: np.ndarray, codes: np.ndarray | None, uniform: int, G: int, clip: str) -> np.ndarray:
-    """float16 [groups, 3, 2]: (scale, bias) per v3 scale group of ``G`` rows and quantized tier (int8, int4,
-    int2), from the min/max -- or with ``clip="l2"`` the L2-optimal clip range -- of all the values of the
-    group's rows of that tier; zeros where a group has no row of a tier. Rows are read in bounded batches."""
+    """float16 [groups, len(QUANTIZED_TIERS), 2]: (scale, bias) per v3 scale group of ``G`` rows and quantized
+    tier, from the min/max -- or with ``clip="l2"`` the L2-optimal clip range -- of all the values of the group's
+    rows of that tier; zeros where a group has no row of a tier. Rows are read in bounded batches."""
     R, D = w.shape
     n_groups = -(-R // G)
-    params = np.zeros((n_groups, 3, 2), dtype=np.float16)
+    params = np.zeros((n_groups, len(QUANTIZED_TIERS), 2), dtype=np.float16)
     for slot, tier in enumerate(QUANTIZED_TIERS):
         if uniform >= 0:
             if uniform != tier:

@@ -38,7 +38,7 @@ from typing import Mapping
 import numpy as np
 
 from .errors import FormatError
-from .format import BLOCK_ROWS, QuantizedTable, Tier, row_bytes, row_stride
+from .format import BLOCK_ROWS, GROUP_RECORD_BYTES, QuantizedTable, Tier, row_bytes, row_stride
 from .tiers import QUANTIZED_TIERS
 
 __all__ = ["METADATA_KEY", "Part", "PortableBytes", "SlotMap", "StandardTable", "read_tables", "inspect_text"]
@@ -222,7 +222,7 @@ class StandardTable:
                               f"not {table.format_version}")
         R, D = int(table.num_rows), int(table.dim)
         G = int(getattr(table, "scale_group_rows", 0) or 0)
-        groups = table.group_scales() if G else None  # float16 [ceil(R/G), 3, 2]
+        groups = table.group_scales() if G else None  # float16 [ceil(R/G), quantized tiers, 2]
         codes = table.tiers()
         parts = []
         uniform = table.is_uniform and table.uniform_tier != Tier.DROPPED
@@ -278,8 +278,8 @@ class StandardTable:
         row_strides = strides[codes]
         offsets = np.cumsum(row_strides) - row_strides
         G = self.scale_group_rows
-        payload = np.zeros(int(row_strides.sum()) + (-(-R // G) * 12 if G else 0), dtype=np.uint8)
-        section = np.zeros((-(-R // G), 3, 2), dtype="<f2") if G else None
+        payload = np.zeros(int(row_strides.sum()) + (-(-R // G) * GROUP_RECORD_BYTES if G else 0), dtype=np.uint8)
+        section = np.zeros((-(-R // G), len(QUANTIZED_TIERS), 2), dtype="<f2") if G else None
         local = self._local_rows()
         for part in self.parts:
             if part.tier is Tier.DROPPED:

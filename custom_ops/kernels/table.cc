@@ -27,7 +27,7 @@ std::string validate_attrs(const TableAttrs& a) {
   } else if (a.dim < 1 || a.dim > kMaxDim) {
     e << "dim " << a.dim << " is out of range (1 .. " << kMaxDim << ")";
   } else if (a.uniform_tier < kMixed || a.uniform_tier >= kNumTiers) {
-    e << "uniform_tier " << a.uniform_tier << " is not a tier code (-1 for a mixed table, or 0..5)";
+    e << "uniform_tier " << a.uniform_tier << " is not a tier code (-1 for a mixed table, or 0.." << kNumTiers - 1 << ")";
   } else if (a.output_dtype != static_cast<int64_t>(OutType::kFloat32) &&
              a.output_dtype != static_cast<int64_t>(OutType::kFloat16)) {
     e << "output_dtype " << a.output_dtype << " is not supported (1 = float32 or 10 = float16)";
