@@ -103,15 +103,11 @@ def _portable_tables(file: Path, model, initializers: dict):
 
 def _int_attributes(node) -> dict[str, Any]:
     """The node's int and int-list attributes (a string attribute names fields only)."""
-    attributes: dict[str, Any] = {}
-    for attribute in node.attribute:
-        if attribute.type == onnx.AttributeProto.INT:
-            attributes[attribute.name] = attribute.i
-        elif attribute.type == onnx.AttributeProto.INTS:
-            attributes[attribute.name] = list(attribute.ints)
-        elif not (attribute.type == onnx.AttributeProto.STRING and attribute.name == "field_names"):
-            raise FormatError(f"node {node.name!r}: attribute {attribute.name!r} must be an int")
-    return attributes
+    attributes = attributes_of_proto(node)
+    for name, value in attributes.items():
+        if isinstance(value, str) and name != "field_names":
+            raise FormatError(f"node {node.name!r}: attribute {name!r} must be an int")
+    return {name: value for name, value in attributes.items() if name != "field_names"}
 
 
 def _read_node(node, initializers: dict, tables: dict[str, QuantizedTable], lookups: list, storage_of: dict) -> None:

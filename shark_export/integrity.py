@@ -14,6 +14,7 @@ import numpy as np
 
 from .domain import DOMAIN
 from .errors import IntegrityError
+from .lookup_spec import attributes_of_proto
 
 CHECKSUMS_KEY = "shark_export.table_checksums"
 # Every shark_export node's op, inputs and attributes (padding_idx, mode, output_dtype, … change outputs
@@ -86,20 +87,9 @@ def _proto_lookup_digests(model) -> dict[str, str]:
 
 def _node_digests(nodes) -> dict[str, str]:
     """node name → digest of a shark_export NodeProto's op type, inputs and attributes."""
-    import onnx
-
     digests = {}
     for node in nodes:
-        attributes = {}
-        for a in node.attribute:
-            if a.type == onnx.AttributeProto.INT:
-                attributes[a.name] = a.i
-            elif a.type == onnx.AttributeProto.INTS:
-                attributes[a.name] = list(a.ints)
-            elif a.type == onnx.AttributeProto.STRING:
-                attributes[a.name] = a.s.decode("utf-8", "replace")
-            else:
-                attributes[a.name] = f"<{onnx.AttributeProto.AttributeType.Name(a.type)}>"
+        attributes = attributes_of_proto(node)
         if node.name in digests:
             raise IntegrityError(f"two shark_export nodes are named {node.name!r}: their checksums cannot be told apart")
         digests[node.name] = lookup_digest(node.op_type, list(node.input), attributes)

@@ -120,7 +120,8 @@ class MultiLookupSpec:
 
 
 def attributes_of_proto(node) -> dict[str, Any]:
-    """An onnx NodeProto's attributes as plain values (int, int list, string)."""
+    """An onnx NodeProto's attributes as plain values: int, int list, string, or `"<TYPE>"` for any other type (no
+    lookup attribute has one: readers refuse it, integrity digests it as such)."""
     import onnx
 
     values: dict[str, Any] = {}
@@ -132,7 +133,7 @@ def attributes_of_proto(node) -> dict[str, Any]:
         elif a.type == onnx.AttributeProto.STRING:
             values[a.name] = a.s.decode("utf-8", "replace")
         else:
-            values[a.name] = None  # a type no lookup attribute has: readers refuse it by name
+            values[a.name] = f"<{onnx.AttributeProto.AttributeType.Name(a.type)}>"
     return values
 
 
