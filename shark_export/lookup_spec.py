@@ -23,6 +23,11 @@ STORAGE_PARTS = ("payload", "row_meta", "default_row")
 SINGLE_OP_INPUTS = (*STORAGE_PARTS, "indices", "offsets", "per_sample_weights")
 
 
+#: The key of a lookup node's in-memory metadata (onnx-ir `node.meta`) that holds the field it serves: passes read
+#: it there, never from the node's name (ReplaceLookupsPass sets both; the name is for ORT's error messages).
+FIELD_META = "shark_export.field"
+
+
 def storage_names(table: str) -> tuple[str, str, str]:
     """The initializer names of `table`'s storage: `<table>.payload`, `<table>.row_meta`, `<table>.default_row`."""
     return tuple(f"{table}.{part}" for part in STORAGE_PARTS)

@@ -436,3 +436,18 @@ def test_dynamic_dimensions_are_named_after_what_they_count(tmp_path):
     args = (torch.randint(0, 50, (3,)), torch.randint(0, 60, (4,)), torch.tensor([0, 1, 1, 4]))
     with torch.no_grad():
         np.testing.assert_allclose(shark_export.run(path, *args)[0], model(*args).numpy(), atol=0.05)
+
+
+def test_asking_for_a_provider_this_onnxruntime_lacks_says_why(tmp_path):
+    """ORT quietly runs on the CPU when the CUDA provider is not in the installed wheel; shark_export.session warns
+    with what to install."""
+    import onnxruntime as ort
+    from models import DictInput
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    path = tmp_path / "m.onnx"
+    convert(DictInput().eval(), DictInput.batch(4), path, quant="int8")
+    with pytest.warns(RuntimeWarning, match=r"\['CUDAExecutionProvider'\] are not available .*onnxruntime-gpu"):
+        sess = shark_export.session(path, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert sess.get_providers() == ["CPUExecutionProvider"]

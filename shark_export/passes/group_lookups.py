@@ -20,11 +20,9 @@ import numpy as np
 import onnx_ir as ir
 
 from ..domain import BAG_OP, DOMAIN, GATHER_OP, MULTI_OP
-from ..lookup_spec import (BAG_2D_FIELD, BAG_OFFSETS_FIELD, FLOAT, GATHER_FIELD, FieldSpec, MultiLookupSpec,
-                           attributes_of_ir)
+from ..lookup_spec import (BAG_2D_FIELD, BAG_OFFSETS_FIELD, FIELD_META, FLOAT, GATHER_FIELD, FieldSpec,
+                           MultiLookupSpec, attributes_of_ir)
 from .initializers import constant
-
-_LOOKUP_PREFIX = "lookup/"  # ReplaceLookupsPass names every field's lookup node so
 
 
 @dataclass
@@ -37,7 +35,7 @@ class _Member:
 
     @property
     def field(self) -> str:
-        return self.lookup.name[len(_LOOKUP_PREFIX):]
+        return self.lookup.meta[FIELD_META]
 
 
 def _single_use(value: ir.Value) -> bool:
@@ -66,7 +64,7 @@ def _member(value: ir.Value) -> _Member | None:
         node = value.producer()
         if node is None or not _single_use(value):
             return None
-        if node.domain == DOMAIN and node.op_type in (GATHER_OP, BAG_OP) and node.name.startswith(_LOOKUP_PREFIX):
+        if node.domain == DOMAIN and node.op_type in (GATHER_OP, BAG_OP) and FIELD_META in node.meta:
             return _Member(node, cast_to, chain)
         if node.domain not in ("", "ai.onnx"):
             return None
@@ -119,8 +117,8 @@ class GroupLookupsPass(ir.passes.InPlacePass):
 
     def ensures(self, model: ir.Model) -> None:
         fused = {f for group in self.groups for f in group}
-        read = [n.name for n in model.graph if n.op_type in (GATHER_OP, BAG_OP) and n.name.startswith(_LOOKUP_PREFIX)
-                and n.name[len(_LOOKUP_PREFIX):] in fused and any(o.uses() for o in n.outputs)]
+        read = [n.name for n in model.graph if n.op_type in (GATHER_OP, BAG_OP) and n.meta.get(FIELD_META) in fused
+                and any(o.uses() for o in n.outputs)]
         if read:
             raise ir.passes.PostconditionError(f"fused lookups {read} are still read")
 

@@ -8,7 +8,7 @@ import onnx_ir as ir
 
 from ..errors import ExportError
 from ..domain import BAG_OP, DOMAIN, GATHER_OP
-from ..lookup_spec import STORAGE_PARTS, storage_names
+from ..lookup_spec import FIELD_META, STORAGE_PARTS, storage_names
 from .initializers import constant
 from .lookups import Lookup, is_staging_lookup
 
@@ -61,6 +61,7 @@ class LookupRewrite:
             op_type = GATHER_OP
             inputs = [*storage(graph, lookup.table, table), node.inputs[1]]
         replacement = ir.node(op_type, inputs, attributes=attributes, domain=DOMAIN, name=f"lookup/{lookup.field}")
+        replacement.meta[FIELD_META] = lookup.field
         _splice(graph, node, replacement, node.outputs[0], self.output_dtype)
 
 
