@@ -120,11 +120,11 @@ def export(model, example: ExampleInputs, the_plan: Plan, streamed: dict) -> Exp
     return Exported(ir_model, input_map, found, weights)
 
 
-def store(the_plan: Plan, exported: Exported, config: QuantConfig, priorities: RowPriority | None,
-          options: ConvertOptions, segments: SegmentStore | None, workers) -> Stored:
+def store(the_plan: Plan, exported: Exported, priorities: RowPriority | None, options: ConvertOptions,
+          segments: SegmentStore | None, workers) -> Stored:
     """Tiers and storage per table, then the tables quantized (from a checkpoint: straight into the stage's data
     files, never held whole)."""
-    found = exported.found
+    found, config = exported.found, options.quant
     looked_up = {lookup.field for lookup in found.lookups}
     all_tables = {**the_plan.tables, **found.functional_tables}
     # sorted: the same tiers, and the same bytes, in every process (string sets iterate in a per-process order)

@@ -196,7 +196,7 @@ def _convert(model, example: ExampleInputs, output_path: Path, options: ConvertO
     bar.update()
     exported = steps.export(model, example, the_plan, streamed)
     bar.update()
-    stored = steps.store(the_plan, exported, options.quant, priorities, options, segments, workers)
+    stored = steps.store(the_plan, exported, priorities, options, segments, workers)
     bar.update()
     rewritten = steps.rewrite(exported, stored, the_plan, options)
     report = steps.report_of(output_path, the_plan, exported, stored, rewritten, options)
