@@ -300,77 +300,51 @@ class CheckedRunner {
   SlotPool slots_;
 };
 
-// One table a CUDA kernel reads (device tensors): where its three tensors are among the node's inputs, and
-// their validation -- at kernel creation for constant initializers (then cached by device pointers and
-// sizes), on every run for tables fed as graph inputs. The CUDA counterpart of TableSlot.
-class CudaTableSlot {
- public:
-  // `label` prefixes this table's messages ("" for a one-table op, "field 'x': " in a group).
-  OrtStatus* init(const TableKernel& k, const shark::TableAttrs& attrs, size_t first_input, std::string label,
-                  const OrtKernelInfo* info) {
-    attrs_ = attrs;
-    proto_ = shark::make_table_view(attrs);
-    first_ = first_input;
-    label_ = std::move(label);
-    Input constant[3];
-    SHARK_RETURN_IF_STATUS(constant_table_inputs(info, constant, &constant_, first_));
-    if (constant_) {
-      shark_cuda::DeviceTable t;
-      SHARK_RETURN_IF_STATUS(check(k, constant[0], constant[1], constant[2], nullptr, true, true, &t));
-    }
-    return nullptr;
-  }
+// How a table slot reads its three tensors on the CUDA EP: device memory, the view is a DeviceTable of device
+// pointers, validation reads shapes and (for a mixed table) a host copy of row_meta -- never the payload.
+struct CudaTables {
+  using View = shark_cuda::DeviceTable;
+  using Stream = cudaStream_t;
 
-  // The validated table of this run (device pointers).
-  OrtStatus* view(const TableKernel& k, OrtKernelContext* ctx, cudaStream_t stream, shark_cuda::DeviceTable* t) {
-    Input payload, meta, dflt;
-    SHARK_RETURN_IF_STATUS(get_input(ctx, first_ + kInPayload, &payload));
-    SHARK_RETURN_IF_STATUS(get_input(ctx, first_ + kInRowMeta, &meta));
-    SHARK_RETURN_IF_STATUS(get_input(ctx, first_ + kInDefaultRow, &dflt));
-    return check(k, payload, meta, dflt, stream, false, constant_, t);
-  }
-
- private:
-  // Dtype/shape/content checks of the table (shark::validate_table on a host copy of row_meta); with
-  // `cache`, remembers a valid table's pointers and sizes.
-  OrtStatus* check(const TableKernel& k, const Input& payload, const Input& meta, const Input& dflt, cudaStream_t stream,
-                   bool at_creation, bool cache, shark_cuda::DeviceTable* t) {
-    SHARK_RETURN_IF_STATUS(k.check_table_inputs(payload, meta, dflt, label_));
+  static void fill(const shark::TableView&, const shark::TableAttrs& attrs, const Input (&in)[3], View* t) {
     *t = shark_cuda::DeviceTable{};
-    t->payload = static_cast<const uint8_t*>(payload.data);
-    t->meta = meta.count ? static_cast<const uint64_t*>(meta.data) : nullptr;
-    t->default_row = dflt.count ? static_cast<const float*>(dflt.data) : nullptr;
-    t->num_rows = static_cast<uint64_t>(attrs_.num_rows);
-    t->dim = static_cast<uint32_t>(attrs_.dim);
-    t->uniform_tier = static_cast<int32_t>(attrs_.uniform_tier);
+    t->payload = static_cast<const uint8_t*>(in[0].data);
+    t->meta = in[1].count ? static_cast<const uint64_t*>(in[1].data) : nullptr;
+    t->default_row = in[2].count ? static_cast<const float*>(in[2].data) : nullptr;
+    t->num_rows = static_cast<uint64_t>(attrs.num_rows);
+    t->dim = static_cast<uint32_t>(attrs.dim);
+    t->uniform_tier = static_cast<int32_t>(attrs.uniform_tier);
     // Strides, and in v3 the group section: the last bytes of payload (validate_table checks its size).
-    shark_cuda::fill_layout(t, payload.count, attrs_.format_version, attrs_.scale_group_rows);
+    shark_cuda::fill_layout(t, in[0].count, attrs.format_version, attrs.scale_group_rows);
+  }
 
-    const TableKey key = table_key(payload, meta, dflt);
-    if (cache && validated_.hit(key)) return nullptr;
-    shark::TableView host = proto_;  // validate_table reads sizes and row_meta, never payload or default_row
-    host.payload_bytes = payload.count;
+  // shark::validate_table on the sizes and a host copy of row_meta.
+  static OrtStatus* validate(const TableKernel& k, const std::string& label, const shark::TableView& proto,
+                             const Input (&in)[3], const View&, Stream stream, Validation when, std::string* bad) {
+    const Input& meta = in[1];
+    shark::TableView host = proto;  // validate_table reads sizes and row_meta, never payload or default_row
+    host.payload_bytes = in[0].count;
     host.meta_blocks = meta.shape.size() == 2 ? static_cast<uint64_t>(meta.shape[0]) : 0;
     std::vector<uint64_t> meta_host;
     // Only a well-shaped mixed table's row_meta is read (the shape checks come first in validate_table).
     const bool need_meta = !host.uniform() && meta.count > 0 && meta.shape.size() == 2 && meta.shape[1] == 4 &&
-                           meta.count == static_cast<uint64_t>((attrs_.num_rows + 63) / 64) * 4;
+                           meta.count == (host.num_rows + 63) / 64 * 4;
     if (need_meta) {
       meta_host.resize(meta.count);
-      SHARK_RETURN_IF_STATUS(
-          copy_to_host(k, meta_host.data(), meta.data, meta.count * sizeof(uint64_t), stream, at_creation));
+      SHARK_RETURN_IF_STATUS(copy_to_host(k, label, meta_host.data(), meta.data, meta.count * sizeof(uint64_t), stream,
+                                          when == Validation::kAtCreation));
       host.meta = meta_host.data();
     }
-    const std::string bad = shark::validate_table(host, shark::TableShapes{payload.shape, meta.shape, dflt.shape});
-    if (!bad.empty()) return k.error(label_ + "invalid table: " + bad);
-    if (cache) validated_.remember(key);
+    *bad = shark::validate_table(host, shark::TableShapes{in[0].shape, meta.shape, in[2].shape});
     return nullptr;
   }
 
-  // Device (or host) memory to the host. At kernel creation: synchronous, after a device synchronize so
-  // that ORT's upload of the initializers has finished (session creation only); in a run: on the stream.
-  OrtStatus* copy_to_host(const TableKernel& k, void* dst, const void* src, size_t bytes, cudaStream_t stream,
-                          bool at_creation) {
+  static void remembered(const TableKernel&, const View&, Validation) {}
+
+  // Device (or host) memory to the host. At kernel creation: synchronous, after a device synchronize so that
+  // ORT's upload of the initializers has finished (session creation only); in a run: on the stream.
+  static OrtStatus* copy_to_host(const TableKernel& k, const std::string& label, void* dst, const void* src,
+                                 size_t bytes, cudaStream_t stream, bool at_creation) {
     cudaPointerAttributes pa{};
     cudaError_t e = cudaPointerGetAttributes(&pa, src);
     if (e != cudaSuccess) {
@@ -390,7 +364,7 @@ class CudaTableSlot {
       } else {
         cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
         if (cudaStreamIsCapturing(stream, &capture) == cudaSuccess && capture != cudaStreamCaptureStatusNone) {
-          return k.error(label_ + "a mixed table fed at run time (not a constant initializer) cannot be validated "
+          return k.error(label + "a mixed table fed at run time (not a constant initializer) cannot be validated "
                          "inside a CUDA graph capture");
         }
         e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream);
@@ -398,30 +372,23 @@ class CudaTableSlot {
       }
     }
     if (e != cudaSuccess) {
-      return k.error(label_ + "could not copy row_meta to the host for validation: " + cuda_message(e), ORT_FAIL);
+      return k.error(label + "could not copy row_meta to the host for validation: " + cuda_message(e), ORT_FAIL);
     }
     return nullptr;
   }
-
-  shark::TableAttrs attrs_;
-  shark::TableView proto_;
-  size_t first_ = 0;
-  std::string label_;
-  bool constant_ = false;  // all three tensors are constant initializers
-  ValidationCache validated_;
 };
+using CudaTableSlot = TableSlot<CudaTables>;
 
 // The single ops' one table and checked launch.
 class CudaTableKernel : public TableKernel {
  protected:
   OrtStatus* init_cuda(const OpSpec& spec, const OrtKernelInfo* info) {
-    config_ = spec.config;
-    SHARK_RETURN_IF_STATUS(init_attrs(spec.name, info, out_type_of(spec.output)));
+    SHARK_RETURN_IF_STATUS(init_attrs(spec, info));
     return table_.init(*this, attrs_, kInPayload, std::string(), info);
   }
 
   OrtStatus* device_table(OrtKernelContext* ctx, cudaStream_t stream, shark_cuda::DeviceTable* t) {
-    return table_.view(*this, ctx, stream, t);
+    return table_.view(*this, ctx, t, stream);
   }
 
   template <class Launch>
@@ -533,7 +500,6 @@ class MultiLookupCudaKernel : public MultiLookupBase {
  public:
   static OrtStatus* Create(const OpSpec& spec, const OrtKernelInfo* info, std::unique_ptr<MultiLookupCudaKernel>* out) {
     auto k = std::make_unique<MultiLookupCudaKernel>();
-    k->config_ = spec.config;
     MultiLookupCudaKernel& kernel = *k;
     SHARK_RETURN_IF_STATUS(k->init_fields(spec, info, [&](size_t f) -> OrtStatus* {
       kernel.tables_.push_back(std::make_unique<CudaTableSlot>());
@@ -554,7 +520,7 @@ class MultiLookupCudaKernel : public MultiLookupBase {
     std::vector<uint64_t> column(n);
     uint64_t n_samples = 0, width = 0;
     for (size_t k = 0; k < n; ++k) {  // the CPU op's order: field by field, table then inputs
-      SHARK_RETURN_IF_STATUS(tables_[k]->view(*this, ctx, stream, &tables[k]));
+      SHARK_RETURN_IF_STATUS(tables_[k]->view(*this, ctx, &tables[k], stream));
       SHARK_RETURN_IF_STATUS(field_inputs(ctx, k, &inputs[k]));
       column[k] = width;
       SHARK_RETURN_IF_STATUS(add_columns(k, inputs[k], &width));

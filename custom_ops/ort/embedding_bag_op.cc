@@ -77,8 +77,7 @@ class BagKernel : public TableKernel {
  public:
   static OrtStatus* Create(const OpSpec& spec, const OrtKernelInfo* info, std::unique_ptr<BagKernel>* out) {
     auto k = std::make_unique<BagKernel>();
-    k->config_ = spec.config;
-    SHARK_RETURN_IF_STATUS(k->init(spec.name, info, out_type_of(spec.output)));
+    SHARK_RETURN_IF_STATUS(k->init(spec, info));
     SHARK_RETURN_IF_STATUS(read_bag_attrs(*k, info, &k->bag_));
     *out = std::move(k);
     return nullptr;

@@ -15,8 +15,7 @@ class GatherKernel : public TableKernel {
  public:
   static OrtStatus* Create(const OpSpec& spec, const OrtKernelInfo* info, std::unique_ptr<GatherKernel>* out) {
     auto k = std::make_unique<GatherKernel>();
-    k->config_ = spec.config;
-    SHARK_RETURN_IF_STATUS(k->init(spec.name, info, out_type_of(spec.output)));
+    SHARK_RETURN_IF_STATUS(k->init(spec, info));
     SHARK_RETURN_IF_STATUS(k->check_index_type(info, kInIndices, "indices"));
     *out = std::move(k);
     return nullptr;

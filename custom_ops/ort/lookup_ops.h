@@ -12,10 +12,6 @@ namespace shark_ort {
 
 constexpr size_t kInOffsets = 4, kInWeights = 5;
 
-inline shark::OutType out_type_of(ONNXTensorElementDataType t) {
-  return t == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 ? shark::OutType::kFloat16 : shark::OutType::kFloat32;
-}
-
 // provider: null for the CPU EP, else e.g. "CUDAExecutionProvider".
 OpSpec gather_spec(ONNXTensorElementDataType out, const char* provider, const shark::KernelConfig& config);
 OpSpec bag_spec(ONNXTensorElementDataType out, const char* provider, const shark::KernelConfig& config);

@@ -52,6 +52,7 @@ constexpr uint64_t kMaxOutputElements = uint64_t{1} << 61;
 OrtStatus* MultiLookupBase::init_fields(const OpSpec& spec, const OrtKernelInfo* info,
                                         const std::function<OrtStatus*(size_t field)>& init_table) {
   op_name_ = spec.name;
+  config_ = spec.config;
   node_name_ = node_name(info);
   out_type_ = out_type_of(spec.output);
   std::vector<int64_t> kinds, versions, rows, dims, tiers, modes, lasts, pads, weights, groups;
@@ -307,10 +308,9 @@ class MultiLookupKernel : public MultiLookupBase {
  public:
   static OrtStatus* Create(const OpSpec& spec, const OrtKernelInfo* info, std::unique_ptr<MultiLookupKernel>* out) {
     auto k = std::make_unique<MultiLookupKernel>();
-    k->config_ = spec.config;
     MultiLookupKernel& kernel = *k;
     SHARK_RETURN_IF_STATUS(k->init_fields(spec, info, [&](size_t f) -> OrtStatus* {
-      kernel.slots_.push_back(std::make_unique<TableSlot>());
+      kernel.slots_.push_back(std::make_unique<TableSlot<CpuTables>>());
       const MultiField& field = kernel.fields_[f];
       return kernel.slots_.back()->init(kernel, field.table, field.first, field.label, info);
     }));
@@ -387,7 +387,7 @@ class MultiLookupKernel : public MultiLookupBase {
   }
 
  private:
-  std::vector<std::unique_ptr<TableSlot>> slots_;  // one per field (TableSlot holds a mutex: not movable)
+  std::vector<std::unique_ptr<TableSlot<CpuTables>>> slots_;  // one per field (a slot holds a mutex: not movable)
 };
 
 }  // namespace

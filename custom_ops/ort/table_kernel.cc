@@ -33,8 +33,10 @@ OrtStatus* TableKernel::int_attr(const OrtKernelInfo* info, const char* name, bo
   return nullptr;
 }
 
-OrtStatus* TableKernel::init_attrs(const char* op_name, const OrtKernelInfo* info, shark::OutType out_type) {
-  op_name_ = op_name;
+OrtStatus* TableKernel::init_attrs(const OpSpec& spec, const OrtKernelInfo* info) {
+  const shark::OutType out_type = out_type_of(spec.output);
+  op_name_ = spec.name;
+  config_ = spec.config;
   node_name_ = node_name(info);
   out_type_ = out_type;
   SHARK_RETURN_IF_STATUS(int_attr(info, "format_version", true, 0, &attrs_.format_version));
@@ -72,60 +74,31 @@ OrtStatus* constant_table_inputs(const OrtKernelInfo* info, Input constant[3], b
   return nullptr;
 }
 
-OrtStatus* TableKernel::init(const char* op_name, const OrtKernelInfo* info, shark::OutType out_type) {
-  SHARK_RETURN_IF_STATUS(init_attrs(op_name, info, out_type));
+OrtStatus* TableKernel::init(const OpSpec& spec, const OrtKernelInfo* info) {
+  SHARK_RETURN_IF_STATUS(init_attrs(spec, info));
   return slot_.init(*this, attrs_, kInPayload, std::string(), info);
 }
 
 OrtStatus* TableKernel::table(OrtKernelContext* ctx, shark::TableView* t) { return slot_.view(*this, ctx, t); }
 
-OrtStatus* TableSlot::init(const TableKernel& k, const shark::TableAttrs& attrs, size_t first_input, std::string label,
-                           const OrtKernelInfo* info) {
-  attrs_ = attrs;
-  proto_ = shark::make_table_view(attrs);
-  first_ = first_input;
-  label_ = std::move(label);
-  // Table tensors stored as constant initializers cannot change between runs: validate them now
-  // (errors at session creation) and then once per data pointer. Anything else (graph inputs) is
-  // validated on every run.
-  Input constant[3];
-  SHARK_RETURN_IF_STATUS(constant_table_inputs(info, constant, &constant_, first_));
-  if (constant_) {
-    shark::TableView t;
-    SHARK_RETURN_IF_STATUS(check(k, constant[0], constant[1], constant[2], &t, true));
-    if (k.config_.huge_pages) shark::advise_huge_pages(t.payload, t.payload_bytes);
-  }
+void CpuTables::fill(const shark::TableView& proto, const shark::TableAttrs&, const Input (&in)[3], View* t) {
+  *t = proto;
+  t->payload = static_cast<const uint8_t*>(in[0].data);
+  t->payload_bytes = in[0].count;
+  t->meta = in[1].count ? static_cast<const uint64_t*>(in[1].data) : nullptr;
+  t->meta_blocks = in[1].shape.size() == 2 ? static_cast<uint64_t>(in[1].shape[0]) : 0;
+  t->default_row = in[2].count ? static_cast<const float*>(in[2].data) : nullptr;
+}
+
+OrtStatus* CpuTables::validate(const TableKernel&, const std::string&, const shark::TableView&, const Input (&in)[3],
+                               const View& t, Stream, Validation, std::string* bad) {
+  *bad = shark::validate_table(t, shark::TableShapes{in[0].shape, in[1].shape, in[2].shape});
   return nullptr;
 }
 
-OrtStatus* TableSlot::view(const TableKernel& k, OrtKernelContext* ctx, shark::TableView* t) {
-  Input payload, meta, dflt;
-  SHARK_RETURN_IF_STATUS(get_input(ctx, first_ + kInPayload, &payload));
-  SHARK_RETURN_IF_STATUS(get_input(ctx, first_ + kInRowMeta, &meta));
-  SHARK_RETURN_IF_STATUS(get_input(ctx, first_ + kInDefaultRow, &dflt));
-  return check(k, payload, meta, dflt, t, constant_);
-}
-
-OrtStatus* TableSlot::check(const TableKernel& k, const Input& payload, const Input& meta, const Input& dflt,
-                            shark::TableView* t, bool cache) {
-  SHARK_RETURN_IF_STATUS(k.check_table_inputs(payload, meta, dflt, label_));
-  *t = proto_;
-  t->payload = static_cast<const uint8_t*>(payload.data);
-  t->payload_bytes = payload.count;
-  t->meta = meta.count ? static_cast<const uint64_t*>(meta.data) : nullptr;
-  t->meta_blocks = meta.shape.size() == 2 ? static_cast<uint64_t>(meta.shape[0]) : 0;
-  t->default_row = dflt.count ? static_cast<const float*>(dflt.data) : nullptr;
-
-  const TableKey key = table_key(payload, meta, dflt);
-  if (cache && validated_.hit(key)) return nullptr;
-  shark::TableShapes shapes{payload.shape, meta.shape, dflt.shape};
-  const std::string bad = shark::validate_table(*t, shapes);
-  if (!bad.empty()) return k.error(label_ + "invalid table: " + bad);
-  if (cache) {
-    validated_.remember(key);
-    shark::advise_random(t->payload, t->payload_bytes);  // once per table: random rows, no read-around
-  }
-  return nullptr;
+void CpuTables::remembered(const TableKernel& k, const View& t, Validation when) {
+  shark::advise_random(t.payload, t.payload_bytes);  // once per table: random rows, no read-around
+  if (when == Validation::kAtCreation && k.config_.huge_pages) shark::advise_huge_pages(t.payload, t.payload_bytes);
 }
 
 static const char* const kTableInputNames[3] = {"payload", "row_meta", "default_row"};

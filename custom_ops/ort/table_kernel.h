@@ -11,11 +11,16 @@
 #include "../kernels/lookup.h"
 #include "../kernels/parallel.h"
 #include "../kernels/table.h"
+#include "custom_op.h"
 #include "ort_utils.h"
 
 namespace shark_ort {
 
 constexpr size_t kInPayload = 0, kInRowMeta = 1, kInDefaultRow = 2, kInIndices = 3;
+
+inline shark::OutType out_type_of(ONNXTensorElementDataType t) {
+  return t == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 ? shark::OutType::kFloat16 : shark::OutType::kFloat32;
+}
 
 // At kernel creation: describes the three table tensors (inputs first, first + 1, first + 2) when all are
 // constant initializers (sets *all_constant); tables fed as graph inputs are only known at run time.
@@ -60,21 +65,55 @@ TableKey table_key(const Input& payload, const Input& meta, const Input& dflt);
 
 class TableKernel;
 
+// When a table slot validates its tensors: at kernel creation (constant initializers; remembered), in a run whose
+// tensors may be the ones remembered (constant initializers), or in every run (tables fed as graph inputs).
+enum class Validation { kAtCreation, kCachedRun, kEveryRun };
+
+// How a table slot reads its three tensors on the CPU: host memory, the view points into them, validation reads
+// row_meta in place. (CUDA's counterpart, CudaTables, is in cuda_ops.cc.)
+struct CpuTables {
+  using View = shark::TableView;
+  using Stream = std::nullptr_t;
+  static void fill(const shark::TableView& proto, const shark::TableAttrs& attrs, const Input (&in)[3], View* t);
+  static OrtStatus* validate(const TableKernel& k, const std::string& label, const shark::TableView& proto,
+                             const Input (&in)[3], const View& t, Stream stream, Validation when, std::string* bad);
+  static void remembered(const TableKernel& k, const View& t, Validation when);  // memory hints, once per table
+};
+
 // One table a node reads: its attributes, where its three tensors are among the node's inputs, and their
-// validation (at kernel creation for constant initializers, then once per data pointer; on every run
-// for tables fed as graph inputs). A one-table op has one; RowwiseDequantMultiLookup one per field.
+// validation (at kernel creation for constant initializers, then once per data pointer; on every run for tables
+// fed as graph inputs). A one-table op has one; RowwiseDequantMultiLookup one per field. `Device` (CpuTables,
+// CudaTables) says how the tensors become the kernels' view of the table and how they are validated.
+template <class Device>
 class TableSlot {
  public:
+  using View = typename Device::View;
+  using Stream = typename Device::Stream;
+
   // `label` prefixes this table's messages ("" for a one-table op, "field 'x': " in a group).
   OrtStatus* init(const TableKernel& k, const shark::TableAttrs& attrs, size_t first_input, std::string label,
-                  const OrtKernelInfo* info);
+                  const OrtKernelInfo* info) {
+    attrs_ = attrs;
+    proto_ = shark::make_table_view(attrs);
+    first_ = first_input;
+    label_ = std::move(label);
+    Input constant[3];
+    SHARK_RETURN_IF_STATUS(constant_table_inputs(info, constant, &constant_, first_));
+    if (!constant_) return nullptr;
+    View t;
+    return check(k, constant, Stream{}, Validation::kAtCreation, &t);
+  }
+
   // The validated table of this run.
-  OrtStatus* view(const TableKernel& k, OrtKernelContext* ctx, shark::TableView* t);
+  OrtStatus* view(const TableKernel& k, OrtKernelContext* ctx, View* t, Stream stream = Stream{}) {
+    Input in[3];
+    for (size_t i = 0; i < 3; ++i) SHARK_RETURN_IF_STATUS(get_input(ctx, first_ + i, &in[i]));
+    return check(k, in, stream, constant_ ? Validation::kCachedRun : Validation::kEveryRun, t);
+  }
   const shark::TableAttrs& attrs() const { return attrs_; }
 
  private:
-  OrtStatus* check(const TableKernel& k, const Input& payload, const Input& meta, const Input& dflt,
-                   shark::TableView* t, bool cache);
+  OrtStatus* check(const TableKernel& k, const Input (&in)[3], Stream stream, Validation when, View* t);
 
   shark::TableAttrs attrs_;
   shark::TableView proto_;
@@ -86,13 +125,13 @@ class TableSlot {
 
 class TableKernel {
  public:
-  // Reads and checks the table attributes; `out_type` is the output element type of the kernel
-  // variant ORT chose (it must agree with the output_dtype attribute). Then validates the table now
-  // when its three tensors are constant initializers (host memory: the CPU kernels).
-  OrtStatus* init(const char* op_name, const OrtKernelInfo* info, shark::OutType out_type);
+  // Takes the op's name, the session's settings and the output element type of the kernel variant ORT chose
+  // from `spec`, reads and checks the table attributes (output_dtype must agree with that type), then
+  // validates the table now when its three tensors are constant initializers (host memory: the CPU kernels).
+  OrtStatus* init(const OpSpec& spec, const OrtKernelInfo* info);
 
   // The attribute part of init() alone (the CUDA kernels validate their device tables themselves).
-  OrtStatus* init_attrs(const char* op_name, const OrtKernelInfo* info, shark::OutType out_type);
+  OrtStatus* init_attrs(const OpSpec& spec, const OrtKernelInfo* info);
 
   // The validated table of this run.
   OrtStatus* table(OrtKernelContext* ctx, shark::TableView* t);
@@ -120,7 +159,7 @@ class TableKernel {
 
   const shark::TableAttrs& attrs() const { return attrs_; }
 
-  shark::KernelConfig config_;  // the session's settings, set by the op before init()
+  shark::KernelConfig config_;  // the session's settings (from the OpSpec given to init)
 
   OrtStatus* int_attr(const OrtKernelInfo* info, const char* name, bool required, int64_t dflt, int64_t* out) const;
 
@@ -132,8 +171,26 @@ class TableKernel {
   shark::OutType out_type_ = shark::OutType::kFloat32;
 
  private:
-  TableSlot slot_;  // the one table of RowwiseDequantGather / RowwiseDequantEmbeddingBag (CPU)
+  TableSlot<CpuTables> slot_;  // the one table of RowwiseDequantGather / RowwiseDequantEmbeddingBag (CPU)
 };
+
+template <class Device>
+OrtStatus* TableSlot<Device>::check(const TableKernel& k, const Input (&in)[3], Stream stream, Validation when,
+                                    View* t) {
+  SHARK_RETURN_IF_STATUS(k.check_table_inputs(in[0], in[1], in[2], label_));
+  Device::fill(proto_, attrs_, in, t);
+  const bool cache = when != Validation::kEveryRun;
+  const TableKey key = table_key(in[0], in[1], in[2]);
+  if (cache && validated_.hit(key)) return nullptr;
+  std::string bad;
+  SHARK_RETURN_IF_STATUS(Device::validate(k, label_, proto_, in, *t, stream, when, &bad));
+  if (!bad.empty()) return k.error(label_ + "invalid table: " + bad);
+  if (cache) {
+    validated_.remember(key);
+    Device::remembered(k, *t, when);
+  }
+  return nullptr;
+}
 
 // shark::ParallelFor over ORT's intra-op thread pool.
 // ORT's intra-op pool. When ORT cannot run the tasks, nothing runs and `take_status()` returns the error:
