@@ -10,6 +10,10 @@
 #include "ops.h"
 #include "table_kernel.h"
 
+#ifdef SHARK_WITH_CUDA
+#include "cuda_adapter.h"
+#endif
+
 namespace shark_ort {
 
 OrtStatus* read_bag_attrs(const TableKernel& k, const OrtKernelInfo* info, BagAttrs* a) {
@@ -178,5 +182,77 @@ void add_embedding_bag_cpu_ops(OpList* ops, uint32_t api_version, const shark::K
     ops->push_back(std::make_shared<CustomOp<BagKernel>>(bag_spec(out, nullptr, config), api_version));
   }
 }
+
+#ifdef SHARK_WITH_CUDA
+// ---- CUDA variant (CUDAExecutionProvider; shared adapter: cuda_adapter.h) ----------------------------
+namespace {
+
+class BagCudaKernel : public CudaTableKernel {
+ public:
+  static OrtStatus* Create(const OpSpec& spec, const OrtKernelInfo* info, std::unique_ptr<BagCudaKernel>* out) {
+    auto k = std::make_unique<BagCudaKernel>();
+    SHARK_RETURN_IF_STATUS(k->init_cuda(spec, info));
+    SHARK_RETURN_IF_STATUS(read_bag_attrs(*k, info, &k->bag_));
+    *out = std::move(k);
+    return nullptr;
+  }
+
+  // As the CPU kernel, except that the offsets' values are checked by the kernel on the device (so a
+  // bad per_sample_weights input is reported before bad offset values, the CPU kernel does the reverse).
+  OrtStatus* Compute(OrtKernelContext* ctx) {
+    cudaStream_t stream = nullptr;
+    SHARK_RETURN_IF_STATUS(get_stream(ctx, &stream));
+    shark_cuda::DeviceTable t;
+    SHARK_RETURN_IF_STATUS(device_table(ctx, stream, &t));
+    BagInputs in;
+    SHARK_RETURN_IF_STATUS(read_bag_inputs(*this, bag_, ctx, &in));
+    SHARK_RETURN_IF_STATUS(check_bag_weights(*this, bag_, in));
+    void* out = nullptr;
+    int device = 0;
+    SHARK_RETURN_IF_STATUS(get_device_output(ctx, {static_cast<int64_t>(in.n_bags), attrs_.dim}, &out, &device));
+    shark_cuda::BagParams p{};
+    p.indices = in.idx.data;
+    p.index_kind = index_kind(in.index_type);
+    p.n_indices = in.idx.count;
+    p.offsets = in.fixed ? nullptr : in.offs.data;
+    p.offsets_kind = index_kind(in.offsets_type);
+    p.n_offsets = in.fixed ? 0 : in.offs.count;
+    p.include_last_offset = static_cast<int32_t>(bag_.include_last_offset);
+    p.bag_len = in.bag_len;
+    p.n_bags = in.n_bags;
+    p.weights = in.wts.present ? static_cast<const float*>(in.wts.data) : nullptr;
+    p.mode = static_cast<int32_t>(bag_.mode);
+    p.padding_idx = bag_.padding_idx;
+    p.out = out;
+    p.out_kind = out_kind(out_type_);
+    if (in.n_bags == 0 && (in.fixed || (in.offs.count == 0 && in.idx.count == 0))) return nullptr;
+    ErrorSources src;
+    src.indices = in.idx.data;
+    src.index_type = in.index_type;
+    src.offsets = p.offsets;
+    src.offsets_type = in.offsets_type;
+    src.n_indices = in.idx.count;
+    return run_checked(
+        device, stream, [&](shark_cuda::ErrorSlot* err) { return shark_cuda::embedding_bag(t, p, err, stream); }, src);
+  }
+
+  static OrtStatus* InferShape(const OpSpec&, OrtShapeInferContext* ctx) { return bag_infer_shape(ctx); }
+
+ private:
+  BagAttrs bag_;
+};
+
+// RowwiseDequantMultiLookup on the CUDA EP: the CPU op's checks and messages (MultiLookupBase), then one
+// gather / bag launch per field on the compute stream, each writing its column block of every output row
+// (out = the block's first column, out_stride = W) and reporting into its own error slot; one readback.
+
+}  // namespace
+
+void add_embedding_bag_cuda_ops(OpList* ops, uint32_t api_version, const shark::KernelConfig& config) {
+  for (auto out : {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16}) {
+    ops->push_back(std::make_shared<CustomOp<BagCudaKernel>>(bag_spec(out, kCudaEp, config), api_version));
+  }
+}
+#endif  // SHARK_WITH_CUDA
 
 }  // namespace shark_ort

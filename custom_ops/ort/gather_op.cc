@@ -1,4 +1,5 @@
-// RowwiseDequantGather(payload, row_meta, default_row, indices) -> output  (CPU)
+// RowwiseDequantGather(payload, row_meta, default_row, indices) -> output: the CPU variant and, with
+// SHARK_WITH_CUDA, the CUDA one.
 #include <memory>
 #include <vector>
 
@@ -7,6 +8,10 @@
 #include "lookup_ops.h"
 #include "ops.h"
 #include "table_kernel.h"
+
+#ifdef SHARK_WITH_CUDA
+#include "cuda_adapter.h"
+#endif
 
 namespace shark_ort {
 namespace {
@@ -85,5 +90,54 @@ void add_gather_cpu_ops(OpList* ops, uint32_t api_version, const shark::KernelCo
     ops->push_back(std::make_shared<CustomOp<GatherKernel>>(gather_spec(out, nullptr, config), api_version));
   }
 }
+
+#ifdef SHARK_WITH_CUDA
+// ---- CUDA variant (CUDAExecutionProvider; shared adapter: cuda_adapter.h) ----------------------------
+namespace {
+
+class GatherCudaKernel : public CudaTableKernel {
+ public:
+  static OrtStatus* Create(const OpSpec& spec, const OrtKernelInfo* info, std::unique_ptr<GatherCudaKernel>* out) {
+    auto k = std::make_unique<GatherCudaKernel>();
+    SHARK_RETURN_IF_STATUS(k->init_cuda(spec, info));
+    SHARK_RETURN_IF_STATUS(k->check_index_type(info, kInIndices, "indices"));
+    *out = std::move(k);
+    return nullptr;
+  }
+
+  OrtStatus* Compute(OrtKernelContext* ctx) {
+    cudaStream_t stream = nullptr;
+    SHARK_RETURN_IF_STATUS(get_stream(ctx, &stream));
+    shark_cuda::DeviceTable t;
+    SHARK_RETURN_IF_STATUS(device_table(ctx, stream, &t));
+    Input idx;
+    shark::IndexType it = shark::IndexType::kInt64;
+    SHARK_RETURN_IF_STATUS(index_input(ctx, kInIndices, "indices", true, &idx, &it));
+    std::vector<int64_t> shape = idx.shape;
+    shape.push_back(attrs_.dim);
+    void* out = nullptr;
+    int device = 0;
+    SHARK_RETURN_IF_STATUS(get_device_output(ctx, shape, &out, &device));
+    if (idx.count == 0) return nullptr;
+    const shark_cuda::GatherParams p{idx.data, index_kind(it), idx.count, out, out_kind(out_type_)};
+    ErrorSources src;
+    src.indices = idx.data;
+    src.index_type = it;
+    src.n_indices = idx.count;
+    return run_checked(
+        device, stream, [&](shark_cuda::ErrorSlot* err) { return shark_cuda::gather(t, p, err, stream); }, src);
+  }
+
+  static OrtStatus* InferShape(const OpSpec&, OrtShapeInferContext* ctx) { return gather_infer_shape(ctx); }
+};
+
+}  // namespace
+
+void add_gather_cuda_ops(OpList* ops, uint32_t api_version, const shark::KernelConfig& config) {
+  for (auto out : {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16}) {
+    ops->push_back(std::make_shared<CustomOp<GatherCudaKernel>>(gather_spec(out, kCudaEp, config), api_version));
+  }
+}
+#endif  // SHARK_WITH_CUDA
 
 }  // namespace shark_ort

@@ -22,7 +22,7 @@ void add_embedding_bag_cpu_ops(OpList* ops, uint32_t api_version, const shark::K
 void add_multi_lookup_cpu_ops(OpList* ops, uint32_t api_version, const shark::KernelConfig& config);
 
 #ifdef SHARK_WITH_CUDA
-// CUDA variants (CUDAExecutionProvider), added next to the CPU ones in the same domain (cuda_ops.cc),
+// CUDA variants (CUDAExecutionProvider), added next to the CPU ones in the same domain (each in its op's file),
 // when cuda_ops_enabled(): the driver can run this library's CUDA runtime (session config entry
 // shark_export.cuda = 0 never registers them, = force always does).
 bool cuda_ops_enabled(const shark::KernelConfig& config);

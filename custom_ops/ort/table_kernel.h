@@ -70,7 +70,7 @@ class TableKernel;
 enum class Validation { kAtCreation, kCachedRun, kEveryRun };
 
 // How a table slot reads its three tensors on the CPU: host memory, the view points into them, validation reads
-// row_meta in place. (CUDA's counterpart, CudaTables, is in cuda_ops.cc.)
+// row_meta in place. (CUDA's counterpart, CudaTables, is in cuda_adapter.h.)
 struct CpuTables {
   using View = shark::TableView;
   using Stream = std::nullptr_t;
