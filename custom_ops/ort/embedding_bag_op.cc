@@ -77,7 +77,7 @@ OrtStatus* check_bag_weights(const TableKernel& k, const BagAttrs& a, const BagI
 
 namespace {
 
-class BagKernel : public TableKernel {
+class BagKernel : public CpuTableKernel {
  public:
   static OrtStatus* Create(const OpSpec& spec, const OrtKernelInfo* info, std::unique_ptr<BagKernel>* out) {
     auto k = std::make_unique<BagKernel>();

@@ -16,7 +16,7 @@
 namespace shark_ort {
 namespace {
 
-class GatherKernel : public TableKernel {
+class GatherKernel : public CpuTableKernel {
  public:
   static OrtStatus* Create(const OpSpec& spec, const OrtKernelInfo* info, std::unique_ptr<GatherKernel>* out) {
     auto k = std::make_unique<GatherKernel>();

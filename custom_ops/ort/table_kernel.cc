@@ -74,13 +74,6 @@ OrtStatus* constant_table_inputs(const OrtKernelInfo* info, Input constant[3], b
   return nullptr;
 }
 
-OrtStatus* TableKernel::init(const OpSpec& spec, const OrtKernelInfo* info) {
-  SHARK_RETURN_IF_STATUS(init_attrs(spec, info));
-  return slot_.init(*this, attrs_, kInPayload, std::string(), info);
-}
-
-OrtStatus* TableKernel::table(OrtKernelContext* ctx, shark::TableView* t) { return slot_.view(*this, ctx, t); }
-
 void CpuTables::fill(const shark::TableView& proto, const shark::TableAttrs&, const Input (&in)[3], View* t) {
   *t = proto;
   t->payload = static_cast<const uint8_t*>(in[0].data);

@@ -123,18 +123,13 @@ class TableSlot {
   ValidationCache validated_;
 };
 
+// What every kernel of ours shares, whatever tables it reads: its node's name and messages, the session's
+// settings, the table attributes of a one-table op, and the input checks.
 class TableKernel {
  public:
   // Takes the op's name, the session's settings and the output element type of the kernel variant ORT chose
-  // from `spec`, reads and checks the table attributes (output_dtype must agree with that type), then
-  // validates the table now when its three tensors are constant initializers (host memory: the CPU kernels).
-  OrtStatus* init(const OpSpec& spec, const OrtKernelInfo* info);
-
-  // The attribute part of init() alone (the CUDA kernels validate their device tables themselves).
+  // from `spec`, and reads and checks the table attributes (output_dtype must agree with that type).
   OrtStatus* init_attrs(const OpSpec& spec, const OrtKernelInfo* info);
-
-  // The validated table of this run.
-  OrtStatus* table(OrtKernelContext* ctx, shark::TableView* t);
 
   // "OpName node 'name': " + msg, as an ORT error.
   OrtStatus* error(const std::string& msg, OrtErrorCode code = ORT_INVALID_ARGUMENT) const;
@@ -169,9 +164,21 @@ class TableKernel {
   shark::TableAttrs attrs_;
   shark::TableView proto_;
   shark::OutType out_type_ = shark::OutType::kFloat32;
+};
+
+// The CPU kernels of RowwiseDequantGather and RowwiseDequantEmbeddingBag: one table, in host memory.
+class CpuTableKernel : public TableKernel {
+ public:
+  // init_attrs(), then the table validated now when its three tensors are constant initializers.
+  OrtStatus* init(const OpSpec& spec, const OrtKernelInfo* info) {
+    SHARK_RETURN_IF_STATUS(init_attrs(spec, info));
+    return slot_.init(*this, attrs_, kInPayload, std::string(), info);
+  }
+  // The validated table of this run.
+  OrtStatus* table(OrtKernelContext* ctx, shark::TableView* t) { return slot_.view(*this, ctx, t); }
 
  private:
-  TableSlot<CpuTables> slot_;  // the one table of RowwiseDequantGather / RowwiseDequantEmbeddingBag (CPU)
+  TableSlot<CpuTables> slot_;
 };
 
 template <class Device>
