@@ -16,20 +16,24 @@
 
 namespace shark_ort {
 
+std::string bag_attrs_error(const BagAttrs& a, int64_t num_rows) {
+  if (a.mode != 0 && a.mode != 1) return "mode " + std::to_string(a.mode) + " is not supported (0 = sum, 1 = mean)";
+  if (a.include_last_offset != 0 && a.include_last_offset != 1) {
+    return "include_last_offset " + std::to_string(a.include_last_offset) + " must be 0 or 1";
+  }
+  if (a.padding_idx != -1 && (a.padding_idx < 0 || a.padding_idx >= num_rows)) {
+    return "padding_idx " + std::to_string(a.padding_idx) + " must be -1 (none) or a row in [0, " +
+           std::to_string(num_rows) + ")";
+  }
+  return std::string();
+}
+
 OrtStatus* read_bag_attrs(const TableKernel& k, const OrtKernelInfo* info, BagAttrs* a) {
   SHARK_RETURN_IF_STATUS(k.int_attr(info, "mode", false, 0, &a->mode));
   SHARK_RETURN_IF_STATUS(k.int_attr(info, "include_last_offset", false, 0, &a->include_last_offset));
   SHARK_RETURN_IF_STATUS(k.int_attr(info, "padding_idx", false, -1, &a->padding_idx));
-  if (a->mode != 0 && a->mode != 1) {
-    return k.error("mode " + std::to_string(a->mode) + " is not supported (0 = sum, 1 = mean)");
-  }
-  if (a->include_last_offset != 0 && a->include_last_offset != 1) {
-    return k.error("include_last_offset " + std::to_string(a->include_last_offset) + " must be 0 or 1");
-  }
-  if (a->padding_idx != -1 && (a->padding_idx < 0 || a->padding_idx >= k.attrs().num_rows)) {
-    return k.error("padding_idx " + std::to_string(a->padding_idx) + " must be -1 (none) or a row in [0, " +
-                   std::to_string(k.attrs().num_rows) + ")");
-  }
+  const std::string bad = bag_attrs_error(*a, k.attrs().num_rows);
+  if (!bad.empty()) return k.error(bad);
   SHARK_RETURN_IF_STATUS(k.check_index_type(info, kInIndices, "indices"));
   return k.check_index_type(info, kInOffsets, "offsets");
 }

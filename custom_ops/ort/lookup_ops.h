@@ -24,6 +24,9 @@ struct BagAttrs {
   int64_t mode = 0, include_last_offset = 0, padding_idx = -1;
 };
 OrtStatus* read_bag_attrs(const TableKernel& k, const OrtKernelInfo* info, BagAttrs* a);
+// What is wrong with a bag's attributes for a table of `num_rows` rows ("" when nothing): the one check of the
+// single op and of every bag field of RowwiseDequantMultiLookup.
+std::string bag_attrs_error(const BagAttrs& a, int64_t num_rows);
 
 // The bag op's non-table inputs after the structural checks (ranks, presence, types).
 struct BagInputs {

@@ -106,16 +106,8 @@ OrtStatus* MultiLookupBase::init_fields(const OpSpec& spec, const OrtKernelInfo*
       f.bag.mode = modes[k];
       f.bag.include_last_offset = lasts[k];
       f.bag.padding_idx = pads[k];
-      if (f.bag.mode != 0 && f.bag.mode != 1) {
-        return error(f.label + "mode " + std::to_string(f.bag.mode) + " is not supported (0 = sum, 1 = mean)");
-      }
-      if (f.bag.include_last_offset != 0 && f.bag.include_last_offset != 1) {
-        return error(f.label + "include_last_offset " + std::to_string(f.bag.include_last_offset) + " must be 0 or 1");
-      }
-      if (f.bag.padding_idx != -1 && (f.bag.padding_idx < 0 || f.bag.padding_idx >= attrs.num_rows)) {
-        return error(f.label + "padding_idx " + std::to_string(f.bag.padding_idx) + " must be -1 (none) or a row in [0, " +
-                     std::to_string(attrs.num_rows) + ")");
-      }
+      const std::string bad_bag = bag_attrs_error(f.bag, attrs.num_rows);
+      if (!bad_bag.empty()) return error(f.label + bad_bag);
       if (f.has_weights && f.bag.mode != 0) {
         return error(f.label + "per_sample_weights is only supported with mode=0 (sum), got mode=1 (mean)");
       }
