@@ -127,19 +127,20 @@ class MultiLookupSpec:
 def attributes_of_proto(node) -> dict[str, Any]:
     """An onnx NodeProto's attributes as plain values: int, int list, string, or `"<TYPE>"` for any other type (no
     lookup attribute has one: readers refuse it, integrity digests it as such)."""
+    return {a.name: attribute_value(a) for a in node.attribute}
+
+
+def attribute_value(a) -> Any:
+    """One onnx AttributeProto's value (see attributes_of_proto)."""
     import onnx
 
-    values: dict[str, Any] = {}
-    for a in node.attribute:
-        if a.type == onnx.AttributeProto.INT:
-            values[a.name] = a.i
-        elif a.type == onnx.AttributeProto.INTS:
-            values[a.name] = list(a.ints)
-        elif a.type == onnx.AttributeProto.STRING:
-            values[a.name] = a.s.decode("utf-8", "replace")
-        else:
-            values[a.name] = f"<{onnx.AttributeProto.AttributeType.Name(a.type)}>"
-    return values
+    if a.type == onnx.AttributeProto.INT:
+        return a.i
+    if a.type == onnx.AttributeProto.INTS:
+        return list(a.ints)
+    if a.type == onnx.AttributeProto.STRING:
+        return a.s.decode("utf-8", "replace")
+    return f"<{onnx.AttributeProto.AttributeType.Name(a.type)}>"
 
 
 def attributes_of_ir(node) -> dict[str, Any]:

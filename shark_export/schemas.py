@@ -15,7 +15,7 @@ from .domain import BAG_OP, DOMAIN, GATHER_OP, MULTI_OP
 from .domain import DOMAIN_VERSION as OPSET_VERSION
 from .errors import FormatError
 from .format import READABLE_VERSIONS
-from .lookup_spec import BAG_2D_FIELD, BAG_OFFSETS_FIELD, GATHER_FIELD, MultiLookupSpec
+from .lookup_spec import BAG_2D_FIELD, BAG_OFFSETS_FIELD, GATHER_FIELD, MultiLookupSpec, attribute_value
 
 
 _INDEX_TYPES = ["tensor(int32)", "tensor(int64)"]
@@ -152,12 +152,8 @@ def _bag_schema() -> OpSchema:
 
 
 def _multi_spec(ctx) -> MultiLookupSpec:
-    attributes = {}
-    for name in MultiLookupSpec.ATTRIBUTE_NAMES:
-        attribute = ctx.get_attribute(name)
-        if attribute is not None:
-            attributes[name] = (attribute.s.decode("utf-8", "replace") if attribute.type == onnx.AttributeProto.STRING
-                                else attribute.i if attribute.type == onnx.AttributeProto.INT else list(attribute.ints))
+    found = {name: ctx.get_attribute(name) for name in MultiLookupSpec.ATTRIBUTE_NAMES}
+    attributes = {name: attribute_value(a) for name, a in found.items() if a is not None}
     try:
         return MultiLookupSpec.from_attributes(attributes, ctx.get_display_name())
     except FormatError as exc:

@@ -354,8 +354,10 @@ class CudaTableKernel : public TableKernel {
     return table_.init(*this, attrs_, kInPayload, std::string(), info);
   }
 
-  OrtStatus* device_table(OrtKernelContext* ctx, cudaStream_t stream, shark_cuda::DeviceTable* t) {
-    return table_.view(*this, ctx, t, stream);
+  // The run's compute stream and the validated table on it: what every single op's run starts with.
+  OrtStatus* device_table(OrtKernelContext* ctx, cudaStream_t* stream, shark_cuda::DeviceTable* t) {
+    SHARK_RETURN_IF_STATUS(get_stream(ctx, stream));
+    return table_.view(*this, ctx, t, *stream);
   }
 
   template <class Launch>

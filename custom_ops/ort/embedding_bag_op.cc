@@ -205,9 +205,8 @@ class BagCudaKernel : public CudaTableKernel {
   // bad per_sample_weights input is reported before bad offset values, the CPU kernel does the reverse).
   OrtStatus* Compute(OrtKernelContext* ctx) {
     cudaStream_t stream = nullptr;
-    SHARK_RETURN_IF_STATUS(get_stream(ctx, &stream));
     shark_cuda::DeviceTable t;
-    SHARK_RETURN_IF_STATUS(device_table(ctx, stream, &t));
+    SHARK_RETURN_IF_STATUS(device_table(ctx, &stream, &t));
     BagInputs in;
     SHARK_RETURN_IF_STATUS(read_bag_inputs(*this, bag_, ctx, &in));
     SHARK_RETURN_IF_STATUS(check_bag_weights(*this, bag_, in));

@@ -107,9 +107,8 @@ class GatherCudaKernel : public CudaTableKernel {
 
   OrtStatus* Compute(OrtKernelContext* ctx) {
     cudaStream_t stream = nullptr;
-    SHARK_RETURN_IF_STATUS(get_stream(ctx, &stream));
     shark_cuda::DeviceTable t;
-    SHARK_RETURN_IF_STATUS(device_table(ctx, stream, &t));
+    SHARK_RETURN_IF_STATUS(device_table(ctx, &stream, &t));
     Input idx;
     shark::IndexType it = shark::IndexType::kInt64;
     SHARK_RETURN_IF_STATUS(index_input(ctx, kInIndices, "indices", true, &idx, &it));
