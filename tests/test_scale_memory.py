@@ -93,6 +93,7 @@ def test_3gb_of_tables_convert_in_a_1_5gb_cgroup(checkpoints, tmp_path, source, 
     done, usage = memory_cgroup.run_limited([sys.executable, "-c", CHILD, str(root), str(root / source), quant, str(out),
                                              str(workers)], LIMIT, cwd=tmp_path)
     peak = usage["max_usage"]
+    print(f"{source} {quant} workers={workers}: peak {peak / 2**30:.2f} GiB in the cgroup (limit {LIMIT / 2**30:.2f} GiB)")
     assert done.returncode == 0, f"exit {done.returncode} (-9: killed at the memory limit), peak {peak / 2**30:.2f} GiB\n{done.stderr[-3000:]}"
     assert peak <= LIMIT
     tables, _ = read_tables(out)
